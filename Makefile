@@ -1,0 +1,46 @@
+# Everything runs from the project's own virtual environment, which the first target
+# that needs it creates: on a fresh machine `make run` and `make test` are enough.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTOS := $(shell find protos -name '*.proto')
+
+.PHONY: setup proto proto-check lint test run reconcile clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(STAMP)
+
+# Generated code is committed; `proto-check` fails when it no longer matches protos/.
+proto: $(STAMP)
+	$(PY) -m scripts.protogen .
+
+proto-check: $(STAMP)
+	$(PY) -m scripts.protogen --check .
+
+lint: $(STAMP) proto-check
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy service gateway scripts tests
+	$(VENV)/bin/buf lint
+	@if git rev-parse --verify --quiet main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \
+		$(VENV)/bin/buf breaking --against '.git#branch=main'; \
+	else echo "buf breaking: no buf.yaml on main yet, nothing to compare against"; fi
+
+test: $(STAMP) proto-check
+	$(PY) -m pytest
+
+run: $(STAMP)
+	$(PY) -m scripts.devrun
+
+reconcile: $(STAMP)
+	$(PY) -m scripts.devrun --reconcile
+
+clean:
+	rm -rf $(VENV) .dev .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Generated code of the credits.v1 contract (make proto); do not edit."""

@@ -1,0 +1,1 @@
+"""Developer tooling: code generation and the development runner."""
