@@ -415,8 +415,12 @@ class RevokeRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    CUMULATIVE_SERIES_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
-    """The account that owns the grant."""
+    """The account that owns the grant. May be empty when the target is external_ref
+    (a refund or dispute knows the payment, not the account); when set, a grant of
+    another account is NOT_FOUND.
+    """
     grant_id: _builtins.str
     """The grant's id."""
     external_ref: _builtins.str
@@ -427,6 +431,13 @@ class RevokeRequest(_message.Message):
     """Required, 1-128 printable ASCII characters, scoped to the calling service."""
     reason: _builtins.str
     """Why the credits are taken back, for operators (at most 500 characters)."""
+    cumulative_series: _builtins.str
+    """When set (1-128 printable ASCII), `amount` is the running total this series of
+    revocations of the grant should have asked for (e.g. a Stripe charge's
+    amount_refunded in credit units): only what exceeds the series' highest total so
+    far is taken back, so deliveries in any order converge on the highest total.
+    `amount` must then be greater than 0.
+    """
     def __init__(
         self,
         *,
@@ -436,10 +447,11 @@ class RevokeRequest(_message.Message):
         amount: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
         reason: _builtins.str = ...,
+        cumulative_series: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["external_ref", b"external_ref", "grant_id", b"grant_id", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "external_ref", b"external_ref", "grant_id", b"grant_id", "idempotency_key", b"idempotency_key", "reason", b"reason", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "cumulative_series", b"cumulative_series", "external_ref", b"external_ref", "grant_id", b"grant_id", "idempotency_key", b"idempotency_key", "reason", b"reason", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["grant_id", "external_ref"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
