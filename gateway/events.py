@@ -1,0 +1,318 @@
+"""Stripe events -> the credits calls they call for. Pure: no I/O, no clock, no gRPC.
+
+Everything that makes a delivery exactly-once lives in the requests built here: each
+request derives only from the Stripe object it is about (never from the event id or the
+delivery), so every delivery of the same fact -- repeated, concurrent, reordered, or sent
+as two different event types -- builds the same request, and the service's idempotency
+keys turn all of them into one effect.
+"""
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from gateway.packages import PackageTable
+
+# Stripe ids are short [A-Za-z0-9_] strings; bounding them bounds every key built from
+# them well under the service's 128-character idempotency keys and 256-character values.
+STRIPE_ID_PATTERN = re.compile(r"[A-Za-z0-9_]{1,100}")
+# The service's rule for account ids (SPEC §1), checked here so that a bad
+# client_reference_id is an unfulfillable purchase, not a retried 500.
+ACCOUNT_ID_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+
+PURCHASE_EVENTS = frozenset(
+    {"checkout.session.completed", "checkout.session.async_payment_succeeded"}
+)
+REFUND_EVENT = "charge.refunded"
+DISPUTE_CREATED_EVENT = "charge.dispute.created"
+DISPUTE_CLOSED_EVENT = "charge.dispute.closed"
+# Closed disputes whose funds came back to the merchant: the credits go back too.
+DISPUTE_WON_STATUSES = frozenset({"won"})
+DISPUTE_LOST_STATUS = "lost"
+# Inquiries (status warning_*) withdraw no funds, so opening one revokes nothing, and
+# closing one (warning_closed) has nothing to give back. An inquiry that escalates ends
+# as won or lost, and the closed event's replay of the revocation settles it then.
+INQUIRY_STATUS_PREFIX = "warning_"
+
+CHECKOUT_KEY_PREFIX = "checkout:"
+REFUND_SERIES_PREFIX = "refund:"
+DISPUTE_KEY_PREFIX = "dispute:"
+DISPUTE_WON_KEY_PREFIX = "dispute-won:"
+
+
+class GrantSource(Enum):
+    PURCHASE = "purchase"
+    ADJUSTMENT = "adjustment"
+
+
+@dataclass(frozen=True)
+class GrantCall:
+    account_id: str
+    amount: int
+    source: GrantSource
+    idempotency_key: str
+    external_ref: str
+    description: str
+    metadata: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class RevokeCall:
+    """Revoke from the grant whose external_ref is the payment intent; the account is
+    left empty because a refund or dispute knows the payment, not the account."""
+
+    external_ref: str
+    amount: int
+    idempotency_key: str
+    reason: str
+    cumulative_series: str = ""
+
+
+@dataclass(frozen=True)
+class Acknowledge:
+    """Answer 2xx and call nothing. `outcome` is a metric label: a fixed, small set."""
+
+    outcome: str
+    refs: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Purchase:
+    grant: GrantCall
+    refs: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """One revoke; NOT_FOUND means the purchase is not granted yet (answer 5xx)."""
+
+    revoke: RevokeCall
+    outcome: str
+    refs: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DisputeWon:
+    """Replay the dispute's revocation (a no-op if it happened, the revocation itself if
+    the won event came first) to learn what it took, then grant exactly that back."""
+
+    revoke: RevokeCall
+    dispute_id: str
+    refs: Mapping[str, str] = field(default_factory=dict)
+
+
+Plan = Acknowledge | Purchase | Revocation | DisputeWon
+
+
+@dataclass(frozen=True)
+class Envelope:
+    event_id: str
+    event_type: str
+    data_object: Mapping[str, object]
+
+
+def parse_envelope(document: object) -> Envelope | None:
+    """The parts of a Stripe event every handler needs; None if it is not an event."""
+    if not isinstance(document, dict) or document.get("object") != "event":
+        return None
+    event_id, event_type, data = document.get("id"), document.get("type"), document.get("data")
+    if not isinstance(event_id, str) or not STRIPE_ID_PATTERN.fullmatch(event_id):
+        return None
+    if not isinstance(event_type, str) or not 0 < len(event_type) <= 100:
+        return None
+    data_object = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(data_object, dict):
+        return None
+    return Envelope(event_id, event_type, data_object)
+
+
+def _text(obj: Mapping[str, object], key: str) -> str | None:
+    value = obj.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _count(obj: Mapping[str, object], key: str) -> int | None:
+    value = obj.get(key)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def _stripe_id(obj: Mapping[str, object], key: str) -> str | None:
+    value = obj.get(key)
+    if isinstance(value, dict):  # an expanded object instead of its id
+        value = value.get("id")
+    if isinstance(value, str) and STRIPE_ID_PATTERN.fullmatch(value):
+        return value
+    return None
+
+
+def _metadata(obj: Mapping[str, object]) -> Mapping[str, object]:
+    value = obj.get("metadata")
+    return value if isinstance(value, dict) else {}
+
+
+def plan(envelope: Envelope, packages: PackageTable, account_metadata_key: str) -> Plan:
+    """What the event calls for. `account_metadata_key` ("" = none) is where the account
+    id is read when the session has no client_reference_id."""
+    event_type, obj = envelope.event_type, envelope.data_object
+    if event_type in PURCHASE_EVENTS:
+        return plan_purchase(obj, packages, account_metadata_key)
+    if event_type == REFUND_EVENT:
+        return plan_refund(obj, packages)
+    if event_type == DISPUTE_CREATED_EVENT:
+        return plan_dispute_created(obj)
+    if event_type == DISPUTE_CLOSED_EVENT:
+        return plan_dispute_closed(obj)
+    # refund.* events are deliberately ignored: charge.refunded's running amount_refunded
+    # is the one source of truth for refunds, and adding both up would revoke twice.
+    # charge.dispute.funds_* and .updated carry nothing that created/closed do not.
+    return Acknowledge("ignored")
+
+
+def _account_of(session: Mapping[str, object], account_metadata_key: str) -> str | None:
+    account = _text(session, "client_reference_id")
+    if account is None and account_metadata_key:
+        value = _metadata(session).get(account_metadata_key)
+        account = value if isinstance(value, str) and value else None
+    return account
+
+
+def plan_purchase(
+    session: Mapping[str, object], packages: PackageTable, account_metadata_key: str
+) -> Plan:
+    session_id = _stripe_id(session, "id")
+    if session.get("object") != "checkout.session" or session_id is None:
+        return Acknowledge("malformed")
+    refs = {"session": session_id}
+    if session.get("mode") != "payment":
+        return Acknowledge("not_payment_mode", refs)
+    if session.get("payment_status") != "paid":
+        # `unpaid` waits for checkout.session.async_payment_succeeded.
+        return Acknowledge("unpaid", refs)
+    payment_intent = _stripe_id(session, "payment_intent")
+    if payment_intent is None:
+        return Acknowledge("unfulfillable_no_payment_intent", refs)
+    refs["payment_intent"] = payment_intent
+    account = _account_of(session, account_metadata_key)
+    if account is None or not ACCOUNT_ID_PATTERN.fullmatch(account):
+        return Acknowledge("unfulfillable_account", refs)
+    package_name = _metadata(session).get("credit_package")
+    package = packages.named(package_name) if isinstance(package_name, str) else None
+    if package is None:
+        return Acknowledge("unfulfillable_package", refs)
+    refs["package"] = package.name
+    amount_total, currency = _count(session, "amount_total"), _text(session, "currency")
+    if amount_total != package.price_minor_units or currency != package.currency:
+        return Acknowledge("unfulfillable_price_mismatch", refs)
+    grant = GrantCall(
+        account_id=account,
+        amount=package.units,
+        source=GrantSource.PURCHASE,
+        idempotency_key=CHECKOUT_KEY_PREFIX + session_id,
+        external_ref=payment_intent,
+        description=f"Stripe Checkout purchase of {package.name}",
+        metadata=(("credit_package", package.name), ("stripe_session", session_id)),
+    )
+    return Purchase(grant, refs)
+
+
+def refund_units(package_units: int, charge_amount: int, amount_refunded: int) -> int:
+    """Credits to take back for a running refund total: proportional, rounded down (the
+    customer keeps a fraction of a unit rather than losing one), capped at the grant."""
+    return min(package_units, package_units * amount_refunded // charge_amount)
+
+
+def plan_refund(charge: Mapping[str, object], packages: PackageTable) -> Plan:
+    charge_id, payment_intent = _stripe_id(charge, "id"), _stripe_id(charge, "payment_intent")
+    if charge.get("object") != "charge" or charge_id is None:
+        return Acknowledge("malformed")
+    refs = {"charge": charge_id}
+    if payment_intent is None:
+        return Acknowledge("not_a_purchase", refs)  # not a Checkout payment
+    refs["payment_intent"] = payment_intent
+    amount, refunded = _count(charge, "amount"), _count(charge, "amount_refunded")
+    currency = _text(charge, "currency")
+    if not amount or refunded is None or currency is None:
+        return Acknowledge("malformed", refs)
+    package = packages.priced(amount, currency)
+    if package is None:
+        return Acknowledge("not_a_purchase", refs)  # no package sells at this price
+    units = refund_units(package.units, amount, refunded)
+    if units == 0:
+        return Acknowledge("refund_below_one_unit", refs)
+    revoke = RevokeCall(
+        external_ref=payment_intent,
+        amount=units,
+        idempotency_key=f"{REFUND_SERIES_PREFIX}{charge_id}:{refunded}",
+        reason="refund",
+        cumulative_series=REFUND_SERIES_PREFIX + charge_id,
+    )
+    return Revocation(revoke, "refund_revoked", refs)
+
+
+def dispute_revoke(dispute_id: str, payment_intent: str) -> RevokeCall:
+    """The one revocation of a dispute: everything that remains of the purchase. Opened,
+    won and lost all send exactly this request, so whichever comes first does it."""
+    return RevokeCall(
+        external_ref=payment_intent,
+        amount=0,
+        idempotency_key=DISPUTE_KEY_PREFIX + dispute_id,
+        reason="dispute",
+    )
+
+
+def _dispute(dispute: Mapping[str, object]) -> tuple[str, str, str, dict[str, str]] | None:
+    dispute_id, payment_intent = _stripe_id(dispute, "id"), _stripe_id(dispute, "payment_intent")
+    status = _text(dispute, "status")
+    if dispute.get("object") != "dispute" or dispute_id is None or status is None:
+        return None
+    refs = {"dispute": dispute_id}
+    if payment_intent is not None:
+        refs["payment_intent"] = payment_intent
+    return dispute_id, payment_intent or "", status, refs
+
+
+def plan_dispute_created(dispute: Mapping[str, object]) -> Plan:
+    parsed = _dispute(dispute)
+    if parsed is None:
+        return Acknowledge("malformed")
+    dispute_id, payment_intent, status, refs = parsed
+    if status.startswith(INQUIRY_STATUS_PREFIX):
+        return Acknowledge("inquiry_ignored", refs)
+    if not payment_intent:
+        return Acknowledge("not_a_purchase", refs)
+    return Revocation(dispute_revoke(dispute_id, payment_intent), "dispute_revoked", refs)
+
+
+def plan_dispute_closed(dispute: Mapping[str, object]) -> Plan:
+    parsed = _dispute(dispute)
+    if parsed is None:
+        return Acknowledge("malformed")
+    dispute_id, payment_intent, status, refs = parsed
+    if status.startswith(INQUIRY_STATUS_PREFIX):
+        return Acknowledge("inquiry_ignored", refs)
+    if not payment_intent:
+        return Acknowledge("not_a_purchase", refs)
+    revoke = dispute_revoke(dispute_id, payment_intent)
+    if status in DISPUTE_WON_STATUSES:
+        return DisputeWon(revoke, dispute_id, refs)
+    if status == DISPUTE_LOST_STATUS:
+        # Replaying the opening revocation makes "lost before created" revoke too, once.
+        return Revocation(revoke, "dispute_lost", refs)
+    return Acknowledge("dispute_status_unexpected", refs)
+
+
+def dispute_grant_back(dispute_id: str, account_id: str, amount: int) -> GrantCall:
+    """Give back exactly what the dispute's revocation took. No external_ref: the
+    payment intent already names the purchase grant."""
+    return GrantCall(
+        account_id=account_id,
+        amount=amount,
+        source=GrantSource.ADJUSTMENT,
+        idempotency_key=DISPUTE_WON_KEY_PREFIX + dispute_id,
+        external_ref="",
+        description="Stripe dispute won: credits the dispute revoked, given back",
+        metadata=(("stripe_dispute", dispute_id),),
+    )

@@ -1,0 +1,113 @@
+"""Carry out a plan against the service and decide what Stripe is told.
+
+2xx only once the service has durably done the work or had done it before; 5xx whenever
+a retry by Stripe can still help (service unreachable, purchase not granted yet) or a
+fix by an operator is needed first (the service refused the request: a configuration
+bug) -- Stripe keeps retrying for three days, so nothing is lost meanwhile.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.credits_client import Failure, Revoked, ServiceError
+from gateway.events import (
+    Acknowledge,
+    DisputeWon,
+    GrantCall,
+    Plan,
+    Purchase,
+    Revocation,
+    RevokeCall,
+    dispute_grant_back,
+)
+
+OK = 200
+INTERNAL_ERROR = 500
+UNAVAILABLE = 503
+
+# Outcomes an operator must look at: a paid purchase that granted nothing, a request
+# the service refused, a replay that no longer matches what was done.
+ATTENTION_OUTCOME_PREFIXES = ("unfulfillable", "malformed", "conflict", "refused")
+
+
+class Credits(Protocol):
+    async def grant(self, call: GrantCall) -> str: ...
+
+    async def revoke(self, call: RevokeCall) -> Revoked: ...
+
+
+@dataclass(frozen=True)
+class Result:
+    status_code: int
+    outcome: str
+    fields: Mapping[str, object] = field(default_factory=dict)
+
+
+def _failed(error: ServiceError, *, not_found_status: int) -> Result:
+    fields = {"rpc": error.rpc, "code": error.code, "reason": error.reason}
+    if error.failure is Failure.RETRY_LATER:
+        return Result(UNAVAILABLE, "service_unavailable", fields)
+    if error.failure is Failure.NOT_FOUND:
+        return Result(not_found_status, "purchase_not_granted_yet", fields)
+    if error.failure is Failure.CONFLICT:
+        # Same key (or same payment) already done with a different request: the
+        # effect exists, and a retry would only conflict again.
+        return Result(OK, "conflict_already_done", fields)
+    return Result(INTERNAL_ERROR, "refused_by_service", fields)
+
+
+async def _purchase(plan: Purchase, credits: Credits) -> Result:
+    try:
+        grant_id = await credits.grant(plan.grant)
+    except ServiceError as error:
+        return _failed(error, not_found_status=INTERNAL_ERROR)
+    return Result(OK, "granted", {"grant_id": grant_id, "units": plan.grant.amount})
+
+
+def _revoked_fields(revoked: Revoked) -> dict[str, object]:
+    return {
+        "revoked_units": revoked.revoked_amount,
+        "unrecovered_units": revoked.unrecovered_amount,
+    }
+
+
+async def _revocation(plan: Revocation, credits: Credits) -> Result:
+    try:
+        revoked = await credits.revoke(plan.revoke)
+    except ServiceError as error:
+        return _failed(error, not_found_status=UNAVAILABLE)
+    return Result(OK, plan.outcome, _revoked_fields(revoked))
+
+
+async def _dispute_won(plan: DisputeWon, credits: Credits) -> Result:
+    try:
+        revoked = await credits.revoke(plan.revoke)
+    except ServiceError as error:
+        if error.failure is Failure.CONFLICT:
+            # Without the original answer we cannot know what to give back.
+            return Result(INTERNAL_ERROR, "conflict_dispute_revocation", {"rpc": error.rpc})
+        return _failed(error, not_found_status=UNAVAILABLE)
+    fields = _revoked_fields(revoked)
+    if revoked.revoked_amount == 0:
+        return Result(OK, "dispute_won_nothing_revoked", fields)
+    grant = dispute_grant_back(plan.dispute_id, revoked.account_id, revoked.revoked_amount)
+    try:
+        grant_id = await credits.grant(grant)
+    except ServiceError as error:
+        return _failed(error, not_found_status=INTERNAL_ERROR)
+    return Result(OK, "dispute_won_granted_back", {**fields, "grant_id": grant_id})
+
+
+async def fulfil(plan: Plan, credits: Credits) -> Result:
+    if isinstance(plan, Acknowledge):
+        return Result(OK, plan.outcome)
+    if isinstance(plan, Purchase):
+        return await _purchase(plan, credits)
+    if isinstance(plan, Revocation):
+        return await _revocation(plan, credits)
+    return await _dispute_won(plan, credits)
+
+
+def needs_attention(outcome: str) -> bool:
+    return outcome.startswith(ATTENTION_OUTCOME_PREFIXES)

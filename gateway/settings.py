@@ -1,0 +1,202 @@
+"""The gateway's settings: read once from `CREDITS_…` environment variables, frozen.
+
+`CREDITS_ENV=development` (what `make run` sets) fills in the development conventions of
+SPEC §6 (files under `.dev/`, loopback addresses). Anything else is production, where a
+missing setting stops the start with a message naming it -- never its value, and there is
+no default or fallback secret anywhere.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.packages import PackageTable, PackageTableError, load_table
+
+DEVELOPMENT = "development"
+DEV_DIR = Path(".dev")
+DEVELOPMENT_DEFAULTS: Mapping[str, str] = {
+    "CREDITS_GATEWAY_SERVICE_TARGET": "127.0.0.1:50051",
+    "CREDITS_GATEWAY_CA_FILE": str(DEV_DIR / "pki" / "ca.pem"),
+    "CREDITS_GATEWAY_CERT_FILE": str(DEV_DIR / "pki" / "gateway.pem"),
+    "CREDITS_GATEWAY_KEY_FILE": str(DEV_DIR / "pki" / "gateway.key"),
+    "CREDITS_STRIPE_WEBHOOK_SECRET_FILE": str(DEV_DIR / "stripe-webhook-secret"),
+    "CREDITS_GATEWAY_PACKAGES_FILE": str(DEV_DIR / "credit-packages.toml"),
+    # Beside the service's 127.0.0.1:9464.
+    "CREDITS_GATEWAY_METRICS_ADDR": "127.0.0.1:9465",
+}
+# Loopback is a safe default everywhere; exposing the gateway is a deliberate setting.
+LISTEN_ADDR_DEFAULT = "127.0.0.1:8080"
+REQUIRED_IN_PRODUCTION = (
+    "CREDITS_GATEWAY_SERVICE_TARGET",
+    "CREDITS_GATEWAY_CA_FILE",
+    "CREDITS_GATEWAY_CERT_FILE",
+    "CREDITS_GATEWAY_KEY_FILE",
+    "CREDITS_GATEWAY_PACKAGES_FILE",
+)
+SECRET_FILE_SETTING = "CREDITS_STRIPE_WEBHOOK_SECRET_FILE"  # noqa: S105 (a name, not a secret)
+SECRETS_SETTING = "CREDITS_STRIPE_WEBHOOK_SECRETS"
+# Stripe's whsec_ secrets are far longer; a short one is a placeholder, not a secret.
+WEBHOOK_SECRET_CHARS_MIN = 16
+# Rotation needs two; a handful more is already a misconfiguration.
+WEBHOOK_SECRETS_MAX = 8
+SECRET_FILE_BYTES_MAX = 64 * 1024
+PEM_FILE_BYTES_MAX = 1024 * 1024
+PORT_MAX = 65535
+
+
+class SettingsError(Exception):
+    """The gateway cannot start; each problem names a setting, never its value."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: str
+    listen: Address
+    service_target: str
+    # TLS name to expect on the service's certificate when it differs from the target host.
+    service_name_override: str
+    ca_pem: bytes = field(repr=False)
+    cert_pem: bytes = field(repr=False)
+    key_pem: bytes = field(repr=False)
+    webhook_secrets: tuple[str, ...] = field(repr=False)
+    packages: PackageTable
+    account_metadata_key: str
+    metrics: Address | None
+
+
+def parse_address(value: str) -> Address | None:
+    host, separator, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not separator or not host or not port.isdigit() or int(port) > PORT_MAX:
+        return None
+    return Address(host, int(port))
+
+
+def _read_limited(path: Path, limit_bytes: int) -> bytes | None:
+    try:
+        with path.open("rb") as file:
+            data = file.read(limit_bytes + 1)
+    except OSError:
+        return None
+    return data if 0 < len(data) <= limit_bytes else None
+
+
+def split_secrets(text: str) -> list[str]:
+    """Secrets separated by commas or newlines; blanks around them ignored."""
+    return [part.strip() for part in text.replace("\n", ",").split(",") if part.strip()]
+
+
+class _Reader:
+    """Collects every problem, so one failed start names all missing settings at once."""
+
+    def __init__(self, env: Mapping[str, str], development: bool) -> None:
+        self.env, self.development, self.problems = env, development, list[str]()
+
+    def get(self, name: str) -> str:
+        value = self.env.get(name, "").strip()
+        if not value and self.development:
+            value = DEVELOPMENT_DEFAULTS.get(name, "")
+        return value
+
+    def required(self, name: str) -> str:
+        value = self.get(name)
+        if not value:
+            self.problems.append(f"{name} is not set")
+        return value
+
+    def pem(self, name: str) -> bytes:
+        path = self.required(name)
+        if not path:
+            return b""
+        data = _read_limited(Path(path), PEM_FILE_BYTES_MAX)
+        if data is None or b"-----BEGIN " not in data:
+            self.problems.append(f"{name} does not name a readable PEM file")
+            return b""
+        return data
+
+    def address(self, name: str, default: str = "") -> Address | None:
+        value = self.get(name) or default
+        if not value:
+            return None
+        address = parse_address(value)
+        if address is None:
+            self.problems.append(f"{name} is not a host:port address")
+        return address
+
+    def secrets(self) -> tuple[str, ...]:
+        found = split_secrets(self.env.get(SECRETS_SETTING, ""))
+        path = self.get(SECRET_FILE_SETTING)
+        if path:
+            data = _read_limited(Path(path), SECRET_FILE_BYTES_MAX)
+            if data is None:
+                self.problems.append(f"{SECRET_FILE_SETTING} does not name a readable file")
+            else:
+                found += split_secrets(data.decode("utf-8", errors="replace"))
+        unique = tuple(dict.fromkeys(found))
+        if not unique:
+            self.problems.append(
+                f"no webhook secret: set {SECRET_FILE_SETTING} or {SECRETS_SETTING}"
+            )
+        elif len(unique) > WEBHOOK_SECRETS_MAX:
+            self.problems.append(f"more than {WEBHOOK_SECRETS_MAX} webhook secrets")
+        elif any(len(secret) < WEBHOOK_SECRET_CHARS_MIN for secret in unique):
+            self.problems.append(
+                f"a webhook secret is shorter than {WEBHOOK_SECRET_CHARS_MIN} characters"
+            )
+        return unique
+
+    def packages(self) -> PackageTable | None:
+        path = self.required("CREDITS_GATEWAY_PACKAGES_FILE")
+        if not path:
+            return None
+        try:
+            return load_table(Path(path))
+        except OSError:
+            self.problems.append("CREDITS_GATEWAY_PACKAGES_FILE does not name a readable file")
+        except PackageTableError as error:
+            # The table holds prices, not secrets: its problem is safe and useful to show.
+            self.problems.append(f"CREDITS_GATEWAY_PACKAGES_FILE: {error}")
+        return None
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    development = env.get("CREDITS_ENV", "") == DEVELOPMENT
+    reader = _Reader(env, development)
+    for name in REQUIRED_IN_PRODUCTION:
+        reader.required(name)
+    listen = reader.address("CREDITS_GATEWAY_ADDR", LISTEN_ADDR_DEFAULT)
+    ca_pem = reader.pem("CREDITS_GATEWAY_CA_FILE")
+    cert_pem = reader.pem("CREDITS_GATEWAY_CERT_FILE")
+    key_pem = reader.pem("CREDITS_GATEWAY_KEY_FILE")
+    secrets = reader.secrets()
+    packages = reader.packages()
+    metrics = reader.address("CREDITS_GATEWAY_METRICS_ADDR")
+    if reader.problems or listen is None or packages is None:
+        # Required settings are checked up front and again when read: name each once.
+        raise SettingsError(list(dict.fromkeys(reader.problems)))
+    return Settings(
+        environment=DEVELOPMENT if development else "production",
+        listen=listen,
+        service_target=reader.get("CREDITS_GATEWAY_SERVICE_TARGET"),
+        service_name_override=reader.get("CREDITS_GATEWAY_SERVICE_NAME"),
+        ca_pem=ca_pem,
+        cert_pem=cert_pem,
+        key_pem=key_pem,
+        webhook_secrets=secrets,
+        packages=packages,
+        account_metadata_key=reader.get("CREDITS_GATEWAY_ACCOUNT_METADATA_KEY"),
+        metrics=metrics,
+    )

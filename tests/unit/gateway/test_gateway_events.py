@@ -1,0 +1,315 @@
+"""Stripe events -> planned calls, on Stripe's own object shapes."""
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from gateway.events import (
+    Acknowledge,
+    DisputeWon,
+    GrantCall,
+    GrantSource,
+    Purchase,
+    Revocation,
+    RevokeCall,
+    dispute_grant_back,
+    parse_envelope,
+    plan,
+    refund_units,
+)
+from gateway.packages import PackageTable
+
+Events = Callable[[str], dict[str, Any]]
+SESSION_ID = "cs_test_a1YS1URlnyQCN5fUUduORoQ7Pw41PJqDWkIVQCpJPqkfIhd6tVY8XB1OLY"
+PAYMENT_INTENT = "pi_1PgafyB7WZ01zgkWSjxsAJo3"
+CHARGE_ID = "ch_1PgafuB7WZ01zgkWXYmPNZs8"
+DISPUTE_ID = "dp_1Pgc71B7WZ01zgkWMevJiAUx"
+
+
+def planned(document: dict[str, Any], packages: PackageTable, metadata_key: str = "") -> Any:
+    envelope = parse_envelope(document)
+    assert envelope is not None
+    return plan(envelope, packages, metadata_key)
+
+
+def test_a_paid_session_grants_its_package_once_per_session(
+    fixture_event: Events, packages: PackageTable
+) -> None:
+    result = planned(fixture_event("checkout.session.completed"), packages)
+
+    assert result == Purchase(
+        GrantCall(
+            account_id="acct_demo_42",
+            amount=1000,
+            source=GrantSource.PURCHASE,
+            idempotency_key=f"checkout:{SESSION_ID}",
+            external_ref=PAYMENT_INTENT,
+            description="Stripe Checkout purchase of credits_1000",
+            metadata=(("credit_package", "credits_1000"), ("stripe_session", SESSION_ID)),
+        ),
+        {"session": SESSION_ID, "payment_intent": PAYMENT_INTENT, "package": "credits_1000"},
+    )
+
+
+def test_completed_and_async_succeeded_build_the_same_grant(
+    fixture_event: Events, packages: PackageTable
+) -> None:
+    completed = planned(fixture_event("checkout.session.completed"), packages)
+    succeeded = planned(fixture_event("checkout.session.async_payment_succeeded"), packages)
+
+    assert isinstance(completed, Purchase)
+    assert completed.grant == succeeded.grant
+
+
+def test_an_unpaid_session_waits_for_the_async_event(
+    fixture_event: Events, packages: PackageTable
+) -> None:
+    result = planned(fixture_event("checkout.session.completed.unpaid"), packages)
+
+    assert result == Acknowledge("unpaid", {"session": SESSION_ID})
+
+
+@pytest.mark.parametrize(
+    ("change", "outcome"),
+    [
+        ({"amount_total": 999}, "unfulfillable_price_mismatch"),
+        ({"amount_total": 5000}, "unfulfillable_price_mismatch"),
+        ({"currency": "eur"}, "unfulfillable_price_mismatch"),
+        ({"currency": "USD"}, "unfulfillable_price_mismatch"),
+        ({"amount_total": "1000"}, "unfulfillable_price_mismatch"),
+        ({"metadata": {"credit_package": "credits_9999"}}, "unfulfillable_package"),
+        ({"metadata": {}}, "unfulfillable_package"),
+        ({"client_reference_id": None}, "unfulfillable_account"),
+        ({"client_reference_id": "acct demo"}, "unfulfillable_account"),
+        ({"client_reference_id": "a" * 129}, "unfulfillable_account"),
+        ({"payment_intent": None}, "unfulfillable_no_payment_intent"),
+        ({"mode": "subscription"}, "not_payment_mode"),
+        ({"payment_status": "no_payment_required"}, "unpaid"),
+        ({"object": "payment_intent"}, "malformed"),
+    ],
+)
+def test_a_session_that_does_not_match_its_package_grants_nothing(
+    fixture_event: Events, packages: PackageTable, change: dict[str, Any], outcome: str
+) -> None:
+    document = fixture_event("checkout.session.completed")
+    document["data"]["object"].update(change)
+
+    result = planned(document, packages)
+
+    assert isinstance(result, Acknowledge)
+    assert result.outcome == outcome
+
+
+def test_metadata_sets_neither_price_nor_amount(
+    fixture_event: Events, packages: PackageTable
+) -> None:
+    document = fixture_event("checkout.session.completed")
+    session = document["data"]["object"]
+    session["metadata"].update({"amount": "999999", "units": "999999", "price": "1"})
+
+    result = planned(document, packages)
+
+    assert isinstance(result, Purchase)
+    assert result.grant.amount == 1000
+
+
+def test_the_account_falls_back_to_the_configured_metadata_key(
+    fixture_event: Events, packages: PackageTable
+) -> None:
+    document = fixture_event("checkout.session.completed")
+    document["data"]["object"]["client_reference_id"] = None
+
+    assert isinstance(planned(document, packages), Acknowledge)
+    result = planned(document, packages, metadata_key="account_id")
+    assert isinstance(result, Purchase)
+    assert result.grant.account_id == "acct_demo_42"
+
+
+def test_the_bigger_package_grants_its_bonus_units(
+    fixture_event: Events, packages: PackageTable
+) -> None:
+    document = fixture_event("checkout.session.completed")
+    session = document["data"]["object"]
+    session.update(amount_total=5000, metadata={"credit_package": "credits_5000"})
+
+    result = planned(document, packages)
+
+    assert isinstance(result, Purchase)
+    assert result.grant.amount == 5500
+
+
+def test_a_refund_asks_for_the_running_total_of_its_charge(
+    fixture_event: Events, packages: PackageTable
+) -> None:
+    partial = planned(fixture_event("charge.refunded"), packages)
+    full = planned(fixture_event("charge.refunded.full"), packages)
+
+    assert partial == Revocation(
+        RevokeCall(
+            external_ref=PAYMENT_INTENT,
+            amount=400,
+            idempotency_key=f"refund:{CHARGE_ID}:400",
+            reason="refund",
+            cumulative_series=f"refund:{CHARGE_ID}",
+        ),
+        "refund_revoked",
+        {"charge": CHARGE_ID, "payment_intent": PAYMENT_INTENT},
+    )
+    assert isinstance(full, Revocation)
+    assert full.revoke.amount == 1000
+    assert full.revoke.idempotency_key == f"refund:{CHARGE_ID}:1000"
+    assert full.revoke.cumulative_series == partial.revoke.cumulative_series
+
+
+@pytest.mark.parametrize(
+    ("units", "charged", "refunded", "expected"),
+    [
+        (1000, 1000, 400, 400),
+        (1000, 1000, 1000, 1000),
+        (5500, 5000, 400, 440),
+        (5500, 5000, 5000, 5500),
+        (5500, 5000, 1, 1),  # 1.1 units: rounded down
+        (1000, 1000, 0, 0),
+        (1000, 1000, 2000, 1000),  # capped at the grant
+        (3, 1000, 999, 2),
+    ],
+)
+def test_refund_units_are_proportional_rounded_down_and_capped(
+    units: int, charged: int, refunded: int, expected: int
+) -> None:
+    assert refund_units(units, charged, refunded) == expected
+
+
+def test_refunds_find_their_package_by_price(fixture_event: Events, packages: PackageTable) -> None:
+    document = fixture_event("charge.refunded")
+    document["data"]["object"].update(amount=5000, amount_refunded=2500)
+
+    result = planned(document, packages)
+
+    assert isinstance(result, Revocation)
+    assert result.revoke.amount == 2750
+
+
+@pytest.mark.parametrize(
+    ("change", "outcome"),
+    [
+        ({"amount": 1234}, "not_a_purchase"),
+        ({"currency": "eur"}, "not_a_purchase"),
+        ({"payment_intent": None}, "not_a_purchase"),
+        ({"amount_refunded": 0}, "refund_below_one_unit"),
+        ({"amount": 0}, "malformed"),
+        ({"amount_refunded": -5}, "malformed"),
+        ({"id": None}, "malformed"),
+    ],
+)
+def test_refunds_that_are_not_of_a_purchase_revoke_nothing(
+    fixture_event: Events, packages: PackageTable, change: dict[str, Any], outcome: str
+) -> None:
+    document = fixture_event("charge.refunded")
+    document["data"]["object"].update(change)
+
+    result = planned(document, packages)
+
+    assert isinstance(result, Acknowledge)
+    assert result.outcome == outcome
+
+
+def test_refund_events_are_acknowledged_and_ignored(
+    fixture_event: Events, packages: PackageTable
+) -> None:
+    # charge.refunded is the one source of truth; counting refund.* too would revoke twice.
+    assert planned(fixture_event("refund.created"), packages) == Acknowledge("ignored")
+
+
+def test_every_dispute_event_sends_the_same_revocation(
+    fixture_event: Events, packages: PackageTable
+) -> None:
+    created = planned(fixture_event("charge.dispute.created"), packages)
+    lost = planned(fixture_event("charge.dispute.closed.lost"), packages)
+    won_document = fixture_event("charge.dispute.closed.lost")
+    won_document["data"]["object"]["status"] = "won"
+    won = planned(won_document, packages)
+
+    expected = RevokeCall(
+        external_ref=PAYMENT_INTENT,
+        amount=0,
+        idempotency_key=f"dispute:{DISPUTE_ID}",
+        reason="dispute",
+    )
+    assert isinstance(created, Revocation)
+    assert isinstance(lost, Revocation)
+    assert (created.revoke, created.outcome) == (expected, "dispute_revoked")
+    assert (lost.revoke, lost.outcome) == (expected, "dispute_lost")
+    assert won == DisputeWon(
+        expected, DISPUTE_ID, {"dispute": DISPUTE_ID, "payment_intent": PAYMENT_INTENT}
+    )
+
+
+def test_the_grant_back_of_a_won_dispute_has_its_own_key(packages: PackageTable) -> None:
+    assert dispute_grant_back(DISPUTE_ID, "acct_demo_42", 600) == GrantCall(
+        account_id="acct_demo_42",
+        amount=600,
+        source=GrantSource.ADJUSTMENT,
+        idempotency_key=f"dispute-won:{DISPUTE_ID}",
+        external_ref="",
+        description="Stripe dispute won: credits the dispute revoked, given back",
+        metadata=(("stripe_dispute", DISPUTE_ID),),
+    )
+
+
+@pytest.mark.parametrize(
+    ("event_type", "status"),
+    [
+        ("charge.dispute.created", "warning_needs_response"),
+        ("charge.dispute.closed", "warning_closed"),
+    ],
+)
+def test_inquiries_revoke_nothing(
+    fixture_event: Events, packages: PackageTable, event_type: str, status: str
+) -> None:
+    document = fixture_event("charge.dispute.created")
+    document["type"] = event_type
+    document["data"]["object"]["status"] = status
+
+    result = planned(document, packages)
+
+    assert isinstance(result, Acknowledge)
+    assert result.outcome == "inquiry_ignored"
+
+
+@pytest.mark.parametrize(
+    "event_type",
+    [
+        "charge.dispute.funds_withdrawn",
+        "charge.dispute.funds_reinstated",
+        "charge.dispute.updated",
+        "checkout.session.expired",
+        "checkout.session.async_payment_failed",
+        "payment_intent.succeeded",
+        "customer.created",
+    ],
+)
+def test_other_events_are_acknowledged_and_ignored(
+    fixture_event: Events, packages: PackageTable, event_type: str
+) -> None:
+    document = fixture_event("charge.dispute.created")
+    document["type"] = event_type
+
+    assert planned(document, packages) == Acknowledge("ignored")
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        [],
+        "event",
+        {"object": "event", "id": "evt_1", "type": "x", "data": {}},
+        {"object": "event", "id": "evt_1", "type": "x", "data": {"object": []}},
+        {"object": "event", "id": "evt 1", "type": "x", "data": {"object": {}}},
+        {"object": "event", "id": "evt_1", "type": 5, "data": {"object": {}}},
+        {"object": "charge", "id": "evt_1", "type": "x", "data": {"object": {}}},
+    ],
+)
+def test_what_is_not_an_event_is_refused(document: object) -> None:
+    assert parse_envelope(document) is None
