@@ -1,0 +1,1 @@
+"""The credits service: a gRPC microservice that owns customers' credits."""

@@ -1,0 +1,65 @@
+"""The database's life outside the request path: the embedded development server,
+migrations, and the least-privilege role the service connects as."""
+
+import asyncio
+import urllib.parse
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from service.store import sqlalchemy_url
+
+ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+# The role the migrations grant exactly what the service needs (see the migrations).
+SERVICE_ROLE = "credits_service"
+# The login the embedded development database gives the service: a member of
+# SERVICE_ROLE, so development runs with production's privileges, not as a superuser.
+DEV_LOGIN = "credits_app"
+
+
+def embedded_admin_url(dev_dir: Path) -> str:
+    """Start (or reuse) the embedded PostgreSQL under `dev_dir`; its superuser's URL."""
+    import pgserver  # imported here: production never loads the embedded server
+
+    dev_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(dev_dir.resolve() / "pgdata", cleanup_mode=None)
+    return str(server.get_uri())
+
+
+def with_user(database_url: str, user: str) -> str:
+    """The same database, logged in as `user` (no password: local socket only)."""
+    parts = urllib.parse.urlsplit(database_url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+
+
+def migrate(admin_url: str) -> None:
+    """Bring the schema to the newest revision (run with a role that owns the schema)."""
+    config = Config(str(ALEMBIC_INI))
+    config.attributes["sqlalchemy_url"] = sqlalchemy_url(admin_url)
+    command.upgrade(config, "head")
+
+
+async def ensure_dev_login(admin_url: str) -> str:
+    """Create the development login of the service's role; the URL to connect as it."""
+    engine = create_async_engine(sqlalchemy_url(admin_url), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            exists = await conn.scalar(
+                text("SELECT 1 FROM pg_roles WHERE rolname = :name"), {"name": DEV_LOGIN}
+            )
+            if not exists:
+                await conn.execute(text(f"CREATE ROLE {DEV_LOGIN} LOGIN IN ROLE {SERVICE_ROLE}"))
+    finally:
+        await engine.dispose()
+    return with_user(admin_url, DEV_LOGIN)
+
+
+def prepare_embedded(dev_dir: Path) -> tuple[str, str]:
+    """Start, migrate and open the embedded database: (admin URL, service URL)."""
+    admin_url = embedded_admin_url(dev_dir)
+    migrate(admin_url)
+    return admin_url, asyncio.run(ensure_dev_login(admin_url))

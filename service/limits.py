@@ -1,0 +1,36 @@
+"""Every limit of the service, with its unit in its name and the reason for its value.
+
+Limits an operator may need to change are settings (service.settings); these are the
+fixed ones, part of the contract or of how the service protects itself.
+"""
+
+import datetime
+
+ACCOUNT_ID_CHARS_MAX = 128
+IDEMPOTENCY_KEY_CHARS_MAX = 128
+DESCRIPTION_CHARS_MAX = 500
+REASON_CHARS_MAX = 500
+JOB_FIELD_CHARS_MAX = 128
+EXTERNAL_REF_CHARS_MAX = 255
+CUMULATIVE_SERIES_CHARS_MAX = 128
+METADATA_ENTRIES_MAX = 16
+METADATA_KEY_CHARS_MAX = 64
+METADATA_VALUE_CHARS_MAX = 256
+
+RESERVATION_TTL_MIN = datetime.timedelta(seconds=1)
+RESERVATION_TTL_MAX = datetime.timedelta(hours=24)
+RESERVATION_TTL_DEFAULT = datetime.timedelta(minutes=15)
+
+PAGE_SIZE_MIN = 1
+PAGE_SIZE_MAX = 100
+PAGE_SIZE_DEFAULT = 50
+PAGE_TOKEN_CHARS_MAX = 200
+
+# Signed 64-bit: amounts are BIGINT in PostgreSQL and int64 in the contract.
+AMOUNT_INT64_MAX = 2**63 - 1
+# Priorities are int32 in the contract and INTEGER in PostgreSQL.
+PRIORITY_INT32_MIN = -(2**31)
+PRIORITY_INT32_MAX = 2**31 - 1
+
+# gRPC messages of this contract are small; a large one is a mistake or an attack.
+GRPC_MESSAGE_BYTES_MAX = 64 * 1024

@@ -1,0 +1,163 @@
+"""The gRPC face of the ledger: each method translates the request into a command, makes
+one ledger call and translates the answer. Errors travel up to the interceptors, which
+own the one mapping from errors to statuses."""
+
+import datetime
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from credits.v1 import credits_pb2 as pb
+from credits.v1 import credits_pb2_grpc
+from service import ledger
+from service.context import current_caller
+
+
+def _timestamp(value: datetime.datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def reservation_message(r: ledger.Reservation) -> pb.Reservation:
+    return pb.Reservation(
+        reservation_id=str(r.reservation_id),
+        account_id=r.account_id,
+        amount=r.amount,
+        confirmed_amount=r.confirmed_amount,
+        status=pb.ReservationStatus.ValueType(int(r.status)),
+        job_id=r.job_id,
+        job_type=r.job_type,
+        description=r.description,
+        created_at=_timestamp(r.created_at),
+        expires_at=_timestamp(r.expires_at),
+    )
+
+
+def grant_message(g: ledger.Grant) -> pb.Grant:
+    message = pb.Grant(
+        grant_id=str(g.grant_id),
+        account_id=g.account_id,
+        original_amount=g.original_amount,
+        remaining_amount=g.remaining_amount,
+        source=pb.GrantSource.ValueType(int(g.source)),
+        external_ref=g.external_ref or "",
+        created_at=_timestamp(g.created_at),
+        revoked_amount=g.revoked_amount,
+        priority=g.priority,
+    )
+    if g.expires_at is not None:
+        message.expires_at.CopyFrom(_timestamp(g.expires_at))
+    return message
+
+
+class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
+    def __init__(self, ledger_: ledger.Ledger) -> None:
+        self._ledger = ledger_
+
+    async def Reserve(
+        self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReserveResponse:
+        reservation = await self._ledger.reserve(
+            ledger.ReserveCommand(
+                caller=current_caller(),
+                account_id=request.account_id,
+                amount=request.amount,
+                idempotency_key=request.idempotency_key,
+                job_id=request.job_id,
+                job_type=request.job_type,
+                description=request.description,
+                metadata=dict(request.metadata),
+                ttl=request.ttl.ToTimedelta() if request.HasField("ttl") else None,
+            )
+        )
+        return pb.ReserveResponse(reservation=reservation_message(reservation))
+
+    async def Confirm(
+        self, request: pb.ConfirmRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ConfirmResponse:
+        reservation = await self._ledger.confirm(
+            ledger.ConfirmCommand(
+                account_id=request.account_id,
+                reservation_id=request.reservation_id,
+                amount=request.amount if request.HasField("amount") else None,
+            )
+        )
+        return pb.ConfirmResponse(reservation=reservation_message(reservation))
+
+    async def Release(
+        self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReleaseResponse:
+        reservation = await self._ledger.release(
+            ledger.ReleaseCommand(
+                account_id=request.account_id,
+                reservation_id=request.reservation_id,
+                reason=request.reason,
+            )
+        )
+        return pb.ReleaseResponse(reservation=reservation_message(reservation))
+
+    async def Grant(
+        self, request: pb.GrantRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GrantResponse:
+        grant = await self._ledger.grant(
+            ledger.GrantCommand(
+                caller=current_caller(),
+                account_id=request.account_id,
+                amount=request.amount,
+                source=request.source,
+                idempotency_key=request.idempotency_key,
+                external_ref=request.external_ref,
+                expires_at=request.expires_at.ToDatetime(datetime.UTC)
+                if request.HasField("expires_at")
+                else None,
+                description=request.description,
+                metadata=dict(request.metadata),
+                priority=request.priority,
+            )
+        )
+        return pb.GrantResponse(grant=grant_message(grant))
+
+    async def Revoke(
+        self, request: pb.RevokeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RevokeResponse:
+        revocation = await self._ledger.revoke(
+            ledger.RevokeCommand(
+                caller=current_caller(),
+                account_id=request.account_id,
+                idempotency_key=request.idempotency_key,
+                grant_id=request.grant_id,
+                external_ref=request.external_ref,
+                amount=request.amount,
+                reason=request.reason,
+                cumulative_series=request.cumulative_series,
+            )
+        )
+        return pb.RevokeResponse(
+            grant=grant_message(revocation.grant),
+            revoked_amount=revocation.revoked_amount,
+            unrecovered_amount=revocation.unrecovered_amount,
+        )
+
+    async def GetBalance(
+        self, request: pb.GetBalanceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetBalanceResponse:
+        balance = await self._ledger.balance(request.account_id)
+        response = pb.GetBalanceResponse(
+            account_id=balance.account_id,
+            available=balance.available,
+            reserved=balance.reserved,
+            expiring_amount=balance.expiring_amount,
+        )
+        if balance.next_expiry is not None:
+            response.next_expiry.CopyFrom(_timestamp(balance.next_expiry))
+        return response
+
+    async def ListUsage(
+        self, request: pb.ListUsageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListUsageResponse:
+        page = await self._ledger.usage(request.account_id, request.page_size, request.page_token)
+        return pb.ListUsageResponse(
+            reservations=[reservation_message(r) for r in page.reservations],
+            next_page_token=page.next_cursor.encode() if page.next_cursor else "",
+        )

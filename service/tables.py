@@ -1,0 +1,217 @@
+"""The schema, as SQLAlchemy Core tables: what Alembic migrations target and what the
+store's read queries are built from. The mutations themselves are server-side functions
+(migrations/sql/), so that every RPC is one round trip under one account lock.
+
+Amounts are BIGINT counts of credit units. Every invariant the ledger relies on is also
+a constraint here, so that a bug in code cannot write an impossible state.
+"""
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+TIMESTAMPTZ = TIMESTAMP(timezone=True)
+
+# The lock anchor: every transaction that changes an account first locks its row, so
+# writers of one account serialize and never deadlock (one lock, always taken first).
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("account_id", Text, primary_key=True),
+    Column("created_at", TIMESTAMPTZ, nullable=False, server_default=text("now()")),
+    CheckConstraint("account_id ~ '^[A-Za-z0-9._:@-]{1,128}$'", name="account_id_format"),
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("grant_id", UUID(as_uuid=True), primary_key=True),
+    Column("account_id", Text, ForeignKey("accounts.account_id"), nullable=False),
+    Column("source", SmallInteger, nullable=False),
+    Column("original_amount", BigInteger, nullable=False),
+    Column("remaining_amount", BigInteger, nullable=False),
+    Column("revoked_amount", BigInteger, nullable=False, server_default=text("0")),
+    # What a revocation asked for but could not take back (already spent or held).
+    Column("unrecovered_amount", BigInteger, nullable=False, server_default=text("0")),
+    Column("expired_amount", BigInteger, nullable=False, server_default=text("0")),
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("external_ref", Text, nullable=True, unique=True),
+    Column("expires_at", TIMESTAMPTZ, nullable=True),
+    Column("created_at", TIMESTAMPTZ, nullable=False, server_default=text("now()")),
+    Column("description", Text, nullable=False, server_default=text("''")),
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    CheckConstraint("source BETWEEN 1 AND 4", name="source_known"),
+    CheckConstraint("original_amount > 0", name="original_positive"),
+    CheckConstraint("remaining_amount BETWEEN 0 AND original_amount", name="remaining_bounded"),
+    CheckConstraint(
+        "revoked_amount >= 0 AND unrecovered_amount >= 0 AND expired_amount >= 0",
+        name="counters_non_negative",
+    ),
+    CheckConstraint(
+        "remaining_amount + revoked_amount + expired_amount <= original_amount",
+        name="taken_bounded",
+    ),
+    Index(
+        "ix_grants_spendable",
+        "account_id",
+        "priority",
+        "expires_at",
+        "created_at",
+        postgresql_where=text("remaining_amount > 0"),
+    ),
+    # At most one signup bonus per account (GrantSource.SIGNUP_BONUS = 2).
+    Index(
+        "uq_grants_one_signup_bonus",
+        "account_id",
+        unique=True,
+        postgresql_where=text("source = 2"),
+    ),
+)
+
+reservations = Table(
+    "reservations",
+    metadata,
+    Column("reservation_id", UUID(as_uuid=True), primary_key=True),
+    Column("account_id", Text, ForeignKey("accounts.account_id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("confirmed_amount", BigInteger, nullable=False, server_default=text("0")),
+    Column("returned_amount", BigInteger, nullable=False, server_default=text("0")),
+    # ReservationStatus: 1 reserved, 2 confirmed, 3 released, 4 expired.
+    Column("status", SmallInteger, nullable=False, server_default=text("1")),
+    Column("job_id", Text, nullable=False, server_default=text("''")),
+    Column("job_type", Text, nullable=False, server_default=text("''")),
+    Column("description", Text, nullable=False, server_default=text("''")),
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("release_reason", Text, nullable=False, server_default=text("''")),
+    Column("created_at", TIMESTAMPTZ, nullable=False, server_default=text("now()")),
+    Column("expires_at", TIMESTAMPTZ, nullable=False),
+    Column("settled_at", TIMESTAMPTZ, nullable=True),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint(
+        "confirmed_amount >= 0 AND returned_amount >= 0"
+        " AND confirmed_amount + returned_amount <= amount",
+        name="settled_bounded",
+    ),
+    CheckConstraint(
+        "(status = 1 AND confirmed_amount = 0 AND returned_amount = 0 AND settled_at IS NULL)"
+        " OR (status = 2 AND confirmed_amount > 0"
+        " AND confirmed_amount + returned_amount = amount AND settled_at IS NOT NULL)"
+        " OR (status IN (3, 4) AND confirmed_amount = 0 AND returned_amount = amount"
+        " AND settled_at IS NOT NULL)",
+        name="status_consistent",
+    ),
+    Index("ix_reservations_usage", "account_id", "created_at", "reservation_id"),
+    Index(
+        "ix_reservations_active_expiry",
+        "account_id",
+        "expires_at",
+        postgresql_where=text("status = 1"),
+    ),
+    Index("ix_reservations_due", "expires_at", postgresql_where=text("status = 1")),
+)
+
+# Which grants gave how much to a reservation, in burn-down order (burn_rank).
+allocations = Table(
+    "allocations",
+    metadata,
+    Column(
+        "reservation_id",
+        UUID(as_uuid=True),
+        ForeignKey("reservations.reservation_id"),
+        nullable=False,
+    ),
+    Column("grant_id", UUID(as_uuid=True), ForeignKey("grants.grant_id"), nullable=False),
+    Column("account_id", Text, nullable=False),
+    Column("burn_rank", Integer, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("returned_amount", BigInteger, nullable=False, server_default=text("0")),
+    PrimaryKeyConstraint("reservation_id", "grant_id"),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint("returned_amount BETWEEN 0 AND amount", name="returned_bounded"),
+    Index("ix_allocations_grant_id", "grant_id"),
+)
+
+revocations = Table(
+    "revocations",
+    metadata,
+    Column("revocation_id", UUID(as_uuid=True), primary_key=True),
+    Column("grant_id", UUID(as_uuid=True), ForeignKey("grants.grant_id"), nullable=False),
+    Column("account_id", Text, nullable=False),
+    Column("requested_amount", BigInteger, nullable=False),
+    Column("revoked_amount", BigInteger, nullable=False),
+    Column("unrecovered_amount", BigInteger, nullable=False),
+    Column("cumulative_series", Text, nullable=True),
+    Column("series_total", BigInteger, nullable=True),
+    Column("reason", Text, nullable=False, server_default=text("''")),
+    Column("created_at", TIMESTAMPTZ, nullable=False, server_default=text("now()")),
+    CheckConstraint(
+        "requested_amount >= 0 AND revoked_amount >= 0 AND unrecovered_amount >= 0"
+        " AND revoked_amount + unrecovered_amount = requested_amount",
+        name="amounts_add_up",
+    ),
+    CheckConstraint(
+        "(cumulative_series IS NULL) = (series_total IS NULL)", name="series_complete"
+    ),
+    Index("ix_revocations_series", "grant_id", "cumulative_series"),
+)
+
+# Append-only: a trigger refuses UPDATE, DELETE and TRUNCATE, and the service's role may
+# only INSERT and SELECT. The sum of an account's entries is the sum of its grants'
+# remaining amounts, at every commit.
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("entry_id", BigInteger, primary_key=True, autoincrement=True),
+    Column("account_id", Text, nullable=False),
+    Column("grant_id", UUID(as_uuid=True), nullable=False),
+    Column("reservation_id", UUID(as_uuid=True), nullable=True),
+    Column("revocation_id", UUID(as_uuid=True), nullable=True),
+    Column("kind", Text, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("created_at", TIMESTAMPTZ, nullable=False, server_default=text("now()")),
+    CheckConstraint("amount <> 0", name="amount_non_zero"),
+    CheckConstraint(
+        "kind IN ('grant', 'reserve', 'release', 'confirm_return', 'reservation_expiry',"
+        " 'grant_expiry', 'revoke')",
+        name="kind_known",
+    ),
+    Index("ix_ledger_entries_account_id", "account_id"),
+)
+
+# Idempotency keys are scoped to the calling service; the primary key makes a replay
+# race impossible across processes and restarts.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("caller", Text, nullable=False),
+    Column("idempotency_key", Text, nullable=False),
+    Column("operation", Text, nullable=False),
+    Column("request_hash", LargeBinary, nullable=False),
+    Column("account_id", Text, nullable=False),
+    Column("result_id", UUID(as_uuid=True), nullable=False),
+    Column("created_at", TIMESTAMPTZ, nullable=False, server_default=text("now()")),
+    PrimaryKeyConstraint("caller", "idempotency_key"),
+)

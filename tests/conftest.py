@@ -1,0 +1,86 @@
+"""Session fixtures: one embedded PostgreSQL (migrated once), one dev PKI, one
+production server on an ephemeral port, and clients for each development caller.
+Tests isolate themselves with fresh account ids instead of rolled-back transactions,
+because they go through the real server and its own connections."""
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from credits.v1 import credits_pb2_grpc
+from scripts.devpki import ensure_dev_pki
+from service import database
+from service.store import sqlalchemy_url
+from tests.support import RunningServer, open_channel, start_server
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("pki")
+    ensure_dev_pki(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def database_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(superuser URL, service URL) of a freshly migrated embedded PostgreSQL."""
+    import pgserver
+
+    directory = tmp_path_factory.mktemp("db")
+    server = pgserver.get_server(directory / "pgdata", cleanup_mode="stop")
+    admin_url = str(server.get_uri())
+    database.migrate(admin_url)
+    import asyncio
+
+    service_url = asyncio.run(database.ensure_dev_login(admin_url))
+    yield admin_url, service_url
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def database_url(database_urls: tuple[str, str]) -> str:
+    """The least-privilege URL the service connects with."""
+    return database_urls[1]
+
+
+@pytest.fixture(scope="session")
+def admin_url(database_urls: tuple[str, str]) -> str:
+    return database_urls[0]
+
+
+@pytest.fixture(scope="session")
+async def admin_engine(admin_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(sqlalchemy_url(admin_url), isolation_level="AUTOCOMMIT")
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def credits_server(database_url: str, pki: Path) -> AsyncIterator[RunningServer]:
+    server = await start_server(database_url, pki)
+    yield server
+    await server.stop()
+
+
+@pytest.fixture(scope="session")
+async def ops(credits_server: RunningServer, pki: Path) -> AsyncIterator[credits_pb2_grpc.CreditsServiceStub]:
+    async with open_channel(pki, "ops", credits_server.address) as channel:
+        yield credits_pb2_grpc.CreditsServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+async def backend(
+    credits_server: RunningServer, pki: Path
+) -> AsyncIterator[credits_pb2_grpc.CreditsServiceStub]:
+    async with open_channel(pki, "backend", credits_server.address) as channel:
+        yield credits_pb2_grpc.CreditsServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+async def gateway(
+    credits_server: RunningServer, pki: Path
+) -> AsyncIterator[credits_pb2_grpc.CreditsServiceStub]:
+    async with open_channel(pki, "gateway", credits_server.address) as channel:
+        yield credits_pb2_grpc.CreditsServiceStub(channel)

@@ -1,0 +1,149 @@
+"""What Stripe is told for each way the service can answer."""
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from gateway.credits_client import Failure, Revoked, ServiceError
+from gateway.events import (
+    Acknowledge,
+    DisputeWon,
+    GrantCall,
+    GrantSource,
+    Purchase,
+    Revocation,
+    RevokeCall,
+    dispute_grant_back,
+    dispute_revoke,
+)
+from gateway.fulfilment import fulfil
+
+GRANT = GrantCall("acct_1", 1000, GrantSource.PURCHASE, "checkout:cs_1", "pi_1", "", ())
+REVOKE = RevokeCall("pi_1", 400, "refund:ch_1:400", "refund", "refund:ch_1")
+
+
+@dataclass
+class FakeCredits:
+    """Answers from a script; records every call."""
+
+    grant_error: ServiceError | None = None
+    revoke_error: ServiceError | None = None
+    revoked: Revoked = Revoked("acct_1", 600, 0)
+    calls: list[GrantCall | RevokeCall] = field(default_factory=list)
+
+    async def grant(self, call: GrantCall) -> str:
+        self.calls.append(call)
+        if self.grant_error:
+            raise self.grant_error
+        return "grant-1"
+
+    async def revoke(self, call: RevokeCall) -> Revoked:
+        self.calls.append(call)
+        if self.revoke_error:
+            raise self.revoke_error
+        return self.revoked
+
+
+def error(failure: Failure, code: str = "X", reason: str = "") -> ServiceError:
+    return ServiceError(failure, "Grant", code, reason)
+
+
+async def test_acknowledged_events_call_nothing() -> None:
+    credits = FakeCredits()
+
+    result = await fulfil(Acknowledge("unpaid"), credits)
+
+    assert (result.status_code, result.outcome, credits.calls) == (200, "unpaid", [])
+
+
+async def test_a_purchase_is_acknowledged_once_granted() -> None:
+    credits = FakeCredits()
+
+    result = await fulfil(Purchase(GRANT), credits)
+
+    assert (result.status_code, result.outcome) == (200, "granted")
+    assert credits.calls == [GRANT]
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "outcome"),
+    [
+        (Failure.RETRY_LATER, 503, "service_unavailable"),
+        (Failure.CONFLICT, 200, "conflict_already_done"),
+        (Failure.MISCONFIGURED, 500, "refused_by_service"),
+        (Failure.NOT_FOUND, 500, "purchase_not_granted_yet"),
+    ],
+)
+async def test_a_failed_grant(failure: Failure, status: int, outcome: str) -> None:
+    result = await fulfil(Purchase(GRANT), FakeCredits(grant_error=error(failure)))
+
+    assert (result.status_code, result.outcome) == (status, outcome)
+
+
+@pytest.mark.parametrize(
+    ("failure", "status"),
+    [
+        (Failure.RETRY_LATER, 503),
+        # The purchase is not granted yet: Stripe must deliver the refund again later.
+        (Failure.NOT_FOUND, 503),
+        (Failure.CONFLICT, 200),
+        (Failure.MISCONFIGURED, 500),
+    ],
+)
+async def test_a_failed_revocation(failure: Failure, status: int) -> None:
+    result = await fulfil(
+        Revocation(REVOKE, "refund_revoked"), FakeCredits(revoke_error=error(failure))
+    )
+
+    assert result.status_code == status
+
+
+async def test_a_revocation_reports_what_it_could_not_take_back() -> None:
+    credits = FakeCredits(revoked=Revoked("acct_1", 300, 100))
+
+    result = await fulfil(Revocation(REVOKE, "refund_revoked"), credits)
+
+    assert result.status_code == 200
+    assert result.fields == {"revoked_units": 300, "unrecovered_units": 100}
+
+
+async def test_a_won_dispute_gives_back_what_its_revocation_took() -> None:
+    revoke = dispute_revoke("dp_1", "pi_1")
+    credits = FakeCredits(revoked=Revoked("acct_9", 600, 0))
+
+    result = await fulfil(DisputeWon(revoke, "dp_1"), credits)
+
+    assert (result.status_code, result.outcome) == (200, "dispute_won_granted_back")
+    assert credits.calls == [revoke, dispute_grant_back("dp_1", "acct_9", 600)]
+
+
+async def test_a_won_dispute_that_revoked_nothing_grants_nothing() -> None:
+    credits = FakeCredits(revoked=Revoked("acct_9", 0, 0))
+
+    result = await fulfil(DisputeWon(dispute_revoke("dp_1", "pi_1"), "dp_1"), credits)
+
+    assert (result.status_code, result.outcome) == (200, "dispute_won_nothing_revoked")
+    assert len(credits.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("revoke_failure", "grant_failure", "status"),
+    [
+        (Failure.NOT_FOUND, None, 503),
+        (Failure.RETRY_LATER, None, 503),
+        (Failure.CONFLICT, None, 500),
+        (None, Failure.RETRY_LATER, 503),
+        (None, Failure.CONFLICT, 200),
+    ],
+)
+async def test_a_won_dispute_that_cannot_finish(
+    revoke_failure: Failure | None, grant_failure: Failure | None, status: int
+) -> None:
+    credits = FakeCredits(
+        revoke_error=error(revoke_failure) if revoke_failure else None,
+        grant_error=error(grant_failure) if grant_failure else None,
+    )
+
+    result = await fulfil(DisputeWon(dispute_revoke("dp_1", "pi_1"), "dp_1"), credits)
+
+    assert result.status_code == status
