@@ -28,7 +28,7 @@ class FakeCredits:
 
     grant_error: ServiceError | None = None
     revoke_error: ServiceError | None = None
-    revoked: Revoked = Revoked("acct_1", 600, 0)
+    revoked: Revoked = field(default_factory=lambda: Revoked("acct_1", 600, 0))
     calls: list[GrantCall | RevokeCall] = field(default_factory=list)
 
     async def grant(self, call: GrantCall) -> str:

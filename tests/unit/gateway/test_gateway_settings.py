@@ -151,7 +151,7 @@ def test_secrets_split_on_commas_and_newlines() -> None:
     [
         ("127.0.0.1:8080", Address("127.0.0.1", 8080)),
         ("[::1]:9000", Address("::1", 9000)),
-        ("0.0.0.0:0", Address("0.0.0.0", 0)),
+        ("10.1.2.3:0", Address("10.1.2.3", 0)),
         ("localhost", None),
         (":8080", None),
         ("host:http", None),
