@@ -17,12 +17,13 @@ from service.store import PostgresStore, create_engine
 log = logging.getLogger("credits.service")
 
 
-def database_url(config: settings.Settings) -> str:
+def open_database(config: settings.Settings) -> tuple[str, database.Embedded | None]:
+    """The URL to serve from, and the embedded database when there is one to keep alive."""
     if config.database_url is not None:
-        return config.database_url
+        return config.database_url, None
     # Development without a configured database: the embedded one under .dev/.
-    _, service_url = database.prepare_embedded(config.dev_dir)
-    return service_url
+    embedded = database.prepare_embedded(config.dev_dir)
+    return embedded.service_url, embedded
 
 
 async def serve(config: settings.Settings, url: str) -> None:
@@ -61,7 +62,8 @@ def main() -> None:
     except settings.SettingsError as exc:
         print(f"credits service cannot start: {exc}", file=sys.stderr)
         sys.exit(2)
-    asyncio.run(serve(config, database_url(config)))
+    url, _embedded = open_database(config)
+    asyncio.run(serve(config, url))
 
 
 if __name__ == "__main__":

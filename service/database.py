@@ -3,7 +3,9 @@ migrations, and the least-privilege role the service connects as."""
 
 import asyncio
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -20,13 +22,21 @@ SERVICE_ROLE = "credits_service"
 DEV_LOGIN = "credits_app"
 
 
-def embedded_admin_url(dev_dir: Path) -> str:
-    """Start (or reuse) the embedded PostgreSQL under `dev_dir`; its superuser's URL."""
-    import pgserver  # imported here: production never loads the embedded server
+@dataclass(frozen=True)
+class Embedded:
+    """The embedded development PostgreSQL; it stops when the last process that holds
+    one of these exits."""
+
+    server: Any
+    admin_url: str
+    service_url: str
+
+
+def _embedded_server(dev_dir: Path) -> Any:
+    import pgserver  # noqa: PLC0415 (production never loads the embedded server)
 
     dev_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(dev_dir.resolve() / "pgdata", cleanup_mode=None)
-    return str(server.get_uri())
+    return pgserver.get_server(dev_dir.resolve() / "pgdata", cleanup_mode="stop")
 
 
 def with_user(database_url: str, user: str) -> str:
@@ -58,8 +68,10 @@ async def ensure_dev_login(admin_url: str) -> str:
     return with_user(admin_url, DEV_LOGIN)
 
 
-def prepare_embedded(dev_dir: Path) -> tuple[str, str]:
-    """Start, migrate and open the embedded database: (admin URL, service URL)."""
-    admin_url = embedded_admin_url(dev_dir)
+def prepare_embedded(dev_dir: Path) -> Embedded:
+    """Start (or join) the embedded database under `dev_dir`, migrate it and make sure
+    the service's development login exists."""
+    server = _embedded_server(dev_dir)
+    admin_url = str(server.get_uri())
     migrate(admin_url)
-    return admin_url, asyncio.run(ensure_dev_login(admin_url))
+    return Embedded(server, admin_url, asyncio.run(ensure_dev_login(admin_url)))

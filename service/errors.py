@@ -76,7 +76,9 @@ def for_known(exc: Exception) -> grpc.Status | None:
     if isinstance(exc, ledger.InvalidRequest):
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
                 for v in exc.violations
             ]
         )

@@ -18,7 +18,7 @@ from typing import ClassVar, Protocol
 
 from service import limits
 
-ACCOUNT_ID_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,%d}" % limits.ACCOUNT_ID_CHARS_MAX)
+ACCOUNT_ID_PATTERN = re.compile(rf"[A-Za-z0-9._:@-]{{1,{limits.ACCOUNT_ID_CHARS_MAX}}}")
 PRINTABLE_ASCII_PATTERN = re.compile(r"[\x20-\x7e]+")
 
 
@@ -305,7 +305,9 @@ class _Check:
 
     def account_id(self, value: str, name: str = "account_id") -> None:
         if not ACCOUNT_ID_PATTERN.fullmatch(value):
-            self.fail(name, f"must be 1-{limits.ACCOUNT_ID_CHARS_MAX} characters of [A-Za-z0-9._:@-]")
+            self.fail(
+                name, f"must be 1-{limits.ACCOUNT_ID_CHARS_MAX} characters of [A-Za-z0-9._:@-]"
+            )
 
     def amount(self, value: int, amount_max: int, name: str = "amount") -> None:
         if not 0 < value <= amount_max:

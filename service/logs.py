@@ -21,9 +21,7 @@ class JsonFormatter(logging.Formatter):
             "event": record.getMessage(),
             "request_id": context.request_id.get(),
         }
-        entry.update(
-            (k, v) for k, v in record.__dict__.items() if k not in _STANDARD_ATTRIBUTES
-        )
+        entry.update((k, v) for k, v in record.__dict__.items() if k not in _STANDARD_ATTRIBUTES)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

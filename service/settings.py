@@ -117,7 +117,12 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             return dev_defaults.get(name)
         return value
 
-    required = ["CREDITS_GRPC_ADDR", "CREDITS_TLS_CA_FILE", "CREDITS_TLS_CERT_FILE", "CREDITS_TLS_KEY_FILE"]
+    required = [
+        "CREDITS_GRPC_ADDR",
+        "CREDITS_TLS_CA_FILE",
+        "CREDITS_TLS_CERT_FILE",
+        "CREDITS_TLS_KEY_FILE",
+    ]
     if not development:
         required.append("CREDITS_DATABASE_URL")
     missing = [name for name in required if get(name) is None]

@@ -62,8 +62,9 @@ RESERVE = text(
 CONFIRM = text("SELECT * FROM credits_confirm(:account, :reservation, :amount)")
 RELEASE = text("SELECT * FROM credits_release(:account, :reservation, :reason)")
 GRANT = text(
-    "SELECT * FROM credits_grant(:caller, :key, :hash, :account, :amount, CAST(:source AS smallint),"
-    " :external_ref, :expires_at, :priority, :description, CAST(:metadata AS jsonb))"
+    "SELECT * FROM credits_grant(:caller, :key, :hash, :account, :amount,"
+    " CAST(:source AS smallint), :external_ref, :expires_at, :priority, :description,"
+    " CAST(:metadata AS jsonb))"
 )
 REVOKE = text(
     "SELECT (r.out_grant).*, r.out_revoked, r.out_unrecovered FROM credits_revoke(:caller, :key,"
@@ -174,7 +175,8 @@ def _translate(exc: DBAPIError) -> Exception:
     if sqlstate in DOMAIN_ERRORS:
         return DOMAIN_ERRORS[sqlstate]()
     if sqlstate == UNIQUE_VIOLATION:
-        constraint = getattr(getattr(exc.orig, "__cause__", None), "constraint_name", None)
+        driver_error = exc.orig.__cause__ if exc.orig is not None else None
+        constraint = str(getattr(driver_error, "constraint_name", ""))
         if constraint in CONSTRAINT_ERRORS:
             return CONSTRAINT_ERRORS[constraint]()
     if exc.connection_invalidated or sqlstate.startswith(UNAVAILABLE_SQLSTATE_PREFIXES):

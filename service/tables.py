@@ -172,9 +172,7 @@ revocations = Table(
         " AND revoked_amount + unrecovered_amount = requested_amount",
         name="amounts_add_up",
     ),
-    CheckConstraint(
-        "(cumulative_series IS NULL) = (series_total IS NULL)", name="series_complete"
-    ),
+    CheckConstraint("(cumulative_series IS NULL) = (series_total IS NULL)", name="series_complete"),
     Index("ix_revocations_series", "grant_id", "cumulative_series"),
 )
 

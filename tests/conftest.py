@@ -3,9 +3,11 @@ production server on an ephemeral port, and clients for each development caller.
 Tests isolate themselves with fresh account ids instead of rolled-back transactions,
 because they go through the real server and its own connections."""
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import pgserver
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -26,14 +28,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def database_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """(superuser URL, service URL) of a freshly migrated embedded PostgreSQL."""
-    import pgserver
-
     directory = tmp_path_factory.mktemp("db")
     server = pgserver.get_server(directory / "pgdata", cleanup_mode="stop")
     admin_url = str(server.get_uri())
     database.migrate(admin_url)
-    import asyncio
-
     service_url = asyncio.run(database.ensure_dev_login(admin_url))
     yield admin_url, service_url
     server.cleanup()
@@ -65,7 +63,9 @@ async def credits_server(database_url: str, pki: Path) -> AsyncIterator[RunningS
 
 
 @pytest.fixture(scope="session")
-async def ops(credits_server: RunningServer, pki: Path) -> AsyncIterator[credits_pb2_grpc.CreditsServiceStub]:
+async def ops(
+    credits_server: RunningServer, pki: Path
+) -> AsyncIterator[credits_pb2_grpc.CreditsServiceStub]:
     async with open_channel(pki, "ops", credits_server.address) as channel:
         yield credits_pb2_grpc.CreditsServiceStub(channel)
 

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from credits.v1 import credits_pb2_grpc
@@ -90,9 +92,6 @@ def new_id(prefix: str = "acct") -> str:
 
 def error_details(err: grpc.aio.AioRpcError) -> tuple[str, list[str]]:
     """(ErrorInfo reason, BadRequest fields) of a failed call's rich status."""
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
-
     status = rpc_status.from_call(err)
     assert status is not None, "every failure carries a google.rpc.Status"
     reason, fields = "", []

@@ -1,0 +1,128 @@
+"""`python -m service.admin`: what an operator needs to look after the ledger.
+
+    reconcile       check every invariant; print each discrepancy; exit 1 if any
+    account ID      an account's balance, grants and recent reservations
+    migrate         bring the schema to the newest revision
+
+The database is `CREDITS_DATABASE_URL` (for migrate: `CREDITS_MIGRATION_DATABASE_URL`,
+a role that owns the schema, else `CREDITS_DATABASE_URL`), or with
+`CREDITS_ENV=development` and neither set, the embedded database under `.dev/`.
+"""
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from service import database, reconcile
+from service.ledger import ACCOUNT_ID_PATTERN, GrantSource, ReservationStatus
+from service.settings import DEV_DIR, DEVELOPMENT
+from service.store import sqlalchemy_url
+
+RECENT_RESERVATIONS_MAX = 20
+
+GRANTS = text("""
+SELECT grant_id, source, original_amount, remaining_amount, revoked_amount, unrecovered_amount,
+       expired_amount, priority, external_ref, created_at, expires_at
+  FROM grants WHERE account_id = :account ORDER BY created_at
+""")
+RESERVATIONS = text("""
+SELECT reservation_id, amount, confirmed_amount, status, job_type, job_id, created_at, expires_at
+  FROM reservations WHERE account_id = :account
+ ORDER BY created_at DESC LIMIT :limit
+""")
+BALANCE = text("""
+SELECT coalesce(sum(remaining_amount) FILTER (WHERE expires_at IS NULL OR expires_at > now()), 0),
+       (SELECT coalesce(sum(amount), 0) FROM reservations
+         WHERE account_id = :account AND status = 1 AND expires_at > now())
+  FROM grants WHERE account_id = :account
+""")
+
+
+def resolve_url(*names: str) -> tuple[str, database.Embedded | None]:
+    for name in names:
+        if os.environ.get(name):
+            return os.environ[name], None
+    if os.environ.get("CREDITS_ENV") == DEVELOPMENT:
+        embedded = database.prepare_embedded(Path(os.environ.get("CREDITS_DEV_DIR", str(DEV_DIR))))
+        return embedded.service_url, embedded
+    raise SystemExit(f"set {' or '.join(names)} (or CREDITS_ENV=development for .dev/)")
+
+
+async def run_reconcile(url: str) -> int:
+    engine = create_async_engine(sqlalchemy_url(url))
+    try:
+        async with engine.connect() as conn:
+            found = await reconcile.reconcile(conn)
+    finally:
+        await engine.dispose()
+    for d in found:
+        print(f"DISCREPANCY {d.invariant}: {d.subject}: {d.detail}")
+    checked = len(reconcile.INVARIANTS)
+    print(f"reconcile: {checked} invariants checked, {len(found)} discrepancies")
+    return 1 if found else 0
+
+
+async def show_account(url: str, account_id: str) -> int:
+    if not ACCOUNT_ID_PATTERN.fullmatch(account_id):
+        print("not a valid account id", file=sys.stderr)
+        return 2
+    engine = create_async_engine(sqlalchemy_url(url))
+    try:
+        async with engine.connect() as conn:
+            params = {"account": account_id, "limit": RECENT_RESERVATIONS_MAX}
+            available, reserved = (await conn.execute(BALANCE, params)).one()
+            grants = (await conn.execute(GRANTS, params)).all()
+            reservations = (await conn.execute(RESERVATIONS, params)).all()
+    finally:
+        await engine.dispose()
+    print(f"account {account_id}: available {available}, reserved {reserved}")
+    print(f"grants ({len(grants)}):")
+    for g in grants:
+        print(
+            f"  {g.grant_id} {GrantSource(g.source).name.lower():<12} original {g.original_amount}"
+            f" remaining {g.remaining_amount} revoked {g.revoked_amount}"
+            f" unrecovered {g.unrecovered_amount} expired {g.expired_amount}"
+            f" priority {g.priority} expires {g.expires_at or 'never'}"
+            f" ref {g.external_ref or '-'}"
+        )
+    print(f"recent reservations ({len(reservations)}, newest first):")
+    for r in reservations:
+        print(
+            f"  {r.reservation_id} {ReservationStatus(r.status).name.lower():<9} amount {r.amount}"
+            f" confirmed {r.confirmed_amount} {r.job_type or '-'}/{r.job_id or '-'}"
+            f" created {r.created_at} expires {r.expires_at}"
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m service.admin",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("reconcile", help="check every invariant of the ledger")
+    account = commands.add_parser("account", help="show an account")
+    account.add_argument("account_id")
+    commands.add_parser("migrate", help="bring the schema to the newest revision")
+    args = parser.parse_args(argv)
+
+    if args.command == "migrate":
+        url, _embedded = resolve_url("CREDITS_MIGRATION_DATABASE_URL", "CREDITS_DATABASE_URL")
+        database.migrate(url)
+        print("schema is at the newest revision")
+        return 0
+    url, _embedded = resolve_url("CREDITS_DATABASE_URL")
+    if args.command == "reconcile":
+        return asyncio.run(run_reconcile(url))
+    return asyncio.run(show_account(url, args.account_id))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The ledger's invariants (SPEC §2), checked against the whole database. Each query
+returns the rows that break one invariant; healthy means every query returns nothing."""
+
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+
+@dataclass(frozen=True)
+class Invariant:
+    name: str
+    # Returns one row per discrepancy: (subject, detail).
+    query: str
+
+
+INVARIANTS = (
+    Invariant(
+        "ledger entries of an account add up to its grants' remaining amounts",
+        """
+        WITH entries AS (SELECT account_id, sum(amount) AS total FROM ledger_entries GROUP BY 1),
+             remaining AS (SELECT account_id, sum(remaining_amount) AS total FROM grants GROUP BY 1)
+        SELECT coalesce(e.account_id, r.account_id),
+               format('entries %s, remaining %s', coalesce(e.total, 0), coalesce(r.total, 0))
+          FROM entries e FULL JOIN remaining r ON r.account_id = e.account_id
+         WHERE coalesce(e.total, 0) <> coalesce(r.total, 0)
+        """,
+    ),
+    Invariant(
+        "ledger entries of a grant add up to its remaining amount",
+        """
+        SELECT g.grant_id::text, format('entries %s, remaining %s', coalesce(e.total, 0),
+               g.remaining_amount)
+          FROM grants g
+          LEFT JOIN (SELECT grant_id, sum(amount) AS total FROM ledger_entries GROUP BY 1) e
+            ON e.grant_id = g.grant_id
+         WHERE coalesce(e.total, 0) <> g.remaining_amount
+        """,
+    ),
+    Invariant(
+        "a grant's remaining amount is between 0 and its original amount",
+        """
+        SELECT grant_id::text, format('remaining %s of %s', remaining_amount, original_amount)
+          FROM grants WHERE remaining_amount < 0 OR remaining_amount > original_amount
+        """,
+    ),
+    Invariant(
+        "a reservation's allocations add up to its amount and to what it gave back",
+        """
+        SELECT r.reservation_id::text,
+               format('amount %s, allocated %s; returned %s, allocations returned %s', r.amount,
+                      coalesce(a.allocated, 0), r.returned_amount, coalesce(a.returned, 0))
+          FROM reservations r
+          LEFT JOIN (SELECT reservation_id, sum(amount) AS allocated,
+                            sum(returned_amount) AS returned
+                       FROM allocations GROUP BY 1) a ON a.reservation_id = r.reservation_id
+         WHERE coalesce(a.allocated, 0) <> r.amount OR coalesce(a.returned, 0) <> r.returned_amount
+        """,
+    ),
+    Invariant(
+        "every credit of a grant is remaining, held, spent, revoked or expired",
+        """
+        SELECT g.grant_id::text,
+               format('original %s <> remaining %s + held %s + spent %s + revoked %s + expired %s',
+                      g.original_amount, g.remaining_amount, coalesce(u.held, 0),
+                      coalesce(u.spent, 0), g.revoked_amount, g.expired_amount)
+          FROM grants g
+          LEFT JOIN (
+            SELECT a.grant_id,
+                   sum(a.amount - a.returned_amount) FILTER (WHERE r.status = 1) AS held,
+                   sum(a.amount - a.returned_amount) FILTER (WHERE r.status = 2) AS spent
+              FROM allocations a JOIN reservations r ON r.reservation_id = a.reservation_id
+             GROUP BY 1) u ON u.grant_id = g.grant_id
+         WHERE g.original_amount <> g.remaining_amount + coalesce(u.held, 0) + coalesce(u.spent, 0)
+                                    + g.revoked_amount + g.expired_amount
+        """,
+    ),
+    Invariant(
+        "what revocations asked for is revoked or recorded as unrecovered",
+        """
+        SELECT g.grant_id::text,
+               format('asked %s <> revoked %s + unrecovered %s', coalesce(v.asked, 0),
+                      g.revoked_amount, g.unrecovered_amount)
+          FROM grants g
+          LEFT JOIN (SELECT grant_id, sum(requested_amount) AS asked FROM revocations GROUP BY 1) v
+            ON v.grant_id = g.grant_id
+         WHERE coalesce(v.asked, 0) <> g.revoked_amount + g.unrecovered_amount
+        """,
+    ),
+    Invariant(
+        "a settled reservation captured and gave back exactly its amount",
+        """
+        SELECT reservation_id::text,
+               format('status %s: confirmed %s + returned %s of %s', status, confirmed_amount,
+                      returned_amount, amount)
+          FROM reservations
+         WHERE (status = 1 AND confirmed_amount + returned_amount <> 0)
+            OR (status <> 1 AND confirmed_amount + returned_amount <> amount)
+        """,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    invariant: str
+    subject: str
+    detail: str
+
+
+async def reconcile(conn: AsyncConnection) -> list[Discrepancy]:
+    """Every discrepancy, read in one REPEATABLE READ snapshot so that concurrent
+    traffic cannot make a healthy ledger look broken."""
+    await conn.execution_options(isolation_level="REPEATABLE READ")
+    found: list[Discrepancy] = []
+    async with conn.begin():
+        for invariant in INVARIANTS:
+            rows = (await conn.execute(text(invariant.query))).all()
+            found.extend(Discrepancy(invariant.name, str(s), str(d)) for s, d in rows)
+    return found
