@@ -1,6 +1,7 @@
 """Reconcile finds what is wrong: on a database of its own, written around the
 functions as a bug would, every broken invariant is printed and the exit status is 1."""
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -26,7 +27,8 @@ async def test_reconcile_reports_each_discrepancy_and_fails(
     async with admin_engine.connect() as conn:
         await conn.execute(text(f"CREATE DATABASE {name}"))
     broken_url = other_database(admin_url, name)
-    database.migrate(broken_url)
+    # Alembic runs its own event loop: give it a thread of its own.
+    await asyncio.to_thread(database.migrate, broken_url)
     engine = create_async_engine(sqlalchemy_url(broken_url), isolation_level="AUTOCOMMIT")
     try:
         async with engine.connect() as conn:
