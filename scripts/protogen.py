@@ -21,7 +21,9 @@ def generate(root: Path, out: Path) -> None:
     # The mypy plugins live beside this interpreter, which may not be on PATH.
     bin_dir = str(Path(sys.executable).parent)
     os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
-    protos = sorted(str(p.relative_to(root / PROTO_ROOT)) for p in (root / PROTO_ROOT).rglob("*.proto"))
+    protos = sorted(
+        str(p.relative_to(root / PROTO_ROOT)) for p in (root / PROTO_ROOT).rglob("*.proto")
+    )
     well_known = Path(protoc.__file__).parent / "_proto"
     args = [
         "protoc",
