@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 
-from service import database, logs, settings, sweeper
+from service import database, logs, metrics, settings, sweeper
 from service.ledger import Ledger, Policy
 from service.server import build_server, mark_serving
 from service.store import PostgresStore, create_engine
@@ -40,6 +40,8 @@ async def serve(config: settings.Settings, url: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if config.metrics_addr:
+        metrics.serve(config.metrics_addr)
     await built.server.start()
     await mark_serving(built)
     sweeping = asyncio.create_task(sweeper.run(store, config.sweeper_interval_seconds))

@@ -5,6 +5,7 @@ Correctness never waits for it: every RPC settles its own account first."""
 import asyncio
 import logging
 
+from service import metrics
 from service.store import PostgresStore
 
 log = logging.getLogger("credits.sweeper")
@@ -17,6 +18,7 @@ async def run(store: PostgresStore, interval_seconds: float) -> None:
     while True:
         try:
             settled = await store.settle_due(ACCOUNTS_PER_ROUND_MAX)
+            metrics.SWEPT_ACCOUNTS.inc(settled)
             if settled:
                 log.info("settled accounts", extra={"accounts": settled})
         except Exception:

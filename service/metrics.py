@@ -1,0 +1,29 @@
+"""Prometheus metrics of the service, served on CREDITS_METRICS_ADDR (`/metrics`)."""
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+RPCS = Counter("credits_rpcs_total", "RPCs served, by method and status code", ["method", "code"])
+RPC_SECONDS = Histogram(
+    "credits_rpc_duration_seconds",
+    "Time to serve an RPC, by method",
+    ["method"],
+    # From sub-millisecond reads to the slowest acceptable write.
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+RATE_LIMITED = Counter(
+    "credits_rate_limited_total",
+    "Calls refused by a rate limit, by caller and method",
+    ["caller", "method"],
+)
+AUTHENTICATION_FAILURES = Counter(
+    "credits_authentication_failures_total", "Calls refused for missing or bad credentials"
+)
+SWEPT_ACCOUNTS = Counter(
+    "credits_sweeper_accounts_total", "Accounts the sweeper settled (expired holds and grants)"
+)
+
+
+def serve(address: str) -> None:
+    """Serve /metrics on host:port in a background thread."""
+    host, _, port = address.rpartition(":")
+    start_http_server(int(port), addr=host.strip("[]"))
