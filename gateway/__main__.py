@@ -11,46 +11,17 @@ import types
 
 import uvicorn
 from prometheus_client import start_http_server
-from starlette.types import ASGIApp
 
 from gateway import logs
 from gateway.app import Gateway, create_app
 from gateway.credits_client import CHANNEL_CLOSE_GRACE_SECONDS, CreditsClient, open_channel
 from gateway.metrics import GatewayMetrics
+from gateway.server import uvicorn_config
 from gateway.settings import Settings, SettingsError, load_settings
 
-# Stripe needs no more than a few concurrent deliveries; this bounds memory and file
-# descriptors under a flood (uvicorn answers 503 beyond it).
-HTTP_CONNECTIONS_CONCURRENT_MAX = 256
-HTTP_BACKLOG_CONNECTIONS = 256
-HTTP_KEEP_ALIVE_SECONDS = 5
-# Request line plus headers; a Stripe delivery's headers are well under 2 KiB.
-HTTP_HEADER_BYTES_MAX = 16 * 1024
-# In-flight deliveries get this long to finish on shutdown; each makes at most two
-# calls of SERVICE_CALL_TIMEOUT_SECONDS.
-SHUTDOWN_GRACE_SECONDS = 15
 EXIT_BAD_SETTINGS = 2
 
 log = logging.getLogger("gateway")
-
-
-def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        host=settings.listen.host,
-        port=settings.listen.port,
-        http="h11",
-        lifespan="off",
-        log_config=None,
-        access_log=False,  # one line per delivery comes from the app, with its outcome
-        server_header=False,
-        proxy_headers=False,
-        limit_concurrency=HTTP_CONNECTIONS_CONCURRENT_MAX,
-        backlog=HTTP_BACKLOG_CONNECTIONS,
-        timeout_keep_alive=HTTP_KEEP_ALIVE_SECONDS,
-        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
-        h11_max_incomplete_event_size=HTTP_HEADER_BYTES_MAX,
-    )
 
 
 def _ignore_signal(signum: int, frame: types.FrameType | None) -> None:
@@ -76,7 +47,7 @@ async def serve(settings: Settings) -> None:
         credits=CreditsClient(channel, metrics),
         metrics=metrics,
     )
-    server = uvicorn.Server(uvicorn_config(create_app(gateway), settings))
+    server = uvicorn.Server(uvicorn_config(create_app(gateway), settings.listen))
     log.info(
         "gateway starting",
         extra={

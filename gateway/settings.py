@@ -13,17 +13,25 @@ from pathlib import Path
 from gateway.packages import PackageTable, PackageTableError, load_table
 
 DEVELOPMENT = "development"
+# `make run`'s directory (CREDITS_DEV_DIR moves it, for the service and the gateway alike).
 DEV_DIR = Path(".dev")
-DEVELOPMENT_DEFAULTS: Mapping[str, str] = {
-    "CREDITS_GATEWAY_SERVICE_TARGET": "127.0.0.1:50051",
-    "CREDITS_GATEWAY_CA_FILE": str(DEV_DIR / "pki" / "ca.pem"),
-    "CREDITS_GATEWAY_CERT_FILE": str(DEV_DIR / "pki" / "gateway.pem"),
-    "CREDITS_GATEWAY_KEY_FILE": str(DEV_DIR / "pki" / "gateway.key"),
-    "CREDITS_STRIPE_WEBHOOK_SECRET_FILE": str(DEV_DIR / "stripe-webhook-secret"),
-    "CREDITS_GATEWAY_PACKAGES_FILE": str(DEV_DIR / "credit-packages.toml"),
-    # Beside the service's 127.0.0.1:9464.
-    "CREDITS_GATEWAY_METRICS_ADDR": "127.0.0.1:9465",
-}
+DEV_DIR_SETTING = "CREDITS_DEV_DIR"
+
+
+def development_defaults(dev_dir: Path) -> Mapping[str, str]:
+    """The conventions of SPEC §6, which `make run` lays out under `dev_dir`."""
+    return {
+        "CREDITS_GATEWAY_SERVICE_TARGET": "127.0.0.1:50051",
+        "CREDITS_GATEWAY_CA_FILE": str(dev_dir / "pki" / "ca.pem"),
+        "CREDITS_GATEWAY_CERT_FILE": str(dev_dir / "pki" / "gateway.pem"),
+        "CREDITS_GATEWAY_KEY_FILE": str(dev_dir / "pki" / "gateway.key"),
+        "CREDITS_STRIPE_WEBHOOK_SECRET_FILE": str(dev_dir / "stripe-webhook-secret"),
+        "CREDITS_GATEWAY_PACKAGES_FILE": str(dev_dir / "credit-packages.toml"),
+        # Beside the service's 127.0.0.1:9464.
+        "CREDITS_GATEWAY_METRICS_ADDR": "127.0.0.1:9465",
+    }
+
+
 # Loopback is a safe default everywhere; exposing the gateway is a deliberate setting.
 LISTEN_ADDR_DEFAULT = "127.0.0.1:8080"
 REQUIRED_IN_PRODUCTION = (
@@ -103,13 +111,12 @@ class _Reader:
     """Collects every problem, so one failed start names all missing settings at once."""
 
     def __init__(self, env: Mapping[str, str], development: bool) -> None:
-        self.env, self.development, self.problems = env, development, list[str]()
+        self.env, self.problems = env, list[str]()
+        dev_dir = Path(env.get(DEV_DIR_SETTING) or DEV_DIR)
+        self.defaults = development_defaults(dev_dir) if development else {}
 
     def get(self, name: str) -> str:
-        value = self.env.get(name, "").strip()
-        if not value and self.development:
-            value = DEVELOPMENT_DEFAULTS.get(name, "")
-        return value
+        return self.env.get(name, "").strip() or self.defaults.get(name, "")
 
     def required(self, name: str) -> str:
         value = self.get(name)

@@ -71,6 +71,17 @@ def test_any_setting_can_be_overridden_in_development(dev_tree: Path) -> None:
     assert settings.account_metadata_key == "account_id"
 
 
+def test_the_development_directory_can_be_moved(
+    dev_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (dev_tree / ".dev").rename(dev_tree / "elsewhere")
+
+    with pytest.raises(SettingsError):
+        load_settings({"CREDITS_ENV": "development"})
+    settings = load_settings({"CREDITS_ENV": "development", "CREDITS_DEV_DIR": "elsewhere"})
+    assert settings.webhook_secrets == (DEV_SECRET,)
+
+
 def test_production_names_every_missing_setting(dev_tree: Path) -> None:
     with pytest.raises(SettingsError) as raised:
         load_settings({"CREDITS_ENV": "production"})

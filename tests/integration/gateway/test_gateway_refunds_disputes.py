@@ -1,0 +1,142 @@
+"""Refunds and disputes through the whole path: each takes back exactly what it should,
+once, whatever the number and order of deliveries."""
+
+import asyncio
+
+import httpx
+
+from tests.integration.gateway.deliveries import BalanceReader, Purchase, RunningGateway
+
+PURCHASE = "checkout.session.completed"
+PARTIAL_REFUND = "charge.refunded"  # amount_refunded 400 of 1000
+FULL_REFUND = "charge.refunded.full"
+DISPUTE_CREATED = "charge.dispute.created"
+DISPUTE_LOST = "charge.dispute.closed.lost"
+DISPUTE_WON_EDIT = {'"status": "lost"': '"status": "won"'}
+
+
+def refunded(purchase: Purchase, amount_refunded: int) -> bytes:
+    return purchase.event(
+        PARTIAL_REFUND, {'"amount_refunded": 400': f'"amount_refunded": {amount_refunded}'}
+    )
+
+
+async def deliver(gateway: RunningGateway, http: httpx.AsyncClient, *bodies: bytes) -> list[int]:
+    return [(await gateway.post(http, body)).status_code for body in bodies]
+
+
+async def bought(gateway: RunningGateway, http: httpx.AsyncClient) -> Purchase:
+    purchase = Purchase()
+    assert await deliver(gateway, http, purchase.event(PURCHASE)) == [200]
+    return purchase
+
+
+async def test_a_partial_then_a_full_refund_repeated_revoke_the_right_total_once(
+    gateway_server: RunningGateway, http: httpx.AsyncClient, balance: BalanceReader
+) -> None:
+    purchase = await bought(gateway_server, http)
+    partial, full = purchase.event(PARTIAL_REFUND), purchase.event(FULL_REFUND)
+
+    assert await deliver(gateway_server, http, partial, partial, partial) == [200] * 3
+    assert await balance(purchase.account) == 600
+    statuses = await asyncio.gather(*(gateway_server.post(http, full) for _ in range(10)))
+    assert {r.status_code for r in statuses} == {200}
+    assert await balance(purchase.account) == 0
+    assert await deliver(gateway_server, http, partial, full) == [200, 200]
+    assert await balance(purchase.account) == 0
+
+
+async def test_refunds_delivered_out_of_order_settle_on_the_highest_total(
+    gateway_server: RunningGateway, http: httpx.AsyncClient, balance: BalanceReader
+) -> None:
+    purchase = await bought(gateway_server, http)
+
+    assert await deliver(gateway_server, http, refunded(purchase, 700)) == [200]
+    assert await balance(purchase.account) == 300
+    # The earlier refund of 400 arrives late: already inside the 700, nothing more.
+    assert await deliver(gateway_server, http, refunded(purchase, 400)) == [200]
+    assert await balance(purchase.account) == 300
+    assert await deliver(gateway_server, http, purchase.event(FULL_REFUND)) == [200]
+    assert await balance(purchase.account) == 0
+
+
+async def test_a_full_refund_before_the_partial_one_revokes_the_purchase_once(
+    gateway_server: RunningGateway, http: httpx.AsyncClient, balance: BalanceReader
+) -> None:
+    purchase = await bought(gateway_server, http)
+    # Credits of another grant must stay where they are.
+    other = Purchase()
+    other.ids["acct_demo_42"] = purchase.account
+    assert await deliver(gateway_server, http, other.event(PURCHASE)) == [200]
+    assert await balance(purchase.account) == 2000
+
+    full, partial = purchase.event(FULL_REFUND), purchase.event(PARTIAL_REFUND)
+    assert await deliver(gateway_server, http, full, partial, full, partial) == [200] * 4
+    assert await balance(purchase.account) == 1000
+
+
+async def test_a_refund_before_its_purchase_is_retried_until_the_purchase_is_in(
+    gateway_server: RunningGateway, http: httpx.AsyncClient, balance: BalanceReader
+) -> None:
+    purchase = Purchase()
+    refund, dispute = purchase.event(PARTIAL_REFUND), purchase.event(DISPUTE_CREATED)
+
+    assert await deliver(gateway_server, http, refund, dispute) == [503, 503]
+    assert await deliver(gateway_server, http, purchase.event(PURCHASE)) == [200]
+    assert await deliver(gateway_server, http, refund) == [200]
+    assert await balance(purchase.account) == 600
+    assert await deliver(gateway_server, http, dispute) == [200]
+    assert await balance(purchase.account) == 0
+
+
+async def test_a_dispute_opened_then_won_gives_back_what_it_took(
+    gateway_server: RunningGateway, http: httpx.AsyncClient, balance: BalanceReader
+) -> None:
+    purchase = await bought(gateway_server, http)
+    assert await deliver(gateway_server, http, purchase.event(PARTIAL_REFUND)) == [200]
+    created = purchase.event(DISPUTE_CREATED)
+    won = purchase.event(DISPUTE_LOST, DISPUTE_WON_EDIT)
+
+    assert await deliver(gateway_server, http, created, created) == [200, 200]
+    assert await balance(purchase.account) == 0
+    assert await deliver(gateway_server, http, won) == [200]
+    assert await balance(purchase.account) == 600
+    assert await deliver(gateway_server, http, won, created, won) == [200] * 3
+    assert await balance(purchase.account) == 600
+
+
+async def test_a_dispute_won_before_it_was_opened_changes_nothing_in_the_end(
+    gateway_server: RunningGateway, http: httpx.AsyncClient, balance: BalanceReader
+) -> None:
+    purchase = await bought(gateway_server, http)
+    created = purchase.event(DISPUTE_CREATED)
+    won = purchase.event(DISPUTE_LOST, DISPUTE_WON_EDIT)
+
+    assert await deliver(gateway_server, http, won, created, won) == [200] * 3
+    assert await balance(purchase.account) == 1000
+
+
+async def test_a_dispute_opened_then_lost_revokes_what_remains_once(
+    gateway_server: RunningGateway, http: httpx.AsyncClient, balance: BalanceReader
+) -> None:
+    purchase = await bought(gateway_server, http)
+    created, lost = purchase.event(DISPUTE_CREATED), purchase.event(DISPUTE_LOST)
+
+    assert await deliver(gateway_server, http, created) == [200]
+    assert await balance(purchase.account) == 0
+    # A later purchase of the same account is not touched by the dispute's replays.
+    other = Purchase()
+    other.ids["acct_demo_42"] = purchase.account
+    assert await deliver(gateway_server, http, other.event(PURCHASE)) == [200]
+    assert await deliver(gateway_server, http, lost, created, lost) == [200] * 3
+    assert await balance(purchase.account) == 1000
+
+
+async def test_a_dispute_lost_before_it_was_opened_still_revokes_once(
+    gateway_server: RunningGateway, http: httpx.AsyncClient, balance: BalanceReader
+) -> None:
+    purchase = await bought(gateway_server, http)
+    created, lost = purchase.event(DISPUTE_CREATED), purchase.event(DISPUTE_LOST)
+
+    assert await deliver(gateway_server, http, lost, created, lost) == [200] * 3
+    assert await balance(purchase.account) == 0
