@@ -7,15 +7,47 @@ driver text, path or stack trace ever reaches a client.
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from service import ledger
 
 DOMAIN = "credits.v1"
+
+
+class Refused(Exception):
+    """The interceptor chain refused the call before any servicer ran."""
+
+    message: ClassVar[str]
+
+    def __init__(self) -> None:
+        super().__init__(self.message)
+
+
+class Unauthenticated(Refused):
+    message = "missing or invalid credentials"
+
+
+class PermissionDenied(Refused):
+    message = "this caller may not call this RPC"
+
+
+class RateLimited(Refused):
+    message = "rate limit exceeded; retry after the delay in RetryInfo"
+
+    def __init__(self, subject: str, limit: str, retry_after_seconds: float) -> None:
+        super().__init__()
+        self.subject = subject  # what is limited, e.g. "caller:backend/Reserve"
+        self.limit = limit  # e.g. "50 per 1 second"
+        self.retry_after_seconds = retry_after_seconds
+
+
+class RateLimitUnavailable(Exception):
+    """The rate-limit store cannot be reached: the call is refused, never let through."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +71,10 @@ STATUS_OF: Mapping[type[Exception], Mapped] = {
     ledger.SignupBonusExists: Mapped(grpc.StatusCode.ALREADY_EXISTS, "SIGNUP_BONUS_EXISTS"),
     ledger.ExternalRefExists: Mapped(grpc.StatusCode.ALREADY_EXISTS, "EXTERNAL_REF_EXISTS"),
     ledger.StoreUnavailable: Mapped(grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE"),
+    Unauthenticated: Mapped(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
+    PermissionDenied: Mapped(grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
+    RateLimited: Mapped(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED"),
+    RateLimitUnavailable: Mapped(grpc.StatusCode.UNAVAILABLE, "RATE_LIMIT_UNAVAILABLE"),
 }
 UNAVAILABLE_MESSAGE = "the service is temporarily unavailable; retry later"
 INTERNAL_REASON = "INTERNAL"
@@ -83,9 +119,27 @@ def for_known(exc: Exception) -> grpc.Status | None:
             ]
         )
         return build(mapped.code, mapped.reason, exc.message, details=[bad_request])
-    if isinstance(exc, ledger.LedgerError):
+    if isinstance(exc, RateLimited):
+        return _rate_limited(exc, mapped)
+    if isinstance(exc, ledger.LedgerError | Refused):
         return build(mapped.code, mapped.reason, exc.message)
     return build(mapped.code, mapped.reason, UNAVAILABLE_MESSAGE)
+
+
+def _rate_limited(exc: RateLimited, mapped: Mapped) -> grpc.Status:
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int(exc.retry_after_seconds * 1e9))
+    quota = error_details_pb2.QuotaFailure(
+        violations=[
+            error_details_pb2.QuotaFailure.Violation(subject=exc.subject, description=exc.limit)
+        ]
+    )
+    return build(
+        mapped.code,
+        mapped.reason,
+        exc.message,
+        details=[error_details_pb2.RetryInfo(retry_delay=delay), quota],
+    )
 
 
 def internal(request_id: str) -> grpc.Status:

@@ -1,7 +1,11 @@
-"""The interceptor chain, outermost first: sanitize errors → authenticate.
+"""The outermost interceptor, which sanitizes errors, and what every interceptor shares.
 
-Built on grpc-interceptor's async handler wrapper, because a native grpc.aio interceptor
-sees neither the request nor the ServicerContext (which holds the peer certificate).
+The chain (service.server), outermost first: SanitizeErrors → Authenticate (service.auth)
+→ Authorize (service.authorization) → RateLimit (service.ratelimit). The inner ones
+refuse a call by raising an error of service.errors, so that one place turns every
+failure into a status. Built on grpc-interceptor's async handler wrapper, because a
+native grpc.aio interceptor sees neither the request nor the ServicerContext (which
+holds the peer certificate).
 """
 
 import logging
@@ -12,15 +16,31 @@ from typing import Any, NoReturn
 import grpc
 from grpc_interceptor.server import AsyncServerInterceptor
 
+from credits.v1 import credits_pb2
 from service import context, errors
 
 log = logging.getLogger("credits.rpc")
 
 REQUEST_ID_HEADER = "x-request-id"
-UNAUTHENTICATED_MESSAGE = "missing or invalid credentials"
+CREDITS_METHOD_PREFIX = (
+    "/" + credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].full_name + "/"
+)
+# Orchestrator probes cannot present a caller's credentials.
+HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
 
 
-async def _call(method: Callable[..., Any], request: Any, ctx: grpc.aio.ServicerContext) -> Any:
+def credits_rpc(method_name: str) -> str | None:
+    """The CreditsService RPC a full method name calls ("Reserve"), else None."""
+    if method_name.startswith(CREDITS_METHOD_PREFIX):
+        return method_name.removeprefix(CREDITS_METHOD_PREFIX)
+    return None
+
+
+def is_health(method_name: str) -> bool:
+    return method_name.startswith(HEALTH_METHOD_PREFIX)
+
+
+async def call_next(method: Callable[..., Any], request: Any, ctx: grpc.aio.ServicerContext) -> Any:
     """Invoke the next handler; a response-streaming one returns an async generator,
     which must be passed on, not awaited."""
     response = method(request, ctx)
@@ -45,7 +65,7 @@ class SanitizeErrors(AsyncServerInterceptor):
         context.request_id.set(request_id)
         await ctx.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
         try:
-            response = await _call(method, request_or_iterator, ctx)
+            response = await call_next(method, request_or_iterator, ctx)
         except Exception as exc:
             await self._abort(ctx, exc, method_name)
         if hasattr(response, "__aiter__"):
@@ -68,41 +88,18 @@ class SanitizeErrors(AsyncServerInterceptor):
             raise exc
         status = errors.for_known(exc)
         if status is None:
-            log.error("unexpected error", extra={"method": method_name}, exc_info=exc)
-            status = errors.internal(context.request_id.get())
+            request_id = context.request_id.get()
+            log.error(
+                "unexpected error",
+                extra={"method": method_name, "request_id": request_id},
+                exc_info=exc,
+            )
+            status = errors.internal(request_id)
         elif status.code is grpc.StatusCode.UNAVAILABLE:
-            log.warning("database unavailable", extra={"method": method_name}, exc_info=exc)
+            log.warning(
+                "dependency unavailable",
+                extra={"method": method_name, "error": type(exc).__name__},
+                exc_info=exc,
+            )
         await ctx.abort_with_status(status)
         raise AssertionError("abort_with_status returned")
-
-
-def peer_identity(ctx: grpc.aio.ServicerContext) -> str | None:
-    """The caller named by its client certificate: the first subject alternative name,
-    else the common name. gRPC has already checked the chain against the CA."""
-    auth = ctx.auth_context()
-    for key in ("x509_subject_alternative_name", "x509_common_name"):
-        values = auth.get(key)
-        if values:
-            return bytes(values[0]).decode("utf-8", "replace")
-    return None
-
-
-class Authenticate(AsyncServerInterceptor):
-    """Names the caller from its client certificate; no name is UNAUTHENTICATED."""
-
-    async def intercept(
-        self,
-        method: Callable[..., Any],
-        request_or_iterator: Any,
-        ctx: grpc.aio.ServicerContext,
-        method_name: str,
-    ) -> Any:
-        identity = peer_identity(ctx)
-        if identity is None:
-            await ctx.abort_with_status(
-                errors.build(
-                    grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED", UNAUTHENTICATED_MESSAGE
-                )
-            )
-        context.caller.set(identity)
-        return await _call(method, request_or_iterator, ctx)

@@ -2,6 +2,7 @@
 reflection, TLS, and every safety option set explicitly."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -9,10 +10,13 @@ from grpc_reflection.v1alpha import reflection
 
 from credits.v1 import credits_pb2, credits_pb2_grpc
 from service import limits
-from service.interceptors import Authenticate, SanitizeErrors
+from service.auth import Authenticate
+from service.authorization import Authorize
+from service.interceptors import SanitizeErrors
 from service.ledger import Ledger
+from service.ratelimit import Limiter, RateLimit
 from service.servicer import CreditsServicer
-from service.settings import Settings
+from service.settings import AuthMode, Settings
 
 SERVICE_NAME = credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].full_name
 # Clients reconnect at least this often, which rebalances them across instances and
@@ -28,21 +32,47 @@ class Built:
     server: grpc.aio.Server
     port: int
     health: health.HealthServicer
+    # Holds the Redis connections, if any: close it after the server has stopped.
+    limiter: Limiter
 
 
-def server_credentials(settings: Settings) -> grpc.ServerCredentials:
-    """mTLS: the server's certificate, and client certificates required and checked
-    against the configured CA."""
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """mtls: the server's certificate, and client certificates required and checked
+    against the configured CA. tls: the server's certificate only. insecure: None."""
+    if settings.auth_mode is AuthMode.INSECURE:
+        return None
+    mtls = settings.auth_mode is AuthMode.MTLS
     return grpc.ssl_server_credentials(
-        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
-        root_certificates=settings.tls_ca_file.read_bytes(),
-        require_client_auth=True,
+        [(_read(settings.tls_key_file), _read(settings.tls_cert_file))],
+        root_certificates=_read(settings.tls_ca_file) if mtls else None,
+        require_client_auth=mtls,
     )
 
 
+def _read(path: Path | None) -> bytes:
+    # Settings require the files of the mode; never quietly serve with less security.
+    if path is None:
+        raise ValueError("a TLS file of the authentication mode is not configured")
+    return path.read_bytes()
+
+
+def interceptor_chain(settings: Settings, limiter: Limiter) -> list[grpc.aio.ServerInterceptor]:
+    """Outermost first. Sanitizing wraps everything, so that a failure anywhere becomes a
+    clean status; identity comes before permission, which comes before counting, so
+    that an unknown caller learns nothing about permissions and a refused call spends
+    no one's rate limit."""
+    return [
+        SanitizeErrors(),
+        Authenticate(settings.callers, certificates=settings.auth_mode is AuthMode.MTLS),
+        Authorize(settings.callers),
+        RateLimit(settings.callers, limiter, settings.reserve_rate_per_account),
+    ]
+
+
 def build_server(settings: Settings, ledger: Ledger, *, reuse_port: bool = False) -> Built:
+    limiter = Limiter(settings.redis_url)
     server = grpc.aio.server(
-        interceptors=[SanitizeErrors(), Authenticate()],
+        interceptors=interceptor_chain(settings, limiter),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
@@ -62,10 +92,15 @@ def build_server(settings: Settings, ledger: Ledger, *, reuse_port: bool = False
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_secure_port(settings.grpc_addr, server_credentials(settings))
+    credentials = server_credentials(settings)
+    if credentials is None:
+        # Only reachable in development on loopback (settings refuse it elsewhere).
+        port = server.add_insecure_port(settings.grpc_addr)
+    else:
+        port = server.add_secure_port(settings.grpc_addr, credentials)
     if port == 0:
         raise OSError("cannot listen on the configured gRPC address")
-    return Built(server, port, health_servicer)
+    return Built(server, port, health_servicer, limiter)
 
 
 async def mark_serving(built: Built) -> None:

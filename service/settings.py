@@ -5,12 +5,18 @@ folder that `make run` generates; anything else is production, where every missi
 setting stops the start with a message naming it. No secret has a default anywhere.
 """
 
+import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
+import limits as ratelimits
+from limits import RateLimitItem
+
 from service import limits
+from service.callers import Callers, CallersError, load_callers, missing_credentials
 
 DEVELOPMENT = "development"
 
@@ -18,6 +24,7 @@ DEVELOPMENT = "development"
 DEV_DIR = Path(".dev")
 DEV_GRPC_ADDR = "127.0.0.1:50051"
 DEV_METRICS_ADDR = "127.0.0.1:9464"
+DEV_CALLERS_FILE_NAME = "callers.toml"
 
 # Generous enough for any single purchase, small enough that sums of many amounts stay
 # far from int64 overflow.
@@ -42,6 +49,29 @@ DB_STATEMENT_TIMEOUT_SECONDS_DEFAULT = 10.0
 MAX_CONCURRENT_RPCS_DEFAULT = 256
 SHUTDOWN_GRACE_SECONDS_DEFAULT = 10.0
 SWEEPER_INTERVAL_SECONDS_DEFAULT = 30.0
+# The same in development and production: every Reserve starts an expensive job, so one
+# account starting more than 50 a second is a runaway loop rather than a customer's
+# work, and since one account's transactions serialise on its row, more would only
+# queue on the pool in front of other accounts.
+RESERVE_RATE_PER_ACCOUNT_DEFAULT = "50/second"
+REDIS_URL_SCHEMES = ("redis://", "rediss://")
+INSECURE_ALLOWED = "1"
+
+
+class AuthMode(StrEnum):
+    """How callers prove who they are (SPEC §4)."""
+
+    MTLS = "mtls"  # client certificates signed by the configured CA
+    TLS = "tls"  # server-side TLS; each caller sends its secret as `x-api-key`
+    # No TLS at all, callers still send `x-api-key`: development on loopback only.
+    INSECURE = "insecure"
+
+
+TLS_FILES_OF: Mapping[AuthMode, tuple[str, ...]] = {
+    AuthMode.MTLS: ("CREDITS_TLS_CA_FILE", "CREDITS_TLS_CERT_FILE", "CREDITS_TLS_KEY_FILE"),
+    AuthMode.TLS: ("CREDITS_TLS_CERT_FILE", "CREDITS_TLS_KEY_FILE"),
+    AuthMode.INSECURE: (),
+}
 
 
 class SettingsError(Exception):
@@ -51,14 +81,24 @@ class SettingsError(Exception):
 @dataclass(frozen=True)
 class Settings:
     env: str
-    # None means the embedded PostgreSQL under `dev_dir` (development only).
-    database_url: str | None
+    # None means the embedded PostgreSQL under `dev_dir` (development only). Never in a
+    # repr: the URL may hold a password.
+    database_url: str | None = field(repr=False)
     dev_dir: Path
     grpc_addr: str
     metrics_addr: str | None
-    tls_ca_file: Path
-    tls_cert_file: Path
-    tls_key_file: Path
+    # None where the authentication mode does not use the file.
+    tls_ca_file: Path | None
+    tls_cert_file: Path | None
+    tls_key_file: Path | None
+    callers_file: Path
+    callers: Callers = field(repr=False)
+    auth_mode: AuthMode = AuthMode.MTLS
+    reserve_rate_per_account: tuple[RateLimitItem, ...] = field(
+        default_factory=lambda: tuple(ratelimits.parse_many(RESERVE_RATE_PER_ACCOUNT_DEFAULT))
+    )
+    # None: rate limits are counted in this process only. May hold a password.
+    redis_url: str | None = field(default=None, repr=False)
     amount_max: int = AMOUNT_MAX_DEFAULT
     metadata_keys: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_METADATA_KEYS))
     db_pool_size: int = DB_POOL_SIZE_DEFAULT
@@ -96,6 +136,78 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _rates(env: Mapping[str, str], name: str, default: str) -> tuple[RateLimitItem, ...]:
+    try:
+        items = tuple(ratelimits.parse_many(env.get(name) or default))
+    except ValueError:
+        items = ()
+    if not items or any(item.amount < 1 for item in items):
+        raise SettingsError(f'{name} must be limits like "50/second"')
+    return items
+
+
+def _auth_mode(env: Mapping[str, str], development: bool, grpc_addr: str | None) -> AuthMode:
+    raw = env.get("CREDITS_AUTH_MODE") or AuthMode.MTLS
+    try:
+        mode = AuthMode(raw)
+    except ValueError:
+        raise SettingsError("CREDITS_AUTH_MODE must be mtls, tls or insecure") from None
+    allowed = (
+        development
+        and env.get("CREDITS_ALLOW_INSECURE") == INSECURE_ALLOWED
+        and grpc_addr is not None
+        and is_loopback(grpc_addr)
+    )
+    if mode is AuthMode.INSECURE and not allowed:
+        raise SettingsError(
+            "CREDITS_AUTH_MODE=insecure needs CREDITS_ENV=development,"
+            f" CREDITS_ALLOW_INSECURE={INSECURE_ALLOWED} and a loopback CREDITS_GRPC_ADDR"
+        )
+    return mode
+
+
+def is_loopback(address: str) -> bool:
+    """Whether `host:port` listens on this machine only."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _unreadable(get: Callable[[str], str | None], names: tuple[str, ...]) -> list[str]:
+    return [
+        name
+        for name in names
+        if (value := get(name)) is not None
+        and not (Path(value).is_file() and os.access(value, os.R_OK))
+    ]
+
+
+def _callers(path: Path, mode: AuthMode) -> Callers:
+    try:
+        loaded = load_callers(path)
+    except CallersError as exc:
+        raise SettingsError(f"CREDITS_CALLERS_FILE: {exc}") from None
+    needed = "certificate_names" if mode is AuthMode.MTLS else "api_key_sha256"
+    lacking = missing_credentials(loaded, certificates=mode is AuthMode.MTLS)
+    if lacking:
+        raise SettingsError(
+            f"CREDITS_CALLERS_FILE: {mode} mode needs {needed} for every caller;"
+            f" missing for {', '.join(lacking)}"
+        )
+    return loaded
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    url = env.get("CREDITS_REDIS_URL") or None
+    if url is not None and not url.startswith(REDIS_URL_SCHEMES):
+        raise SettingsError("CREDITS_REDIS_URL must start with redis:// or rediss://")
+    return url
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read the settings, raising SettingsError naming every missing or bad one."""
     env = os.environ if env is None else env
@@ -109,6 +221,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         "CREDITS_TLS_CA_FILE": str(pki / "ca.pem"),
         "CREDITS_TLS_CERT_FILE": str(pki / "server.pem"),
         "CREDITS_TLS_KEY_FILE": str(pki / "server.key"),
+        "CREDITS_CALLERS_FILE": str(dev_dir / DEV_CALLERS_FILE_NAME),
     }
 
     def get(name: str) -> str | None:
@@ -117,17 +230,22 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             return dev_defaults.get(name)
         return value
 
-    required = [
-        "CREDITS_GRPC_ADDR",
-        "CREDITS_TLS_CA_FILE",
-        "CREDITS_TLS_CERT_FILE",
-        "CREDITS_TLS_KEY_FILE",
-    ]
+    auth_mode = _auth_mode(env, development, get("CREDITS_GRPC_ADDR"))
+    tls_files = TLS_FILES_OF[auth_mode]
+    required = ["CREDITS_GRPC_ADDR", *tls_files, "CREDITS_CALLERS_FILE"]
     if not development:
         required.append("CREDITS_DATABASE_URL")
     missing = [name for name in required if get(name) is None]
     if missing:
         raise SettingsError("missing settings: " + ", ".join(missing))
+    unreadable = _unreadable(get, (*tls_files, "CREDITS_CALLERS_FILE"))
+    if unreadable:
+        raise SettingsError("settings naming no readable file: " + ", ".join(unreadable))
+
+    def tls_file(name: str) -> Path | None:
+        return Path(str(get(name))) if name in tls_files else None
+
+    callers_file = Path(str(get("CREDITS_CALLERS_FILE")))
 
     keys_raw = env.get("CREDITS_METADATA_KEYS")
     metadata_keys = (
@@ -141,9 +259,16 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         dev_dir=dev_dir,
         grpc_addr=str(get("CREDITS_GRPC_ADDR")),
         metrics_addr=get("CREDITS_METRICS_ADDR"),
-        tls_ca_file=Path(str(get("CREDITS_TLS_CA_FILE"))),
-        tls_cert_file=Path(str(get("CREDITS_TLS_CERT_FILE"))),
-        tls_key_file=Path(str(get("CREDITS_TLS_KEY_FILE"))),
+        tls_ca_file=tls_file("CREDITS_TLS_CA_FILE"),
+        tls_cert_file=tls_file("CREDITS_TLS_CERT_FILE"),
+        tls_key_file=tls_file("CREDITS_TLS_KEY_FILE"),
+        callers_file=callers_file,
+        callers=_callers(callers_file, auth_mode),
+        auth_mode=auth_mode,
+        reserve_rate_per_account=_rates(
+            env, "CREDITS_RESERVE_RATE_PER_ACCOUNT", RESERVE_RATE_PER_ACCOUNT_DEFAULT
+        ),
+        redis_url=_redis_url(env),
         amount_max=_int(env, "CREDITS_AMOUNT_MAX", AMOUNT_MAX_DEFAULT),
         metadata_keys=metadata_keys,
         db_pool_size=_int(env, "CREDITS_DB_POOL_SIZE", DB_POOL_SIZE_DEFAULT),

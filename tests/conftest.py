@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from credits.v1 import credits_pb2_grpc
+from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
 from service import database
 from service.store import sqlalchemy_url
@@ -20,8 +21,11 @@ from tests.support import RunningServer, open_channel, start_server
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The development PKI, with the development callers file as `callers.toml` and
+    their API keys under `api-keys/`."""
     directory = tmp_path_factory.mktemp("pki")
     ensure_dev_pki(directory)
+    ensure_dev_callers(directory / "callers.toml")
     return directory
 
 

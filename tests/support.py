@@ -10,12 +10,16 @@ from grpc_status import rpc_status
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from credits.v1 import credits_pb2_grpc
+from scripts.devcallers import ensure_dev_callers
 from service import settings
 from service.ledger import Ledger, Policy
 from service.server import Built, build_server, mark_serving
 from service.store import PostgresStore, create_engine
 
 STOP_GRACE_SECONDS = 1.0
+# The shared test server must not throttle concurrency tests (many Reserves on one
+# account); the 50/second default is tested on a server of its own.
+TEST_RESERVE_RATE_PER_ACCOUNT = "100000/second"
 # A client deadline for every test call: a hung call fails the test instead of the run.
 CALL_TIMEOUT_SECONDS = 30.0
 
@@ -36,11 +40,14 @@ class RunningServer:
 
     async def stop(self) -> None:
         await self.built.server.stop(grace=STOP_GRACE_SECONDS)
+        await self.built.limiter.aclose()
         await self.engine.dispose()
 
 
 def server_settings(database_url: str, pki: Path, port: int = 0, **env: str) -> settings.Settings:
-    """Production settings (no development fallbacks) for a server on loopback."""
+    """Production settings (no development fallbacks) for a server on loopback, with the
+    development callers (`<pki>/callers.toml`, written if missing)."""
+    ensure_dev_callers(pki / "callers.toml")
     return settings.load(
         {
             "CREDITS_ENV": "production",
@@ -49,6 +56,8 @@ def server_settings(database_url: str, pki: Path, port: int = 0, **env: str) -> 
             "CREDITS_TLS_CA_FILE": str(pki / "ca.pem"),
             "CREDITS_TLS_CERT_FILE": str(pki / "server.pem"),
             "CREDITS_TLS_KEY_FILE": str(pki / "server.key"),
+            "CREDITS_CALLERS_FILE": str(pki / "callers.toml"),
+            "CREDITS_RESERVE_RATE_PER_ACCOUNT": TEST_RESERVE_RATE_PER_ACCOUNT,
             "CREDITS_DB_POOL_SIZE": "8",
             **env,
         }
