@@ -1,0 +1,155 @@
+"""Identity from client certificates and default-deny authorization, through the shared
+mTLS server and the development callers of SPEC §6."""
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from credits.v1 import credits_pb2 as pb
+from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
+from scripts.devpki import issue, make_ca
+from service.interceptors import REQUEST_ID_HEADER
+from tests.access_support import dev_ca, tls_channel
+from tests.support import CALL_TIMEOUT_SECONDS as T
+from tests.support import RunningServer, error_details, new_id, open_channel
+
+# A handshake that is refused fails at once; no need to wait for the long test timeout.
+REFUSED_CALL_TIMEOUT_SECONDS = 5.0
+RPC_REQUESTS: dict[str, Any] = {
+    "Reserve": pb.ReserveRequest,
+    "Confirm": pb.ConfirmRequest,
+    "Release": pb.ReleaseRequest,
+    "Grant": pb.GrantRequest,
+    "Revoke": pb.RevokeRequest,
+    "GetBalance": pb.GetBalanceRequest,
+    "ListUsage": pb.ListUsageRequest,
+}
+DEV_PERMISSIONS = {
+    "backend": {"Reserve", "Confirm", "Release", "GetBalance", "ListUsage"},
+    "gateway": {"Grant", "Revoke", "GetBalance"},
+    "ops": set(RPC_REQUESTS),
+}
+
+
+async def refused_handshake(channel: grpc.aio.Channel) -> None:
+    """A call over a channel whose client certificate the server refuses in the TLS
+    handshake: it fails (UNAVAILABLE, as gRPC reports a failed connection), never succeeds."""
+    request = pb.GetBalanceRequest(account_id=new_id())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await Stub(channel).GetBalance(request, timeout=REFUSED_CALL_TIMEOUT_SECONDS)
+    assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED)
+
+
+async def test_no_client_certificate_is_refused(credits_server: RunningServer, pki: Path) -> None:
+    async with tls_channel(pki, credits_server.address) as channel:
+        await refused_handshake(channel)
+
+
+async def test_a_certificate_of_another_ca_is_refused(
+    credits_server: RunningServer, pki: Path
+) -> None:
+    impostor = issue(make_ca("another CA"), "backend")
+    async with tls_channel(pki, credits_server.address, impostor) as channel:
+        await refused_handshake(channel)
+
+
+async def test_an_expired_certificate_is_refused(credits_server: RunningServer, pki: Path) -> None:
+    expired = issue(dev_ca(pki), "backend", expired=True)
+    async with tls_channel(pki, credits_server.address, expired) as channel:
+        await refused_handshake(channel)
+
+
+async def test_a_new_certificate_of_a_known_caller_works(
+    credits_server: RunningServer, pki: Path
+) -> None:
+    """Rotating a certificate: a new one of the same name from the same CA is accepted
+    at once, with no change to the callers file (and the odd certificates below are
+    refused for what is odd about them, not for how the test makes them)."""
+    renewed = issue(dev_ca(pki), "backend")
+    async with tls_channel(pki, credits_server.address, renewed) as channel:
+        balance = await Stub(channel).GetBalance(
+            pb.GetBalanceRequest(account_id=new_id()), timeout=T
+        )
+    assert balance.available == 0
+
+
+async def test_a_valid_certificate_of_an_unknown_caller_is_unauthenticated(
+    credits_server: RunningServer, pki: Path
+) -> None:
+    stranger = issue(dev_ca(pki), "mallory")
+    async with tls_channel(pki, credits_server.address, stranger) as channel:
+        call = Stub(channel).GetBalance(pb.GetBalanceRequest(account_id=new_id()), timeout=T)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert error_details(caught.value)[0] == "UNAUTHENTICATED"
+        assert caught.value.details() == "missing or invalid credentials"
+        # Refusals are sanitized and identified like every other failure.
+        assert dict(await call.initial_metadata()).get(REQUEST_ID_HEADER)
+
+
+async def test_an_unknown_caller_cannot_use_reflection(
+    credits_server: RunningServer, pki: Path
+) -> None:
+    stranger = issue(dev_ca(pki), "mallory")
+    async with tls_channel(pki, credits_server.address, stranger) as channel:
+        stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=T
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in stream:
+                pass
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    ("caller", "rpc"),
+    [(caller, rpc) for caller in sorted(DEV_PERMISSIONS) for rpc in sorted(RPC_REQUESTS)],
+)
+async def test_development_callers_have_exactly_their_permissions(
+    credits_server: RunningServer, pki: Path, caller: str, rpc: str
+) -> None:
+    async with open_channel(pki, caller, credits_server.address) as channel:
+        method = getattr(Stub(channel), rpc)
+        reason = ""
+        try:
+            # An empty request: an allowed call fails validation (or finds nothing),
+            # a forbidden one is refused before any of that.
+            await method(RPC_REQUESTS[rpc](), timeout=T)
+            code = grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as err:
+            code = err.code()
+            reason = error_details(err)[0]
+    if rpc in DEV_PERMISSIONS[caller]:
+        assert code != grpc.StatusCode.PERMISSION_DENIED
+    else:
+        assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")
+
+
+async def test_health_needs_no_caller(credits_server: RunningServer, pki: Path) -> None:
+    # mTLS still wants a certificate in the handshake, but any one of the CA will do.
+    probe = issue(dev_ca(pki), "kubelet")
+    async with tls_channel(pki, credits_server.address, probe) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        checked = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=T)
+        assert checked.status == health_pb2.HealthCheckResponse.SERVING
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=T)
+        first = await watch.read()
+        assert isinstance(first, health_pb2.HealthCheckResponse)
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+
+
+async def test_reflection_is_open_to_every_known_caller(
+    credits_server: RunningServer, pki: Path
+) -> None:
+    async with open_channel(pki, "gateway", credits_server.address) as channel:
+        stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=T
+        )
+        services = [s.name async for r in stream for s in r.list_services_response.service]
+    assert "credits.v1.CreditsService" in services
