@@ -19,6 +19,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.server import uvicorn_config
 from gateway.settings import Settings, SettingsError, load_settings
 
+EXIT_CANNOT_SERVE = 1
 EXIT_BAD_SETTINGS = 2
 
 log = logging.getLogger("gateway")
@@ -29,10 +30,17 @@ def _ignore_signal(signum: int, frame: types.FrameType | None) -> None:
     then shutdown is done, so the re-raised signal must not kill the process early."""
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings) -> int:
     metrics = GatewayMetrics()
     if settings.metrics is not None:
-        start_http_server(settings.metrics.port, settings.metrics.host, registry=metrics.registry)
+        try:
+            start_http_server(
+                settings.metrics.port, settings.metrics.host, registry=metrics.registry
+            )
+        except OSError as error:
+            fields = {"setting": "CREDITS_GATEWAY_METRICS_ADDR", "errno": error.errno}
+            log.error("metrics address unavailable", extra={"fields": fields})
+            return EXIT_CANNOT_SERVE
     channel = open_channel(
         settings.service_target,
         settings.ca_pem,
@@ -66,6 +74,7 @@ async def serve(settings: Settings) -> None:
     finally:
         await channel.close(CHANNEL_CLOSE_GRACE_SECONDS)
         log.info("gateway stopped")
+    return 0
 
 
 def main() -> int:
@@ -77,8 +86,7 @@ def main() -> int:
         return EXIT_BAD_SETTINGS
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _ignore_signal)
-    asyncio.run(serve(settings))
-    return 0
+    return asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":
