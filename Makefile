@@ -34,6 +34,7 @@ lint: $(STAMP) proto-check
 	else echo "buf breaking: no buf.yaml on main yet, nothing to compare against"; fi
 
 test: $(STAMP) proto-check
+	scripts/ensure-redis-server.sh
 	$(PY) -m pytest
 
 run: $(STAMP)
