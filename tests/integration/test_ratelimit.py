@@ -89,7 +89,8 @@ def assert_rate_limited(err: grpc.aio.AioRpcError | None, subject: str, limit: s
     delay = detail_of(err, error_details_pb2.RetryInfo).retry_delay.ToTimedelta()
     violations = detail_of(err, error_details_pb2.QuotaFailure).violations
     assert [(v.subject, v.description) for v in violations] == [(subject, limit)]
-    return delay.total_seconds()
+    seconds: float = delay.total_seconds()
+    return seconds
 
 
 async def test_a_burst_on_one_account_is_limited_and_others_are_not(

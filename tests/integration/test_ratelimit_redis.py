@@ -86,12 +86,16 @@ def redis_server() -> Iterator[RedisProcess]:
 async def two_instances(
     redis_server: RedisProcess, database_url: str, pki: Path
 ) -> AsyncIterator[tuple[RunningServer, RunningServer]]:
-    env = {
-        "CREDITS_REDIS_URL": redis_server.url,
-        "CREDITS_RESERVE_RATE_PER_ACCOUNT": f"{SHARED_LIMIT}/minute",
-    }
-    first = await start_server(database_url, pki, **env)
-    second = await start_server(database_url, pki, **env)
+    rate = f"{SHARED_LIMIT}/minute"
+    first, second = [
+        await start_server(
+            database_url,
+            pki,
+            CREDITS_REDIS_URL=redis_server.url,
+            CREDITS_RESERVE_RATE_PER_ACCOUNT=rate,
+        )
+        for _ in range(2)
+    ]
     yield first, second
     await first.stop()
     await second.stop()
