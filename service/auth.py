@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 from grpc_interceptor.server import AsyncServerInterceptor
 
-from service import context, errors
+from service import context, errors, metrics
 from service.callers import Caller, Callers
 from service.interceptors import call_next, is_health
 
@@ -77,6 +77,7 @@ class Authenticate(AsyncServerInterceptor):
                     "authentication failed",
                     extra={"method": method_name, "why": why_not, "peer": ctx.peer()},
                 )
+                metrics.AUTHENTICATION_FAILURES.inc()
                 raise errors.Unauthenticated()
             context.caller.set(caller.name)
         return await call_next(method, request_or_iterator, ctx)

@@ -21,7 +21,7 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 
-from service import errors, limits
+from service import errors, limits, metrics
 from service.callers import Callers
 from service.context import current_caller
 from service.interceptors import call_next, credits_rpc
@@ -117,5 +117,6 @@ class RateLimit(AsyncServerInterceptor):
                     )
             except errors.RateLimited as exc:
                 log.info("rate limited", extra={"method": method_name, "subject": exc.subject})
+                metrics.RATE_LIMITED.labels(caller=caller, method=rpc).inc()
                 raise
         return await call_next(method, request_or_iterator, ctx)

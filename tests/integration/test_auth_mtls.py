@@ -8,6 +8,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
@@ -33,6 +34,10 @@ DEV_PERMISSIONS = {
     "gateway": {"Grant", "Revoke", "GetBalance"},
     "ops": set(RPC_REQUESTS),
 }
+
+
+def authentication_failures() -> float:
+    return REGISTRY.get_sample_value("credits_authentication_failures_total") or 0.0
 
 
 async def refused_handshake(channel: grpc.aio.Channel) -> None:
@@ -81,6 +86,7 @@ async def test_a_valid_certificate_of_an_unknown_caller_is_unauthenticated(
     credits_server: RunningServer, pki: Path
 ) -> None:
     stranger = issue(dev_ca(pki), "mallory")
+    failures_before = authentication_failures()
     async with tls_channel(pki, credits_server.address, stranger) as channel:
         call = Stub(channel).GetBalance(pb.GetBalanceRequest(account_id=new_id()), timeout=T)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -90,6 +96,7 @@ async def test_a_valid_certificate_of_an_unknown_caller_is_unauthenticated(
         assert caught.value.details() == "missing or invalid credentials"
         # Refusals are sanitized and identified like every other failure.
         assert dict(await call.initial_metadata()).get(REQUEST_ID_HEADER)
+    assert authentication_failures() == failures_before + 1
 
 
 async def test_an_unknown_caller_cannot_use_reflection(

@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from prometheus_client import REGISTRY
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
@@ -112,13 +113,20 @@ async def test_a_burst_on_one_account_is_limited_and_others_are_not(
     assert await reserve(backend, hot) is None
 
 
+def rate_limited_count(caller: str, rpc: str) -> float:
+    labels = {"caller": caller, "method": rpc}
+    return REGISTRY.get_sample_value("credits_rate_limited_total", labels) or 0.0
+
+
 async def test_a_caller_is_limited_per_rpc(backend: Stub, ops: Stub) -> None:
+    counted_before = rate_limited_count("backend", "GetBalance")
     for _ in range(BALANCE_LIMIT):
         await backend.GetBalance(pb.GetBalanceRequest(account_id=new_id()), timeout=T)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await backend.GetBalance(pb.GetBalanceRequest(account_id=new_id()), timeout=T)
     delay = assert_rate_limited(caught.value, "caller:backend/GetBalance", "5 per 1 minute")
     assert 0 < delay <= 60
+    assert rate_limited_count("backend", "GetBalance") == counted_before + 1
     # Another RPC of the same caller, and the same RPC of another caller, go on.
     await backend.ListUsage(pb.ListUsageRequest(account_id=new_id()), timeout=T)
     await ops.GetBalance(pb.GetBalanceRequest(account_id=new_id()), timeout=T)
