@@ -1,11 +1,20 @@
 """What is known about the RPC being served, for every layer and log line of it."""
 
 import contextvars
+import time
 
 # Set by the outermost interceptor for the whole RPC.
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# Set by the outermost interceptor when the client gave a deadline (time.monotonic()).
+deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
 # Set by authentication: the calling service's name, which scopes idempotency keys.
 caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("caller", default=None)
+
+
+def seconds_left() -> float | None:
+    """What remains of the client's deadline, None when it set none."""
+    end = deadline.get()
+    return None if end is None else end - time.monotonic()
 
 
 def current_caller() -> str:

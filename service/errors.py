@@ -71,12 +71,14 @@ STATUS_OF: Mapping[type[Exception], Mapped] = {
     ledger.SignupBonusExists: Mapped(grpc.StatusCode.ALREADY_EXISTS, "SIGNUP_BONUS_EXISTS"),
     ledger.ExternalRefExists: Mapped(grpc.StatusCode.ALREADY_EXISTS, "EXTERNAL_REF_EXISTS"),
     ledger.StoreUnavailable: Mapped(grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE"),
+    ledger.StoreTimeout: Mapped(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
     Unauthenticated: Mapped(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
     PermissionDenied: Mapped(grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
     RateLimited: Mapped(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED"),
     RateLimitUnavailable: Mapped(grpc.StatusCode.UNAVAILABLE, "RATE_LIMIT_UNAVAILABLE"),
 }
 UNAVAILABLE_MESSAGE = "the service is temporarily unavailable; retry later"
+TIMEOUT_MESSAGE = "the deadline ran out before the work was done; nothing changed"
 INTERNAL_REASON = "INTERNAL"
 
 
@@ -123,6 +125,8 @@ def for_known(exc: Exception) -> grpc.Status | None:
         return _rate_limited(exc, mapped)
     if isinstance(exc, ledger.LedgerError | Refused):
         return build(mapped.code, mapped.reason, exc.message)
+    if isinstance(exc, ledger.StoreTimeout):
+        return build(mapped.code, mapped.reason, TIMEOUT_MESSAGE)
     return build(mapped.code, mapped.reason, UNAVAILABLE_MESSAGE)
 
 

@@ -9,6 +9,7 @@ holds the peer certificate).
 """
 
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
@@ -63,6 +64,9 @@ class SanitizeErrors(AsyncServerInterceptor):
     ) -> Any:
         request_id = uuid.uuid4().hex
         context.request_id.set(request_id)
+        remaining = ctx.time_remaining()
+        if remaining is not None:
+            context.deadline.set(time.monotonic() + remaining)
         await ctx.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
         try:
             response = await call_next(method, request_or_iterator, ctx)

@@ -112,6 +112,11 @@ class StoreUnavailable(Exception):
     """The database cannot be reached; the request did not happen (or will be replayed)."""
 
 
+class StoreTimeout(Exception):
+    """The call ran out of time in the database (the client's deadline or the statement
+    timeout) and was rolled back."""
+
+
 # --- what the ledger deals in ---
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from service import ledger
+from service import context, ledger
 from service.ledger import (
     Balance,
     Grant,
@@ -51,24 +51,28 @@ CONSTRAINT_ERRORS: Mapping[str, type[ledger.LedgerError]] = {
     "pk_idempotency_keys": ledger.IdempotencyKeyReused,
 }
 UNIQUE_VIOLATION = "23505"
+# Of the client's deadline, this much is kept for the answer to travel back.
+ANSWER_MARGIN_SECONDS = 0.02
+# lock_timeout (the client's deadline) and statement_timeout ran out.
+TIMEOUT_SQLSTATES = ("55P03", "57014")
 # Connection exceptions (class 08), shutdown and start-up of the server (57P01-57P03),
 # too many connections: the database is not there for us right now.
 UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03", "53300")
 
 RESERVE = text(
     "SELECT * FROM credits_reserve(:caller, :key, :hash, :account, :amount, :ttl,"
-    " :job_id, :job_type, :description, CAST(:metadata AS jsonb))"
+    " :job_id, :job_type, :description, CAST(:metadata AS jsonb), :lock_ms)"
 )
-CONFIRM = text("SELECT * FROM credits_confirm(:account, :reservation, :amount)")
-RELEASE = text("SELECT * FROM credits_release(:account, :reservation, :reason)")
+CONFIRM = text("SELECT * FROM credits_confirm(:account, :reservation, :amount, :lock_ms)")
+RELEASE = text("SELECT * FROM credits_release(:account, :reservation, :reason, :lock_ms)")
 GRANT = text(
     "SELECT * FROM credits_grant(:caller, :key, :hash, :account, :amount,"
     " CAST(:source AS smallint), :external_ref, :expires_at, :priority, :description,"
-    " CAST(:metadata AS jsonb))"
+    " CAST(:metadata AS jsonb), :lock_ms)"
 )
 REVOKE = text(
     "SELECT (r.out_grant).*, r.out_revoked, r.out_unrecovered FROM credits_revoke(:caller, :key,"
-    " :hash, :account, :grant, :external_ref, :amount, :series, :reason) AS r"
+    " :hash, :account, :grant, :external_ref, :amount, :series, :reason, :lock_ms) AS r"
 )
 # Available credits count what an expired-but-unsettled reservation still holds: its
 # expiry is decided by expires_at, not by when the sweeper runs.
@@ -94,7 +98,7 @@ SELECT coalesce(sum(amount), 0)::bigint AS available,
   FROM spendable
 """)
 DUE_ACCOUNTS = text("SELECT credits_due_accounts(now(), :limit) AS account_id")
-SETTLE = text("SELECT credits_lock(:account, now())")
+SETTLE = text("SELECT credits_lock(:account, now(), NULL)")
 USAGE_FIRST = text(
     "SELECT *, now() AS seen_at FROM reservations WHERE account_id = :account"
     " ORDER BY created_at DESC, reservation_id DESC LIMIT :limit"
@@ -169,6 +173,20 @@ def _grant(row: Row[Any]) -> Grant:
     )
 
 
+def _lock_timeout_ms() -> int | None:
+    """How long a call may wait for its account's lock: what remains of the client's
+    deadline. A call whose deadline has passed (say, while it waited for a pooled
+    connection) does not start at all: its caller has already been told it failed."""
+    left = context.seconds_left()
+    if left is None:
+        return None
+    left -= ANSWER_MARGIN_SECONDS
+    if left <= 0:
+        raise ledger.StoreTimeout()
+    # At least 1 ms: 0 would mean no limit at all to PostgreSQL.
+    return max(1, int(left * 1000))
+
+
 def _translate(exc: DBAPIError) -> Exception:
     """The ledger's error for a database error, or the error itself when it is a bug."""
     sqlstate = getattr(exc.orig, "sqlstate", None) or ""
@@ -179,6 +197,8 @@ def _translate(exc: DBAPIError) -> Exception:
         constraint = str(getattr(driver_error, "constraint_name", ""))
         if constraint in CONSTRAINT_ERRORS:
             return CONSTRAINT_ERRORS[constraint]()
+    if sqlstate in TIMEOUT_SQLSTATES:
+        return ledger.StoreTimeout()
     if exc.connection_invalidated or sqlstate.startswith(UNAVAILABLE_SQLSTATE_PREFIXES):
         return ledger.StoreUnavailable()
     return exc
@@ -205,7 +225,7 @@ class PostgresStore:
 
     async def _one(self, statement: TextClause, params: Mapping[str, object]) -> Row[Any]:
         async with self._connection() as conn:
-            result = await conn.execute(statement, params)
+            result = await conn.execute(statement, {**params, "lock_ms": _lock_timeout_ms()})
             return result.one()
 
     async def reserve(

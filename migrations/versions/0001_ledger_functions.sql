@@ -88,9 +88,15 @@ BEGIN
 END $$;
 
 -- Locks an account's row and settles it; false when the account has never had a grant.
-CREATE FUNCTION credits_lock(p_account text, p_now timestamptz)
+-- p_lock_timeout_ms is what remains of the client's deadline: a call that waits for the
+-- lock longer than its caller waits for the answer stops itself (55P03), instead of
+-- running on after the caller has gone.
+CREATE FUNCTION credits_lock(p_account text, p_now timestamptz, p_lock_timeout_ms integer)
 RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
+  IF p_lock_timeout_ms IS NOT NULL THEN
+    PERFORM set_config('lock_timeout', p_lock_timeout_ms::text, true);
+  END IF;
   PERFORM 1 FROM accounts WHERE account_id = p_account FOR UPDATE;
   IF NOT FOUND THEN
     RETURN false;
@@ -132,7 +138,8 @@ END $$;
 
 CREATE FUNCTION credits_reserve(
   p_caller text, p_key text, p_hash bytea, p_account text, p_amount bigint, p_ttl interval,
-  p_job_id text, p_job_type text, p_description text, p_metadata jsonb)
+  p_job_id text, p_job_type text, p_description text, p_metadata jsonb,
+  p_lock_timeout_ms integer DEFAULT NULL)
 RETURNS SETOF reservations LANGUAGE plpgsql AS $$
 DECLARE
   v_now timestamptz := now();
@@ -141,7 +148,7 @@ DECLARE
   v_amounts bigint[];
   v_total bigint;
 BEGIN
-  PERFORM credits_lock(p_account, v_now);
+  PERFORM credits_lock(p_account, v_now, p_lock_timeout_ms);
   v_id := credits_replayed(p_caller, p_key, 'reserve', p_hash);
   IF v_id IS NOT NULL THEN
     RETURN QUERY SELECT * FROM reservations WHERE reservation_id = v_id;
@@ -185,14 +192,15 @@ BEGIN
 END $$;
 
 -- Captures p_amount (NULL: all) of a reservation; the rest goes back at once.
-CREATE FUNCTION credits_confirm(p_account text, p_reservation uuid, p_amount bigint)
+CREATE FUNCTION credits_confirm(p_account text, p_reservation uuid, p_amount bigint,
+                                p_lock_timeout_ms integer DEFAULT NULL)
 RETURNS SETOF reservations LANGUAGE plpgsql AS $$
 DECLARE
   v_now timestamptz := now();
   r reservations;
   v_capture bigint;
 BEGIN
-  IF NOT credits_lock(p_account, v_now) THEN
+  IF NOT credits_lock(p_account, v_now, p_lock_timeout_ms) THEN
     RAISE EXCEPTION 'reservation not found' USING ERRCODE = 'CR002';
   END IF;
   SELECT * INTO r FROM reservations WHERE reservation_id = p_reservation AND account_id = p_account;
@@ -222,13 +230,14 @@ BEGIN
 END $$;
 
 -- Gives all of a reservation back. Releasing a released or expired one returns it as is.
-CREATE FUNCTION credits_release(p_account text, p_reservation uuid, p_reason text)
+CREATE FUNCTION credits_release(p_account text, p_reservation uuid, p_reason text,
+                                p_lock_timeout_ms integer DEFAULT NULL)
 RETURNS SETOF reservations LANGUAGE plpgsql AS $$
 DECLARE
   v_now timestamptz := now();
   r reservations;
 BEGIN
-  IF NOT credits_lock(p_account, v_now) THEN
+  IF NOT credits_lock(p_account, v_now, p_lock_timeout_ms) THEN
     RAISE EXCEPTION 'reservation not found' USING ERRCODE = 'CR002';
   END IF;
   SELECT * INTO r FROM reservations WHERE reservation_id = p_reservation AND account_id = p_account;
@@ -253,13 +262,13 @@ END $$;
 CREATE FUNCTION credits_grant(
   p_caller text, p_key text, p_hash bytea, p_account text, p_amount bigint, p_source smallint,
   p_external_ref text, p_expires_at timestamptz, p_priority integer, p_description text,
-  p_metadata jsonb)
+  p_metadata jsonb, p_lock_timeout_ms integer DEFAULT NULL)
 RETURNS SETOF grants LANGUAGE plpgsql AS $$
 DECLARE
   v_id uuid;
 BEGIN
   INSERT INTO accounts (account_id) VALUES (p_account) ON CONFLICT DO NOTHING;
-  PERFORM credits_lock(p_account, now());
+  PERFORM credits_lock(p_account, now(), p_lock_timeout_ms);
   v_id := credits_replayed(p_caller, p_key, 'grant', p_hash);
   IF v_id IS NOT NULL THEN
     RETURN QUERY SELECT * FROM grants WHERE grant_id = v_id;
@@ -288,7 +297,7 @@ END $$;
 -- is recorded as unrecovered (a debt that credits coming back to the grant pay first).
 CREATE FUNCTION credits_revoke(
   p_caller text, p_key text, p_hash bytea, p_account text, p_grant uuid, p_external_ref text,
-  p_amount bigint, p_series text, p_reason text)
+  p_amount bigint, p_series text, p_reason text, p_lock_timeout_ms integer DEFAULT NULL)
 RETURNS TABLE (out_grant grants, out_revoked bigint, out_unrecovered bigint)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -310,7 +319,7 @@ BEGIN
   IF v_grant IS NULL OR (p_account <> '' AND v_account <> p_account) THEN
     RAISE EXCEPTION 'grant not found' USING ERRCODE = 'CR005';
   END IF;
-  PERFORM credits_lock(v_account, v_now);
+  PERFORM credits_lock(v_account, v_now, p_lock_timeout_ms);
   v_id := credits_replayed(p_caller, p_key, 'revoke', p_hash);
   IF v_id IS NOT NULL THEN
     RETURN QUERY SELECT gr, rv.revoked_amount, rv.unrecovered_amount

@@ -18,14 +18,17 @@ FUNCTIONS_SQL = Path(__file__).with_name("0001_ledger_functions.sql")
 FUNCTIONS = (
     "credits_return(uuid, bigint, text, timestamptz)",
     "credits_settle(text, timestamptz)",
-    "credits_lock(text, timestamptz)",
+    "credits_lock(text, timestamptz, integer)",
     "credits_replayed(text, text, text, bytea)",
     "credits_remember(text, text, text, bytea, text, uuid)",
-    "credits_reserve(text, text, bytea, text, bigint, interval, text, text, text, jsonb)",
-    "credits_confirm(text, uuid, bigint)",
-    "credits_release(text, uuid, text)",
-    "credits_grant(text, text, bytea, text, bigint, smallint, text, timestamptz, integer, text, jsonb)",
-    "credits_revoke(text, text, bytea, text, uuid, text, bigint, text, text)",
+    "credits_reserve(text, text, bytea, text, bigint, interval, text, text, text, jsonb, integer)",
+    "credits_confirm(text, uuid, bigint, integer)",
+    "credits_release(text, uuid, text, integer)",
+    (
+        "credits_grant(text, text, bytea, text, bigint, smallint, text, timestamptz, integer, text,"
+        " jsonb, integer)"
+    ),
+    "credits_revoke(text, text, bytea, text, uuid, text, bigint, text, text, integer)",
     "credits_due_accounts(timestamptz, integer)",
 )
 MUTABLE_TABLES = "accounts, grants, reservations, allocations, revocations, idempotency_keys"
