@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
@@ -94,6 +95,14 @@ async def test_the_key_names_the_caller_and_its_permissions(stub: Stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Reserve(request, metadata=with_key(GATEWAY_KEY), timeout=T)
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_health_needs_no_key(tls_server: RunningServer, pki: Path) -> None:
+    async with tls_channel(pki, tls_server.address) as channel:
+        checked = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=T
+        )
+    assert checked.status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_a_client_certificate_is_not_a_credential_in_tls_mode(
