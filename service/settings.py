@@ -177,13 +177,25 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-def _unreadable(get: Callable[[str], str | None], names: tuple[str, ...]) -> list[str]:
-    return [
+def _require(get: Callable[[str], str | None], names: list[str], files: tuple[str, ...]) -> None:
+    """Every one of `names` is set, and those of `files` name readable files."""
+    missing = [name for name in names if get(name) is None]
+    if missing:
+        raise SettingsError("missing settings: " + ", ".join(missing))
+    unreadable = [
         name
-        for name in names
-        if (value := get(name)) is not None
-        and not (Path(value).is_file() and os.access(value, os.R_OK))
+        for name in files
+        if not (Path(str(get(name))).is_file() and os.access(str(get(name)), os.R_OK))
     ]
+    if unreadable:
+        raise SettingsError("settings naming no readable file: " + ", ".join(unreadable))
+
+
+def _metadata_keys(env: Mapping[str, str]) -> frozenset[str]:
+    raw = env.get("CREDITS_METADATA_KEYS")
+    if raw is None:
+        return frozenset(DEFAULT_METADATA_KEYS)
+    return frozenset(k.strip() for k in raw.split(",") if k.strip())
 
 
 def _callers(path: Path, mode: AuthMode) -> Callers:
@@ -235,24 +247,12 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     required = ["CREDITS_GRPC_ADDR", *tls_files, "CREDITS_CALLERS_FILE"]
     if not development:
         required.append("CREDITS_DATABASE_URL")
-    missing = [name for name in required if get(name) is None]
-    if missing:
-        raise SettingsError("missing settings: " + ", ".join(missing))
-    unreadable = _unreadable(get, (*tls_files, "CREDITS_CALLERS_FILE"))
-    if unreadable:
-        raise SettingsError("settings naming no readable file: " + ", ".join(unreadable))
+    _require(get, required, files=(*tls_files, "CREDITS_CALLERS_FILE"))
 
     def tls_file(name: str) -> Path | None:
         return Path(str(get(name))) if name in tls_files else None
 
     callers_file = Path(str(get("CREDITS_CALLERS_FILE")))
-
-    keys_raw = env.get("CREDITS_METADATA_KEYS")
-    metadata_keys = (
-        frozenset(DEFAULT_METADATA_KEYS)
-        if keys_raw is None
-        else frozenset(k.strip() for k in keys_raw.split(",") if k.strip())
-    )
     settings = Settings(
         env=DEVELOPMENT if development else "production",
         database_url=get("CREDITS_DATABASE_URL"),
@@ -270,7 +270,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ),
         redis_url=_redis_url(env),
         amount_max=_int(env, "CREDITS_AMOUNT_MAX", AMOUNT_MAX_DEFAULT),
-        metadata_keys=metadata_keys,
+        metadata_keys=_metadata_keys(env),
         db_pool_size=_int(env, "CREDITS_DB_POOL_SIZE", DB_POOL_SIZE_DEFAULT),
         db_pool_timeout_seconds=_seconds(
             env, "CREDITS_DB_POOL_TIMEOUT_SECONDS", DB_POOL_TIMEOUT_SECONDS_DEFAULT
