@@ -1,6 +1,7 @@
 """Identity from shared secrets (`x-api-key`): a tls-mode server, a rotation of a secret,
 and the development-only insecure mode."""
 
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -95,6 +96,17 @@ async def test_the_key_names_the_caller_and_its_permissions(stub: Stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Reserve(request, metadata=with_key(GATEWAY_KEY), timeout=T)
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_keys_never_reach_the_log(stub: Stub, caplog: pytest.LogCaptureFixture) -> None:
+    wrong = secrets.token_urlsafe(32)
+    with caplog.at_level(logging.DEBUG):
+        await balance_code(stub, with_key(wrong))
+        await balance_code(stub, with_key(OLD_KEY))
+    assert any(r.getMessage() == "authentication failed" for r in caplog.records)
+    logged = " ".join(str(vars(r)) for r in caplog.records)
+    assert wrong not in logged
+    assert OLD_KEY not in logged
 
 
 async def test_health_needs_no_key(tls_server: RunningServer, pki: Path) -> None:
