@@ -50,16 +50,19 @@ class DevRun:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self.log = (self.dev_dir.parent / "devrun.log").open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "scripts.devrun"],
             cwd=REPO,
             env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + STARTUP_SECONDS_MAX
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, "make run's runner exited during start-up"
+            if self.process.poll() is not None:
+                log = (self.dev_dir.parent / "devrun.log").read_text(errors="replace")
+                pytest.fail(f"make run's runner exited during start-up:\n{log[-3000:]}")
             if self.grpcurl("list").returncode == 0:
                 return
             time.sleep(0.5)
