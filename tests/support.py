@@ -1,5 +1,6 @@
 """Helpers the tests share: a production server on an ephemeral port, mTLS channels."""
 
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,3 +116,9 @@ def error_details(err: grpc.aio.AioRpcError) -> tuple[str, list[str]]:
             detail.Unpack(bad)
             fields = [v.field for v in bad.field_violations]
     return reason, fields
+
+
+def other_database(url: str, name: str) -> str:
+    """The URL of database `name` on the same server as `url`."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))

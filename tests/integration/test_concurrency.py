@@ -14,7 +14,7 @@ from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import error_details, new_id
 
 
-async def outcome(call: grpc.aio.UnaryUnaryCall) -> str:  # type: ignore[type-arg]
+async def outcome(call: grpc.aio.UnaryUnaryCall) -> str:
     try:
         await call
     except grpc.aio.AioRpcError as err:

@@ -40,7 +40,8 @@ async def grant(
         stamp = timestamp_pb2.Timestamp()
         stamp.FromDatetime(datetime.datetime.now(datetime.UTC) + expires_in)
         request.expires_at.CopyFrom(stamp)
-    return (await stub.Grant(request, timeout=T)).grant
+    response: pb.GrantResponse = await stub.Grant(request, timeout=T)
+    return response.grant
 
 
 async def reserve(
@@ -51,7 +52,8 @@ async def reserve(
     )
     if ttl_seconds:
         request.ttl.CopyFrom(duration_pb2.Duration(seconds=int(ttl_seconds)))
-    return (await stub.Reserve(request, timeout=T)).reservation
+    response: pb.ReserveResponse = await stub.Reserve(request, timeout=T)
+    return response.reservation
 
 
 async def balance(stub: Stub, account: str) -> tuple[int, int]:
@@ -337,7 +339,7 @@ async def test_expired_grants_neither_count_nor_spend(ops: Stub) -> None:
     await asyncio.sleep(1.2)
     b = await ops.GetBalance(pb.GetBalanceRequest(account_id=account), timeout=T)
     assert (b.available, b.expiring_amount, b.HasField("next_expiry")) == (5, 0, False)
-    code, reason, _, _ = await rejected(reserve(ops, account, 6))
+    _, reason, _, _ = await rejected(reserve(ops, account, 6))
     assert reason == "INSUFFICIENT_CREDITS"
 
 
@@ -421,7 +423,7 @@ async def test_cumulative_series_converges_on_the_highest_total(ops: Stub) -> No
     await grant(ops, account, 1000, external_ref=ref)
 
     async def refund_total(total: int) -> int:
-        response = await ops.Revoke(
+        response: pb.RevokeResponse = await ops.Revoke(
             pb.RevokeRequest(
                 external_ref=ref,
                 amount=total,

@@ -5,7 +5,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import urllib.parse
 import uuid
 
 from sqlalchemy import text
@@ -13,11 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service import database
 from service.store import sqlalchemy_url
-
-
-def other_database(url: str, name: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+from tests.support import other_database
 
 
 async def test_reconcile_reports_each_discrepancy_and_fails(
@@ -43,7 +38,8 @@ async def test_reconcile_reports_each_discrepancy_and_fails(
     finally:
         await engine.dispose()
 
-    done = subprocess.run(
+    done = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "service.admin", "reconcile"],
         env={**os.environ, "CREDITS_DATABASE_URL": broken_url},
         capture_output=True,

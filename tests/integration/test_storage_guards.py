@@ -62,7 +62,7 @@ async def test_the_service_role_has_least_privilege(
     async with admin_engine.connect() as conn:
         await conn.execute(text(f"SET ROLE {SERVICE_ROLE}"))
         try:
-            with pytest.raises(DBAPIError, match="permission denied|must be owner"):
+            with pytest.raises(DBAPIError, match=r"permission denied|must be owner"):
                 await conn.execute(text(statement), {"a": account})
         finally:
             await conn.execute(text("RESET ROLE"))
