@@ -53,6 +53,7 @@ async def serve(config: settings.Settings, url: str) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await sweeping
     await built.server.stop(grace=config.shutdown_grace_seconds)
+    await built.limiter.aclose()
     await engine.dispose()
     log.info("stopped")
 

@@ -8,6 +8,7 @@ native grpc.aio interceptor sees neither the request nor the ServicerContext (wh
 holds the peer certificate).
 """
 
+import asyncio
 import logging
 import time
 import uuid
@@ -18,7 +19,7 @@ import grpc
 from grpc_interceptor.server import AsyncServerInterceptor
 
 from credits.v1 import credits_pb2
-from service import context, errors
+from service import context, errors, metrics
 
 log = logging.getLogger("credits.rpc")
 
@@ -68,12 +69,19 @@ class SanitizeErrors(AsyncServerInterceptor):
         if remaining is not None:
             context.deadline.set(time.monotonic() + remaining)
         await ctx.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+        started = time.perf_counter()
         try:
             response = await call_next(method, request_or_iterator, ctx)
         except Exception as exc:
             await self._abort(ctx, exc, method_name)
+        except asyncio.CancelledError:
+            metrics.RPCS.labels(method_name, grpc.StatusCode.CANCELLED.name).inc()
+            raise
+        finally:
+            metrics.RPC_SECONDS.labels(method_name).observe(time.perf_counter() - started)
         if hasattr(response, "__aiter__"):
             return self._sanitized_stream(response, ctx, method_name)
+        metrics.RPCS.labels(method_name, grpc.StatusCode.OK.name).inc()
         return response
 
     async def _sanitized_stream(
@@ -105,5 +113,6 @@ class SanitizeErrors(AsyncServerInterceptor):
                 extra={"method": method_name, "error": type(exc).__name__},
                 exc_info=exc,
             )
+        metrics.RPCS.labels(method_name, status.code.name).inc()
         await ctx.abort_with_status(status)
         raise AssertionError("abort_with_status returned")

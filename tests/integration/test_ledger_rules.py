@@ -8,6 +8,7 @@ import uuid
 import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -574,3 +575,16 @@ async def test_every_response_carries_a_request_id(ops: Stub) -> None:
     await call
     headers = dict(await call.initial_metadata())
     assert re.fullmatch(r"[0-9a-f]{32}", str(headers["x-request-id"]))
+
+
+async def test_rpcs_are_counted_by_method_and_code(ops: Stub) -> None:
+    def served(code: str) -> float:
+        labels = {"method": "/credits.v1.CreditsService/Reserve", "code": code}
+        return REGISTRY.get_sample_value("credits_rpcs_total", labels) or 0.0
+
+    ok, refused = served("OK"), served("FAILED_PRECONDITION")
+    account = new_id()
+    await grant(ops, account, 1)
+    await reserve(ops, account, 1)
+    await rejected(reserve(ops, account, 1))
+    assert (served("OK"), served("FAILED_PRECONDITION")) == (ok + 1, refused + 1)
