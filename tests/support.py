@@ -10,7 +10,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from credits.v1 import credits_pb2_grpc
+from credits.v1 import credits_pb2, credits_pb2_grpc
 from scripts.devcallers import ensure_dev_callers
 from service import settings
 from service.ledger import Ledger, Policy
@@ -122,3 +122,18 @@ def other_database(url: str, name: str) -> str:
     """The URL of database `name` on the same server as `url`."""
     parts = urllib.parse.urlsplit(url)
     return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def funded_account(
+    stub: credits_pb2_grpc.CreditsServiceStub, amount: int, account: str | None = None
+) -> str:
+    """A new account (or `account`) holding `amount` credits of one purchase."""
+    account = account or new_id()
+    request = credits_pb2.GrantRequest(
+        account_id=account,
+        amount=amount,
+        source=credits_pb2.GRANT_SOURCE_PURCHASE,
+        idempotency_key=new_id("grant"),
+    )
+    await stub.Grant(request, timeout=CALL_TIMEOUT_SECONDS)
+    return account

@@ -11,7 +11,7 @@ from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from service import reconcile
 from tests.support import CALL_TIMEOUT_SECONDS as T
-from tests.support import error_details, new_id
+from tests.support import error_details, funded_account, new_id
 
 
 async def outcome(call: grpc.aio.UnaryUnaryCall) -> str:
@@ -23,13 +23,7 @@ async def outcome(call: grpc.aio.UnaryUnaryCall) -> str:
 
 
 async def test_fifty_reserves_against_twenty_credits(ops: Stub, admin_engine: AsyncEngine) -> None:
-    account = new_id()
-    await ops.Grant(
-        pb.GrantRequest(
-            account_id=account, amount=20, source=pb.GRANT_SOURCE_PURCHASE, idempotency_key=new_id()
-        ),
-        timeout=T,
-    )
+    account = await funded_account(ops, 20)
     results = await asyncio.gather(
         *(
             outcome(
@@ -55,15 +49,7 @@ async def test_fifty_reserves_against_twenty_credits(ops: Stub, admin_engine: As
 
 async def test_concurrent_replays_of_one_key_make_one_reservation(ops: Stub) -> None:
     account, key = new_id(), new_id("key")
-    await ops.Grant(
-        pb.GrantRequest(
-            account_id=account,
-            amount=100,
-            source=pb.GRANT_SOURCE_PURCHASE,
-            idempotency_key=new_id(),
-        ),
-        timeout=T,
-    )
+    await funded_account(ops, 100, account)
     request = pb.ReserveRequest(account_id=account, amount=7, idempotency_key=key)
     responses = await asyncio.gather(*(ops.Reserve(request, timeout=T) for _ in range(30)))
     assert len({r.reservation.reservation_id for r in responses}) == 1
@@ -96,16 +82,7 @@ async def test_one_key_raced_on_two_accounts_succeeds_once(ops: Stub) -> None:
 
 
 async def test_confirm_and_release_racing_on_one_reservation(ops: Stub) -> None:
-    account = new_id()
-    await ops.Grant(
-        pb.GrantRequest(
-            account_id=account,
-            amount=1000,
-            source=pb.GRANT_SOURCE_PURCHASE,
-            idempotency_key=new_id(),
-        ),
-        timeout=T,
-    )
+    account = await funded_account(ops, 1000)
     for _ in range(10):
         r = (
             await ops.Reserve(
@@ -131,15 +108,7 @@ async def test_mixed_traffic_on_few_accounts_keeps_every_invariant(
 ) -> None:
     accounts = [new_id() for _ in range(3)]
     for account in accounts:
-        await ops.Grant(
-            pb.GrantRequest(
-                account_id=account,
-                amount=500,
-                source=pb.GRANT_SOURCE_PURCHASE,
-                idempotency_key=new_id(),
-            ),
-            timeout=T,
-        )
+        await funded_account(ops, 500, account)
 
     async def cycle(i: int) -> None:
         account = accounts[i % len(accounts)]

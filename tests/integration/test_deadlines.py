@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from tests.support import CALL_TIMEOUT_SECONDS as T
-from tests.support import RunningServer, new_id
+from tests.support import RunningServer, funded_account, new_id
 
 SHORT_DEADLINE_SECONDS = 0.5
 LOCK_HELD_PAST_DEADLINE_SECONDS = 0.3
@@ -19,16 +19,7 @@ LOCK_HELD_PAST_DEADLINE_SECONDS = 0.3
 async def test_a_deadline_cancels_the_blocked_query_and_frees_its_connection(
     ops: Stub, admin_engine: AsyncEngine, credits_server: RunningServer
 ) -> None:
-    account = new_id()
-    await ops.Grant(
-        pb.GrantRequest(
-            account_id=account,
-            amount=100,
-            source=pb.GRANT_SOURCE_PURCHASE,
-            idempotency_key=new_id(),
-        ),
-        timeout=T,
-    )
+    account = await funded_account(ops, 100)
     calls = credits_server.settings.db_pool_size + 2
     async with admin_engine.connect() as blocker:
         # Hold the account's lock, so every Reserve on it waits inside PostgreSQL.

@@ -16,7 +16,14 @@ from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from service import settings
 from tests.access_support import caller_table, detail_of, write_callers
 from tests.support import CALL_TIMEOUT_SECONDS as T
-from tests.support import RunningServer, error_details, new_id, open_channel, start_server
+from tests.support import (
+    RunningServer,
+    error_details,
+    funded_account,
+    new_id,
+    open_channel,
+    start_server,
+)
 
 BURST_CALLS = 100
 ALL_RPCS = ["*"]
@@ -61,15 +68,7 @@ async def ops(limited_server: RunningServer, pki: Path) -> AsyncIterator[Stub]:
 
 
 async def funded(ops: Stub) -> str:
-    account = new_id()
-    grant = pb.GrantRequest(
-        account_id=account,
-        amount=10 * BURST_CALLS,
-        source=pb.GRANT_SOURCE_PURCHASE,
-        idempotency_key=new_id(),
-    )
-    await ops.Grant(grant, timeout=T)
-    return account
+    return await funded_account(ops, 10 * BURST_CALLS)
 
 
 async def reserve(stub: Stub, account: str) -> grpc.aio.AioRpcError | None:

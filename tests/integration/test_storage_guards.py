@@ -6,22 +6,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from service.database import SERVICE_ROLE
-from tests.support import CALL_TIMEOUT_SECONDS as T
-from tests.support import new_id
-
-
-async def granted_account(ops: Stub) -> str:
-    account = new_id()
-    await ops.Grant(
-        pb.GrantRequest(
-            account_id=account, amount=10, source=pb.GRANT_SOURCE_PURCHASE, idempotency_key=new_id()
-        ),
-        timeout=T,
-    )
-    return account
+from tests.support import funded_account
 
 
 @pytest.mark.parametrize(
@@ -34,7 +21,7 @@ async def granted_account(ops: Stub) -> str:
 async def test_the_ledger_refuses_update_and_delete_even_to_its_owner(
     ops: Stub, admin_engine: AsyncEngine, statement: str
 ) -> None:
-    account = await granted_account(ops)
+    account = await funded_account(ops, 10)
     async with admin_engine.connect() as conn:
         with pytest.raises(DBAPIError, match="append-only"):
             await conn.execute(text(statement), {"a": account})
@@ -58,7 +45,7 @@ async def test_the_ledger_refuses_truncate(admin_engine: AsyncEngine) -> None:
 async def test_the_service_role_has_least_privilege(
     ops: Stub, admin_engine: AsyncEngine, statement: str
 ) -> None:
-    account = await granted_account(ops)
+    account = await funded_account(ops, 10)
     async with admin_engine.connect() as conn:
         await conn.execute(text(f"SET ROLE {SERVICE_ROLE}"))
         try:
@@ -71,7 +58,7 @@ async def test_the_service_role_has_least_privilege(
 async def test_a_negative_remaining_amount_is_refused_by_a_constraint(
     ops: Stub, admin_engine: AsyncEngine
 ) -> None:
-    account = await granted_account(ops)
+    account = await funded_account(ops, 10)
     async with admin_engine.connect() as conn:
         with pytest.raises(DBAPIError, match="ck_grants_remaining_bounded"):
             await conn.execute(

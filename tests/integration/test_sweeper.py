@@ -13,7 +13,7 @@ from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from service.store import PostgresStore
 from service.sweeper import ACCOUNTS_PER_ROUND_MAX
 from tests.support import CALL_TIMEOUT_SECONDS as T
-from tests.support import RunningServer, new_id
+from tests.support import RunningServer, funded_account, new_id
 
 
 async def test_settle_due_expires_overdue_reservations_and_grants(
@@ -32,15 +32,7 @@ async def test_settle_due_expires_overdue_reservations_and_grants(
         ),
         timeout=T,
     )
-    await ops.Grant(
-        pb.GrantRequest(
-            account_id=account,
-            amount=100,
-            source=pb.GRANT_SOURCE_PURCHASE,
-            idempotency_key=new_id(),
-        ),
-        timeout=T,
-    )
+    await funded_account(ops, 100, account)
     r = (
         await ops.Reserve(
             pb.ReserveRequest(
