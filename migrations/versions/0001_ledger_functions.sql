@@ -191,6 +191,24 @@ BEGIN
   RETURN QUERY SELECT * FROM reservations WHERE reservation_id = v_id;
 END $$;
 
+-- Locks and settles the account, then finds its reservation. A reservation of another
+-- account is CR002 exactly like one that does not exist.
+CREATE FUNCTION credits_locked_reservation(p_account text, p_reservation uuid,
+                                           p_now timestamptz, p_lock_timeout_ms integer)
+RETURNS reservations LANGUAGE plpgsql AS $$
+DECLARE
+  r reservations;
+BEGIN
+  IF credits_lock(p_account, p_now, p_lock_timeout_ms) THEN
+    SELECT * INTO r FROM reservations
+     WHERE reservation_id = p_reservation AND account_id = p_account;
+    IF FOUND THEN
+      RETURN r;
+    END IF;
+  END IF;
+  RAISE EXCEPTION 'reservation not found' USING ERRCODE = 'CR002';
+END $$;
+
 -- Captures p_amount (NULL: all) of a reservation; the rest goes back at once.
 CREATE FUNCTION credits_confirm(p_account text, p_reservation uuid, p_amount bigint,
                                 p_lock_timeout_ms integer DEFAULT NULL)
@@ -200,13 +218,7 @@ DECLARE
   r reservations;
   v_capture bigint;
 BEGIN
-  IF NOT credits_lock(p_account, v_now, p_lock_timeout_ms) THEN
-    RAISE EXCEPTION 'reservation not found' USING ERRCODE = 'CR002';
-  END IF;
-  SELECT * INTO r FROM reservations WHERE reservation_id = p_reservation AND account_id = p_account;
-  IF NOT FOUND THEN
-    RAISE EXCEPTION 'reservation not found' USING ERRCODE = 'CR002';
-  END IF;
+  r := credits_locked_reservation(p_account, p_reservation, v_now, p_lock_timeout_ms);
   IF r.status = 2 THEN
     RETURN NEXT r;
     RETURN;
@@ -237,13 +249,7 @@ DECLARE
   v_now timestamptz := now();
   r reservations;
 BEGIN
-  IF NOT credits_lock(p_account, v_now, p_lock_timeout_ms) THEN
-    RAISE EXCEPTION 'reservation not found' USING ERRCODE = 'CR002';
-  END IF;
-  SELECT * INTO r FROM reservations WHERE reservation_id = p_reservation AND account_id = p_account;
-  IF NOT FOUND THEN
-    RAISE EXCEPTION 'reservation not found' USING ERRCODE = 'CR002';
-  END IF;
+  r := credits_locked_reservation(p_account, p_reservation, v_now, p_lock_timeout_ms);
   IF r.status IN (3, 4) THEN
     RETURN NEXT r;
     RETURN;

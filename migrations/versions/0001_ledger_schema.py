@@ -22,6 +22,7 @@ FUNCTIONS = (
     "credits_replayed(text, text, text, bytea)",
     "credits_remember(text, text, text, bytea, text, uuid)",
     "credits_reserve(text, text, bytea, text, bigint, interval, text, text, text, jsonb, integer)",
+    "credits_locked_reservation(text, uuid, timestamptz, integer)",
     "credits_confirm(text, uuid, bigint, integer)",
     "credits_release(text, uuid, text, integer)",
     (
