@@ -3,6 +3,7 @@ migrations, and the least-privilege role the service connects as."""
 
 import asyncio
 import urllib.parse
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,14 @@ class Embedded:
 
 
 def _embedded_server(dev_dir: Path) -> Any:
-    import pgserver  # noqa: PLC0415 (production never loads the embedded server)
-
     dev_dir.mkdir(parents=True, exist_ok=True)
-    return pgserver.get_server(dev_dir.resolve() / "pgdata", cleanup_mode="stop")
+    with warnings.catch_warnings():
+        # pgserver asks platformdirs for a runtime folder it does not need here; the
+        # warning that XDG_RUNTIME_DIR is unset is noise on every start.
+        warnings.filterwarnings("ignore", module="platformdirs")
+        import pgserver  # noqa: PLC0415 (production never loads the embedded server)
+
+        return pgserver.get_server(dev_dir.resolve() / "pgdata", cleanup_mode="stop")
 
 
 def with_user(database_url: str, user: str) -> str:

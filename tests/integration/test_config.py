@@ -182,7 +182,7 @@ def test_the_complete_configuration_starts(database_url: str, pki: Path) -> None
     try:
         assert process.stderr is not None
         for line in process.stderr:
-            if '"event": "serving"' in line:
+            if '"msg": "serving"' in line:
                 break
         else:
             pytest.fail("the service stopped without serving")
