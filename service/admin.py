@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from service import database, reconcile
 from service.ledger import ACCOUNT_ID_PATTERN, GrantSource, ReservationStatus
 from service.settings import DEV_DIR, DEVELOPMENT
-from service.store import sqlalchemy_url
+from service.store import PostgresStore, sqlalchemy_url
 
 RECENT_RESERVATIONS_MAX = 20
 
@@ -34,12 +34,6 @@ RESERVATIONS = text("""
 SELECT reservation_id, amount, confirmed_amount, status, job_type, job_id, created_at, expires_at
   FROM reservations WHERE account_id = :account
  ORDER BY created_at DESC LIMIT :limit
-""")
-BALANCE = text("""
-SELECT coalesce(sum(remaining_amount) FILTER (WHERE expires_at IS NULL OR expires_at > now()), 0),
-       (SELECT coalesce(sum(amount), 0) FROM reservations
-         WHERE account_id = :account AND status = 1 AND expires_at > now())
-  FROM grants WHERE account_id = :account
 """)
 
 
@@ -73,14 +67,15 @@ async def show_account(url: str, account_id: str) -> int:
         return 2
     engine = create_async_engine(sqlalchemy_url(url))
     try:
+        # The same balance GetBalance answers, expiry decided by expires_at.
+        balance = await PostgresStore(engine).balance(account_id)
         async with engine.connect() as conn:
             params = {"account": account_id, "limit": RECENT_RESERVATIONS_MAX}
-            available, reserved = (await conn.execute(BALANCE, params)).one()
             grants = (await conn.execute(GRANTS, params)).all()
             reservations = (await conn.execute(RESERVATIONS, params)).all()
     finally:
         await engine.dispose()
-    print(f"account {account_id}: available {available}, reserved {reserved}")
+    print(f"account {account_id}: available {balance.available}, reserved {balance.reserved}")
     print(f"grants ({len(grants)}):")
     for g in grants:
         print(
