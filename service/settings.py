@@ -128,12 +128,12 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if raw is None:
         return default
     try:
-        value = float(raw)
+        seconds = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number of seconds") from None
-    if value <= 0:
+    if seconds <= 0:
         raise SettingsError(f"{name} must be positive")
-    return value
+    return seconds
 
 
 def _rates(env: Mapping[str, str], name: str, default: str) -> tuple[RateLimitItem, ...]:
