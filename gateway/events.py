@@ -263,39 +263,45 @@ def dispute_revoke(dispute_id: str, payment_intent: str) -> RevokeCall:
     )
 
 
-def _dispute(dispute: Mapping[str, object]) -> tuple[str, str, str, dict[str, str]] | None:
+@dataclass(frozen=True)
+class _Dispute:
+    dispute_id: str
+    payment_intent: str
+    status: str
+    refs: dict[str, str]
+
+
+def _dispute(dispute: Mapping[str, object]) -> _Dispute | Acknowledge:
+    """A dispute of a credits purchase, or the acknowledgement of one that needs
+    nothing: malformed, an inquiry (which revokes nothing, so it never gives back
+    anything either), or not on a payment intent."""
     dispute_id, payment_intent = _stripe_id(dispute, "id"), _stripe_id(dispute, "payment_intent")
     status = _text(dispute, "status")
     if dispute.get("object") != "dispute" or dispute_id is None or status is None:
-        return None
+        return Acknowledge("malformed")
     refs = {"dispute": dispute_id}
     if payment_intent is not None:
         refs["payment_intent"] = payment_intent
-    return dispute_id, payment_intent or "", status, refs
+    if status.startswith(INQUIRY_STATUS_PREFIX):
+        return Acknowledge("inquiry_ignored", refs)
+    if payment_intent is None:
+        return Acknowledge("not_a_purchase", refs)
+    return _Dispute(dispute_id, payment_intent, status, refs)
 
 
 def plan_dispute_created(dispute: Mapping[str, object]) -> Plan:
-    parsed = _dispute(dispute)
-    if parsed is None:
-        return Acknowledge("malformed")
-    dispute_id, payment_intent, status, refs = parsed
-    if status.startswith(INQUIRY_STATUS_PREFIX):
-        return Acknowledge("inquiry_ignored", refs)
-    if not payment_intent:
-        return Acknowledge("not_a_purchase", refs)
-    return Revocation(dispute_revoke(dispute_id, payment_intent), "dispute_revoked", refs)
+    d = _dispute(dispute)
+    if isinstance(d, Acknowledge):
+        return d
+    return Revocation(dispute_revoke(d.dispute_id, d.payment_intent), "dispute_revoked", d.refs)
 
 
 def plan_dispute_closed(dispute: Mapping[str, object]) -> Plan:
-    parsed = _dispute(dispute)
-    if parsed is None:
-        return Acknowledge("malformed")
-    dispute_id, payment_intent, status, refs = parsed
-    if status.startswith(INQUIRY_STATUS_PREFIX):
-        return Acknowledge("inquiry_ignored", refs)
-    if not payment_intent:
-        return Acknowledge("not_a_purchase", refs)
-    revoke = dispute_revoke(dispute_id, payment_intent)
+    d = _dispute(dispute)
+    if isinstance(d, Acknowledge):
+        return d
+    dispute_id, status, refs = d.dispute_id, d.status, d.refs
+    revoke = dispute_revoke(dispute_id, d.payment_intent)
     if status in DISPUTE_WON_STATUSES:
         return DisputeWon(revoke, dispute_id, refs)
     if status == DISPUTE_LOST_STATUS:

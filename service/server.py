@@ -69,7 +69,7 @@ def interceptor_chain(settings: Settings, limiter: Limiter) -> list[grpc.aio.Ser
     ]
 
 
-def build_server(settings: Settings, ledger: Ledger, *, reuse_port: bool = False) -> Built:
+def build_server(settings: Settings, ledger: Ledger) -> Built:
     limiter = Limiter(settings.redis_url)
     server = grpc.aio.server(
         interceptors=interceptor_chain(settings, limiter),
@@ -77,9 +77,9 @@ def build_server(settings: Settings, ledger: Ledger, *, reuse_port: bool = False
         options=[
             ("grpc.max_receive_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
             ("grpc.max_send_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
-            # Off unless several worker processes are meant to share one port: otherwise
-            # a second server would silently bind the same address.
-            ("grpc.so_reuseport", 1 if reuse_port else 0),
+            # Off: a second server would otherwise silently bind the same address. Scale
+            # out with processes on their own ports behind a load balancer.
+            ("grpc.so_reuseport", 0),
             ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
             ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
             ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MIN_PING_INTERVAL_MS),

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from credits.v1 import credits_pb2_grpc
+from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
 from service import database
@@ -66,25 +67,29 @@ async def credits_server(database_url: str, pki: Path) -> AsyncIterator[RunningS
     await server.stop()
 
 
-@pytest.fixture(scope="session")
-async def ops(
-    credits_server: RunningServer, pki: Path
+async def _stub_of(
+    caller: str, server: RunningServer, pki: Path
 ) -> AsyncIterator[credits_pb2_grpc.CreditsServiceStub]:
-    async with open_channel(pki, "ops", credits_server.address) as channel:
+    async with open_channel(pki, caller, server.address) as channel:
         yield credits_pb2_grpc.CreditsServiceStub(channel)
 
 
 @pytest.fixture(scope="session")
-async def backend(
-    credits_server: RunningServer, pki: Path
-) -> AsyncIterator[credits_pb2_grpc.CreditsServiceStub]:
-    async with open_channel(pki, "backend", credits_server.address) as channel:
-        yield credits_pb2_grpc.CreditsServiceStub(channel)
+async def ops(credits_server: RunningServer, pki: Path) -> AsyncIterator[Stub]:
+    """Every RPC (the development `ops` caller)."""
+    async for stub in _stub_of("ops", credits_server, pki):
+        yield stub
 
 
 @pytest.fixture(scope="session")
-async def gateway(
-    credits_server: RunningServer, pki: Path
-) -> AsyncIterator[credits_pb2_grpc.CreditsServiceStub]:
-    async with open_channel(pki, "gateway", credits_server.address) as channel:
-        yield credits_pb2_grpc.CreditsServiceStub(channel)
+async def backend(credits_server: RunningServer, pki: Path) -> AsyncIterator[Stub]:
+    """Reserve, Confirm, Release, GetBalance, ListUsage."""
+    async for stub in _stub_of("backend", credits_server, pki):
+        yield stub
+
+
+@pytest.fixture(scope="session")
+async def gateway(credits_server: RunningServer, pki: Path) -> AsyncIterator[Stub]:
+    """Grant, Revoke, GetBalance."""
+    async for stub in _stub_of("gateway", credits_server, pki):
+        yield stub

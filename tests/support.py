@@ -91,10 +91,6 @@ def open_channel(pki: Path, caller: str, address: str) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(address, credentials)
 
 
-def stub(channel: grpc.aio.Channel) -> credits_pb2_grpc.CreditsServiceStub:
-    return credits_pb2_grpc.CreditsServiceStub(channel)
-
-
 def new_id(prefix: str = "acct") -> str:
     """A fresh account id or key, so that tests sharing one database never collide."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
