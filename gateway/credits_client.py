@@ -25,7 +25,6 @@ CHANNEL_CLOSE_GRACE_SECONDS = 5.0
 
 _SOURCES = {
     GrantSource.PURCHASE: credits_pb2.GRANT_SOURCE_PURCHASE,
-    GrantSource.ADJUSTMENT: credits_pb2.GRANT_SOURCE_ADJUSTMENT,
 }
 
 
@@ -63,6 +62,8 @@ class Revoked:
     account_id: str
     revoked_amount: int
     unrecovered_amount: int
+    restored_amount: int = 0
+    cancelled_amount: int = 0
 
 
 def open_channel(
@@ -151,10 +152,13 @@ class CreditsClient:
             idempotency_key=call.idempotency_key,
             reason=call.reason,
             cumulative_series=call.cumulative_series,
+            withdraw=call.withdraw,
         )
         response = await self._call("Revoke", self._stub.Revoke, request)
         return Revoked(
             account_id=str(response.grant.account_id),
             revoked_amount=int(response.revoked_amount),
             unrecovered_amount=int(response.unrecovered_amount),
+            restored_amount=int(response.restored_amount),
+            cancelled_amount=int(response.cancelled_amount),
         )

@@ -32,18 +32,18 @@ DISPUTE_WON_STATUSES = frozenset({"won"})
 DISPUTE_LOST_STATUS = "lost"
 # Inquiries (status warning_*) withdraw no funds, so opening one revokes nothing, and
 # closing one (warning_closed) has nothing to give back. An inquiry that escalates ends
-# as won or lost, and the closed event's replay of the revocation settles it then.
+# as won or lost, and the closed event's request settles it then.
 INQUIRY_STATUS_PREFIX = "warning_"
 
 CHECKOUT_KEY_PREFIX = "checkout:"
 REFUND_SERIES_PREFIX = "refund:"
 DISPUTE_KEY_PREFIX = "dispute:"
 DISPUTE_WON_KEY_PREFIX = "dispute-won:"
+DISPUTE_SERIES_PREFIX = "dispute:"
 
 
 class GrantSource(Enum):
     PURCHASE = "purchase"
-    ADJUSTMENT = "adjustment"
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ class RevokeCall:
     idempotency_key: str
     reason: str
     cumulative_series: str = ""
+    # Withdraw the series' claim (a dispute won): what it took comes back to the grant.
+    withdraw: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,17 +94,7 @@ class Revocation:
     refs: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class DisputeWon:
-    """Replay the dispute's revocation (a no-op if it happened, the revocation itself if
-    the won event came first) to learn what it took, then grant exactly that back."""
-
-    revoke: RevokeCall
-    dispute_id: str
-    refs: Mapping[str, str] = field(default_factory=dict)
-
-
-Plan = Acknowledge | Purchase | Revocation | DisputeWon
+Plan = Acknowledge | Purchase | Revocation
 
 
 @dataclass(frozen=True)
@@ -253,13 +245,29 @@ def plan_refund(charge: Mapping[str, object], packages: PackageTable) -> Plan:
 
 
 def dispute_revoke(dispute_id: str, payment_intent: str) -> RevokeCall:
-    """The one revocation of a dispute: everything that remains of the purchase. Opened,
-    won and lost all send exactly this request, so whichever comes first does it."""
+    """The dispute's claim on the purchase: everything it gave (amount 0), as a series of
+    its own, so that the claim stands beside a refund's and a win can withdraw it.
+    Opened and lost send exactly this request, so whichever comes first makes the claim."""
     return RevokeCall(
         external_ref=payment_intent,
         amount=0,
         idempotency_key=DISPUTE_KEY_PREFIX + dispute_id,
         reason="dispute",
+        cumulative_series=DISPUTE_SERIES_PREFIX + dispute_id,
+    )
+
+
+def dispute_withdrawal(dispute_id: str, payment_intent: str) -> RevokeCall:
+    """A dispute won: its claim is withdrawn for good. The service cancels what the claim
+    still owed and gives back what it took, whenever it took it; a won that arrives before
+    the opening makes the opening claim nothing."""
+    return RevokeCall(
+        external_ref=payment_intent,
+        amount=0,
+        idempotency_key=DISPUTE_WON_KEY_PREFIX + dispute_id,
+        reason="dispute won",
+        cumulative_series=DISPUTE_SERIES_PREFIX + dispute_id,
+        withdraw=True,
     )
 
 
@@ -300,25 +308,10 @@ def plan_dispute_closed(dispute: Mapping[str, object]) -> Plan:
     d = _dispute(dispute)
     if isinstance(d, Acknowledge):
         return d
-    dispute_id, status, refs = d.dispute_id, d.status, d.refs
-    revoke = dispute_revoke(dispute_id, d.payment_intent)
-    if status in DISPUTE_WON_STATUSES:
-        return DisputeWon(revoke, dispute_id, refs)
-    if status == DISPUTE_LOST_STATUS:
-        # Replaying the opening revocation makes "lost before created" revoke too, once.
-        return Revocation(revoke, "dispute_lost", refs)
-    return Acknowledge("dispute_status_unexpected", refs)
-
-
-def dispute_grant_back(dispute_id: str, account_id: str, amount: int) -> GrantCall:
-    """Give back exactly what the dispute's revocation took. No external_ref: the
-    payment intent already names the purchase grant."""
-    return GrantCall(
-        account_id=account_id,
-        amount=amount,
-        source=GrantSource.ADJUSTMENT,
-        idempotency_key=DISPUTE_WON_KEY_PREFIX + dispute_id,
-        external_ref="",
-        description="Stripe dispute won: credits the dispute revoked, given back",
-        metadata=(("stripe_dispute", dispute_id),),
-    )
+    if d.status in DISPUTE_WON_STATUSES:
+        withdrawal = dispute_withdrawal(d.dispute_id, d.payment_intent)
+        return Revocation(withdrawal, "dispute_won_restored", d.refs)
+    if d.status == DISPUTE_LOST_STATUS:
+        # The opening's request again: "lost before created" claims too, once.
+        return Revocation(dispute_revoke(d.dispute_id, d.payment_intent), "dispute_lost", d.refs)
+    return Acknowledge("dispute_status_unexpected", d.refs)

@@ -13,13 +13,11 @@ from typing import Protocol
 from gateway.credits_client import Failure, Revoked, ServiceError
 from gateway.events import (
     Acknowledge,
-    DisputeWon,
     GrantCall,
     Plan,
     Purchase,
     Revocation,
     RevokeCall,
-    dispute_grant_back,
 )
 
 OK = 200
@@ -69,6 +67,8 @@ def _revoked_fields(revoked: Revoked) -> dict[str, object]:
     return {
         "revoked_units": revoked.revoked_amount,
         "unrecovered_units": revoked.unrecovered_amount,
+        "restored_units": revoked.restored_amount,
+        "cancelled_units": revoked.cancelled_amount,
     }
 
 
@@ -80,33 +80,12 @@ async def _revocation(plan: Revocation, credits: Credits) -> Result:
     return Result(OK, plan.outcome, _revoked_fields(revoked))
 
 
-async def _dispute_won(plan: DisputeWon, credits: Credits) -> Result:
-    try:
-        revoked = await credits.revoke(plan.revoke)
-    except ServiceError as error:
-        if error.failure is Failure.CONFLICT:
-            # Without the original answer we cannot know what to give back.
-            return Result(INTERNAL_ERROR, "conflict_dispute_revocation", {"rpc": error.rpc})
-        return _failed(error, not_found_status=UNAVAILABLE)
-    fields = _revoked_fields(revoked)
-    if revoked.revoked_amount == 0:
-        return Result(OK, "dispute_won_nothing_revoked", fields)
-    grant = dispute_grant_back(plan.dispute_id, revoked.account_id, revoked.revoked_amount)
-    try:
-        grant_id = await credits.grant(grant)
-    except ServiceError as error:
-        return _failed(error, not_found_status=INTERNAL_ERROR)
-    return Result(OK, "dispute_won_granted_back", {**fields, "grant_id": grant_id})
-
-
 async def fulfil(plan: Plan, credits: Credits) -> Result:
     if isinstance(plan, Acknowledge):
         return Result(OK, plan.outcome)
     if isinstance(plan, Purchase):
         return await _purchase(plan, credits)
-    if isinstance(plan, Revocation):
-        return await _revocation(plan, credits)
-    return await _dispute_won(plan, credits)
+    return await _revocation(plan, credits)
 
 
 def needs_attention(outcome: str) -> bool:

@@ -10,7 +10,7 @@ import signal
 import sys
 
 from service import database, logs, metrics, settings, sweeper
-from service.ledger import Ledger, Policy
+from service.ledger import Ledger, Policy, utc_now
 from service.server import build_server, mark_serving
 from service.store import PostgresStore, create_engine
 
@@ -34,7 +34,7 @@ async def serve(config: settings.Settings, url: str) -> None:
         statement_timeout_seconds=config.db_statement_timeout_seconds,
     )
     store = PostgresStore(engine)
-    ledger = Ledger(store, Policy(config.amount_max, config.metadata_keys))
+    ledger = Ledger(store, Policy(config.amount_max, config.metadata_keys), utc_now)
     built = build_server(config, ledger)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -44,7 +44,7 @@ async def serve(config: settings.Settings, url: str) -> None:
         metrics.serve(config.metrics_addr)
     await built.server.start()
     await mark_serving(built)
-    sweeping = asyncio.create_task(sweeper.run(store, config.sweeper_interval_seconds))
+    sweeping = asyncio.create_task(sweeper.run(store, config.sweeper_interval_seconds, utc_now))
     log.info("serving", extra={"address": config.grpc_addr, "env": config.env})
     await stop.wait()
     log.info("stopping", extra={"grace_seconds": config.shutdown_grace_seconds})

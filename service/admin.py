@@ -19,9 +19,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service import database, reconcile
-from service.ledger import ACCOUNT_ID_PATTERN, GrantSource, ReservationStatus
+from service.ledger import utc_now
+from service.model import GrantSource, ReservationStatus
 from service.settings import DEV_DIR, DEVELOPMENT
 from service.store import PostgresStore, sqlalchemy_url
+from service.validation import ACCOUNT_ID_PATTERN
 
 RECENT_RESERVATIONS_MAX = 20
 
@@ -68,7 +70,7 @@ async def show_account(url: str, account_id: str) -> int:
     engine = create_async_engine(sqlalchemy_url(url))
     try:
         # The same balance GetBalance answers, expiry decided by expires_at.
-        balance = await PostgresStore(engine).balance(account_id)
+        balance = await PostgresStore(engine).balance(account_id, utc_now())
         async with engine.connect() as conn:
             params = {"account": account_id, "limit": RECENT_RESERVATIONS_MAX}
             grants = (await conn.execute(GRANTS, params)).all()

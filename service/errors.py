@@ -7,47 +7,34 @@ driver text, path or stack trace ever reaches a client.
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from service import ledger
+from service import failures
+from service.failures import (
+    PermissionDenied,
+    RateLimited,
+    RateLimitUnavailable,
+    Unauthenticated,
+)
+
+# The interceptors raise these through this module; they are defined, like every failure
+# a caller can see, once in service/failures.py.
+__all__ = [
+    "STATUS_OF",
+    "PermissionDenied",
+    "RateLimitUnavailable",
+    "RateLimited",
+    "Unauthenticated",
+    "build",
+    "for_known",
+    "internal",
+]
 
 DOMAIN = "credits.v1"
-
-
-class Refused(Exception):
-    """The interceptor chain refused the call before any servicer ran."""
-
-    message: ClassVar[str]
-
-    def __init__(self) -> None:
-        super().__init__(self.message)
-
-
-class Unauthenticated(Refused):
-    message = "missing or invalid credentials"
-
-
-class PermissionDenied(Refused):
-    message = "this caller may not call this RPC"
-
-
-class RateLimited(Refused):
-    message = "rate limit exceeded; retry after the delay in RetryInfo"
-
-    def __init__(self, subject: str, limit: str, retry_after_seconds: float) -> None:
-        super().__init__()
-        self.subject = subject  # what is limited, e.g. "caller:backend/Reserve"
-        self.limit = limit  # e.g. "50 per 1 second"
-        self.retry_after_seconds = retry_after_seconds
-
-
-class RateLimitUnavailable(Exception):
-    """The rate-limit store cannot be reached: the call is refused, never let through."""
 
 
 @dataclass(frozen=True)
@@ -57,28 +44,8 @@ class Mapped:
 
 
 STATUS_OF: Mapping[type[Exception], Mapped] = {
-    ledger.InvalidRequest: Mapped(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"),
-    ledger.InsufficientCredits: Mapped(grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_CREDITS"),
-    ledger.ReservationNotActive: Mapped(
-        grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_NOT_ACTIVE"
-    ),
-    ledger.CaptureExceedsReservation: Mapped(
-        grpc.StatusCode.FAILED_PRECONDITION, "CAPTURE_EXCEEDS_RESERVATION"
-    ),
-    ledger.ReservationNotFound: Mapped(grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND"),
-    ledger.GrantNotFound: Mapped(grpc.StatusCode.NOT_FOUND, "GRANT_NOT_FOUND"),
-    ledger.IdempotencyKeyReused: Mapped(grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED"),
-    ledger.SignupBonusExists: Mapped(grpc.StatusCode.ALREADY_EXISTS, "SIGNUP_BONUS_EXISTS"),
-    ledger.ExternalRefExists: Mapped(grpc.StatusCode.ALREADY_EXISTS, "EXTERNAL_REF_EXISTS"),
-    ledger.StoreUnavailable: Mapped(grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE"),
-    ledger.StoreTimeout: Mapped(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
-    Unauthenticated: Mapped(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
-    PermissionDenied: Mapped(grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
-    RateLimited: Mapped(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED"),
-    RateLimitUnavailable: Mapped(grpc.StatusCode.UNAVAILABLE, "RATE_LIMIT_UNAVAILABLE"),
+    failure: Mapped(grpc.StatusCode[failure.code], failure.reason) for failure in failures.ALL
 }
-UNAVAILABLE_MESSAGE = "the service is temporarily unavailable; retry later"
-TIMEOUT_MESSAGE = "the deadline ran out before the work was done; nothing changed"
 INTERNAL_REASON = "INTERNAL"
 
 
@@ -109,9 +76,9 @@ def build(
 def for_known(exc: Exception) -> grpc.Status | None:
     """The status of an error the table knows, or None."""
     mapped = STATUS_OF.get(type(exc))
-    if mapped is None:
+    if mapped is None or not isinstance(exc, failures.Failure):
         return None
-    if isinstance(exc, ledger.InvalidRequest):
+    if isinstance(exc, failures.InvalidRequest):
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
@@ -123,11 +90,7 @@ def for_known(exc: Exception) -> grpc.Status | None:
         return build(mapped.code, mapped.reason, exc.message, details=[bad_request])
     if isinstance(exc, RateLimited):
         return _rate_limited(exc, mapped)
-    if isinstance(exc, ledger.LedgerError | Refused):
-        return build(mapped.code, mapped.reason, exc.message)
-    if isinstance(exc, ledger.StoreTimeout):
-        return build(mapped.code, mapped.reason, TIMEOUT_MESSAGE)
-    return build(mapped.code, mapped.reason, UNAVAILABLE_MESSAGE)
+    return build(mapped.code, mapped.reason, exc.message)
 
 
 def _rate_limited(exc: RateLimited, mapped: Mapped) -> grpc.Status:

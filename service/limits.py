@@ -7,6 +7,8 @@ fixed ones, part of the contract or of how the service protects itself.
 import datetime
 
 ACCOUNT_ID_CHARS_MAX = 128
+# The one definition of a valid account id (the database checks the same pattern).
+ACCOUNT_ID_REGEX = rf"[A-Za-z0-9._:@-]{{1,{ACCOUNT_ID_CHARS_MAX}}}"
 IDEMPOTENCY_KEY_CHARS_MAX = 128
 DESCRIPTION_CHARS_MAX = 500
 REASON_CHARS_MAX = 500
@@ -28,6 +30,15 @@ PAGE_TOKEN_CHARS_MAX = 200
 
 # Signed 64-bit: amounts are BIGINT in PostgreSQL and int64 in the contract.
 AMOUNT_INT64_MAX = 2**63 - 1
+# What one account may hold, remaining plus held (credits_account_credits_max() in the SQL
+# source): every per-account sum stays below AMOUNT_INT64_MAX.
+ACCOUNT_CREDITS_MAX = 10**18
+# The highest CREDITS_AMOUNT_MAX an operator may set: a thousandth of what an account may
+# hold, so that one amount never comes near any sum's limit.
+AMOUNT_MAX_LIMIT = ACCOUNT_CREDITS_MAX // 1000
+# PostgreSQL's lock_timeout is an int32 of milliseconds (about 24.8 days); a client
+# deadline further out than that is no limit at all in practice.
+LOCK_TIMEOUT_MS_MAX = 2**31 - 1
 # Priorities are int32 in the contract and INTEGER in PostgreSQL.
 PRIORITY_INT32_MIN = -(2**31)
 PRIORITY_INT32_MAX = 2**31 - 1

@@ -21,6 +21,9 @@ AUTHENTICATION_FAILURES = Counter(
 SWEPT_ACCOUNTS = Counter(
     "credits_sweeper_accounts_total", "Accounts the sweeper settled (expired holds and grants)"
 )
+SWEEP_FAILURES = Counter(
+    "credits_sweeper_failures_total", "Accounts the sweeper failed to settle (passed over)"
+)
 
 
 def serve(address: str) -> None:

@@ -1,4 +1,4 @@
-"""The ledger's invariants (SPEC §2), checked against the whole database. Each query
+"""The ledger's invariants (README "The contract"), checked against the whole database. Each query
 returns the rows that break one invariant; healthy means every query returns nothing."""
 
 from dataclasses import dataclass
@@ -76,15 +76,31 @@ INVARIANTS = (
         """,
     ),
     Invariant(
-        "what revocations asked for is revoked or recorded as unrecovered",
+        "what revocations asked for and did not give back is revoked or unrecovered",
         """
         SELECT g.grant_id::text,
-               format('asked %s <> revoked %s + unrecovered %s', coalesce(v.asked, 0),
-                      g.revoked_amount, g.unrecovered_amount)
+               format('asked %s - given back %s <> revoked %s + unrecovered %s',
+                      coalesce(v.asked, 0), coalesce(v.given_back, 0), g.revoked_amount,
+                      g.unrecovered_amount)
           FROM grants g
-          LEFT JOIN (SELECT grant_id, sum(requested_amount) AS asked FROM revocations GROUP BY 1) v
+          LEFT JOIN (SELECT grant_id, sum(requested_amount) AS asked,
+                            sum(restored_amount + cancelled_amount) AS given_back
+                       FROM revocations GROUP BY 1) v
             ON v.grant_id = g.grant_id
-         WHERE coalesce(v.asked, 0) <> g.revoked_amount + g.unrecovered_amount
+         WHERE coalesce(v.asked, 0) - coalesce(v.given_back, 0)
+               <> g.revoked_amount + g.unrecovered_amount
+        """,
+    ),
+    Invariant(
+        "a grant owes no more than its standing claims",
+        """
+        SELECT g.grant_id::text,
+               format('revoked %s + unrecovered %s > claims %s', g.revoked_amount,
+                      g.unrecovered_amount, coalesce(c.claimed, 0))
+          FROM grants g
+          LEFT JOIN (SELECT grant_id, sum(claimed_amount) AS claimed FROM revocation_claims
+                      WHERE NOT withdrawn GROUP BY 1) c ON c.grant_id = g.grant_id
+         WHERE g.revoked_amount + g.unrecovered_amount > coalesce(c.claimed, 0)
         """,
     ),
     Invariant(

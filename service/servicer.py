@@ -5,11 +5,11 @@ own the one mapping from errors to statuses."""
 import datetime
 
 import grpc
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
-from service import ledger
+from service import commands, ledger, model
 from service.context import current_caller
 
 
@@ -19,7 +19,14 @@ def _timestamp(value: datetime.datetime) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def reservation_message(r: ledger.Reservation) -> pb.Reservation:
+def _wire_time(
+    message: duration_pb2.Duration | timestamp_pb2.Timestamp, present: bool
+) -> commands.WireTime | None:
+    """A Duration or Timestamp as received; validation checks its range."""
+    return commands.WireTime(message.seconds, message.nanos) if present else None
+
+
+def reservation_message(r: model.Reservation) -> pb.Reservation:
     return pb.Reservation(
         reservation_id=str(r.reservation_id),
         account_id=r.account_id,
@@ -34,7 +41,7 @@ def reservation_message(r: ledger.Reservation) -> pb.Reservation:
     )
 
 
-def grant_message(g: ledger.Grant) -> pb.Grant:
+def grant_message(g: model.Grant) -> pb.Grant:
     message = pb.Grant(
         grant_id=str(g.grant_id),
         account_id=g.account_id,
@@ -59,7 +66,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReserveResponse:
         reservation = await self._ledger.reserve(
-            ledger.ReserveCommand(
+            commands.ReserveCommand(
                 caller=current_caller(),
                 account_id=request.account_id,
                 amount=request.amount,
@@ -68,7 +75,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
                 job_type=request.job_type,
                 description=request.description,
                 metadata=dict(request.metadata),
-                ttl=request.ttl.ToTimedelta() if request.HasField("ttl") else None,
+                ttl=_wire_time(request.ttl, request.HasField("ttl")),
             )
         )
         return pb.ReserveResponse(reservation=reservation_message(reservation))
@@ -77,7 +84,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         self, request: pb.ConfirmRequest, context: grpc.aio.ServicerContext
     ) -> pb.ConfirmResponse:
         reservation = await self._ledger.confirm(
-            ledger.ConfirmCommand(
+            commands.ConfirmCommand(
                 account_id=request.account_id,
                 reservation_id=request.reservation_id,
                 amount=request.amount if request.HasField("amount") else None,
@@ -89,7 +96,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReleaseResponse:
         reservation = await self._ledger.release(
-            ledger.ReleaseCommand(
+            commands.ReleaseCommand(
                 account_id=request.account_id,
                 reservation_id=request.reservation_id,
                 reason=request.reason,
@@ -101,16 +108,14 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         self, request: pb.GrantRequest, context: grpc.aio.ServicerContext
     ) -> pb.GrantResponse:
         grant = await self._ledger.grant(
-            ledger.GrantCommand(
+            commands.GrantCommand(
                 caller=current_caller(),
                 account_id=request.account_id,
                 amount=request.amount,
                 source=request.source,
                 idempotency_key=request.idempotency_key,
                 external_ref=request.external_ref,
-                expires_at=request.expires_at.ToDatetime(datetime.UTC)
-                if request.HasField("expires_at")
-                else None,
+                expires_at=_wire_time(request.expires_at, request.HasField("expires_at")),
                 description=request.description,
                 metadata=dict(request.metadata),
                 priority=request.priority,
@@ -122,7 +127,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         self, request: pb.RevokeRequest, context: grpc.aio.ServicerContext
     ) -> pb.RevokeResponse:
         revocation = await self._ledger.revoke(
-            ledger.RevokeCommand(
+            commands.RevokeCommand(
                 caller=current_caller(),
                 account_id=request.account_id,
                 idempotency_key=request.idempotency_key,
@@ -131,18 +136,21 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
                 amount=request.amount,
                 reason=request.reason,
                 cumulative_series=request.cumulative_series,
+                withdraw=request.withdraw,
             )
         )
         return pb.RevokeResponse(
             grant=grant_message(revocation.grant),
             revoked_amount=revocation.revoked_amount,
             unrecovered_amount=revocation.unrecovered_amount,
+            restored_amount=revocation.restored_amount,
+            cancelled_amount=revocation.cancelled_amount,
         )
 
     async def GetBalance(
         self, request: pb.GetBalanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetBalanceResponse:
-        balance = await self._ledger.balance(request.account_id)
+        balance = await self._ledger.balance(commands.BalanceQuery(request.account_id))
         response = pb.GetBalanceResponse(
             account_id=balance.account_id,
             available=balance.available,
@@ -156,8 +164,10 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
     async def ListUsage(
         self, request: pb.ListUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListUsageResponse:
-        page = await self._ledger.usage(request.account_id, request.page_size, request.page_token)
+        page = await self._ledger.usage(
+            commands.UsageQuery(request.account_id, request.page_size, request.page_token)
+        )
         return pb.ListUsageResponse(
             reservations=[reservation_message(r) for r in page.reservations],
-            next_page_token=page.next_cursor.encode() if page.next_cursor else "",
+            next_page_token=page.next_page_token,
         )

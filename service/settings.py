@@ -26,8 +26,7 @@ DEV_GRPC_ADDR = "127.0.0.1:50051"
 DEV_METRICS_ADDR = "127.0.0.1:9464"
 DEV_CALLERS_FILE_NAME = "callers.toml"
 
-# Generous enough for any single purchase, small enough that sums of many amounts stay
-# far from int64 overflow.
+# Generous enough for any single purchase; at most limits.AMOUNT_MAX_LIMIT.
 AMOUNT_MAX_DEFAULT = 1_000_000_000_000
 DEFAULT_METADATA_KEYS = (
     "credit_package",
@@ -292,8 +291,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
 
 def check(settings: Settings) -> None:
     """How the limits relate, checked once at start-up."""
-    if not 0 < settings.amount_max <= limits.AMOUNT_INT64_MAX:
-        raise SettingsError("CREDITS_AMOUNT_MAX must be between 1 and 2**63-1")
+    # Bounded far below int64 so that no sum of amounts an account can hold overflows.
+    if not 0 < settings.amount_max <= limits.AMOUNT_MAX_LIMIT:
+        raise SettingsError(f"CREDITS_AMOUNT_MAX must be between 1 and {limits.AMOUNT_MAX_LIMIT}")
     if settings.db_pool_size < 1:
         raise SettingsError("CREDITS_DB_POOL_SIZE must be at least 1")
     # More RPCs in flight than pool connections only queue on the pool; far more means

@@ -1,9 +1,10 @@
 """PostgreSQL storage of the ledger, through SQLAlchemy's async engine on asyncpg.
 
-Every mutation is one call of a server-side function (migrations/versions/*.sql) in one
-autocommitted statement: one round trip, one transaction, one account lock. Reads are
-single statements too. Outcomes the caller must see come back as SQLSTATEs of class
-'CR' and become the ledger's errors here; a lost connection becomes StoreUnavailable.
+Every call is one call of a server-side function (service/sql/ledger.sql) in one
+autocommitted statement: one round trip, one transaction, one account lock; reads settle
+the account first like writes do. Outcomes the caller must see come back as SQLSTATEs of
+class 'CR' and become the failures of service/failures.py here; a lost connection
+becomes StoreUnavailable.
 """
 
 import datetime
@@ -19,36 +20,23 @@ from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from service import context, ledger
-from service.ledger import (
+from service import context, failures, limits
+from service.ledger import GrantOrder, ReserveOrder, RevokeOrder, UsageCursor
+from service.model import (
     Balance,
     Grant,
-    GrantCommand,
     GrantSource,
     Reservation,
     ReservationStatus,
-    ReserveCommand,
     Revocation,
-    RevokeCommand,
-    UsageCursor,
 )
 
-DOMAIN_ERRORS: Mapping[str, type[ledger.LedgerError]] = {
-    "CR001": ledger.InsufficientCredits,
-    "CR002": ledger.ReservationNotFound,
-    "CR003": ledger.ReservationNotActive,
-    "CR004": ledger.IdempotencyKeyReused,
-    "CR005": ledger.GrantNotFound,
-    "CR006": ledger.CaptureExceedsReservation,
-    "CR007": ledger.SignupBonusExists,
-    "CR008": ledger.ExternalRefExists,
-}
 # Unique constraints that a concurrent transaction of another account can trip after
 # the function's own check passed.
-CONSTRAINT_ERRORS: Mapping[str, type[ledger.LedgerError]] = {
-    "uq_grants_external_ref": ledger.ExternalRefExists,
-    "uq_grants_one_signup_bonus": ledger.SignupBonusExists,
-    "pk_idempotency_keys": ledger.IdempotencyKeyReused,
+CONSTRAINT_ERRORS: Mapping[str, type[failures.Failure]] = {
+    "uq_grants_external_ref": failures.ExternalRefExists,
+    "uq_grants_one_signup_bonus": failures.SignupBonusExists,
+    "pk_idempotency_keys": failures.IdempotencyKeyReused,
 }
 UNIQUE_VIOLATION = "23505"
 # Of the client's deadline, this much is kept for the answer to travel back.
@@ -61,53 +49,26 @@ UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03", "53300")
 
 RESERVE = text(
     "SELECT * FROM credits_reserve(:caller, :key, :hash, :account, :amount, :ttl,"
-    " :job_id, :job_type, :description, CAST(:metadata AS jsonb), :lock_ms)"
+    " :job_id, :job_type, :description, CAST(:metadata AS jsonb), :now, :lock_ms)"
 )
-CONFIRM = text("SELECT * FROM credits_confirm(:account, :reservation, :amount, :lock_ms)")
-RELEASE = text("SELECT * FROM credits_release(:account, :reservation, :reason, :lock_ms)")
+CONFIRM = text("SELECT * FROM credits_confirm(:account, :reservation, :amount, :now, :lock_ms)")
+RELEASE = text("SELECT * FROM credits_release(:account, :reservation, :reason, :now, :lock_ms)")
 GRANT = text(
     "SELECT * FROM credits_grant(:caller, :key, :hash, :account, :amount,"
     " CAST(:source AS smallint), :external_ref, :expires_at, :priority, :description,"
-    " CAST(:metadata AS jsonb), :lock_ms)"
+    " CAST(:metadata AS jsonb), :now, :lock_ms)"
 )
 REVOKE = text(
-    "SELECT (r.out_grant).*, r.out_revoked, r.out_unrecovered FROM credits_revoke(:caller, :key,"
-    " :hash, :account, :grant, :external_ref, :amount, :series, :reason, :lock_ms) AS r"
+    "SELECT (r.out_grant).*, r.out_revoked, r.out_unrecovered, r.out_restored, r.out_cancelled"
+    " FROM credits_revoke(:caller, :key, :hash, :account, :grant, :external_ref, :amount,"
+    " :series, :withdraw, :reason, :now, :lock_ms) AS r"
 )
-# Available credits count what an expired-but-unsettled reservation still holds: its
-# expiry is decided by expires_at, not by when the sweeper runs.
-BALANCE = text("""
-WITH spendable AS (
-  SELECT g.remaining_amount AS amount, g.expires_at
-    FROM grants g
-   WHERE g.account_id = :account AND g.remaining_amount > 0
-     AND (g.expires_at IS NULL OR g.expires_at > now())
-  UNION ALL
-  SELECT a.amount - a.returned_amount, g.expires_at
-    FROM reservations r
-    JOIN allocations a ON a.reservation_id = r.reservation_id
-    JOIN grants g ON g.grant_id = a.grant_id
-   WHERE r.account_id = :account AND r.status = 1 AND r.expires_at <= now()
-     AND (g.expires_at IS NULL OR g.expires_at > now())
+BALANCE = text("SELECT * FROM credits_balance(:account, :now, :lock_ms)")
+USAGE = text(
+    "SELECT * FROM credits_usage(:account, :limit, :after_created, :after_id, :now, :lock_ms)"
 )
-SELECT coalesce(sum(amount), 0)::bigint AS available,
-       coalesce(sum(amount) FILTER (WHERE expires_at IS NOT NULL), 0)::bigint AS expiring_amount,
-       min(expires_at) AS next_expiry,
-       (SELECT coalesce(sum(r.amount), 0)::bigint FROM reservations r
-         WHERE r.account_id = :account AND r.status = 1 AND r.expires_at > now()) AS reserved
-  FROM spendable
-""")
-DUE_ACCOUNTS = text("SELECT credits_due_accounts(now(), :limit) AS account_id")
-SETTLE = text("SELECT credits_lock(:account, now(), NULL)")
-USAGE_FIRST = text(
-    "SELECT *, now() AS seen_at FROM reservations WHERE account_id = :account"
-    " ORDER BY created_at DESC, reservation_id DESC LIMIT :limit"
-)
-USAGE_AFTER = text(
-    "SELECT *, now() AS seen_at FROM reservations WHERE account_id = :account"
-    " AND (created_at, reservation_id) < (:created_at, :reservation_id)"
-    " ORDER BY created_at DESC, reservation_id DESC LIMIT :limit"
-)
+DUE_ACCOUNTS = text("SELECT credits_due_accounts(:now, :limit) AS account_id")
+SETTLE = text("SELECT credits_lock(:account, :now, NULL)")
 
 
 def sqlalchemy_url(database_url: str) -> str:
@@ -182,25 +143,25 @@ def _lock_timeout_ms() -> int | None:
         return None
     left -= ANSWER_MARGIN_SECONDS
     if left <= 0:
-        raise ledger.StoreTimeout()
+        raise failures.StoreTimeout()
     # At least 1 ms: 0 would mean no limit at all to PostgreSQL.
-    return max(1, int(left * 1000))
+    return max(1, min(limits.LOCK_TIMEOUT_MS_MAX, int(left * 1000)))
 
 
 def _translate(exc: DBAPIError) -> Exception:
     """The ledger's error for a database error, or the error itself when it is a bug."""
     sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-    if sqlstate in DOMAIN_ERRORS:
-        return DOMAIN_ERRORS[sqlstate]()
+    if sqlstate in failures.BY_SQLSTATE:
+        return failures.BY_SQLSTATE[sqlstate]()
     if sqlstate == UNIQUE_VIOLATION:
         driver_error = exc.orig.__cause__ if exc.orig is not None else None
         constraint = str(getattr(driver_error, "constraint_name", ""))
         if constraint in CONSTRAINT_ERRORS:
             return CONSTRAINT_ERRORS[constraint]()
     if sqlstate in TIMEOUT_SQLSTATES:
-        return ledger.StoreTimeout()
+        return failures.StoreTimeout()
     if exc.connection_invalidated or sqlstate.startswith(UNAVAILABLE_SQLSTATE_PREFIXES):
-        return ledger.StoreUnavailable()
+        return failures.StoreUnavailable()
     return exc
 
 
@@ -221,87 +182,90 @@ class PostgresStore:
                 raise
             raise translated from exc
         except (PoolTimeoutError, InterfaceError, OSError) as exc:
-            raise ledger.StoreUnavailable() from exc
+            raise failures.StoreUnavailable() from exc
 
     async def _one(self, statement: TextClause, params: Mapping[str, object]) -> Row[Any]:
         async with self._connection() as conn:
             result = await conn.execute(statement, {**params, "lock_ms": _lock_timeout_ms()})
             return result.one()
 
-    async def reserve(
-        self, cmd: ReserveCommand, ttl: datetime.timedelta, request_hash: bytes
-    ) -> Reservation:
+    async def reserve(self, order: ReserveOrder, now: datetime.datetime) -> Reservation:
+        cmd = order.command
         row = await self._one(
             RESERVE,
             {
                 "caller": cmd.caller,
                 "key": cmd.idempotency_key,
-                "hash": request_hash,
+                "hash": order.request_hash,
                 "account": cmd.account_id,
                 "amount": cmd.amount,
-                "ttl": ttl,
+                "ttl": order.ttl,
                 "job_id": cmd.job_id,
                 "job_type": cmd.job_type,
                 "description": cmd.description,
                 "metadata": json.dumps(dict(cmd.metadata)),
+                "now": now,
             },
         )
         return _reservation(row)
 
     async def confirm(
-        self, account_id: str, reservation_id: uuid.UUID, amount: int | None
+        self, account_id: str, reservation_id: uuid.UUID, amount: int | None, now: datetime.datetime
     ) -> Reservation:
-        row = await self._one(
-            CONFIRM, {"account": account_id, "reservation": reservation_id, "amount": amount}
-        )
-        return _reservation(row)
+        params = {"account": account_id, "reservation": reservation_id, "amount": amount}
+        return _reservation(await self._one(CONFIRM, {**params, "now": now}))
 
-    async def release(self, account_id: str, reservation_id: uuid.UUID, reason: str) -> Reservation:
-        row = await self._one(
-            RELEASE, {"account": account_id, "reservation": reservation_id, "reason": reason}
-        )
-        return _reservation(row)
+    async def release(
+        self, account_id: str, reservation_id: uuid.UUID, reason: str, now: datetime.datetime
+    ) -> Reservation:
+        params = {"account": account_id, "reservation": reservation_id, "reason": reason}
+        return _reservation(await self._one(RELEASE, {**params, "now": now}))
 
-    async def grant(self, cmd: GrantCommand, request_hash: bytes) -> Grant:
+    async def grant(self, order: GrantOrder, now: datetime.datetime) -> Grant:
+        cmd = order.command
         row = await self._one(
             GRANT,
             {
                 "caller": cmd.caller,
                 "key": cmd.idempotency_key,
-                "hash": request_hash,
+                "hash": order.request_hash,
                 "account": cmd.account_id,
                 "amount": cmd.amount,
-                "source": int(cmd.source),
+                "source": cmd.source,
                 "external_ref": cmd.external_ref or None,
-                "expires_at": cmd.expires_at,
+                "expires_at": order.expires_at,
                 "priority": cmd.priority,
                 "description": cmd.description,
                 "metadata": json.dumps(dict(cmd.metadata)),
+                "now": now,
             },
         )
         return _grant(row)
 
-    async def revoke(
-        self, cmd: RevokeCommand, grant_id: uuid.UUID | None, request_hash: bytes
-    ) -> Revocation:
+    async def revoke(self, order: RevokeOrder, now: datetime.datetime) -> Revocation:
+        cmd = order.command
         row = await self._one(
             REVOKE,
             {
                 "caller": cmd.caller,
                 "key": cmd.idempotency_key,
-                "hash": request_hash,
+                "hash": order.request_hash,
                 "account": cmd.account_id,
-                "grant": grant_id,
-                "external_ref": None if grant_id else cmd.external_ref,
+                "grant": order.grant_id,
+                "external_ref": None if order.grant_id else cmd.external_ref,
                 "amount": cmd.amount,
                 "series": cmd.cumulative_series or None,
+                "withdraw": cmd.withdraw,
                 "reason": cmd.reason,
+                "now": now,
             },
         )
-        return Revocation(_grant(row), row.out_revoked, row.out_unrecovered)
+        return Revocation(
+            _grant(row), row.out_revoked, row.out_unrecovered, row.out_restored, row.out_cancelled
+        )
 
-    async def balance(self, account_id: str) -> Balance:
-        row = await self._one(BALANCE, {"account": account_id})
+    async def balance(self, account_id: str, now: datetime.datetime) -> Balance:
+        row = await self._one(BALANCE, {"account": account_id, "now": now})
         return Balance(
             account_id=account_id,
             available=row.available,
@@ -311,23 +275,27 @@ class PostgresStore:
         )
 
     async def usage(
-        self, account_id: str, limit: int, after: UsageCursor | None
-    ) -> tuple[list[Reservation], datetime.datetime]:
-        params: dict[str, object] = {"account": account_id, "limit": limit}
-        statement = USAGE_FIRST
-        if after is not None:
-            statement = USAGE_AFTER
-            params |= {"created_at": after.created_at, "reservation_id": after.reservation_id}
+        self, account_id: str, limit: int, after: UsageCursor | None, now: datetime.datetime
+    ) -> list[Reservation]:
+        params = {
+            "account": account_id,
+            "limit": limit,
+            "after_created": after.created_at if after else None,
+            "after_id": after.reservation_id if after else None,
+            "now": now,
+            "lock_ms": _lock_timeout_ms(),
+        }
         async with self._connection() as conn:
-            rows = (await conn.execute(statement, params)).all()
-            now = rows[0].seen_at if rows else datetime.datetime.now(datetime.UTC)
-            return [_reservation(r) for r in rows], now
+            rows = (await conn.execute(USAGE, params)).all()
+        return [_reservation(r) for r in rows]
 
-    async def settle_due(self, accounts_max: int) -> int:
-        """Settle up to `accounts_max` accounts that have something due, one
-        transaction each; how many were settled."""
+    async def due_accounts(self, accounts_max: int, now: datetime.datetime) -> list[str]:
+        """Accounts with something due, longest overdue first."""
         async with self._connection() as conn:
-            due = (await conn.execute(DUE_ACCOUNTS, {"limit": accounts_max})).scalars().all()
-            for account_id in due:
-                await conn.execute(SETTLE, {"account": account_id})
-        return len(due)
+            result = await conn.execute(DUE_ACCOUNTS, {"limit": accounts_max, "now": now})
+            return list(result.scalars().all())
+
+    async def settle(self, account_id: str, now: datetime.datetime) -> None:
+        """Settle one account in a transaction of its own."""
+        async with self._connection() as conn:
+            await conn.execute(SETTLE, {"account": account_id, "now": now})

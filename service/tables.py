@@ -1,6 +1,6 @@
 """The schema, as SQLAlchemy Core tables: what Alembic migrations target and what the
 store's read queries are built from. The mutations themselves are server-side functions
-(migrations/sql/), so that every RPC is one round trip under one account lock.
+(service/sql/ledger.sql), so that every RPC is one round trip under one account lock.
 
 Amounts are BIGINT counts of credit units. Every invariant the ledger relies on is also
 a constraint here, so that a bug in code cannot write an impossible state.
@@ -8,6 +8,7 @@ a constraint here, so that a bug in code cannot write an impossible state.
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     ForeignKey,
@@ -167,13 +168,36 @@ revocations = Table(
     Column("series_total", BigInteger, nullable=True),
     Column("reason", Text, nullable=False, server_default=text("''")),
     Column("created_at", TIMESTAMPTZ, nullable=False, server_default=text("now()")),
+    # What a call that lowered the grant's target gave back: revoked credits returned to
+    # the grant, and outstanding debt cancelled.
+    Column("restored_amount", BigInteger, nullable=False, server_default=text("0")),
+    Column("cancelled_amount", BigInteger, nullable=False, server_default=text("0")),
+    Column("withdraw", Boolean, nullable=False, server_default=text("false")),
     CheckConstraint(
         "requested_amount >= 0 AND revoked_amount >= 0 AND unrecovered_amount >= 0"
         " AND revoked_amount + unrecovered_amount = requested_amount",
         name="amounts_add_up",
     ),
+    CheckConstraint(
+        "restored_amount >= 0 AND cancelled_amount >= 0", name="given_back_non_negative"
+    ),
     CheckConstraint("(cumulative_series IS NULL) = (series_total IS NULL)", name="series_complete"),
     Index("ix_revocations_series", "grant_id", "cumulative_series"),
+)
+
+# What revocations claim of a grant: one row per call without a series ("call:<id>"),
+# one per series ("series:<name>") holding its highest total. The grant owes the sum of
+# the claims not withdrawn, at most its original amount.
+revocation_claims = Table(
+    "revocation_claims",
+    metadata,
+    Column("grant_id", UUID(as_uuid=True), ForeignKey("grants.grant_id"), nullable=False),
+    Column("claim_key", Text, nullable=False),
+    Column("account_id", Text, nullable=False),
+    Column("claimed_amount", BigInteger, nullable=False),
+    Column("withdrawn", Boolean, nullable=False, server_default=text("false")),
+    PrimaryKeyConstraint("grant_id", "claim_key"),
+    CheckConstraint("claimed_amount >= 0", name="claimed_non_negative"),
 )
 
 # Append-only: a trigger refuses UPDATE, DELETE and TRUNCATE, and the service's role may
@@ -193,7 +217,7 @@ ledger_entries = Table(
     CheckConstraint("amount <> 0", name="amount_non_zero"),
     CheckConstraint(
         "kind IN ('grant', 'reserve', 'release', 'confirm_return', 'reservation_expiry',"
-        " 'grant_expiry', 'revoke')",
+        " 'grant_expiry', 'revoke', 'revoke_reversal')",
         name="kind_known",
     ),
     Index("ix_ledger_entries_account_id", "account_id"),

@@ -17,7 +17,7 @@ from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
 from service import database
 from service.store import sqlalchemy_url
-from tests.support import RunningServer, open_channel, start_server
+from tests.support import MovableClock, RunningServer, open_channel, start_server
 
 
 @pytest.fixture(scope="session")
@@ -61,8 +61,16 @@ async def admin_engine(admin_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture(scope="session")
-async def credits_server(database_url: str, pki: Path) -> AsyncIterator[RunningServer]:
-    server = await start_server(database_url, pki)
+def clock() -> MovableClock:
+    """The clock of `credits_server`: tests move it forward instead of sleeping."""
+    return MovableClock()
+
+
+@pytest.fixture(scope="session")
+async def credits_server(
+    database_url: str, pki: Path, clock: MovableClock
+) -> AsyncIterator[RunningServer]:
+    server = await start_server(database_url, pki, clock=clock)
     yield server
     await server.stop()
 

@@ -1,5 +1,6 @@
 """Helpers the tests share: a production server on an ephemeral port, mTLS channels."""
 
+import datetime
 import urllib.parse
 import uuid
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from credits.v1 import credits_pb2, credits_pb2_grpc
 from scripts.devcallers import ensure_dev_callers
 from service import settings
-from service.ledger import Ledger, Policy
+from service.ledger import Clock, Ledger, Policy, utc_now
 from service.server import Built, build_server, mark_serving
 from service.store import PostgresStore, create_engine
 
@@ -23,6 +24,21 @@ STOP_GRACE_SECONDS = 1.0
 TEST_RESERVE_RATE_PER_ACCOUNT = "100000/second"
 # A client deadline for every test call: a hung call fails the test instead of the run.
 CALL_TIMEOUT_SECONDS = 30.0
+
+
+class MovableClock:
+    """The wall clock plus an offset that tests move forward, so that what time decides
+    (expiry) is tested without sleeping. Time still flows, so that rows created one after
+    the other keep their order."""
+
+    def __init__(self) -> None:
+        self._offset = datetime.timedelta()
+
+    def __call__(self) -> datetime.datetime:
+        return datetime.datetime.now(datetime.UTC) + self._offset
+
+    def advance(self, seconds: float) -> None:
+        self._offset += datetime.timedelta(seconds=seconds)
 
 
 @dataclass
@@ -65,7 +81,9 @@ def server_settings(database_url: str, pki: Path, port: int = 0, **env: str) -> 
     )
 
 
-async def start_server(database_url: str, pki: Path, port: int = 0, **env: str) -> RunningServer:
+async def start_server(
+    database_url: str, pki: Path, port: int = 0, clock: Clock = utc_now, **env: str
+) -> RunningServer:
     """The production server builder, serving on 127.0.0.1 (port 0: an ephemeral one)."""
     config = server_settings(database_url, pki, port, **env)
     engine = create_engine(
@@ -74,7 +92,7 @@ async def start_server(database_url: str, pki: Path, port: int = 0, **env: str) 
         pool_timeout_seconds=config.db_pool_timeout_seconds,
         statement_timeout_seconds=config.db_statement_timeout_seconds,
     )
-    ledger = Ledger(PostgresStore(engine), Policy(config.amount_max, config.metadata_keys))
+    ledger = Ledger(PostgresStore(engine), Policy(config.amount_max, config.metadata_keys), clock)
     built = build_server(config, ledger)
     await built.server.start()
     await mark_serving(built)

@@ -416,6 +416,7 @@ class RevokeRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CUMULATIVE_SERIES_FIELD_NUMBER: _builtins.int
+    WITHDRAW_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account that owns the grant. May be empty when the target is external_ref
     (a refund or dispute knows the payment, not the account); when set, a grant of
@@ -426,17 +427,26 @@ class RevokeRequest(_message.Message):
     external_ref: _builtins.str
     """The grant's external reference."""
     amount: _builtins.int
-    """How much to take back; 0 means all that remains."""
+    """How much this request claims of the grant; 0 means everything the grant gave.
+    Claims add up: the grant owes the sum of its standing claims, at most its original
+    amount. What the grant still holds is taken at once; what is spent or held is
+    recorded as unrecovered, and held credits that come back to the grant pay it first.
+    """
     idempotency_key: _builtins.str
     """Required, 1-128 printable ASCII characters, scoped to the calling service."""
     reason: _builtins.str
     """Why the credits are taken back, for operators (at most 500 characters)."""
     cumulative_series: _builtins.str
-    """When set (1-128 printable ASCII), `amount` is the running total this series of
-    revocations of the grant should have asked for (e.g. a Stripe charge's
-    amount_refunded in credit units): only what exceeds the series' highest total so
-    far is taken back, so deliveries in any order converge on the highest total.
-    `amount` must then be greater than 0.
+    """When set (1-128 printable ASCII), the requests of this series share one claim on the
+    grant, which is the highest `amount` the series has sent (e.g. a Stripe charge's
+    running amount_refunded in credit units, or 0 = everything for a dispute): deliveries
+    in any order converge on the same state.
+    """
+    withdraw: _builtins.bool
+    """Withdraws the claim of `cumulative_series` for good (e.g. a dispute won): the grant's
+    outstanding debt is cancelled first, then credits the claim revoked come back to the
+    grant (expired at once if the grant has expired). Later requests of the series claim
+    nothing. Needs `cumulative_series`; `amount` must be 0.
     """
     def __init__(
         self,
@@ -448,10 +458,11 @@ class RevokeRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         reason: _builtins.str = ...,
         cumulative_series: _builtins.str = ...,
+        withdraw: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["external_ref", b"external_ref", "grant_id", b"grant_id", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "cumulative_series", b"cumulative_series", "external_ref", b"external_ref", "grant_id", b"grant_id", "idempotency_key", b"idempotency_key", "reason", b"reason", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "cumulative_series", b"cumulative_series", "external_ref", b"external_ref", "grant_id", b"grant_id", "idempotency_key", b"idempotency_key", "reason", b"reason", "target", b"target", "withdraw", b"withdraw"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["grant_id", "external_ref"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
@@ -461,17 +472,25 @@ Global___RevokeRequest: _TypeAlias = RevokeRequest  # noqa: Y015
 
 @_typing.final
 class RevokeResponse(_message.Message):
-    """RevokeResponse tells what was taken back and what could not be."""
+    """RevokeResponse tells what this request changed on the grant."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     GRANT_FIELD_NUMBER: _builtins.int
     REVOKED_AMOUNT_FIELD_NUMBER: _builtins.int
     UNRECOVERED_AMOUNT_FIELD_NUMBER: _builtins.int
+    RESTORED_AMOUNT_FIELD_NUMBER: _builtins.int
+    CANCELLED_AMOUNT_FIELD_NUMBER: _builtins.int
     revoked_amount: _builtins.int
-    """How much this revocation took back."""
+    """How much this request took back from the grant."""
     unrecovered_amount: _builtins.int
-    """How much of the requested amount was already spent or held and could not be taken back."""
+    """How much this request claimed that was already spent or held and could not be taken
+    back; recorded on the grant as debt that credits coming back to it pay first.
+    """
+    restored_amount: _builtins.int
+    """How many revoked credits this request gave back to the grant (a claim withdrawn)."""
+    cancelled_amount: _builtins.int
+    """How much outstanding debt this request cancelled (a claim withdrawn)."""
     @_builtins.property
     def grant(self) -> Global___Grant:
         """The grant after the revocation."""
@@ -482,10 +501,12 @@ class RevokeResponse(_message.Message):
         grant: Global___Grant | None = ...,
         revoked_amount: _builtins.int = ...,
         unrecovered_amount: _builtins.int = ...,
+        restored_amount: _builtins.int = ...,
+        cancelled_amount: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant", "revoked_amount", b"revoked_amount", "unrecovered_amount", b"unrecovered_amount"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_amount", b"cancelled_amount", "grant", b"grant", "restored_amount", b"restored_amount", "revoked_amount", b"revoked_amount", "unrecovered_amount", b"unrecovered_amount"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

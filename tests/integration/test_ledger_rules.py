@@ -1,4 +1,5 @@
-"""The rules of SPEC §2 and §3, through the real server over mTLS on real PostgreSQL."""
+"""The rules of the ledger and its errors (README "The contract", "Errors"), through the real
+server over mTLS on real PostgreSQL."""
 
 import asyncio
 import datetime
@@ -14,8 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub
+from service.ledger import Clock, utc_now
 from tests.support import CALL_TIMEOUT_SECONDS as T
-from tests.support import error_details, new_id
+from tests.support import MovableClock, error_details, new_id
 
 Stub = CreditsServiceStub
 
@@ -28,6 +30,7 @@ async def grant(
     key: str | None = None,
     source: int = pb.GRANT_SOURCE_PURCHASE,
     expires_in: datetime.timedelta | None = None,
+    clock: Clock = utc_now,
     **fields: object,
 ) -> pb.Grant:
     request = pb.GrantRequest(
@@ -39,7 +42,7 @@ async def grant(
     )
     if expires_in is not None:
         stamp = timestamp_pb2.Timestamp()
-        stamp.FromDatetime(datetime.datetime.now(datetime.UTC) + expires_in)
+        stamp.FromDatetime(clock() + expires_in)
         request.expires_at.CopyFrom(stamp)
     response: pb.GrantResponse = await stub.Grant(request, timeout=T)
     return response.grant
@@ -302,12 +305,14 @@ async def test_another_accounts_reservation_is_not_found_like_a_missing_one(ops:
 # --- expiry ---
 
 
-async def test_reservation_expiry_is_decided_by_expires_at_not_a_sweeper(ops: Stub) -> None:
+async def test_reservation_expiry_is_decided_by_expires_at_not_a_sweeper(
+    ops: Stub, clock: MovableClock
+) -> None:
     account = new_id()
     await grant(ops, account, 100)
     r = await reserve(ops, account, 40, ttl_seconds=1)
     assert await balance(ops, account) == (60, 40)
-    await asyncio.sleep(1.2)
+    clock.advance(1.2)
     # The test server runs no sweeper: the credits count again at once.
     assert await balance(ops, account) == (100, 0)
     usage = await ops.ListUsage(pb.ListUsageRequest(account_id=account), timeout=T)
@@ -330,25 +335,27 @@ async def test_reservation_expiry_is_decided_by_expires_at_not_a_sweeper(ops: St
     assert await balance(ops, account) == (0, 100)
 
 
-async def test_expired_grants_neither_count_nor_spend(ops: Stub) -> None:
+async def test_expired_grants_neither_count_nor_spend(ops: Stub, clock: MovableClock) -> None:
     account = new_id()
-    await grant(ops, account, 30, expires_in=datetime.timedelta(seconds=1))
+    await grant(ops, account, 30, expires_in=datetime.timedelta(seconds=1), clock=clock)
     await grant(ops, account, 5)
     b = await ops.GetBalance(pb.GetBalanceRequest(account_id=account), timeout=T)
     assert (b.available, b.expiring_amount) == (35, 30)
     assert b.HasField("next_expiry")
-    await asyncio.sleep(1.2)
+    clock.advance(1.2)
     b = await ops.GetBalance(pb.GetBalanceRequest(account_id=account), timeout=T)
     assert (b.available, b.expiring_amount, b.HasField("next_expiry")) == (5, 0, False)
     _, reason, _, _ = await rejected(reserve(ops, account, 6))
     assert reason == "INSUFFICIENT_CREDITS"
 
 
-async def test_credits_going_back_to_an_expired_grant_stay_expired(ops: Stub) -> None:
+async def test_credits_going_back_to_an_expired_grant_stay_expired(
+    ops: Stub, clock: MovableClock
+) -> None:
     account = new_id()
-    await grant(ops, account, 30, expires_in=datetime.timedelta(seconds=2))
+    await grant(ops, account, 30, expires_in=datetime.timedelta(seconds=2), clock=clock)
     r = await reserve(ops, account, 20)
-    await asyncio.sleep(2.2)
+    clock.advance(2.2)
     await ops.Release(
         pb.ReleaseRequest(account_id=account, reservation_id=r.reservation_id), timeout=T
     )

@@ -16,7 +16,7 @@ import pytest
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
-from service import errors
+from service import failures
 from service.ratelimit import STORE_TIMEOUT_SECONDS
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import RunningServer, error_details, new_id, open_channel, start_server
@@ -122,7 +122,7 @@ async def balance_error(server: RunningServer, pki: Path) -> grpc.aio.AioRpcErro
 def assert_store_unavailable(err: grpc.aio.AioRpcError | None) -> None:
     assert err is not None, "a call was let through without its rate limit"
     assert err.code() == grpc.StatusCode.UNAVAILABLE
-    assert err.details() == errors.UNAVAILABLE_MESSAGE
+    assert err.details() == failures.RateLimitUnavailable.message
     assert error_details(err)[0] == "RATE_LIMIT_UNAVAILABLE"
 
 

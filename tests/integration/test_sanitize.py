@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
-from service import errors
+from service import failures
 from service.interceptors import REQUEST_ID_HEADER
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import RunningServer, error_details, new_id, open_channel, start_server
@@ -88,6 +88,6 @@ async def test_an_unreachable_database_is_unavailable_with_a_plain_message(
         await server.stop()
     err = caught.value
     assert err.code() == grpc.StatusCode.UNAVAILABLE
-    assert err.details() == errors.UNAVAILABLE_MESSAGE
+    assert err.details() == failures.StoreUnavailable.message
     assert error_details(err)[0] == "DATABASE_UNAVAILABLE"
     assert leaked(err, PASSWORD, "127.0.0.1", str(tmp_path), "Connect", "Errno") == []

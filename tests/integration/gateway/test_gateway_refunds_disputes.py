@@ -4,8 +4,13 @@ once, whatever the number and order of deliveries."""
 import asyncio
 
 import httpx
+import pytest
 
+from credits.v1 import credits_pb2 as pb
+from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from tests.integration.gateway.deliveries import BalanceReader, Purchase, RunningGateway
+from tests.support import CALL_TIMEOUT_SECONDS as T
+from tests.support import new_id
 
 PURCHASE = "checkout.session.completed"
 PARTIAL_REFUND = "charge.refunded"  # amount_refunded 400 of 1000
@@ -140,3 +145,74 @@ async def test_a_dispute_lost_before_it_was_opened_still_revokes_once(
 
     assert await deliver(gateway_server, http, lost, created, lost) == [200] * 3
     assert await balance(purchase.account) == 0
+
+
+async def reserve_all(backend: Stub, account: str, amount: int) -> str:
+    request = pb.ReserveRequest(account_id=account, amount=amount, idempotency_key=new_id())
+    return str((await backend.Reserve(request, timeout=T)).reservation.reservation_id)
+
+
+async def release(backend: Stub, account: str, reservation_id: str) -> None:
+    request = pb.ReleaseRequest(account_id=account, reservation_id=reservation_id)
+    await backend.Release(request, timeout=T)
+
+
+async def test_a_won_dispute_gives_back_credits_held_when_it_opened_and_released_before(
+    gateway_server: RunningGateway,
+    http: httpx.AsyncClient,
+    balance: BalanceReader,
+    backend: Stub,
+) -> None:
+    purchase = await bought(gateway_server, http)
+    held = await reserve_all(backend, purchase.account, 1000)
+    assert await deliver(gateway_server, http, purchase.event(DISPUTE_CREATED)) == [200]
+    # The job fails: the held credits come back and pay the dispute's debt.
+    await release(backend, purchase.account, held)
+    assert await balance(purchase.account) == 0
+
+    won = purchase.event(DISPUTE_LOST, DISPUTE_WON_EDIT)
+    assert await deliver(gateway_server, http, won, won) == [200, 200]
+    assert await balance(purchase.account) == 1000
+
+
+async def test_a_won_dispute_cancels_the_debt_of_credits_still_held(
+    gateway_server: RunningGateway,
+    http: httpx.AsyncClient,
+    balance: BalanceReader,
+    backend: Stub,
+) -> None:
+    purchase = await bought(gateway_server, http)
+    held = await reserve_all(backend, purchase.account, 1000)
+    created, won = purchase.event(DISPUTE_CREATED), purchase.event(DISPUTE_LOST, DISPUTE_WON_EDIT)
+    assert await deliver(gateway_server, http, created, won) == [200, 200]
+    # The debt is gone: credits coming back now stay with the customer.
+    await release(backend, purchase.account, held)
+    assert await balance(purchase.account) == 1000
+
+
+DISPUTE_ON_THE_REST_THEN_WON = [
+    ("refund", "dispute", "won"),
+    ("dispute", "refund", "won"),
+    ("dispute", "won", "refund"),
+    ("won", "dispute", "refund"),
+    ("won", "refund", "dispute"),
+    ("refund", "won", "dispute"),
+]
+
+
+@pytest.mark.parametrize("order", DISPUTE_ON_THE_REST_THEN_WON)
+async def test_a_refund_and_a_won_dispute_converge_in_every_order(
+    gateway_server: RunningGateway,
+    http: httpx.AsyncClient,
+    balance: BalanceReader,
+    order: tuple[str, str, str],
+) -> None:
+    purchase = await bought(gateway_server, http)
+    bodies = {
+        "refund": purchase.event(PARTIAL_REFUND),
+        "dispute": purchase.event(DISPUTE_CREATED),
+        "won": purchase.event(DISPUTE_LOST, DISPUTE_WON_EDIT),
+    }
+    assert await deliver(gateway_server, http, *(bodies[name] for name in order)) == [200] * 3
+    # Refunded 400 of 1000; the dispute on the rest was won: the customer keeps 600.
+    assert await balance(purchase.account) == 600

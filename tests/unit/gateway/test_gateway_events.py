@@ -7,13 +7,11 @@ import pytest
 
 from gateway.events import (
     Acknowledge,
-    DisputeWon,
     GrantCall,
     GrantSource,
     Purchase,
     Revocation,
     RevokeCall,
-    dispute_grant_back,
     parse_envelope,
     plan,
     refund_units,
@@ -222,7 +220,7 @@ def test_refund_events_are_acknowledged_and_ignored(
     assert planned(fixture_event("refund.created"), packages) == Acknowledge("ignored")
 
 
-def test_every_dispute_event_sends_the_same_revocation(
+def test_opened_and_lost_disputes_send_the_same_claim_and_won_withdraws_it(
     fixture_event: Events, packages: PackageTable
 ) -> None:
     created = planned(fixture_event("charge.dispute.created"), packages)
@@ -231,31 +229,27 @@ def test_every_dispute_event_sends_the_same_revocation(
     won_document["data"]["object"]["status"] = "won"
     won = planned(won_document, packages)
 
-    expected = RevokeCall(
+    claim = RevokeCall(
         external_ref=PAYMENT_INTENT,
         amount=0,
         idempotency_key=f"dispute:{DISPUTE_ID}",
         reason="dispute",
+        cumulative_series=f"dispute:{DISPUTE_ID}",
+    )
+    withdrawal = RevokeCall(
+        external_ref=PAYMENT_INTENT,
+        amount=0,
+        idempotency_key=f"dispute-won:{DISPUTE_ID}",
+        reason="dispute won",
+        cumulative_series=f"dispute:{DISPUTE_ID}",
+        withdraw=True,
     )
     assert isinstance(created, Revocation)
     assert isinstance(lost, Revocation)
-    assert (created.revoke, created.outcome) == (expected, "dispute_revoked")
-    assert (lost.revoke, lost.outcome) == (expected, "dispute_lost")
-    assert won == DisputeWon(
-        expected, DISPUTE_ID, {"dispute": DISPUTE_ID, "payment_intent": PAYMENT_INTENT}
-    )
-
-
-def test_the_grant_back_of_a_won_dispute_has_its_own_key(packages: PackageTable) -> None:
-    assert dispute_grant_back(DISPUTE_ID, "acct_demo_42", 600) == GrantCall(
-        account_id="acct_demo_42",
-        amount=600,
-        source=GrantSource.ADJUSTMENT,
-        idempotency_key=f"dispute-won:{DISPUTE_ID}",
-        external_ref="",
-        description="Stripe dispute won: credits the dispute revoked, given back",
-        metadata=(("stripe_dispute", DISPUTE_ID),),
-    )
+    assert isinstance(won, Revocation)
+    assert (created.revoke, created.outcome) == (claim, "dispute_revoked")
+    assert (lost.revoke, lost.outcome) == (claim, "dispute_lost")
+    assert (won.revoke, won.outcome) == (withdrawal, "dispute_won_restored")
 
 
 @pytest.mark.parametrize(

@@ -7,14 +7,11 @@ import pytest
 from gateway.credits_client import Failure, Revoked, ServiceError
 from gateway.events import (
     Acknowledge,
-    DisputeWon,
     GrantCall,
     GrantSource,
     Purchase,
     Revocation,
     RevokeCall,
-    dispute_grant_back,
-    dispute_revoke,
 )
 from gateway.fulfilment import fulfil
 
@@ -104,46 +101,9 @@ async def test_a_revocation_reports_what_it_could_not_take_back() -> None:
     result = await fulfil(Revocation(REVOKE, "refund_revoked"), credits)
 
     assert result.status_code == 200
-    assert result.fields == {"revoked_units": 300, "unrecovered_units": 100}
-
-
-async def test_a_won_dispute_gives_back_what_its_revocation_took() -> None:
-    revoke = dispute_revoke("dp_1", "pi_1")
-    credits = FakeCredits(revoked=Revoked("acct_9", 600, 0))
-
-    result = await fulfil(DisputeWon(revoke, "dp_1"), credits)
-
-    assert (result.status_code, result.outcome) == (200, "dispute_won_granted_back")
-    assert credits.calls == [revoke, dispute_grant_back("dp_1", "acct_9", 600)]
-
-
-async def test_a_won_dispute_that_revoked_nothing_grants_nothing() -> None:
-    credits = FakeCredits(revoked=Revoked("acct_9", 0, 0))
-
-    result = await fulfil(DisputeWon(dispute_revoke("dp_1", "pi_1"), "dp_1"), credits)
-
-    assert (result.status_code, result.outcome) == (200, "dispute_won_nothing_revoked")
-    assert len(credits.calls) == 1
-
-
-@pytest.mark.parametrize(
-    ("revoke_failure", "grant_failure", "status"),
-    [
-        (Failure.NOT_FOUND, None, 503),
-        (Failure.RETRY_LATER, None, 503),
-        (Failure.CONFLICT, None, 500),
-        (None, Failure.RETRY_LATER, 503),
-        (None, Failure.CONFLICT, 200),
-    ],
-)
-async def test_a_won_dispute_that_cannot_finish(
-    revoke_failure: Failure | None, grant_failure: Failure | None, status: int
-) -> None:
-    credits = FakeCredits(
-        revoke_error=error(revoke_failure) if revoke_failure else None,
-        grant_error=error(grant_failure) if grant_failure else None,
-    )
-
-    result = await fulfil(DisputeWon(dispute_revoke("dp_1", "pi_1"), "dp_1"), credits)
-
-    assert result.status_code == status
+    assert result.fields == {
+        "revoked_units": 300,
+        "unrecovered_units": 100,
+        "restored_units": 0,
+        "cancelled_units": 0,
+    }

@@ -1,0 +1,83 @@
+"""One command per RPC, already translated from the wire but not yet validated.
+
+Times keep the wire's shape (whole seconds and nanoseconds) until validation has checked
+them: a duration of 10**15 seconds or a timestamp in the year 10**11 is a bad field to
+name in the answer, not a crash while translating."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class WireTime:
+    """A google.protobuf Duration or Timestamp as received."""
+
+    seconds: int
+    nanos: int
+
+
+@dataclass(frozen=True)
+class ReserveCommand:
+    caller: str
+    account_id: str
+    amount: int
+    idempotency_key: str
+    job_id: str = ""
+    job_type: str = ""
+    description: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    ttl: WireTime | None = None
+
+
+@dataclass(frozen=True)
+class ConfirmCommand:
+    account_id: str
+    reservation_id: str
+    amount: int | None = None
+
+
+@dataclass(frozen=True)
+class ReleaseCommand:
+    account_id: str
+    reservation_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class GrantCommand:
+    caller: str
+    account_id: str
+    amount: int
+    # The wire's number: an unknown one is a validation error, not a crash.
+    source: int
+    idempotency_key: str
+    external_ref: str = ""
+    expires_at: WireTime | None = None
+    description: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class RevokeCommand:
+    caller: str
+    account_id: str
+    idempotency_key: str
+    grant_id: str = ""
+    external_ref: str = ""
+    amount: int = 0
+    reason: str = ""
+    cumulative_series: str = ""
+    withdraw: bool = False
+
+
+@dataclass(frozen=True)
+class BalanceQuery:
+    account_id: str
+
+
+@dataclass(frozen=True)
+class UsageQuery:
+    account_id: str
+    page_size: int = 0
+    page_token: str = ""

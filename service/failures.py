@@ -1,0 +1,185 @@
+"""The one list of failures a caller can see. Each is defined once here: its stable
+reason (ErrorInfo.reason), the gRPC code it leaves with (by name: this module imports no
+gRPC), its fixed message, and for the money rules the SQLSTATE that
+service/sql/ledger.sql raises. service/errors.py and service/store.py derive their maps
+from this list; tests/sql/test_constants.py checks the SQLSTATEs against the SQL source.
+
+Messages are fixed sentences: never an amount, a balance, SQL, a path or a stack trace.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class Failure(Exception):
+    """An answer the caller is meant to see."""
+
+    reason: ClassVar[str]
+    code: ClassVar[str]  # a grpc.StatusCode name
+    message: ClassVar[str]
+    # Raised by the ledger's SQL functions with this SQLSTATE (class 'CR'), if any.
+    sqlstate: ClassVar[str | None] = None
+
+    def __init__(self) -> None:
+        super().__init__(self.message)
+
+
+class InvalidRequest(Failure):
+    reason = "INVALID_REQUEST"
+    code = "INVALID_ARGUMENT"
+    message = "the request has invalid fields"
+
+    def __init__(self, violations: Sequence[FieldViolation]) -> None:
+        super().__init__()
+        self.violations = tuple(violations)
+
+
+class GrantExpiryPassed(InvalidRequest):
+    """A new grant whose expires_at is not in the future. Decided in the database, after a
+    replay of the same request has been answered from its stored result."""
+
+    sqlstate = "CR009"
+
+    def __init__(self) -> None:
+        super().__init__([FieldViolation("expires_at", "must be in the future")])
+
+
+class InsufficientCredits(Failure):
+    reason = "INSUFFICIENT_CREDITS"
+    code = "FAILED_PRECONDITION"
+    message = "the account does not have enough credits"
+    sqlstate = "CR001"
+
+
+class ReservationNotFound(Failure):
+    reason = "RESERVATION_NOT_FOUND"
+    code = "NOT_FOUND"
+    message = "reservation not found"
+    sqlstate = "CR002"
+
+
+class ReservationNotActive(Failure):
+    reason = "RESERVATION_NOT_ACTIVE"
+    code = "FAILED_PRECONDITION"
+    message = "the reservation is no longer active"
+    sqlstate = "CR003"
+
+
+class IdempotencyKeyReused(Failure):
+    reason = "IDEMPOTENCY_KEY_REUSED"
+    code = "ALREADY_EXISTS"
+    message = "the idempotency key was already used for a different request"
+    sqlstate = "CR004"
+
+
+class GrantNotFound(Failure):
+    reason = "GRANT_NOT_FOUND"
+    code = "NOT_FOUND"
+    message = "grant not found"
+    sqlstate = "CR005"
+
+
+class CaptureExceedsReservation(Failure):
+    reason = "CAPTURE_EXCEEDS_RESERVATION"
+    code = "FAILED_PRECONDITION"
+    message = "the amount to confirm exceeds the reserved amount"
+    sqlstate = "CR006"
+
+
+class SignupBonusExists(Failure):
+    reason = "SIGNUP_BONUS_EXISTS"
+    code = "ALREADY_EXISTS"
+    message = "the account already received its signup bonus"
+    sqlstate = "CR007"
+
+
+class ExternalRefExists(Failure):
+    reason = "EXTERNAL_REF_EXISTS"
+    code = "ALREADY_EXISTS"
+    message = "a grant with this external reference already exists"
+    sqlstate = "CR008"
+
+
+class AccountCreditsLimit(Failure):
+    reason = "ACCOUNT_CREDITS_LIMIT"
+    code = "FAILED_PRECONDITION"
+    message = "the account cannot hold more credits"
+    sqlstate = "CR010"
+
+
+class StoreUnavailable(Failure):
+    """The database cannot be reached; the request did not happen (or will be replayed)."""
+
+    reason = "DATABASE_UNAVAILABLE"
+    code = "UNAVAILABLE"
+    message = "the service is temporarily unavailable; retry later"
+
+
+class StoreTimeout(Failure):
+    """The call ran out of time in the database (the client's deadline or the statement
+    timeout) and was rolled back."""
+
+    reason = "DEADLINE_EXCEEDED"
+    code = "DEADLINE_EXCEEDED"
+    message = "the deadline ran out before the work was done; nothing changed"
+
+
+class Unauthenticated(Failure):
+    reason = "UNAUTHENTICATED"
+    code = "UNAUTHENTICATED"
+    message = "missing or invalid credentials"
+
+
+class PermissionDenied(Failure):
+    reason = "PERMISSION_DENIED"
+    code = "PERMISSION_DENIED"
+    message = "this caller may not call this RPC"
+
+
+class RateLimited(Failure):
+    reason = "RATE_LIMITED"
+    code = "RESOURCE_EXHAUSTED"
+    message = "rate limit exceeded; retry after the delay in RetryInfo"
+
+    def __init__(self, subject: str, limit: str, retry_after_seconds: float) -> None:
+        super().__init__()
+        self.subject = subject  # what is limited, e.g. "caller:backend/Reserve"
+        self.limit = limit  # e.g. "50 per 1 second"
+        self.retry_after_seconds = retry_after_seconds
+
+
+class RateLimitUnavailable(Failure):
+    """The rate-limit store cannot be reached: the call is refused, never let through."""
+
+    reason = "RATE_LIMIT_UNAVAILABLE"
+    code = "UNAVAILABLE"
+    message = "the service is temporarily unavailable; retry later"
+
+
+ALL: tuple[type[Failure], ...] = (
+    InvalidRequest,
+    GrantExpiryPassed,
+    InsufficientCredits,
+    ReservationNotFound,
+    ReservationNotActive,
+    IdempotencyKeyReused,
+    GrantNotFound,
+    CaptureExceedsReservation,
+    SignupBonusExists,
+    ExternalRefExists,
+    AccountCreditsLimit,
+    StoreUnavailable,
+    StoreTimeout,
+    Unauthenticated,
+    PermissionDenied,
+    RateLimited,
+    RateLimitUnavailable,
+)
+BY_SQLSTATE: Mapping[str, type[Failure]] = {f.sqlstate: f for f in ALL if f.sqlstate}
