@@ -2,15 +2,13 @@
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from service import errors, failures
 from service.failures import FieldViolation
 
 
 def error_info(status: grpc.Status) -> error_details_pb2.ErrorInfo:
-    from google.rpc import status_pb2
-
     rich = status_pb2.Status.FromString(dict(status.trailing_metadata)["grpc-status-details-bin"])
     info = error_details_pb2.ErrorInfo()
     assert rich.details[0].Unpack(info)
