@@ -2,7 +2,7 @@
 the way Stripe signs them, and print each answer. A development tool: it replays the
 fixture scenario against `make run`, signing with the development secret file.
 
-    .venv/bin/python -m gateway.devsend ../shared/stripe-fixtures/checkout.session.completed.json
+    .venv/bin/python -m gateway.devsend tests/fixtures/stripe/checkout.session.completed.json
 """
 
 import argparse

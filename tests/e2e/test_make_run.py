@@ -156,7 +156,7 @@ def test_the_readme_flow_against_make_run(devrun: DevRun) -> None:
     assert "0 discrepancies" in reconciled.stdout
 
 
-FIXTURES = REPO.parent / "shared" / "stripe-fixtures"
+FIXTURES = REPO / "tests" / "fixtures" / "stripe"
 
 
 def test_the_stripe_scenario_against_make_run(devrun: DevRun) -> None:

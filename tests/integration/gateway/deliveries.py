@@ -23,8 +23,8 @@ from gateway.packages import DEVELOPMENT_TABLE_TOML, parse_table
 from gateway.server import uvicorn_config
 from gateway.settings import Address
 
-# The repository's parent holds shared/ (in a developer's tree and in CI alike).
-STRIPE_FIXTURES = Path(__file__).resolve().parents[3].parent / "shared" / "stripe-fixtures"
+# Signed as stored: tests/fixtures/stripe/README.md says where they come from.
+STRIPE_FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "stripe"
 SECRET = "whsec_integration_current_0123456789"
 # The endpoint's previous secret, still accepted while the rotation runs.
 ROTATED_SECRET = "whsec_integration_previous_012345678"

@@ -10,8 +10,8 @@ import pytest
 
 from gateway.packages import DEVELOPMENT_TABLE_TOML, PackageTable, parse_table
 
-# The repository's parent holds shared/ (in a developer's tree and in CI alike).
-STRIPE_FIXTURES = Path(__file__).resolve().parents[3].parent / "shared" / "stripe-fixtures"
+# Signed as stored: tests/fixtures/stripe/README.md says where they come from.
+STRIPE_FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "stripe"
 
 
 @pytest.fixture
