@@ -16,7 +16,7 @@ import limits as ratelimits
 from limits import RateLimitItem
 
 from service import limits
-from service.callers import Callers, CallersError, load_callers, missing_credentials
+from service.callers import Callers, CallersError, load_for_mode
 
 DEVELOPMENT = "development"
 
@@ -199,17 +199,9 @@ def _metadata_keys(env: Mapping[str, str]) -> frozenset[str]:
 
 def _callers(path: Path, mode: AuthMode) -> Callers:
     try:
-        loaded = load_callers(path)
+        return load_for_mode(path, certificates=mode is AuthMode.MTLS)
     except CallersError as exc:
         raise SettingsError(f"CREDITS_CALLERS_FILE: {exc}") from None
-    needed = "certificate_names" if mode is AuthMode.MTLS else "api_key_sha256"
-    lacking = missing_credentials(loaded, certificates=mode is AuthMode.MTLS)
-    if lacking:
-        raise SettingsError(
-            f"CREDITS_CALLERS_FILE: {mode} mode needs {needed} for every caller;"
-            f" missing for {', '.join(lacking)}"
-        )
-    return loaded
 
 
 def _redis_url(env: Mapping[str, str]) -> str | None:
