@@ -108,10 +108,12 @@ class RunningGateway:
         self,
         client: httpx.AsyncClient,
         body: bytes,
-        signature: str | None = "sign",
+        signature: str | bytes | None = "sign",
         path: str = "/stripe/webhook",
     ) -> httpx.Response:
-        headers = {"Content-Type": "application/json"}
+        """`signature` is "sign" (a valid one), None (no header) or the header itself;
+        bytes go on the wire as they are."""
+        headers: dict[str, str | bytes] = {"Content-Type": "application/json"}
         if signature == "sign":
             headers["Stripe-Signature"] = sign(body)
         elif signature is not None:
