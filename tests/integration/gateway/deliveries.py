@@ -113,11 +113,12 @@ class RunningGateway:
     ) -> httpx.Response:
         """`signature` is "sign" (a valid one), None (no header) or the header itself;
         bytes go on the wire as they are."""
-        headers: dict[str, str | bytes] = {"Content-Type": "application/json"}
         if signature == "sign":
-            headers["Stripe-Signature"] = sign(body)
-        elif signature is not None:
-            headers["Stripe-Signature"] = signature
+            signature = sign(body)
+        headers = {b"Content-Type": b"application/json"}
+        if signature is not None:
+            value = signature if isinstance(signature, bytes) else signature.encode()
+            headers[b"Stripe-Signature"] = value
         return await client.post(self.url + path, content=body, headers=headers)
 
     async def stop(self) -> None:
