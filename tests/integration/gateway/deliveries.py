@@ -153,5 +153,8 @@ async def start_gateway(service_address: str, pki: Path) -> RunningGateway:
         if server.started or task.done():
             break
         await asyncio.sleep(0.05)
-    assert server.started, "the gateway did not start"
-    return RunningGateway(f"http://127.0.0.1:{port}", metrics, server, task, channel)
+    running = RunningGateway(f"http://127.0.0.1:{port}", metrics, server, task, channel)
+    if not server.started:
+        await running.stop()
+        raise AssertionError("the gateway did not start")
+    return running
