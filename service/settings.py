@@ -20,7 +20,7 @@ from service.callers import Callers, CallersError, load_for_mode
 
 DEVELOPMENT = "development"
 
-# Development conventions shared with `make run` and the tools (SPEC §6).
+# Development conventions shared with `make run` and the tools (README, "Settings").
 DEV_DIR = Path(".dev")
 DEV_GRPC_ADDR = "127.0.0.1:50051"
 DEV_METRICS_ADDR = "127.0.0.1:9464"
@@ -58,7 +58,7 @@ INSECURE_ALLOWED = "1"
 
 
 class AuthMode(StrEnum):
-    """How callers prove who they are (SPEC §4)."""
+    """How callers prove who they are (README, "Authentication modes")."""
 
     MTLS = "mtls"  # client certificates signed by the configured CA
     TLS = "tls"  # server-side TLS; each caller sends its secret as `x-api-key`
