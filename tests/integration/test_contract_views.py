@@ -3,7 +3,11 @@ ListEntries, GetReservation and ExtendReservation through the real server over m
 real PostgreSQL. Time moves with the suite's clock, or with a server's own clock where
 it must move by days."""
 
+import asyncio
 import datetime
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -407,3 +411,26 @@ async def test_backend_may_read_and_extend_a_reservation_but_not_list_an_account
             grpc.StatusCode.PERMISSION_DENIED,
             "PERMISSION_DENIED",
         )
+
+
+async def test_the_admin_account_view_shows_what_list_grants_answers(
+    ops: Stub, database_url: str
+) -> None:
+    account = await funded_account(ops, 50)
+    held = await _reserve(ops, account, 20)
+    shown = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "service.admin", "account", account],
+        env={**os.environ, "CREDITS_DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    listed: pb.ListGrantsResponse = await ops.ListGrants(
+        pb.ListGrantsRequest(account_id=account), timeout=T
+    )
+    (lot,) = listed.grants
+    assert f"{lot.grant.grant_id} purchase     original 50 remaining 30 held 20" in shown.stdout
+    assert f"{held} reserved" in shown.stdout
