@@ -23,6 +23,7 @@ from limits.errors import StorageError
 
 from service import errors, limits, metrics
 from service.context import authenticated_caller, current_caller
+from service.decoding import Undecodable
 from service.interceptors import call_next, credits_rpc
 
 log = logging.getLogger("credits.ratelimit")
@@ -104,9 +105,10 @@ class RateLimit(AsyncServerInterceptor):
                     caller,
                     rpc,
                 )
-                if rpc == PER_ACCOUNT_RPC:
+                if rpc == PER_ACCOUNT_RPC and not isinstance(request_or_iterator, Undecodable):
                     # Longer ids are invalid and refused later; cutting them keeps the
-                    # key bounded while they are still counted.
+                    # key bounded while they are still counted. An undecodable request
+                    # names no account: its handler refuses it.
                     account = request_or_iterator.account_id[: limits.ACCOUNT_ID_CHARS_MAX]
                     await self._limiter.hit(
                         self._per_account, f"account:{account}", "account", account

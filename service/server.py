@@ -7,8 +7,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from credits.v1 import credits_pb2, credits_pb2_grpc
-from service import limits
+from credits.v1 import credits_pb2
+from service import decoding, limits
 from service.auth import Authenticate
 from service.authorization import Authorize
 from service.callers import LiveCallers
@@ -87,7 +87,9 @@ def build_server(settings: Settings, ledger: Ledger) -> Built:
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
-    credits_pb2_grpc.add_CreditsServiceServicer_to_server(CreditsServicer(ledger), server)
+    decoding.add_servicer(
+        CreditsServicer(ledger), credits_pb2.DESCRIPTOR.services_by_name["CreditsService"], server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -1,5 +1,5 @@
 """Identity from client certificates and default-deny authorization, through the shared
-mTLS server and the development callers of SPEC §6."""
+mTLS server and the development callers."""
 
 from pathlib import Path
 from typing import Any
