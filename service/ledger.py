@@ -51,7 +51,7 @@ Clock = Callable[[], datetime.datetime]
 USAGE_LIST = "usage"
 GRANTS_LIST = "grants"
 ENTRIES_LIST = "entries"
-Row = TypeVar("Row")
+Item = TypeVar("Item")
 # What a bad page_token violation says, whatever was wrong with the token.
 NOT_A_PAGE_OF_THIS_LIST = "is not a token from a previous page of this list"
 
@@ -378,8 +378,8 @@ def _page_keys(
 
 
 def _paged(
-    rows: list[Row], limit: int, kind: str, account_id: str, keys_of: Callable[[Row], list[str]]
-) -> tuple[tuple[Row, ...], str]:
+    rows: list[Item], limit: int, kind: str, account_id: str, keys_of: Callable[[Item], list[str]]
+) -> tuple[tuple[Item, ...], str]:
     """The page of `rows` (fetched one over `limit`: the extra row says another page
     follows) and the token of the next page, empty on the last one."""
     page = tuple(rows[:limit])

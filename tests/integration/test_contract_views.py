@@ -17,6 +17,8 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
+from service import paging
+from service.ledger import ENTRIES_LIST
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import (
     MovableClock,
@@ -165,6 +167,13 @@ async def test_a_page_token_of_another_account_or_list_is_refused(ops: Stub) -> 
     assert (await _refusal(foreign_list))[2] == ["page_token"]
     usage = ops.ListUsage(pb.ListUsageRequest(account_id=account, page_token=token), timeout=T)
     assert (await _refusal(usage))[2] == ["page_token"]
+    # Well-formed tokens of this account and list whose position is not an entry id.
+    for position in ("-1", "1e3", str(2**63)):
+        forged = paging.encode(ENTRIES_LIST, account, [position])
+        call = ops.ListEntries(
+            pb.ListEntriesRequest(account_id=account, page_token=forged), timeout=T
+        )
+        assert (await _refusal(call))[2] == ["page_token"]
 
 
 async def test_the_statement_adds_up_to_the_balance_after_every_kind_of_movement(
