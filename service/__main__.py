@@ -10,7 +10,7 @@ import logging
 import signal
 import sys
 
-from service import database, logs, metrics, settings, sweeper
+from service import database, logs, metrics, reload, settings, sweeper
 from service.ledger import Ledger, Policy, utc_now
 from service.server import build_server, mark_serving
 from service.store import PostgresStore, create_engine
@@ -50,6 +50,7 @@ async def serve(config: settings.Settings, url: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.reload, config, built)
     if config.metrics_addr:
         metrics.serve(config.metrics_addr)
     await built.server.start()

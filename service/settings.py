@@ -16,11 +16,11 @@ import limits as ratelimits
 from limits import RateLimitItem
 
 from service import limits
-from service.callers import Callers, CallersError, load_callers, missing_credentials
+from service.callers import Callers, CallersError, load_for_mode
 
 DEVELOPMENT = "development"
 
-# Development conventions shared with `make run` and the tools (SPEC §6).
+# Development conventions shared with `make run` and the tools (README, "Settings").
 DEV_DIR = Path(".dev")
 DEV_GRPC_ADDR = "127.0.0.1:50051"
 DEV_METRICS_ADDR = "127.0.0.1:9464"
@@ -61,7 +61,7 @@ INSECURE_ALLOWED = "1"
 
 
 class AuthMode(StrEnum):
-    """How callers prove who they are (SPEC §4)."""
+    """How callers prove who they are (README, "Authentication modes")."""
 
     MTLS = "mtls"  # client certificates signed by the configured CA
     TLS = "tls"  # server-side TLS; each caller sends its secret as `x-api-key`
@@ -203,17 +203,9 @@ def _metadata_keys(env: Mapping[str, str]) -> frozenset[str]:
 
 def _callers(path: Path, mode: AuthMode) -> Callers:
     try:
-        loaded = load_callers(path)
+        return load_for_mode(path, certificates=mode is AuthMode.MTLS)
     except CallersError as exc:
         raise SettingsError(f"CREDITS_CALLERS_FILE: {exc}") from None
-    needed = "certificate_names" if mode is AuthMode.MTLS else "api_key_sha256"
-    lacking = missing_credentials(loaded, certificates=mode is AuthMode.MTLS)
-    if lacking:
-        raise SettingsError(
-            f"CREDITS_CALLERS_FILE: {mode} mode needs {needed} for every caller;"
-            f" missing for {', '.join(lacking)}"
-        )
-    return loaded
 
 
 def _redis_url(env: Mapping[str, str]) -> str | None:

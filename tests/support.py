@@ -1,10 +1,14 @@
 """Helpers the tests share: a production server on an ephemeral port, mTLS channels."""
 
+import asyncio
+import contextlib
 import datetime
 import urllib.parse
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -98,6 +102,20 @@ async def start_server(
     await built.server.start()
     await mark_serving(built)
     return RunningServer(built, engine, config)
+
+
+@contextlib.asynccontextmanager
+async def child_process(*args: str, **options: Any) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A process started with `asyncio.create_subprocess_exec(*args, **options)` that is
+    killed when the block ends, however it ends, unless the test stopped it already."""
+    process = await asyncio.create_subprocess_exec(*args, **options)
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            # communicate() drains the pipes, so that waiting cannot block on a full one.
+            await process.communicate()
 
 
 def open_channel(pki: Path, caller: str, address: str) -> grpc.aio.Channel:
