@@ -17,7 +17,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
-from service import paging
+from service import paging, settings
 from service.ledger import ENTRIES_LIST
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import (
@@ -26,6 +26,7 @@ from tests.support import (
     funded_account,
     new_id,
     open_channel,
+    server_settings,
     start_server,
 )
 
@@ -443,3 +444,30 @@ async def test_the_admin_account_view_shows_what_list_grants_answers(
     (lot,) = listed.grants
     assert f"{lot.grant.grant_id} purchase     original 50 remaining 30 held 20" in shown.stdout
     assert f"{held} reserved" in shown.stdout
+
+
+async def test_the_configured_lifetime_cap_is_what_extensions_stop_at(
+    database_url: str, pki: Path
+) -> None:
+    cap_seconds = DAY_SECONDS + 3600
+    server = await start_server(
+        database_url, pki, CREDITS_RESERVATION_LIFETIME_MAX_SECONDS=str(cap_seconds)
+    )
+    try:
+        async with open_channel(pki, "ops", server.address) as channel:
+            ops = Stub(channel)
+            account = await funded_account(ops, 10)
+            r = await _reserve(ops, account, 5)
+            extended = await _extend(ops, account, r, ttl_seconds=DAY_SECONDS)
+    finally:
+        await server.stop()
+    created = extended.reservation.created_at.ToDatetime(datetime.UTC)
+    until = extended.extendable_until.ToDatetime(datetime.UTC)
+    assert until - created == datetime.timedelta(seconds=cap_seconds)
+
+
+def test_a_lifetime_cap_below_the_longest_ttl_stops_the_start(database_url: str, pki: Path) -> None:
+    with pytest.raises(settings.SettingsError, match="CREDITS_RESERVATION_LIFETIME_MAX_SECONDS"):
+        server_settings(
+            database_url, pki, CREDITS_RESERVATION_LIFETIME_MAX_SECONDS=str(DAY_SECONDS - 1)
+        )
