@@ -253,13 +253,14 @@ async def test_the_statement_filters_by_time_and_checks_its_fields(
             since=_stamp(middle),
             until=_stamp(middle),
             kinds=[pb.ENTRY_KIND_UNSPECIFIED],
+            page_token="not-a-token",
         ),
         timeout=T,
     )
     assert await _refusal(bad) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_REQUEST",
-        ["until", "kinds"],
+        ["page_token", "until", "kinds"],
     )
 
 
