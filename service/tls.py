@@ -48,6 +48,7 @@ class Material:
     cert_pem: bytes
     key_pem: bytes
     ca_pem: bytes | None
+    not_valid_after: datetime.datetime
 
 
 def _read(path: Path, setting: str) -> bytes:
@@ -93,10 +94,12 @@ def load(files: TlsFiles, now: datetime.datetime) -> Material:
     if files.ca_file is not None:
         ca_pem = _read(files.ca_file, "CREDITS_TLS_CA_FILE")
         _certificates(ca_pem, "CREDITS_TLS_CA_FILE")
-    return Material(cert_pem, key_pem, ca_pem)
+    return Material(cert_pem, key_pem, ca_pem, leaf.not_valid_after_utc)
 
 
 def _configuration(material: Material) -> grpc.ServerCertificateConfiguration:
+    # Set when the files are taken: an alert on it catches a certificate nobody renewed.
+    metrics.TLS_CERTIFICATE_EXPIRES.set(material.not_valid_after.timestamp())
     return grpc.ssl_server_certificate_configuration(
         [(material.key_pem, material.cert_pem)], root_certificates=material.ca_pem
     )
