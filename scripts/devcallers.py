@@ -13,7 +13,15 @@ from pathlib import Path
 from service.callers import api_key_digest
 
 DEV_RPCS: Mapping[str, tuple[str, ...]] = {
-    "backend": ("Reserve", "Confirm", "Release", "GetBalance", "ListUsage"),
+    "backend": (
+        "Reserve",
+        "Confirm",
+        "Release",
+        "GetBalance",
+        "ListUsage",
+        "GetReservation",
+        "ExtendReservation",
+    ),
     "gateway": ("Grant", "Revoke", "GetBalance"),
     "ops": ("*",),
 }

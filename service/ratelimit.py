@@ -22,8 +22,7 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 
 from service import errors, limits, metrics
-from service.callers import Callers
-from service.context import current_caller
+from service.context import authenticated_caller, current_caller
 from service.decoding import Undecodable
 from service.interceptors import call_next, credits_rpc
 
@@ -84,10 +83,7 @@ class Limiter:
 class RateLimit(AsyncServerInterceptor):
     """Innermost: only calls that are authenticated and allowed are counted."""
 
-    def __init__(
-        self, callers: Callers, limiter: Limiter, per_account: tuple[RateLimitItem, ...]
-    ) -> None:
-        self._callers = callers
+    def __init__(self, limiter: Limiter, per_account: tuple[RateLimitItem, ...]) -> None:
         self._limiter = limiter
         self._per_account = per_account
 
@@ -103,7 +99,7 @@ class RateLimit(AsyncServerInterceptor):
             caller = current_caller()
             try:
                 await self._limiter.hit(
-                    self._callers.by_name[caller].limits_for(rpc),
+                    authenticated_caller().limits_for(rpc),
                     f"caller:{caller}/{rpc}",
                     "caller",
                     caller,

@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from credits.v1 import credits_pb2, credits_pb2_grpc
 from scripts.devcallers import ensure_dev_callers
 from service import settings
-from service.ledger import Clock, Ledger, Policy, utc_now
+from service.__main__ import policy
+from service.ledger import Clock, Ledger, utc_now
 from service.server import Built, build_server, mark_serving
 from service.store import PostgresStore, create_engine
 
@@ -96,7 +97,7 @@ async def start_server(
         pool_timeout_seconds=config.db_pool_timeout_seconds,
         statement_timeout_seconds=config.db_statement_timeout_seconds,
     )
-    ledger = Ledger(PostgresStore(engine), Policy(config.amount_max, config.metadata_keys), clock)
+    ledger = Ledger(PostgresStore(engine), policy(config), clock)
     built = build_server(config, ledger)
     await built.server.start()
     await mark_serving(built)
