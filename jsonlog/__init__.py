@@ -87,10 +87,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def configure(level: int = logging.INFO, context: LineContext = no_context) -> None:
+def configure(level: int = logging.INFO, formatter: JsonFormatter | None = None) -> None:
     """Every logger of the process writes through one JSON handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(context))
+    handler.setFormatter(formatter or JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

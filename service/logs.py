@@ -1,5 +1,5 @@
-"""The service's logs: the shared JSON lines (jsonlog), each carrying the request id of
-the RPC it was written in."""
+"""The service's logs: the JSON lines the gateway writes too (jsonlog), each carrying the
+request id of the RPC it was written in."""
 
 import logging
 from collections.abc import Mapping
@@ -12,5 +12,10 @@ def rpc_context() -> Mapping[str, object]:
     return {"request_id": context.request_id.get()}
 
 
+class JsonFormatter(jsonlog.JsonFormatter):
+    def __init__(self) -> None:
+        super().__init__(rpc_context)
+
+
 def configure(level: int = logging.INFO) -> None:
-    jsonlog.configure(level, rpc_context)
+    jsonlog.configure(level, JsonFormatter())

@@ -15,9 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
-from jsonlog import JsonFormatter
 from service.interceptors import REQUEST_ID_HEADER
-from service.logs import rpc_context
+from service.logs import JsonFormatter
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import funded_account, new_id
 
@@ -30,7 +29,7 @@ def log_lines() -> Iterator[io.StringIO]:
     """What the service's log handler writes while the test runs."""
     written = io.StringIO()
     handler = logging.StreamHandler(written)
-    handler.setFormatter(JsonFormatter(rpc_context))
+    handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.addHandler(handler)
     try:
