@@ -1,6 +1,6 @@
 """Prometheus metrics of the service, served on CREDITS_METRICS_ADDR (`/metrics`)."""
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RPCS = Counter("credits_rpcs_total", "RPCs served, by method and status code", ["method", "code"])
 RPC_SECONDS = Histogram(
@@ -23,6 +23,10 @@ AUTHENTICATION_FAILURES = Counter(
 # points at clients being refused.
 TLS_HANDSHAKES = Counter(
     "credits_tls_handshakes_total", "TLS handshakes begun (accepted or refused) by the server"
+)
+TLS_CERTIFICATE_EXPIRES = Gauge(
+    "credits_tls_certificate_expires_timestamp_seconds",
+    "When the server certificate in force stops being valid (Unix time)",
 )
 CONFIG_RELOADS = Counter(
     "credits_config_reloads_total",
