@@ -1,6 +1,6 @@
 """Prometheus metrics of the service, served on CREDITS_METRICS_ADDR (`/metrics`)."""
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RPCS = Counter("credits_rpcs_total", "RPCs served, by method and status code", ["method", "code"])
 RPC_SECONDS = Histogram(
@@ -34,6 +34,14 @@ SWEPT_ACCOUNTS = Counter(
 )
 SWEEP_FAILURES = Counter(
     "credits_sweeper_failures_total", "Accounts the sweeper failed to settle (passed over)"
+)
+
+HEALTH_SERVING = Gauge(
+    "credits_health_serving", "1 while health answers SERVING, 0 while NOT_SERVING"
+)
+DB_POOL_IN_USE = Gauge("credits_db_pool_in_use", "Database connections held by calls")
+DB_POOL_WAITING = Gauge(
+    "credits_db_pool_waiting", "Calls waiting for a database connection (pool full or connecting)"
 )
 
 
