@@ -40,6 +40,14 @@ SWEEP_FAILURES = Counter(
     "credits_sweeper_failures_total", "Accounts the sweeper failed to settle (passed over)"
 )
 
+HEALTH_SERVING = Gauge(
+    "credits_health_serving", "1 while health answers SERVING, 0 while NOT_SERVING"
+)
+DB_POOL_IN_USE = Gauge("credits_db_pool_in_use", "Database connections held by calls")
+DB_POOL_WAITING = Gauge(
+    "credits_db_pool_waiting", "Calls waiting for a database connection (pool full or connecting)"
+)
+
 
 def serve(address: str) -> None:
     """Serve /metrics on host:port in a background thread."""

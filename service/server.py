@@ -4,11 +4,12 @@ reflection, TLS, and every safety option set explicitly."""
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from credits.v1 import credits_pb2
 from service import decoding, limits
+from service import health as credits_health
 from service.auth import Authenticate
 from service.authorization import Authorize
 from service.callers import LiveCallers
@@ -19,7 +20,7 @@ from service.servicer import CreditsServicer
 from service.settings import AuthMode, Settings
 from service.tls import ServerCertificates
 
-SERVICE_NAME = credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].full_name
+SERVICE_NAME = credits_health.SERVICE_NAME
 # Clients reconnect at least this often, which rebalances them across instances and
 # picks up rotated certificates.
 MAX_CONNECTION_AGE_MS = 30 * 60 * 1000
@@ -105,5 +106,4 @@ def build_server(settings: Settings, ledger: Ledger) -> Built:
 
 
 async def mark_serving(built: Built) -> None:
-    for name in ("", SERVICE_NAME):
-        await built.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await credits_health.set_serving(built.health, True)

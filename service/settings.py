@@ -48,6 +48,12 @@ DB_POOL_TIMEOUT_SECONDS_DEFAULT = 5.0
 # A statement that runs longer than this is stopped by PostgreSQL even when the client
 # set no deadline, so that nothing runs on after the caller gave up.
 DB_STATEMENT_TIMEOUT_SECONDS_DEFAULT = 10.0
+# A connection attempt to a database that does not answer (a host that is down drops
+# packets rather than refusing) fails after this, so calls fail fast with UNAVAILABLE.
+DB_CONNECT_TIMEOUT_SECONDS_DEFAULT = 2.0
+# How often health probes the database: a load balancer learns of an outage within
+# about this (plus its own check interval).
+HEALTH_CHECK_INTERVAL_SECONDS_DEFAULT = 2.0
 MAX_CONCURRENT_RPCS_DEFAULT = 256
 SHUTDOWN_GRACE_SECONDS_DEFAULT = 10.0
 SWEEPER_INTERVAL_SECONDS_DEFAULT = 30.0
@@ -109,6 +115,8 @@ class Settings:
     db_pool_size: int = DB_POOL_SIZE_DEFAULT
     db_pool_timeout_seconds: float = DB_POOL_TIMEOUT_SECONDS_DEFAULT
     db_statement_timeout_seconds: float = DB_STATEMENT_TIMEOUT_SECONDS_DEFAULT
+    db_connect_timeout_seconds: float = DB_CONNECT_TIMEOUT_SECONDS_DEFAULT
+    health_check_interval_seconds: float = HEALTH_CHECK_INTERVAL_SECONDS_DEFAULT
     max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS_DEFAULT
     shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS_DEFAULT
     sweeper_interval_seconds: float = SWEEPER_INTERVAL_SECONDS_DEFAULT
@@ -282,6 +290,12 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ),
         db_statement_timeout_seconds=_seconds(
             env, "CREDITS_DB_STATEMENT_TIMEOUT_SECONDS", DB_STATEMENT_TIMEOUT_SECONDS_DEFAULT
+        ),
+        db_connect_timeout_seconds=_seconds(
+            env, "CREDITS_DB_CONNECT_TIMEOUT_SECONDS", DB_CONNECT_TIMEOUT_SECONDS_DEFAULT
+        ),
+        health_check_interval_seconds=_seconds(
+            env, "CREDITS_HEALTH_CHECK_INTERVAL_SECONDS", HEALTH_CHECK_INTERVAL_SECONDS_DEFAULT
         ),
         max_concurrent_rpcs=_int(env, "CREDITS_MAX_CONCURRENT_RPCS", MAX_CONCURRENT_RPCS_DEFAULT),
         shutdown_grace_seconds=_seconds(
