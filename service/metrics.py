@@ -24,6 +24,10 @@ AUTHENTICATION_FAILURES = Counter(
 TLS_HANDSHAKES = Counter(
     "credits_tls_handshakes_total", "TLS handshakes begun (accepted or refused) by the server"
 )
+TLS_CERTIFICATE_EXPIRES = Gauge(
+    "credits_tls_certificate_expires_timestamp_seconds",
+    "When the server certificate in force stops being valid (Unix time)",
+)
 CONFIG_RELOADS = Counter(
     "credits_config_reloads_total",
     "Reloads (SIGHUP) of the callers file or the TLS files, by file and result",

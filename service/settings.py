@@ -5,6 +5,7 @@ folder that `make run` generates; anything else is production, where every missi
 setting stops the start with a message naming it. No secret has a default anywhere.
 """
 
+import datetime
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
@@ -17,6 +18,8 @@ from limits import RateLimitItem
 
 from service import limits
 from service.callers import Callers, CallersError, load_for_mode
+from service.tls import TlsError, TlsFiles
+from service.tls import load as load_tls
 
 DEVELOPMENT = "development"
 
@@ -122,6 +125,13 @@ class Settings:
     @property
     def development(self) -> bool:
         return self.env == DEVELOPMENT
+
+    @property
+    def tls_files(self) -> TlsFiles | None:
+        """The TLS files of the mode: None when insecure; a CA file in mtls only."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        return TlsFiles(self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -301,7 +311,19 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ),
     )
     check(settings)
+    _check_tls(settings)
     return settings
+
+
+def _check_tls(settings: Settings) -> None:
+    """The TLS files are usable: a certificate valid now, its key, a CA file that holds a
+    certificate. Checked again by every reload."""
+    if settings.tls_files is None:
+        return
+    try:
+        load_tls(settings.tls_files, datetime.datetime.now(datetime.UTC))
+    except TlsError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def check(settings: Settings) -> None:
