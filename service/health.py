@@ -95,14 +95,14 @@ async def set_serving(servicer: health.aio.HealthServicer, serving: bool) -> Non
     metrics.HEALTH_SERVING.set(1 if serving else 0)
 
 
-async def _reachable(ping: Callable[[], Awaitable[None]]) -> bool:
+async def _probe(ping: Callable[[], Awaitable[None]]) -> str | None:
+    """None when the database answered, else the class of the error that says why not."""
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
             await ping()
-    except Exception as exc:
-        log.debug("database probe failed", extra={"error": type(exc).__name__})
-        return False
-    return True
+    except Exception as exc:  # whatever the cause, the database did not answer
+        return type(exc).__name__
+    return None
 
 
 async def watch_database(
@@ -113,12 +113,12 @@ async def watch_database(
     """Probe the database every `interval_seconds` and say what it found, until cancelled."""
     serving = True
     while True:
-        reachable = await _reachable(ping)
-        if reachable != serving:
-            serving = reachable
+        error = await _probe(ping)
+        if (error is None) != serving:
+            serving = error is None
             if serving:
                 log.info("database reachable again: serving")
             else:
-                log.warning("database unreachable: not serving")
+                log.warning("database unreachable: not serving", extra={"error": error})
             await set_serving(servicer, serving)
         await asyncio.sleep(interval_seconds)
