@@ -1,0 +1,170 @@
+"""`SyncCreditsClient`: the asynchronous client for synchronous code.
+
+It owns a private event loop on a background thread, where one `CreditsClient` does
+every call; each synchronous method submits the asynchronous one there and waits. The
+methods are derived from `CreditsClient`'s, so both always have the same signatures,
+and there is one implementation of the calls, retries, errors and holds.
+"""
+
+import asyncio
+import concurrent.futures
+import functools
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+
+from credits_client.client import CALL_TIMEOUT_SECONDS_DEFAULT, CreditsClient, FilePath
+from credits_client.hold import Hold
+from credits_client.retry import RetryPolicy
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+# How long closing waits for the loop's thread once the channel is closed.
+THREAD_JOIN_SECONDS = 10.0
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+class _LoopThread:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="credits-client", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, awaitable: Awaitable[T]) -> T:
+        """Runs `awaitable` on the loop and waits for it; if the waiting thread is
+        interrupted (KeyboardInterrupt), the work on the loop is cancelled too."""
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(
+            _awaited(awaitable), self.loop
+        )
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(THREAD_JOIN_SECONDS)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+def _blocking(
+    method: Callable[Concatenate[CreditsClient, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate["SyncCreditsClient", P], R]:
+    def call(self: "SyncCreditsClient", /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._loop.run(method(self._client, *args, **kwargs))
+
+    functools.update_wrapper(call, method)
+    return call
+
+
+def _blocking_iterator(
+    method: Callable[Concatenate[CreditsClient, P], AsyncIterator[R]],
+) -> Callable[Concatenate["SyncCreditsClient", P], Iterator[R]]:
+    def call(self: "SyncCreditsClient", /, *args: P.args, **kwargs: P.kwargs) -> Iterator[R]:
+        items = method(self._client, *args, **kwargs)
+        while True:
+            try:
+                yield self._loop.run(anext(items))
+            except StopAsyncIteration:
+                return
+
+    functools.update_wrapper(call, method)
+    return call
+
+
+class BlockingHold:
+    """`with client.hold(...) as hold:` -- the asynchronous Hold, entered and exited on
+    the client's loop; the body runs in the caller's thread."""
+
+    def __init__(self, loop: _LoopThread, hold: Hold) -> None:
+        self._loop = loop
+        self._hold = hold
+
+    def __enter__(self) -> Hold:
+        return self._loop.run(self._hold.__aenter__())
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._loop.run(self._hold.__aexit__(exc_type, exc, traceback))
+
+
+def _blocking_hold(
+    method: Callable[Concatenate[CreditsClient, P], Hold],
+) -> Callable[Concatenate["SyncCreditsClient", P], BlockingHold]:
+    def call(self: "SyncCreditsClient", /, *args: P.args, **kwargs: P.kwargs) -> BlockingHold:
+        return BlockingHold(self._loop, method(self._client, *args, **kwargs))
+
+    functools.update_wrapper(call, method)
+    return call
+
+
+class SyncCreditsClient:
+    """The credits service, from synchronous code: the same arguments as
+    `CreditsClient` (an address, not an open channel), the same methods, blocking. Safe
+    to share between threads. `with client:` (or `client.close()`) stops its thread."""
+
+    def __init__(
+        self,
+        target: str,
+        /,
+        *,
+        ca_file: FilePath | None = None,
+        cert_file: FilePath | None = None,
+        key_file: FilePath | None = None,
+        api_key: str | None = None,
+        server_name: str | None = None,
+        timeout_seconds: float = CALL_TIMEOUT_SECONDS_DEFAULT,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if not isinstance(target, str):
+            raise TypeError("the synchronous client opens its own channel: give an address")
+        self._client = CreditsClient(
+            target,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            api_key=api_key,
+            server_name=server_name,
+            timeout_seconds=timeout_seconds,
+            retry=retry,
+        )
+        self._loop = _LoopThread()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self._loop.run(self._client.close())
+        finally:
+            self._loop.stop()
+
+    reserve = _blocking(CreditsClient.reserve)
+    confirm = _blocking(CreditsClient.confirm)
+    release = _blocking(CreditsClient.release)
+    grant = _blocking(CreditsClient.grant)
+    revoke = _blocking(CreditsClient.revoke)
+    balance = _blocking(CreditsClient.balance)
+    usage = _blocking_iterator(CreditsClient.usage)
+    hold = _blocking_hold(CreditsClient.hold)
