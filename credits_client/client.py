@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from os import PathLike
 from types import TracebackType
 from typing import Any, Self
@@ -22,12 +22,18 @@ from credits_client.errors import from_rpc_error
 from credits_client.hold import Hold
 from credits_client.results import (
     Balance,
+    EntryKind,
+    Extended,
     Grant,
     Granted,
+    GrantLot,
     GrantSource,
+    LedgerEntry,
     Reservation,
+    ReservationDetails,
     Reserved,
     Revocation,
+    kind_message,
     source_message,
 )
 from credits_client.retry import RetryPolicy
@@ -46,6 +52,13 @@ FilePath = str | PathLike[str]
 
 def new_idempotency_key() -> str:
     return str(uuid.uuid4())
+
+
+def _aware(moment: datetime.datetime, name: str) -> datetime.datetime:
+    # A naive datetime would be read as UTC by protobuf: a silent error of hours.
+    if moment.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware")
+    return moment
 
 
 class CreditsClient:
@@ -238,8 +251,6 @@ class CreditsClient:
     ) -> Granted:
         """Adds `amount` credits; `source` is "purchase", "signup_bonus", "promotion" or
         "adjustment" (or a GrantSource); `expires_at` must be timezone-aware."""
-        if expires_at is not None and expires_at.utcoffset() is None:
-            raise ValueError("expires_at must be timezone-aware")
         key = idempotency_key or new_idempotency_key()
         request = pb.GrantRequest(
             account_id=account_id,
@@ -252,7 +263,7 @@ class CreditsClient:
             priority=priority,
         )
         if expires_at is not None:
-            request.expires_at.FromDatetime(expires_at)
+            request.expires_at.FromDatetime(_aware(expires_at, "expires_at"))
         response = await self._call("Grant", request, timeout_seconds, key)
         return Granted(**vars(Grant.from_message(response.grant)), idempotency_key=key)
 
@@ -294,22 +305,88 @@ class CreditsClient:
         request = pb.GetBalanceRequest(account_id=account_id)
         return Balance.from_message(await self._call("GetBalance", request, timeout_seconds))
 
+    async def _pages(
+        self, rpc: str, request: Any, items: str, timeout_seconds: float | None
+    ) -> AsyncIterator[Any]:
+        """The items of every page, each page fetched when the iteration reaches it."""
+        while True:
+            page = await self._call(rpc, request, timeout_seconds)
+            for item in getattr(page, items):
+                yield item
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
     async def usage(
         self, account_id: str, *, page_size: int = 0, timeout_seconds: float | None = None
     ) -> AsyncIterator[Reservation]:
-        """Every reservation of the account, newest first; pages are fetched as the
-        iteration reaches them (`page_size` 1-100, 0: the service's default)."""
-        token = ""
-        while True:
-            request = pb.ListUsageRequest(
-                account_id=account_id, page_size=page_size, page_token=token
-            )
-            page = await self._call("ListUsage", request, timeout_seconds)
-            for message in page.reservations:
-                yield Reservation.from_message(message)
-            token = page.next_page_token
-            if not token:
-                return
+        """Every reservation of the account, newest first (`page_size` 1-100 per page
+        fetched, 0: the service's default)."""
+        request = pb.ListUsageRequest(account_id=account_id, page_size=page_size)
+        async for message in self._pages("ListUsage", request, "reservations", timeout_seconds):
+            yield Reservation.from_message(message)
+
+    async def list_grants(
+        self,
+        account_id: str,
+        *,
+        include_finished: bool = False,
+        page_size: int = 0,
+        timeout_seconds: float | None = None,
+    ) -> AsyncIterator[GrantLot]:
+        """The account's grants in burn-down order: those with credits remaining or
+        held, or every one with `include_finished`."""
+        request = pb.ListGrantsRequest(
+            account_id=account_id, page_size=page_size, include_finished=include_finished
+        )
+        async for message in self._pages("ListGrants", request, "grants", timeout_seconds):
+            yield GrantLot.from_message(message)
+
+    async def list_entries(
+        self,
+        account_id: str,
+        *,
+        since: datetime.datetime | None = None,
+        until: datetime.datetime | None = None,
+        kinds: Iterable[EntryKind | str] = (),
+        page_size: int = 0,
+        timeout_seconds: float | None = None,
+    ) -> AsyncIterator[LedgerEntry]:
+        """The account's statement, newest first: entries made in [since, until) of
+        the given kinds (every kind when none), each with the balance after it."""
+        request = pb.ListEntriesRequest(
+            account_id=account_id,
+            page_size=page_size,
+            kinds=[kind_message(kind) for kind in kinds],
+        )
+        if since is not None:
+            request.since.FromDatetime(_aware(since, "since"))
+        if until is not None:
+            request.until.FromDatetime(_aware(until, "until"))
+        async for message in self._pages("ListEntries", request, "entries", timeout_seconds):
+            yield LedgerEntry.from_message(message)
+
+    async def get_reservation(
+        self, account_id: str, reservation_id: str, *, timeout_seconds: float | None = None
+    ) -> ReservationDetails:
+        request = pb.GetReservationRequest(account_id=account_id, reservation_id=reservation_id)
+        response = await self._call("GetReservation", request, timeout_seconds)
+        return ReservationDetails.from_message(response)
+
+    async def extend_reservation(
+        self,
+        account_id: str,
+        reservation_id: str,
+        ttl: datetime.timedelta,
+        *,
+        timeout_seconds: float | None = None,
+    ) -> Extended:
+        """Moves an active reservation's expiry to now + `ttl` (1 s to 24 h), at most to
+        its `extendable_until`."""
+        request = pb.ExtendReservationRequest(account_id=account_id, reservation_id=reservation_id)
+        request.ttl.FromTimedelta(ttl)
+        response = await self._call("ExtendReservation", request, timeout_seconds)
+        return Extended.from_message(response)
 
     def hold(
         self,
@@ -322,11 +399,14 @@ class CreditsClient:
         description: str = "",
         metadata: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        keepalive: bool = False,
         timeout_seconds: float | None = None,
     ) -> Hold:
         """`async with client.hold(...) as hold:` reserves on entry; on a normal exit
         confirms what `hold.capture()` named (everything if it was never called), on an
-        exception or cancellation releases and re-raises. See Hold."""
+        exception or cancellation releases and re-raises. With `keepalive`, the
+        reservation is extended by its ttl every third of it while the work runs, for
+        jobs that may outlast it. See Hold."""
         reserve = functools.partial(
             self.reserve,
             account_id,
@@ -339,4 +419,4 @@ class CreditsClient:
             metadata=metadata,
             timeout_seconds=timeout_seconds,
         )
-        return Hold(self, reserve, timeout_seconds)
+        return Hold(self, reserve, keepalive=keepalive, timeout_seconds=timeout_seconds)

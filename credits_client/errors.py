@@ -86,6 +86,12 @@ class ReservationNotActive(CreditsError):
     REASON = "RESERVATION_NOT_ACTIVE"
 
 
+class ReservationLifetimeExceeded(CreditsError):
+    """An extension past the reservation's `extendable_until`; nothing changed."""
+
+    REASON = "RESERVATION_LIFETIME_EXCEEDED"
+
+
 class CaptureExceedsReservation(CreditsError):
     REASON = "CAPTURE_EXCEEDS_RESERVATION"
 
@@ -166,6 +172,7 @@ BY_REASON: Mapping[str, type[CreditsError]] = {
         InvalidRequest,
         InsufficientCredits,
         ReservationNotActive,
+        ReservationLifetimeExceeded,
         CaptureExceedsReservation,
         AccountCreditsLimit,
         ReservationNotFound,

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
+from credits_client.errors import CreditsError, ReservationLifetimeExceeded, ReservationNotActive
 from credits_client.results import Reservation, Reserved
 
 if TYPE_CHECKING:
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
 # The service refuses a Release reason longer than this.
 RELEASE_REASON_CHARS_MAX = 500
 NOTHING_CAPTURED_REASON = "nothing captured"
+# With keepalive, the reservation is extended by its ttl each time this fraction of the
+# ttl has passed: two extensions in a row can fail before it expires.
+KEEPALIVE_INTERVAL_TTL_FRACTION = 1 / 3
 
 log = logging.getLogger("credits_client.hold")
 
@@ -36,18 +40,27 @@ class Hold:
     exception go on; if that Release fails, the failure is logged and the original
     exception still goes on. A failed Confirm raises (the reservation then still expires
     at `expires_at`, giving the credits back).
+
+    With `keepalive`, a background task extends the reservation by its ttl every third
+    of it (ExtendReservation) until the work ends or the reservation's lifetime cap is
+    reached; `expires_at` follows. A failed extension is logged and tried again.
     """
 
     def __init__(
         self,
         client: "CreditsClient",
         reserve: Callable[[], Awaitable[Reserved]],
+        *,
+        keepalive: bool,
         timeout_seconds: float | None,
     ) -> None:
         self._client = client
         self._reserve = reserve
+        self._keepalive = keepalive
+        self._keeper: asyncio.Task[None] | None = None
         self._timeout_seconds = timeout_seconds
         self._reservation: Reserved | None = None
+        self._expires_at: datetime.datetime | None = None
         self._captured: int | None = None
         # The reservation as confirmed or released on exit; None until then, and after
         # a Release that failed.
@@ -65,7 +78,8 @@ class Hold:
 
     @property
     def expires_at(self) -> datetime.datetime:
-        return self.reservation.expires_at
+        """When the reservation expires unless confirmed (later after each extension)."""
+        return self._expires_at or self.reservation.expires_at
 
     @property
     def idempotency_key(self) -> str:
@@ -80,6 +94,8 @@ class Hold:
 
     async def __aenter__(self) -> Self:
         self._reservation = await self._reserve()
+        if self._keepalive:
+            self._keeper = asyncio.create_task(self._keep_alive())
         return self
 
     async def __aexit__(
@@ -88,6 +104,9 @@ class Hold:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.wait([self._keeper])
         if exc is None:
             await self._settle()
         else:
@@ -109,6 +128,34 @@ class Hold:
             self._captured,
             timeout_seconds=self._timeout_seconds,
         )
+
+    async def _keep_alive(self) -> None:
+        reservation = self.reservation
+        ttl = reservation.expires_at - reservation.created_at
+        while True:
+            await asyncio.sleep(ttl.total_seconds() * KEEPALIVE_INTERVAL_TTL_FRACTION)
+            try:
+                extended = await self._client.extend_reservation(
+                    reservation.account_id,
+                    reservation.reservation_id,
+                    ttl,
+                    timeout_seconds=self._timeout_seconds,
+                )
+            except (ReservationLifetimeExceeded, ReservationNotActive) as error:
+                self._log_extension(error, "reservation not extended any further")
+                return
+            except CreditsError as error:
+                self._log_extension(error, "reservation not extended; trying again")
+                continue
+            self._expires_at = extended.reservation.expires_at
+
+    def _log_extension(self, error: CreditsError, message: str) -> None:
+        fields = {
+            "reservation_id": self.reservation.reservation_id,
+            "expires_at": self.expires_at.isoformat(),
+            "error": type(error).__name__,
+        }
+        log.warning(message, extra={"fields": fields})
 
     async def _release_after(self, error: BaseException) -> None:
         reservation = self.reservation

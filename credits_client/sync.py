@@ -167,4 +167,8 @@ class SyncCreditsClient:
     revoke = _blocking(CreditsClient.revoke)
     balance = _blocking(CreditsClient.balance)
     usage = _blocking_iterator(CreditsClient.usage)
+    list_grants = _blocking_iterator(CreditsClient.list_grants)
+    list_entries = _blocking_iterator(CreditsClient.list_entries)
+    get_reservation = _blocking(CreditsClient.get_reservation)
+    extend_reservation = _blocking(CreditsClient.extend_reservation)
     hold = _blocking_hold(CreditsClient.hold)

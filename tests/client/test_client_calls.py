@@ -10,6 +10,7 @@ import pytest
 from credits_client import (
     Balance,
     CreditsClient,
+    EntryKind,
     Granted,
     GrantSource,
     Reservation,
@@ -180,3 +181,61 @@ async def test_usage_follows_every_page_newest_first(
     assert [r.reservation_id for r in listed] == made[::-1]
     assert all(type(r) is Reservation for r in listed)
     assert [r async for r in backend_client.usage(new_id())] == []
+
+
+async def test_list_grants_in_burn_down_order_with_what_is_held(
+    ops_client: CreditsClient, backend_client: CreditsClient
+) -> None:
+    account = new_id()
+    late = await ops_client.grant(account, 100, source="purchase", priority=5)
+    early = await ops_client.grant(account, 100, source="promotion", priority=1)
+    await backend_client.reserve(account, 150)
+
+    lots = [lot async for lot in ops_client.list_grants(account, page_size=1)]
+
+    assert [lot.grant.grant_id for lot in lots] == [early.grant_id, late.grant_id]
+    assert [(lot.grant.remaining_amount, lot.held_amount) for lot in lots] == [(0, 100), (50, 50)]
+
+
+async def test_list_entries_is_the_statement_with_running_balances(
+    ops_client: CreditsClient, backend_client: CreditsClient
+) -> None:
+    account = await funded(ops_client, 1000)
+    reserved = await backend_client.reserve(account, 300)
+    await backend_client.confirm(account, reserved.reservation_id, 200)
+
+    entries = [e async for e in ops_client.list_entries(account, page_size=2)]
+    reserves = [e async for e in ops_client.list_entries(account, kinds=["reserve"])]
+
+    assert [(e.kind, e.amount, e.balance_after) for e in entries] == [
+        (EntryKind.CONFIRM_RETURN, 100, 800),
+        (EntryKind.RESERVE, -300, 700),
+        (EntryKind.GRANT, 1000, 1000),
+    ]
+    assert entries[0].reservation_id == reserved.reservation_id
+    assert_aware(*(e.created_at for e in entries))
+    assert [e.entry_id for e in reserves] == [entries[1].entry_id]
+    since = entries[0].created_at
+    assert [e.entry_id async for e in ops_client.list_entries(account, since=since)] == [
+        entries[0].entry_id
+    ]
+    with pytest.raises(ValueError, match="timezone-aware"):
+        [e async for e in ops_client.list_entries(account, until=datetime.datetime(2030, 1, 1))]
+
+
+async def test_get_and_extend_a_reservation(
+    ops_client: CreditsClient, backend_client: CreditsClient
+) -> None:
+    account = await funded(ops_client, 1000)
+    reserved = await backend_client.reserve(account, 300, ttl=datetime.timedelta(minutes=1))
+
+    details = await backend_client.get_reservation(account, reserved.reservation_id)
+    extended = await backend_client.extend_reservation(
+        account, reserved.reservation_id, datetime.timedelta(hours=1)
+    )
+
+    assert details.reservation.reservation_id == reserved.reservation_id
+    assert [(a.amount, a.returned_amount) for a in details.allocations] == [(300, 0)]
+    assert extended.reservation.expires_at > reserved.expires_at + datetime.timedelta(minutes=58)
+    assert extended.extendable_until == details.extendable_until
+    assert_aware(details.extendable_until)

@@ -25,6 +25,7 @@ from credits_client import (
     PermissionDenied,
     RateLimited,
     RateLimitUnavailable,
+    ReservationLifetimeExceeded,
     ReservationNotActive,
     ReservationNotFound,
     RetryPolicy,
@@ -240,3 +241,24 @@ async def test_an_account_full_to_its_limit_is_account_credits_limit(
 
     code = grpc.StatusCode.FAILED_PRECONDITION
     assert_from_the_service(raised.value, code, "ACCOUNT_CREDITS_LIMIT")
+
+
+async def test_an_extension_past_the_lifetime_cap_is_reservation_lifetime_exceeded(
+    database_url: str, pki: Path, make_client: ClientFactory, ops_client: CreditsClient
+) -> None:
+    account = await funded(ops_client, 1000)
+    cap = str(int(limits.RESERVATION_TTL_MAX.total_seconds()))
+    server = await start_server(database_url, pki, CREDITS_RESERVATION_LIFETIME_MAX_SECONDS=cap)
+    try:
+        client = make_client("backend", server.address)
+        reserved = await client.reserve(account, 10)
+        with pytest.raises(ReservationLifetimeExceeded) as raised:
+            # Now plus the longest ttl is past creation plus a cap of that same length.
+            await client.extend_reservation(
+                account, reserved.reservation_id, limits.RESERVATION_TTL_MAX
+            )
+    finally:
+        await server.stop()
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    assert_from_the_service(raised.value, code, "RESERVATION_LIFETIME_EXCEEDED")

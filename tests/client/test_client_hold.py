@@ -17,6 +17,11 @@ from credits_client import (
     ReservationStatus,
 )
 from tests.client.conftest import funded
+from tests.support import MovableClock
+
+# The first extension comes after a third of the ttl (1 s here), plus scheduling.
+KEEPALIVE_WAIT_SECONDS_MAX = 10.0
+POLL_SECONDS = 0.05
 
 
 class WorkFailed(Exception):
@@ -181,3 +186,25 @@ async def test_insufficient_credits_raise_on_entry_and_the_body_never_runs(
     assert not ran
     assert raised.value.idempotency_key  # the key the Reserve sent
     assert await available_and_reserved(backend_client, account) == (100, 0)
+
+
+async def test_keepalive_extends_a_long_job_past_its_ttl(
+    ops_client: CreditsClient, backend_client: CreditsClient, clock: MovableClock
+) -> None:
+    account = await funded(ops_client, 1000)
+    ttl = datetime.timedelta(seconds=3)
+
+    async with backend_client.hold(account, 300, ttl=ttl, keepalive=True) as hold:
+        first_expiry = hold.expires_at
+        for _ in range(int(KEEPALIVE_WAIT_SECONDS_MAX / POLL_SECONDS)):
+            if hold.expires_at != first_expiry:
+                break
+            await asyncio.sleep(POLL_SECONDS)
+        assert hold.expires_at > first_expiry, "extended"
+        # The service's time passes the first expiry, not the extended one.
+        clock.advance((first_expiry - clock()).total_seconds() + 0.5)
+        assert await available_and_reserved(backend_client, account) == (700, 300)
+
+    assert hold.settled is not None
+    assert hold.settled.status is ReservationStatus.CONFIRMED
+    assert await available_and_reserved(backend_client, account) == (700, 0)

@@ -19,7 +19,20 @@ from credits_client import (
 from tests.client.conftest import funded, mtls_options
 from tests.support import RunningServer
 
-PUBLIC_METHODS = ("reserve", "confirm", "release", "grant", "revoke", "balance", "usage", "hold")
+PUBLIC_METHODS = (
+    "reserve",
+    "confirm",
+    "release",
+    "grant",
+    "revoke",
+    "balance",
+    "usage",
+    "list_grants",
+    "list_entries",
+    "get_reservation",
+    "extend_reservation",
+    "hold",
+)
 
 
 class WorkFailed(Exception):
