@@ -14,8 +14,10 @@ from credits_client import (
     ReservationStatus,
     RetryPolicy,
     Unavailable,
+    channel,
 )
 from credits_client.results import Grant
+from service import limits, server
 
 
 def test_the_enums_match_the_contract() -> None:
@@ -82,3 +84,9 @@ def test_a_policy_with_impossible_numbers_is_refused() -> None:
     ):
         with pytest.raises(ValueError, match="must be"):
             RetryPolicy(**bad)
+
+
+def test_the_clients_pings_are_ones_the_service_accepts() -> None:
+    # More frequent pings than the service permits get the connection closed.
+    assert channel.KEEPALIVE_TIME_MS >= server.KEEPALIVE_MIN_PING_INTERVAL_MS
+    assert channel.GRPC_MESSAGE_BYTES_MAX >= limits.GRPC_MESSAGE_BYTES_MAX
