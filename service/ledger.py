@@ -51,7 +51,7 @@ Clock = Callable[[], datetime.datetime]
 USAGE_LIST = "usage"
 GRANTS_LIST = "grants"
 ENTRIES_LIST = "entries"
-Row = TypeVar("Row")
+Item = TypeVar("Item")
 # What a bad page_token violation says, whatever was wrong with the token.
 NOT_A_PAGE_OF_THIS_LIST = "is not a token from a previous page of this list"
 
@@ -306,12 +306,6 @@ class Ledger:
     async def entries(self, query: EntriesQuery) -> EntryPage:
         check = Check()
         check.account_id(query.account_id)
-        since = check.timestamp("since", query.since)
-        until = check.timestamp("until", query.until)
-        if since is not None and until is not None and until <= since:
-            check.fail("until", "must be after since")
-        if not set(query.kinds) <= LISTABLE_KINDS:
-            check.fail("kinds", "must be known kinds other than UNSPECIFIED")
         keys = _page_keys(check, query.page_token, ENTRIES_LIST, query.account_id, key_count=1)
         after = None
         if keys is not None:
@@ -319,6 +313,12 @@ class Ledger:
                 after = paging.parse_entry_id_key(keys[0])
             except paging.BadToken:
                 check.fail("page_token", NOT_A_PAGE_OF_THIS_LIST)
+        since = check.timestamp("since", query.since)
+        until = check.timestamp("until", query.until)
+        if since is not None and until is not None and until <= since:
+            check.fail("until", "must be after since")
+        if not set(query.kinds) <= LISTABLE_KINDS:
+            check.fail("kinds", "must be known kinds other than UNSPECIFIED")
         check.done()
         kinds = frozenset(EntryKind(k) for k in query.kinds) or None
         limit = clamp_page_size(query.page_size)
@@ -366,8 +366,9 @@ class Ledger:
 def _page_keys(
     check: Check, token: str, kind: str, account_id: str, key_count: int
 ) -> list[str] | None:
-    """The keys of a list's page token; None for the first page or a bad account id
-    (already a violation); a violation of its own for a token that is not this list's."""
+    """The keys of a list's page token, checked right after the account id it is bound
+    to: None for the first page or a bad account id (already a violation); a violation of
+    its own for a token that is not this list's."""
     if not token or check.violations:
         return None
     try:
@@ -378,8 +379,8 @@ def _page_keys(
 
 
 def _paged(
-    rows: list[Row], limit: int, kind: str, account_id: str, keys_of: Callable[[Row], list[str]]
-) -> tuple[tuple[Row, ...], str]:
+    rows: list[Item], limit: int, kind: str, account_id: str, keys_of: Callable[[Item], list[str]]
+) -> tuple[tuple[Item, ...], str]:
     """The page of `rows` (fetched one over `limit`: the extra row says another page
     follows) and the token of the next page, empty on the last one."""
     page = tuple(rows[:limit])

@@ -110,7 +110,9 @@ class _EntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EntryKind.V
     ENTRY_KIND_RESERVATION_EXPIRY: _EntryKind.ValueType  # 5
     """Held credits given back when their reservation expired (positive)."""
     ENTRY_KIND_GRANT_EXPIRY: _EntryKind.ValueType  # 6
-    """Unspent credits of a grant that expired (negative)."""
+    """Credits of an expired grant: its unspent rest at its expiry, or credits that came
+    back to it afterwards (negative).
+    """
     ENTRY_KIND_REVOKE: _EntryKind.ValueType  # 7
     """Credits taken back by a revocation, or paid to its debt (negative)."""
     ENTRY_KIND_REVOKE_REVERSAL: _EntryKind.ValueType  # 8
@@ -132,7 +134,9 @@ ENTRY_KIND_CONFIRM_RETURN: EntryKind.ValueType  # 4
 ENTRY_KIND_RESERVATION_EXPIRY: EntryKind.ValueType  # 5
 """Held credits given back when their reservation expired (positive)."""
 ENTRY_KIND_GRANT_EXPIRY: EntryKind.ValueType  # 6
-"""Unspent credits of a grant that expired (negative)."""
+"""Credits of an expired grant: its unspent rest at its expiry, or credits that came
+back to it afterwards (negative).
+"""
 ENTRY_KIND_REVOKE: EntryKind.ValueType  # 7
 """Credits taken back by a revocation, or paid to its debt (negative)."""
 ENTRY_KIND_REVOKE_REVERSAL: EntryKind.ValueType  # 8

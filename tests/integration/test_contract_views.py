@@ -17,6 +17,8 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
+from service import paging, settings
+from service.ledger import ENTRIES_LIST
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import (
     MovableClock,
@@ -24,6 +26,7 @@ from tests.support import (
     funded_account,
     new_id,
     open_channel,
+    server_settings,
     start_server,
 )
 
@@ -165,6 +168,13 @@ async def test_a_page_token_of_another_account_or_list_is_refused(ops: Stub) -> 
     assert (await _refusal(foreign_list))[2] == ["page_token"]
     usage = ops.ListUsage(pb.ListUsageRequest(account_id=account, page_token=token), timeout=T)
     assert (await _refusal(usage))[2] == ["page_token"]
+    # Well-formed tokens of this account and list whose position is not an entry id.
+    for position in ("-1", "1e3", str(2**63)):
+        forged = paging.encode(ENTRIES_LIST, account, [position])
+        call = ops.ListEntries(
+            pb.ListEntriesRequest(account_id=account, page_token=forged), timeout=T
+        )
+        assert (await _refusal(call))[2] == ["page_token"]
 
 
 async def test_the_statement_adds_up_to_the_balance_after_every_kind_of_movement(
@@ -243,13 +253,14 @@ async def test_the_statement_filters_by_time_and_checks_its_fields(
             since=_stamp(middle),
             until=_stamp(middle),
             kinds=[pb.ENTRY_KIND_UNSPECIFIED],
+            page_token="not-a-token",
         ),
         timeout=T,
     )
     assert await _refusal(bad) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_REQUEST",
-        ["until", "kinds"],
+        ["page_token", "until", "kinds"],
     )
 
 
@@ -434,3 +445,30 @@ async def test_the_admin_account_view_shows_what_list_grants_answers(
     (lot,) = listed.grants
     assert f"{lot.grant.grant_id} purchase     original 50 remaining 30 held 20" in shown.stdout
     assert f"{held} reserved" in shown.stdout
+
+
+async def test_the_configured_lifetime_cap_is_what_extensions_stop_at(
+    database_url: str, pki: Path
+) -> None:
+    cap_seconds = DAY_SECONDS + 3600
+    server = await start_server(
+        database_url, pki, CREDITS_RESERVATION_LIFETIME_MAX_SECONDS=str(cap_seconds)
+    )
+    try:
+        async with open_channel(pki, "ops", server.address) as channel:
+            ops = Stub(channel)
+            account = await funded_account(ops, 10)
+            r = await _reserve(ops, account, 5)
+            extended = await _extend(ops, account, r, ttl_seconds=DAY_SECONDS)
+    finally:
+        await server.stop()
+    created = extended.reservation.created_at.ToDatetime(datetime.UTC)
+    until = extended.extendable_until.ToDatetime(datetime.UTC)
+    assert until - created == datetime.timedelta(seconds=cap_seconds)
+
+
+def test_a_lifetime_cap_below_the_longest_ttl_stops_the_start(database_url: str, pki: Path) -> None:
+    with pytest.raises(settings.SettingsError, match="CREDITS_RESERVATION_LIFETIME_MAX_SECONDS"):
+        server_settings(
+            database_url, pki, CREDITS_RESERVATION_LIFETIME_MAX_SECONDS=str(DAY_SECONDS - 1)
+        )
