@@ -9,6 +9,7 @@ and there is one implementation of the calls, retries, errors and holds.
 import asyncio
 import concurrent.futures
 import functools
+import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from types import TracebackType
@@ -60,7 +61,8 @@ def _blocking(
     method: Callable[Concatenate[CreditsClient, P], Coroutine[Any, Any, R]],
 ) -> Callable[Concatenate["SyncCreditsClient", P], R]:
     def call(self: "SyncCreditsClient", /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self._loop.run(method(self._client, *args, **kwargs))
+        loop, client = self._running()
+        return loop.run(method(client, *args, **kwargs))
 
     functools.update_wrapper(call, method)
     return call
@@ -70,10 +72,11 @@ def _blocking_iterator(
     method: Callable[Concatenate[CreditsClient, P], AsyncIterator[R]],
 ) -> Callable[Concatenate["SyncCreditsClient", P], Iterator[R]]:
     def call(self: "SyncCreditsClient", /, *args: P.args, **kwargs: P.kwargs) -> Iterator[R]:
-        items = method(self._client, *args, **kwargs)
+        loop, client = self._running()
+        items = method(client, *args, **kwargs)
         while True:
             try:
-                yield self._loop.run(anext(items))
+                yield loop.run(anext(items))
             except StopAsyncIteration:
                 return
 
@@ -105,7 +108,8 @@ def _blocking_hold(
     method: Callable[Concatenate[CreditsClient, P], Hold],
 ) -> Callable[Concatenate["SyncCreditsClient", P], BlockingHold]:
     def call(self: "SyncCreditsClient", /, *args: P.args, **kwargs: P.kwargs) -> BlockingHold:
-        return BlockingHold(self._loop, method(self._client, *args, **kwargs))
+        loop, client = self._running()
+        return BlockingHold(loop, method(client, *args, **kwargs))
 
     functools.update_wrapper(call, method)
     return call
@@ -114,7 +118,9 @@ def _blocking_hold(
 class SyncCreditsClient:
     """The credits service, from synchronous code: the same arguments as
     `CreditsClient` (an address, not an open channel), the same methods, blocking. Safe
-    to share between threads. `with client:` (or `client.close()`) stops its thread."""
+    to share between threads. Its thread starts on the first call, and a forked process
+    (a pre-forking worker pool) starts its own. `with client:` (or `client.close()`)
+    stops it."""
 
     def __init__(
         self,
@@ -131,7 +137,8 @@ class SyncCreditsClient:
     ) -> None:
         if not isinstance(target, str):
             raise TypeError("the synchronous client opens its own channel: give an address")
-        self._client = CreditsClient(
+        self._new_client = functools.partial(
+            CreditsClient,
             target,
             ca_file=ca_file,
             cert_file=cert_file,
@@ -141,7 +148,26 @@ class SyncCreditsClient:
             timeout_seconds=timeout_seconds,
             retry=retry,
         )
-        self._loop = _LoopThread()
+        self._client = self._new_client()  # checks the arguments and reads the files now
+        self._loop: _LoopThread | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def _running(self) -> tuple[_LoopThread, CreditsClient]:
+        """This process's loop thread and client, started on first use. A forked child
+        inherits neither a running thread nor a usable channel: it starts its own, unless
+        the parent had called already (gRPC then hangs in the child: refused instead)."""
+        with self._lock:
+            if self._pid != os.getpid():
+                if self._loop is not None:
+                    raise RuntimeError(
+                        "this client was used before the process forked, which gRPC does "
+                        "not survive: make no call before the fork, or create it after"
+                    )
+                self._client, self._pid = self._new_client(), os.getpid()
+            if self._loop is None:
+                self._loop = _LoopThread()
+            return self._loop, self._client
 
     def __enter__(self) -> Self:
         return self
@@ -155,10 +181,15 @@ class SyncCreditsClient:
         self.close()
 
     def close(self) -> None:
+        """Closes the channel and stops the thread; a later call starts them again."""
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is None or self._pid != os.getpid():
+            return
         try:
-            self._loop.run(self._client.close())
+            loop.run(self._client.close())
         finally:
-            self._loop.stop()
+            loop.stop()
 
     reserve = _blocking(CreditsClient.reserve)
     confirm = _blocking(CreditsClient.confirm)

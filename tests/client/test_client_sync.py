@@ -4,6 +4,7 @@ releasing, typed errors, and usage as an iterator."""
 
 import asyncio
 import inspect
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,3 +127,56 @@ async def test_sync_calls_from_several_threads_raise_typed_errors_and_iterate(
 def test_a_sync_client_refuses_an_open_channel() -> None:
     with pytest.raises(TypeError, match="address"):
         SyncCreditsClient(object())  # type: ignore[arg-type]
+
+
+FORKED_WORKER = """
+import os, signal, sys
+from credits_client import SyncCreditsClient
+
+address, pki, account, call_before_fork = sys.argv[1:]
+client = SyncCreditsClient(
+    address, ca_file=f"{pki}/ca.pem", cert_file=f"{pki}/backend.pem", key_file=f"{pki}/backend.key"
+)
+if call_before_fork == "yes":
+    client.balance(account)
+pid = os.fork()
+if pid == 0:
+    signal.alarm(20)  # never outlive the test
+    try:
+        print("child", client.balance(account).available, flush=True)
+    except RuntimeError as error:
+        print("child refused:", "before the process forked" in str(error), flush=True)
+    finally:
+        os._exit(0)
+os.waitpid(pid, 0)
+print("parent", client.balance(account).available, flush=True)
+client.close()
+"""
+FORKED_WORKER_SECONDS_MAX = 60.0
+
+
+@pytest.mark.parametrize(
+    ("call_before_fork", "child"), [("no", "child 1000"), ("yes", "child refused: True")]
+)
+async def test_a_client_made_before_a_fork_works_in_the_forked_worker(
+    ops_client: CreditsClient,
+    credits_server: RunningServer,
+    pki: Path,
+    call_before_fork: str,
+    child: str,
+) -> None:
+    """A pre-forking pool (gunicorn, Celery) makes its client at import, in the parent;
+    a client the parent has called is refused in the child instead of hanging there."""
+    account = await funded(ops_client, 1000)
+    args = (credits_server.address, str(pki), account, call_before_fork)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", FORKED_WORKER, *args, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), FORKED_WORKER_SECONDS_MAX)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert out.decode().splitlines() == [child, "parent 1000"]
