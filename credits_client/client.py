@@ -171,7 +171,7 @@ class CreditsClient:
                 raise error from cause
             fields = {"rpc": rpc, "attempt": attempts, "code": error.code.name}
             fields |= {"reason": error.reason, "idempotency_key": idempotency_key}
-            log.info("credits call retried", extra={"fields": fields})
+            log.info("credits call retried", extra=fields)
             await asyncio.sleep(wait_seconds)
 
     async def reserve(

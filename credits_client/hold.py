@@ -155,7 +155,7 @@ class Hold:
             "expires_at": self.expires_at.isoformat(),
             "error": type(error).__name__,
         }
-        log.warning(message, extra={"fields": fields})
+        log.warning(message, extra=fields)
 
     async def _release_after(self, error: BaseException) -> None:
         reservation = self.reservation
@@ -189,6 +189,6 @@ class Hold:
         }
         log.warning(
             "release failed; the reservation expires at expires_at",
-            extra={"fields": fields},
+            extra=fields,
             exc_info=release_error,
         )

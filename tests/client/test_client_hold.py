@@ -168,8 +168,8 @@ async def test_a_failed_release_never_hides_the_original_exception(
     assert hold.settled is None
     failed = [r for r in caplog.records if r.name == "credits_client.hold"]
     assert len(failed) == 1
-    assert failed[0].fields["reservation_id"] == hold.reservation_id  # type: ignore[attr-defined]
-    assert failed[0].fields["error"] == "ReservationNotActive"  # type: ignore[attr-defined]
+    assert failed[0].__dict__["reservation_id"] == hold.reservation_id
+    assert failed[0].__dict__["error"] == "ReservationNotActive"
     assert await available_and_reserved(backend_client, account) == (950, 0)
 
 

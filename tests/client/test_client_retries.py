@@ -61,7 +61,7 @@ async def test_a_call_retried_across_a_restart_of_the_service_is_applied_once(
 
         retried = [r for r in caplog.records if r.getMessage() == "credits call retried"]
         assert retried, "the call failed while the service was away, and was sent again"
-        keys = {r.fields["idempotency_key"] for r in retried}  # type: ignore[attr-defined]
+        keys = {r.__dict__["idempotency_key"] for r in retried}
         assert keys == {reserved.idempotency_key}
 
         # The response of an attempt that was applied can be lost on the way back: the
