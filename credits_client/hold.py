@@ -23,6 +23,9 @@ NOTHING_CAPTURED_REASON = "nothing captured"
 KEEPALIVE_INTERVAL_TTL_FRACTION = 1 / 3
 
 log = logging.getLogger("credits_client.hold")
+# Releases that go on after their hold was cancelled once more: the event loop keeps
+# only weak references to tasks.
+_releases_in_background: set["asyncio.Future[Reservation]"] = set()
 
 
 def release_reason(error: BaseException) -> str:
@@ -171,6 +174,8 @@ class Hold:
         try:
             self.settled = await asyncio.shield(release)
         except asyncio.CancelledError:
+            _releases_in_background.add(release)
+            release.add_done_callback(_releases_in_background.discard)
             release.add_done_callback(self._log_background_release)
             raise
         except Exception as release_error:
@@ -184,7 +189,7 @@ class Hold:
         fields = {
             "account_id": self.reservation.account_id,
             "reservation_id": self.reservation.reservation_id,
-            "expires_at": self.reservation.expires_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
             "error": type(release_error).__name__,
         }
         log.warning(

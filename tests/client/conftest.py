@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from credits_client import CreditsClient
 from tests.support import RunningServer, new_id
@@ -62,3 +64,23 @@ async def funded(ops_client: CreditsClient, amount: int) -> str:
     account = new_id()
     await ops_client.grant(account, amount, source="purchase")
     return account
+
+
+class LockedAccount:
+    """Holds the account's row lock, so that every write of the account waits inside
+    PostgreSQL until the lock is released: a service that does not answer in time."""
+
+    def __init__(self, engine: AsyncEngine, account: str) -> None:
+        self._engine, self._account = engine, account
+
+    async def __aenter__(self) -> None:
+        self._connection = await self._engine.connect()
+        await self._connection.execution_options(isolation_level="READ COMMITTED")
+        self._transaction = await self._connection.begin()
+        await self._connection.execute(
+            text("SELECT 1 FROM accounts WHERE account_id = :a FOR UPDATE"), {"a": self._account}
+        )
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._transaction.rollback()
+        await self._connection.close()

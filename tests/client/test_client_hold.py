@@ -16,12 +16,13 @@ from credits_client import (
     InsufficientCredits,
     ReservationStatus,
 )
-from tests.client.conftest import funded
+from tests.client.conftest import LockedAccount, funded
 from tests.support import MovableClock
 
 # The first extension comes after a third of the ttl (1 s here), plus scheduling.
 KEEPALIVE_WAIT_SECONDS_MAX = 10.0
 POLL_SECONDS = 0.05
+BACKGROUND_RELEASE_SECONDS_MAX = 5.0
 
 
 class WorkFailed(Exception):
@@ -208,3 +209,29 @@ async def test_keepalive_extends_a_long_job_past_its_ttl(
     assert hold.settled is not None
     assert hold.settled.status is ReservationStatus.CONFIRMED
     assert await available_and_reserved(backend_client, account) == (700, 0)
+
+
+async def test_a_release_goes_on_when_the_task_is_cancelled_again_while_releasing(
+    ops_client: CreditsClient, backend_client: CreditsClient, admin_engine: AsyncEngine
+) -> None:
+    account = await funded(ops_client, 1000)
+    entered = asyncio.Event()
+
+    async def job() -> None:
+        async with backend_client.hold(account, 300):
+            entered.set()
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(job())
+    await entered.wait()
+    async with LockedAccount(admin_engine, account):
+        task.cancel()  # the Release waits for the account's lock
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    for _ in range(int(BACKGROUND_RELEASE_SECONDS_MAX / POLL_SECONDS)):
+        if await available_and_reserved(backend_client, account) == (1000, 0):
+            break
+        await asyncio.sleep(POLL_SECONDS)
+    assert await available_and_reserved(backend_client, account) == (1000, 0)

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from credits_client import (
@@ -19,7 +18,7 @@ from credits_client import (
     RetryPolicy,
     Unavailable,
 )
-from tests.client.conftest import ClientFactory, funded
+from tests.client.conftest import ClientFactory, LockedAccount, funded
 from tests.support import start_server
 
 # The service stays away for a few of the client's reconnect backoffs.
@@ -73,26 +72,6 @@ async def test_a_call_retried_across_a_restart_of_the_service_is_applied_once(
         assert [r.reservation_id async for r in client.usage(account)] == [reserved.reservation_id]
     finally:
         await server.stop()
-
-
-class LockedAccount:
-    """Holds the account's row lock, so that every write of the account waits inside
-    PostgreSQL until the lock is released: a service that does not answer in time."""
-
-    def __init__(self, engine: AsyncEngine, account: str) -> None:
-        self._engine, self._account = engine, account
-
-    async def __aenter__(self) -> None:
-        self._connection = await self._engine.connect()
-        await self._connection.execution_options(isolation_level="READ COMMITTED")
-        self._transaction = await self._connection.begin()
-        await self._connection.execute(
-            text("SELECT 1 FROM accounts WHERE account_id = :a FOR UPDATE"), {"a": self._account}
-        )
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._transaction.rollback()
-        await self._connection.close()
 
 
 async def test_a_per_call_deadline_is_honoured(
