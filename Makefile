@@ -28,6 +28,7 @@ lint: $(STAMP) proto-check
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy service gateway scripts tests
+	$(VENV)/bin/mypy --strict -p credits_client
 	$(VENV)/bin/buf lint
 	@if git rev-parse --verify --quiet main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \
 		$(VENV)/bin/buf breaking --against '.git#branch=main'; \
