@@ -5,16 +5,26 @@ mutation is one transaction."""
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import signal
 import sys
 
-from service import database, logs, metrics, settings, sweeper
+from service import database, logs, metrics, reload, settings, sweeper
 from service.ledger import Ledger, Policy, utc_now
 from service.server import build_server, mark_serving
 from service.store import PostgresStore, create_engine
 
 log = logging.getLogger("credits.service")
+
+
+def policy(config: settings.Settings) -> Policy:
+    """The configured limits the ledger's rules depend on."""
+    return Policy(
+        config.amount_max,
+        config.metadata_keys,
+        datetime.timedelta(seconds=config.reservation_lifetime_max_seconds),
+    )
 
 
 def open_database(config: settings.Settings) -> tuple[str, database.Embedded | None]:
@@ -34,12 +44,13 @@ async def serve(config: settings.Settings, url: str) -> None:
         statement_timeout_seconds=config.db_statement_timeout_seconds,
     )
     store = PostgresStore(engine)
-    ledger = Ledger(store, Policy(config.amount_max, config.metadata_keys), utc_now)
+    ledger = Ledger(store, policy(config), utc_now)
     built = build_server(config, ledger)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.reload, config, built)
     if config.metrics_addr:
         metrics.serve(config.metrics_addr)
     await built.server.start()
