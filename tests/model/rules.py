@@ -38,6 +38,7 @@ KEY_REUSED = Refused("ALREADY_EXISTS", "IDEMPOTENCY_KEY_REUSED")
 SIGNUP_BONUS_EXISTS = Refused("ALREADY_EXISTS", "SIGNUP_BONUS_EXISTS")
 EXTERNAL_REF_EXISTS = Refused("ALREADY_EXISTS", "EXTERNAL_REF_EXISTS")
 EXPIRY_PASSED = Refused("INVALID_ARGUMENT", "INVALID_REQUEST")
+LIFETIME_EXCEEDED = Refused("FAILED_PRECONDITION", "RESERVATION_LIFETIME_EXCEEDED")
 
 
 @dataclass
@@ -77,6 +78,7 @@ class Reservation:
     reservation_id: str
     account: str
     amount: int
+    created_at: datetime.datetime
     expires_at: datetime.datetime
     allocations: list[Allocation]  # in burn order
     status: int = RESERVED
@@ -249,7 +251,7 @@ class Model:
                 raise INSUFFICIENT
             for a in allocations:
                 s.grants[a.grant_id].remaining -= a.amount
-            r = Reservation(new_id, account, amount, now + ttl, allocations)
+            r = Reservation(new_id, account, amount, now, now + ttl, allocations)
             s.reservations[new_id] = r
             s.keys[key] = ("reserve", request, new_id)
             return r
@@ -295,6 +297,25 @@ class Model:
                 raise NOT_ACTIVE
             self._return(s, r, r.amount, now)
             r.status, r.returned = RELEASED, r.amount
+            return r
+
+        return self._run(run)
+
+    def extend(
+        self,
+        account: str,
+        reservation_id: str,
+        ttl: datetime.timedelta,
+        lifetime_max: datetime.timedelta,
+        now: datetime.datetime,
+    ) -> Reservation:
+        def run(s: State) -> Reservation:
+            r = self._locked_reservation(s, account, reservation_id, now)
+            if r.status != RESERVED:
+                raise NOT_ACTIVE
+            if now + ttl > r.created_at + lifetime_max:
+                raise LIFETIME_EXCEEDED
+            r.expires_at = now + ttl
             return r
 
         return self._run(run)

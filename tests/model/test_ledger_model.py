@@ -1,9 +1,10 @@
-"""Model-based test: random sequences of Grant, Reserve, Confirm, Release, Revoke,
-GetBalance, replays and the passage of time, run against the real server (through the
-suite's production server and its movable clock) and against the pure-Python model in
-tests/model/rules.py. Every answer must agree — status, reason, amounts, balances — and
-after every step the stored grants, reservations and the allocations (which grants each
-reservation drew from, and what went back to each) must equal the model's.
+"""Model-based test: random sequences of Grant, Reserve, Confirm, Release,
+ExtendReservation, Revoke, GetBalance, replays and the passage of time, run against the
+real server (the suite's production server and its movable clock) and against the
+pure-Python model in tests/model/rules.py. Every answer must agree — status, reason,
+amounts, balances — and after every step the stored grants, reservations and the
+allocations (which grants each reservation drew from, and what went back to each) must
+equal the model's.
 
 Time moves in steps of TIME_STEP_SECONDS and every expiry is a whole number of steps
 away, so the few milliseconds that pass between the model's reading of the clock and
@@ -37,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from service import limits
+from service.settings import RESERVATION_LIFETIME_MAX_SECONDS_DEFAULT
 from tests.model import rules
 from tests.support import CALL_TIMEOUT_SECONDS, MovableClock, error_details, new_id
 
@@ -315,6 +317,26 @@ class LedgerMachine(RuleBasedStateMachine):
         now = self.env.clock()
         answer = self.call("Release", request)
         want = self.expect(answer, lambda _: self.model.release(account, rid, now))
+        if want is not None:
+            self.check_reservation(answer.reservation, want)
+
+    @precondition(lambda self: self.reservations)
+    @rule(pick=picks, ttl_steps=steps, elsewhere=st.booleans())
+    def extend(self, pick: int, ttl_steps: int, elsewhere: bool) -> None:
+        rid = self.reservations[pick % len(self.reservations)]
+        account = self.owner_or_other(self.model.state.reservations[rid].account, elsewhere)
+        ttl = datetime.timedelta(seconds=ttl_steps * TIME_STEP_SECONDS)
+        request = pb.ExtendReservationRequest(
+            account_id=account,
+            reservation_id=rid,
+            ttl=duration_pb2.Duration(seconds=int(ttl.total_seconds())),
+        )
+        lifetime_max = datetime.timedelta(seconds=RESERVATION_LIFETIME_MAX_SECONDS_DEFAULT)
+        now = self.env.clock()
+        answer = self.call("ExtendReservation", request)
+        want = self.expect(
+            answer, lambda _: self.model.extend(account, rid, ttl, lifetime_max, now)
+        )
         if want is not None:
             self.check_reservation(answer.reservation, want)
 
