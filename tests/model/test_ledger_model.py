@@ -63,7 +63,10 @@ PROFILES = {
         suppress_health_check=list(HealthCheck),
     ),
 }
-PROFILE = PROFILES[os.environ.get("MODEL_TEST_PROFILE", "default")]
+PROFILE_NAME = os.environ.get("MODEL_TEST_PROFILE", "default")
+PROFILE = PROFILES[PROFILE_NAME]
+# The long profile runs for many minutes, past the suite's per-test timeout.
+TIMEOUT_SECONDS = {"default": 300, "long": 3600}[PROFILE_NAME]
 T = TypeVar("T")
 Keyed = pb.GrantRequest | pb.ReserveRequest | pb.RevokeRequest
 
@@ -509,6 +512,7 @@ async def event_loop_of_session() -> asyncio.AbstractEventLoop:
     return asyncio.get_running_loop()
 
 
+@pytest.mark.timeout(TIMEOUT_SECONDS)
 def test_every_answer_and_stored_state_matches_the_model(
     event_loop_of_session: asyncio.AbstractEventLoop,
     ops: Stub,
