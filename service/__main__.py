@@ -9,10 +9,13 @@ import datetime
 import logging
 import signal
 import sys
+from typing import NamedTuple
 
-from service import database, logs, metrics, reload, settings, sweeper
-from service.ledger import Ledger, Policy, utc_now
-from service.server import build_server, mark_serving
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import database, health, logs, metrics, reload, settings, sweeper
+from service.ledger import Clock, Ledger, Policy, utc_now
+from service.server import Built, build_server, mark_serving
 from service.store import PostgresStore, create_engine
 
 log = logging.getLogger("credits.service")
@@ -36,16 +39,28 @@ def open_database(config: settings.Settings) -> tuple[str, database.Embedded | N
     return embedded.service_url, embedded
 
 
-async def serve(config: settings.Settings, url: str) -> None:
+class Assembled(NamedTuple):
+    engine: AsyncEngine
+    store: PostgresStore
+    built: Built
+
+
+def assemble(config: settings.Settings, url: str, clock: Clock) -> Assembled:
+    """The database engine, the store, the ledger and the gRPC server, put together the
+    one way: `serve` uses it, and so do the tests (with a clock they move)."""
     engine = create_engine(
         url,
         pool_size=config.db_pool_size,
         pool_timeout_seconds=config.db_pool_timeout_seconds,
         statement_timeout_seconds=config.db_statement_timeout_seconds,
+        connect_timeout_seconds=config.db_connect_timeout_seconds,
     )
     store = PostgresStore(engine)
-    ledger = Ledger(store, policy(config), utc_now)
-    built = build_server(config, ledger)
+    return Assembled(engine, store, build_server(config, Ledger(store, policy(config), clock)))
+
+
+async def serve(config: settings.Settings, url: str) -> None:
+    engine, store, built = assemble(config, url, utc_now)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -56,13 +71,17 @@ async def serve(config: settings.Settings, url: str) -> None:
     await built.server.start()
     await mark_serving(built)
     sweeping = asyncio.create_task(sweeper.run(store, config.sweeper_interval_seconds, utc_now))
+    monitoring = asyncio.create_task(
+        health.watch_database(store.ping, built.health, config.health_check_interval_seconds)
+    )
     log.info("serving", extra={"address": config.grpc_addr, "env": config.env})
     await stop.wait()
     log.info("stopping", extra={"grace_seconds": config.shutdown_grace_seconds})
     await built.health.enter_graceful_shutdown()
-    sweeping.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sweeping
+    for task in (sweeping, monitoring):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await built.server.stop(grace=config.shutdown_grace_seconds)
     await built.limiter.aclose()
     await engine.dispose()

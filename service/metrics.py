@@ -1,6 +1,6 @@
 """Prometheus metrics of the service, served on CREDITS_METRICS_ADDR (`/metrics`)."""
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RPCS = Counter("credits_rpcs_total", "RPCs served, by method and status code", ["method", "code"])
 RPC_SECONDS = Histogram(
@@ -24,6 +24,10 @@ AUTHENTICATION_FAILURES = Counter(
 TLS_HANDSHAKES = Counter(
     "credits_tls_handshakes_total", "TLS handshakes begun (accepted or refused) by the server"
 )
+TLS_CERTIFICATE_EXPIRES = Gauge(
+    "credits_tls_certificate_expires_timestamp_seconds",
+    "When the server certificate in force stops being valid (Unix time)",
+)
 CONFIG_RELOADS = Counter(
     "credits_config_reloads_total",
     "Reloads (SIGHUP) of the callers file or the TLS files, by file and result",
@@ -34,6 +38,14 @@ SWEPT_ACCOUNTS = Counter(
 )
 SWEEP_FAILURES = Counter(
     "credits_sweeper_failures_total", "Accounts the sweeper failed to settle (passed over)"
+)
+
+HEALTH_SERVING = Gauge(
+    "credits_health_serving", "1 while health answers SERVING, 0 while NOT_SERVING"
+)
+DB_POOL_IN_USE = Gauge("credits_db_pool_in_use", "Database connections held by calls")
+DB_POOL_WAITING = Gauge(
+    "credits_db_pool_waiting", "Calls waiting for a database connection (pool full or connecting)"
 )
 
 

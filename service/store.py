@@ -12,15 +12,16 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import TextClause, text
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import QueuePool
 
-from service import context, failures, limits
+from service import context, failures, limits, metrics
 from service.ledger import EntryFilter, GrantOrder, ReserveOrder, RevokeOrder, UsageCursor
 from service.model import (
     Allocation,
@@ -50,6 +51,9 @@ TIMEOUT_SQLSTATES = ("55P03", "57014")
 # Connection exceptions (class 08), shutdown and start-up of the server (57P01-57P03),
 # too many connections: the database is not there for us right now.
 UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03", "53300")
+# The driver gives up on a statement this long after PostgreSQL's statement_timeout should
+# have stopped it: only a database that no longer answers gets there.
+DRIVER_TIMEOUT_MARGIN_SECONDS = 1.0
 
 RESERVE = text(
     "SELECT * FROM credits_reserve(:caller, :key, :hash, :account, :amount, :ttl,"
@@ -87,6 +91,7 @@ EXTEND = text(
     "SELECT * FROM credits_extend(:account, :reservation, :ttl, :lifetime_max, :now, :lock_ms)"
 )
 DUE_ACCOUNTS = text("SELECT credits_due_accounts(:now, :limit) AS account_id")
+PING = text("SELECT 1")
 SETTLE = text("SELECT credits_lock(:account, :now, NULL)")
 
 
@@ -104,8 +109,9 @@ def create_engine(
     pool_size: int,
     pool_timeout_seconds: float,
     statement_timeout_seconds: float,
+    connect_timeout_seconds: float,
 ) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         sqlalchemy_url(database_url),
         # Each call is a single statement that is its own transaction: no BEGIN/COMMIT
         # round trips.
@@ -119,8 +125,14 @@ def create_engine(
                 "application_name": "credits-service",
                 "statement_timeout": str(int(statement_timeout_seconds * 1000)),
             },
+            # A database that does not answer (a frozen or unreachable host) fails the call
+            # with UNAVAILABLE instead of holding it until the client's deadline.
+            "timeout": connect_timeout_seconds,
+            "command_timeout": statement_timeout_seconds + DRIVER_TIMEOUT_MARGIN_SECONDS,
         },
     )
+    metrics.DB_POOL_IN_USE.set_function(cast(QueuePool, engine.pool).checkedout)
+    return engine
 
 
 def _reservation(row: Row[Any]) -> Reservation:
@@ -207,9 +219,23 @@ class PostgresStore:
         self._engine = engine
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+    async def _pooled(self) -> AsyncIterator[AsyncConnection]:
+        """A connection of the pool, counting the calls that wait for one."""
+        metrics.DB_POOL_WAITING.inc()
+        waiting = True
         try:
             async with self._engine.connect() as conn:
+                metrics.DB_POOL_WAITING.dec()
+                waiting = False
+                yield conn
+        finally:
+            if waiting:
+                metrics.DB_POOL_WAITING.dec()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self._pooled() as conn:
                 yield conn
         except DBAPIError as exc:
             translated = _translate(exc)
@@ -390,6 +416,11 @@ class PostgresStore:
             "now": now,
         }
         return _reservation(await self._one(EXTEND, params))
+
+    async def ping(self) -> None:
+        """Whether the database answers (through the pool, as the RPCs reach it)."""
+        async with self._connection() as conn:
+            await conn.execute(PING)
 
     async def due_accounts(self, accounts_max: int, now: datetime.datetime) -> list[str]:
         """Accounts with something due, longest overdue first."""
