@@ -85,6 +85,12 @@ class Env:
     def run(self, coro: Awaitable[T]) -> T:
         return self.loop.run_until_complete(coro)
 
+    async def rpc(self, method: str, request: message.Message) -> Any:
+        # The call is made inside the loop: grpc.aio binds a call to the running loop, and
+        # outside it to the thread's current loop, which an earlier test may have unset.
+        rpc: Callable[..., Awaitable[Any]] = getattr(self.ops, method)
+        return await rpc(request, timeout=CALL_TIMEOUT_SECONDS)
+
 
 def stamp(moment: datetime.datetime) -> timestamp_pb2.Timestamp:
     t = timestamp_pb2.Timestamp()
@@ -117,9 +123,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def call(self, method: str, request: message.Message) -> Any:
         """The server's answer: a response message or a rules.Refused."""
-        rpc: Callable[..., Awaitable[Any]] = getattr(self.env.ops, method)
         try:
-            return self.env.run(rpc(request, timeout=CALL_TIMEOUT_SECONDS))
+            return self.env.run(self.env.rpc(method, request))
         except grpc.aio.AioRpcError as err:
             reason, _ = error_details(err)
             return rules.Refused(err.code().name, reason)
