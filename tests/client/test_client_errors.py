@@ -3,6 +3,7 @@ the class of its ErrorInfo reason, with its code, the request id of the call, th
 it sent, the BadRequest fields and the RetryInfo delay."""
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -42,6 +43,8 @@ MISSING_ID = "00000000-0000-4000-8000-000000000000"
 # Grants of the largest allowed amount that fill an account to its limit.
 GRANTS_TO_FILL_AN_ACCOUNT = limits.ACCOUNT_CREDITS_MAX // limits.AMOUNT_MAX_LIMIT
 CONCURRENT_GRANTS = 50
+# Three times what a 2/second limit lets through at once.
+RESERVES_OVER_THE_LIMIT = 6
 
 
 def closed_port() -> int:
@@ -166,17 +169,22 @@ async def test_an_api_key_is_a_credential_and_a_wrong_one_is_unauthenticated(
     assert_from_the_service(raised.value, grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
 
 
+async def reserve_until_refused(client: CreditsClient, account: str) -> None:
+    # The first passes; within the minute the limit refuses one of the next two (two,
+    # should the first land at the end of the limiter's window).
+    for _ in range(3):
+        await client.reserve(account, 10)
+
+
 async def test_a_rate_limit_is_rate_limited_with_the_delay_to_wait(
     database_url: str, pki: Path, make_client: ClientFactory, ops_client: CreditsClient
 ) -> None:
     account = await funded(ops_client, 1000)
     server = await start_server(database_url, pki, CREDITS_RESERVE_RATE_PER_ACCOUNT="1/minute")
     try:
-        # The delay (up to a minute) is beyond the budget: no retry, the error at once.
-        client = make_client("backend", server.address, retry=RetryPolicy(budget_seconds=5))
-        await client.reserve(account, 10)
+        client = make_client("backend", server.address, retry=NO_RETRY)
         with pytest.raises(RateLimited) as raised:
-            await client.reserve(account, 10)
+            await reserve_until_refused(client, account)
     finally:
         await server.stop()
 
@@ -185,6 +193,29 @@ async def test_a_rate_limit_is_rate_limited_with_the_delay_to_wait(
     assert error.retry_delay_seconds is not None
     assert 0 < error.retry_delay_seconds <= 60
     assert error.attempts == 1
+
+
+async def test_calls_over_a_rate_limit_wait_what_retry_info_says_and_succeed(
+    database_url: str,
+    pki: Path,
+    make_client: ClientFactory,
+    ops_client: CreditsClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    account = await funded(ops_client, 1000)
+    server = await start_server(database_url, pki, CREDITS_RESERVE_RATE_PER_ACCOUNT="2/second")
+    try:
+        client = make_client("backend", server.address)
+        with caplog.at_level(logging.INFO, logger="credits_client"):
+            for _ in range(RESERVES_OVER_THE_LIMIT):
+                await client.reserve(account, 10)
+    finally:
+        await server.stop()
+
+    retried = [r for r in caplog.records if r.getMessage() == "credits call retried"]
+    assert retried
+    assert {r.__dict__["reason"] for r in retried} == {"RATE_LIMITED"}
+    assert (await ops_client.balance(account)).reserved == 10 * RESERVES_OVER_THE_LIMIT
 
 
 async def test_an_unreachable_database_is_database_unavailable_after_the_retries(

@@ -19,7 +19,7 @@ from credits_client import (
 from tests.client.conftest import LockedAccount, funded
 from tests.support import MovableClock
 
-# The first extension comes after a third of the ttl (1 s here), plus scheduling.
+# The first extension comes after a third of the ttl (2 s here), plus scheduling.
 KEEPALIVE_WAIT_SECONDS_MAX = 10.0
 POLL_SECONDS = 0.05
 BACKGROUND_RELEASE_SECONDS_MAX = 5.0
@@ -193,7 +193,7 @@ async def test_keepalive_extends_a_long_job_past_its_ttl(
     ops_client: CreditsClient, backend_client: CreditsClient, clock: MovableClock
 ) -> None:
     account = await funded(ops_client, 1000)
-    ttl = datetime.timedelta(seconds=3)
+    ttl = datetime.timedelta(seconds=6)
 
     async with backend_client.hold(account, 300, ttl=ttl, keepalive=True) as hold:
         first_expiry = hold.expires_at
@@ -203,7 +203,7 @@ async def test_keepalive_extends_a_long_job_past_its_ttl(
             await asyncio.sleep(POLL_SECONDS)
         assert hold.expires_at > first_expiry, "extended"
         # The service's time passes the first expiry, not the extended one.
-        clock.advance((first_expiry - clock()).total_seconds() + 0.5)
+        clock.advance((first_expiry - clock()).total_seconds() + 0.2)
         assert await available_and_reserved(backend_client, account) == (700, 300)
 
     assert hold.settled is not None
