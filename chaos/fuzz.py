@@ -235,8 +235,11 @@ class Fuzzer:
         rng = self.rng
         method = rng.choice([*REQUEST_TYPES, "NoSuchMethod"])
         channel = backend if rng.random() < 0.1 else ops
-        if method == "NoSuchMethod" or rng.random() < 0.3:
+        pick = rng.random()
+        if method == "NoSuchMethod" or pick < 0.3:
             raw = raw_message(rng)
+        elif pick < 0.5 and method in ("Grant", "Reserve", "Revoke"):
+            raw = self.nearly_valid(method).SerializeToString()
         else:
             request = REQUEST_TYPES[method]()
             fill(rng, request)
@@ -254,6 +257,43 @@ class Fuzzer:
             code = err.code().name
         key = key_of(method, raw) if channel is ops else None
         self.note(method, code, key)
+
+    def nearly_valid(self, method: str) -> message.Message:
+        """A valid request on one of the fuzzer's accounts with one field at or past a
+        boundary, so that some are done and the rest are refused for that field alone:
+        what is refused must have left nothing behind."""
+        rng = self.rng
+        account = f"fuzz-acct-{rng.randrange(10)}"
+        key = f"fuzz-{uuid.uuid4().hex}"
+        odd_length = rng.choice(BOUNDARY_LENGTHS)
+        request: message.Message
+        if method == "Grant":
+            request = pb.GrantRequest(
+                account_id=account,
+                amount=rng.choice([1, 10**6, 10**12, 10**12 + 1]),
+                source=pb.GRANT_SOURCE_PROMOTION,
+                idempotency_key=key,
+                description=rng.choice(ODD_TEXT)[:1] * odd_length,
+                priority=rng.choice([0, 2**31 - 1, -(2**31)]),
+                metadata={"trace_id": "t" * rng.choice([1, 256, 257])},
+            )
+        elif method == "Reserve":
+            request = pb.ReserveRequest(
+                account_id=account,
+                amount=rng.choice([1, 5, 10**12, 10**12 + 1]),
+                idempotency_key=key,
+                job_id="j" * rng.choice([1, 128, 129]),
+                description="\u00fc" * odd_length,
+            )
+        else:
+            request = pb.RevokeRequest(
+                account_id=account,
+                grant_id=str(uuid.uuid4()),
+                amount=rng.choice([0, 1, 10**12 + 1]),
+                idempotency_key=key,
+                reason="r" * odd_length,
+            )
+        return request
 
     async def webhook_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
