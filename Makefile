@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup proto proto-check lint test run reconcile clean
+.PHONY: setup proto proto-check lint test run reconcile bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ proto-check: $(STAMP)
 lint: $(STAMP) proto-check
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy service gateway scripts tests
+	$(VENV)/bin/mypy service gateway scripts tests bench
 	$(VENV)/bin/buf lint
 	@if git rev-parse --verify --quiet main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \
 		$(VENV)/bin/buf breaking --against '.git#branch=main'; \
@@ -42,6 +42,11 @@ run: $(STAMP)
 
 reconcile: $(STAMP)
 	$(PY) -m scripts.devrun --reconcile
+
+# Not part of `make test`: a few minutes of load (docs/performance.md). Options go in
+# BENCH_ARGS, e.g. `make bench BENCH_ARGS=--quick`.
+bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .dev .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,12 @@
 """`python -m service`: the composition root. Reads the settings, opens the database,
 serves gRPC until SIGTERM or SIGINT, then stops gracefully: health says NOT_SERVING,
 in-flight RPCs get the grace period, and nothing is left half-written because every
-mutation is one transaction."""
+mutation is one transaction.
+
+With CREDITS_PROCESSES above 1 (the default on a machine of several cores) this process
+becomes the supervisor of service.processes, which runs this module again as each of
+its workers (`--worker N`).
+"""
 
 import asyncio
 import contextlib
@@ -9,7 +14,12 @@ import logging
 import signal
 import sys
 
-from service import database, logs, metrics, settings, sweeper
+import uvloop
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import logs, metrics, processes, settings, sweeper
 from service.ledger import Ledger, Policy, utc_now
 from service.server import build_server, mark_serving
 from service.store import PostgresStore, create_engine
@@ -17,41 +27,67 @@ from service.store import PostgresStore, create_engine
 log = logging.getLogger("credits.service")
 
 
-def open_database(config: settings.Settings) -> tuple[str, database.Embedded | None]:
-    """The URL to serve from, and the embedded database when there is one to keep alive."""
-    if config.database_url is not None:
-        return config.database_url, None
-    # Development without a configured database: the embedded one under .dev/.
-    embedded = database.prepare_embedded(config.dev_dir)
-    return embedded.service_url, embedded
+# Connections PostgreSQL keeps for superusers and for roles granted
+# pg_use_reserved_connections; none of them are the service's.
+CONNECTIONS_LEFT_TO_US = text(
+    "SELECT current_setting('max_connections')::int"
+    " - current_setting('superuser_reserved_connections')::int"
+    " - COALESCE(current_setting('reserved_connections', true)::int, 0)"
+)
 
 
-async def serve(config: settings.Settings, url: str) -> None:
+async def check_connections(engine: AsyncEngine, config: settings.Settings) -> None:
+    """Every process's pool, all full at once, fits in what PostgreSQL allows. A
+    database that is down now is no reason not to start: RPCs say UNAVAILABLE until it
+    is back."""
+    try:
+        async with engine.connect() as conn:
+            allowed = int(await conn.scalar(CONNECTIONS_LEFT_TO_US) or 0)
+    except (DBAPIError, OSError) as exc:
+        log.warning("cannot check max_connections now", extra={"error": type(exc).__name__})
+        return
+    needed = config.processes * config.db_pool_size
+    if needed > allowed:
+        raise settings.SettingsError(
+            f"CREDITS_PROCESSES times CREDITS_DB_POOL_SIZE is {needed} connections, more than"
+            f" the {allowed} PostgreSQL's max_connections leaves"
+        )
+
+
+async def serve(config: settings.Settings, url: str, worker: int | None = None) -> None:
+    """Serve alone (`worker` None), or as worker `worker` of config.processes."""
+    sharing = 1 if worker is None else config.processes
     engine = create_engine(
         url,
         pool_size=config.db_pool_size,
         pool_timeout_seconds=config.db_pool_timeout_seconds,
         statement_timeout_seconds=config.db_statement_timeout_seconds,
     )
+    await check_connections(engine, config)
     store = PostgresStore(engine)
     ledger = Ledger(store, Policy(config.amount_max, config.metadata_keys), utc_now)
-    built = build_server(config, ledger)
+    built = build_server(config, ledger, sharing=sharing)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if config.metrics_addr:
+    if config.metrics_addr and worker is None:
+        # Workers' metrics are served by their supervisor.
         metrics.serve(config.metrics_addr)
     await built.server.start()
     await mark_serving(built)
-    sweeping = asyncio.create_task(sweeper.run(store, config.sweeper_interval_seconds, utc_now))
-    log.info("serving", extra={"address": config.grpc_addr, "env": config.env})
+    # One sweeper is enough (each account it settles is locked, whoever else runs).
+    sweeping = None
+    if worker in (None, 0):
+        sweeping = asyncio.create_task(sweeper.run(store, config.sweeper_interval_seconds, utc_now))
+    log.info("serving", extra={"address": config.grpc_addr, "env": config.env, "worker": worker})
     await stop.wait()
     log.info("stopping", extra={"grace_seconds": config.shutdown_grace_seconds})
     await built.health.enter_graceful_shutdown()
-    sweeping.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sweeping
+    if sweeping is not None:
+        sweeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeping
     await built.server.stop(grace=config.shutdown_grace_seconds)
     await built.limiter.aclose()
     await engine.dispose()
@@ -65,8 +101,18 @@ def main() -> None:
     except settings.SettingsError as exc:
         print(f"credits service cannot start: {exc}", file=sys.stderr)
         sys.exit(2)
-    url, _embedded = open_database(config)
-    asyncio.run(serve(config, url))
+    worker = processes.worker_index(sys.argv[1:])
+    if worker is None and config.processes > 1:
+        processes.become_supervisor()
+    if worker is not None:
+        processes.die_with_supervisor()
+    url, _embedded = processes.database_url(config)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(config, url, worker))
+    except settings.SettingsError as exc:
+        print(f"credits service cannot start: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

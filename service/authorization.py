@@ -10,12 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from grpc_interceptor.server import AsyncServerInterceptor
 
 from service import errors
 from service.callers import Callers
 from service.context import current_caller
-from service.interceptors import call_next, credits_rpc, is_health
+from service.interceptors import Interceptor, call_next, credits_rpc, is_health
 
 log = logging.getLogger("credits.auth")
 
@@ -25,7 +24,7 @@ REFLECTION_METHOD_PREFIXES = (
 )
 
 
-class Authorize(AsyncServerInterceptor):
+class Authorize(Interceptor):
     def __init__(self, callers: Callers) -> None:
         self._callers = callers
 

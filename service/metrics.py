@@ -1,6 +1,6 @@
 """Prometheus metrics of the service, served on CREDITS_METRICS_ADDR (`/metrics`)."""
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
 
 RPCS = Counter("credits_rpcs_total", "RPCs served, by method and status code", ["method", "code"])
 RPC_SECONDS = Histogram(
@@ -30,3 +30,12 @@ def serve(address: str) -> None:
     """Serve /metrics on host:port in a background thread."""
     host, _, port = address.rpartition(":")
     start_http_server(int(port), addr=host.strip("[]"))
+
+
+def serve_processes(address: str, directory: str) -> None:
+    """Serve on host:port, in a background thread, the metrics that the processes
+    started with PROMETHEUS_MULTIPROC_DIR=`directory` write there, summed over them."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    host, _, port = address.rpartition(":")
+    start_http_server(int(port), addr=host.strip("[]"), registry=registry)

@@ -5,6 +5,10 @@ autocommitted statement: one round trip, one transaction, one account lock; read
 the account first like writes do. Outcomes the caller must see come back as SQLSTATEs of
 class 'CR' and become the failures of service/failures.py here; a lost connection
 becomes StoreUnavailable.
+
+Statements run on asyncpg directly, on connections of SQLAlchemy's pool: each is
+prepared once per connection (asyncpg's statement cache), and a call costs less than
+half the CPU time of SQLAlchemy's statement and result layers, which every RPC paid.
 """
 
 import datetime
@@ -14,11 +18,12 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 from sqlalchemy import TextClause, text
-from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util import greenlet_spawn
 
 from service import context, failures, limits
 from service.ledger import GrantOrder, ReserveOrder, RevokeOrder, UsageCursor
@@ -94,7 +99,6 @@ def create_engine(
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=pool_timeout_seconds,
-        pool_pre_ping=True,
         connect_args={
             "server_settings": {
                 "application_name": "credits-service",
@@ -104,7 +108,17 @@ def create_engine(
     )
 
 
-def _reservation(row: Row[Any]) -> Reservation:
+class Row(asyncpg.Record):  # type: ignore[misc]
+    """A result row, read by column name as an attribute."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _reservation(row: Row) -> Reservation:
     return Reservation(
         reservation_id=row.reservation_id,
         account_id=row.account_id,
@@ -119,7 +133,7 @@ def _reservation(row: Row[Any]) -> Reservation:
     )
 
 
-def _grant(row: Row[Any]) -> Grant:
+def _grant(row: Row) -> Grant:
     return Grant(
         grant_id=row.grant_id,
         account_id=row.account_id,
@@ -148,21 +162,45 @@ def _lock_timeout_ms() -> int | None:
     return max(1, min(limits.LOCK_TIMEOUT_MS_MAX, int(left * 1000)))
 
 
-def _translate(exc: DBAPIError) -> Exception:
-    """The ledger's error for a database error, or the error itself when it is a bug."""
-    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+def _failure(sqlstate: str, constraint: str | None) -> failures.Failure | None:
+    """The ledger's error for a database error, or None when it is a bug."""
     if sqlstate in failures.BY_SQLSTATE:
         return failures.BY_SQLSTATE[sqlstate]()
-    if sqlstate == UNIQUE_VIOLATION:
-        driver_error = exc.orig.__cause__ if exc.orig is not None else None
-        constraint = str(getattr(driver_error, "constraint_name", ""))
-        if constraint in CONSTRAINT_ERRORS:
-            return CONSTRAINT_ERRORS[constraint]()
+    if sqlstate == UNIQUE_VIOLATION and constraint is not None and constraint in CONSTRAINT_ERRORS:
+        return CONSTRAINT_ERRORS[constraint]()
     if sqlstate in TIMEOUT_SQLSTATES:
         return failures.StoreTimeout()
-    if exc.connection_invalidated or sqlstate.startswith(UNAVAILABLE_SQLSTATE_PREFIXES):
+    if sqlstate.startswith(UNAVAILABLE_SQLSTATE_PREFIXES):
         return failures.StoreUnavailable()
-    return exc
+    return None
+
+
+def _translate(exc: DBAPIError) -> Exception:
+    """The ledger's error for an error SQLAlchemy raised, or the error itself."""
+    if exc.connection_invalidated:
+        return failures.StoreUnavailable()
+    driver_error = exc.orig.__cause__ if exc.orig is not None else None
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return _failure(sqlstate, getattr(driver_error, "constraint_name", None)) or exc
+
+
+class _Statements:
+    """Each SQLAlchemy text() statement in asyncpg's form ($1, $2, …) with the names of
+    its parameters in that order, compiled once."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._dialect = engine.dialect
+        self._compiled: dict[TextClause, tuple[str, tuple[str, ...]]] = {}
+
+    def args(self, statement: TextClause, params: Mapping[str, object]) -> list[object]:
+        """[SQL, *the parameters' values in order]."""
+        found = self._compiled.get(statement)
+        if found is None:
+            compiled = statement.compile(dialect=self._dialect)
+            # Bounded: statements are the module's constants.
+            found = self._compiled[statement] = (str(compiled), tuple(compiled.positiontup or ()))
+        sql, names = found
+        return [sql, *(params[name] for name in names)]
 
 
 class PostgresStore:
@@ -170,12 +208,15 @@ class PostgresStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._statements = _Statements(engine)
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+    async def _connection(self) -> AsyncIterator[Any]:
+        """The asyncpg connection of a pooled connection. It goes back to the pool after a
+        statement that ended well or with a rule's refusal; after anything else
+        (cancellation included, which can leave a statement running) it is closed."""
         try:
-            async with self._engine.connect() as conn:
-                yield conn
+            pooled = await self._engine.raw_connection()
         except DBAPIError as exc:
             translated = _translate(exc)
             if translated is exc:
@@ -183,11 +224,28 @@ class PostgresStore:
             raise translated from exc
         except (PoolTimeoutError, InterfaceError, OSError) as exc:
             raise failures.StoreUnavailable() from exc
+        reusable = False
+        try:
+            yield pooled.driver_connection
+            reusable = True
+        except asyncpg.PostgresError as exc:
+            failure = _failure(exc.sqlstate or "", getattr(exc, "constraint_name", None))
+            reusable = failure is not None and not isinstance(failure, failures.StoreUnavailable)
+            if failure is None:
+                raise
+            raise failure from exc
+        except (asyncpg.InterfaceError, OSError) as exc:
+            raise failures.StoreUnavailable() from exc
+        finally:
+            await greenlet_spawn(pooled.close if reusable else pooled.invalidate)
 
-    async def _one(self, statement: TextClause, params: Mapping[str, object]) -> Row[Any]:
+    async def _one(self, statement: TextClause, params: Mapping[str, object]) -> Row:
+        args = self._statements.args(statement, {**params, "lock_ms": _lock_timeout_ms()})
         async with self._connection() as conn:
-            result = await conn.execute(statement, {**params, "lock_ms": _lock_timeout_ms()})
-            return result.one()
+            row: Row | None = await conn.fetchrow(*args, record_class=Row)
+        if row is None:
+            raise RuntimeError("a ledger function returned no row")
+        return row
 
     async def reserve(self, order: ReserveOrder, now: datetime.datetime) -> Reservation:
         cmd = order.command
@@ -285,17 +343,19 @@ class PostgresStore:
             "now": now,
             "lock_ms": _lock_timeout_ms(),
         }
+        args = self._statements.args(USAGE, params)
         async with self._connection() as conn:
-            rows = (await conn.execute(USAGE, params)).all()
+            rows = await conn.fetch(*args, record_class=Row)
         return [_reservation(r) for r in rows]
 
     async def due_accounts(self, accounts_max: int, now: datetime.datetime) -> list[str]:
         """Accounts with something due, longest overdue first."""
+        args = self._statements.args(DUE_ACCOUNTS, {"limit": accounts_max, "now": now})
         async with self._connection() as conn:
-            result = await conn.execute(DUE_ACCOUNTS, {"limit": accounts_max, "now": now})
-            return list(result.scalars().all())
+            return [row["account_id"] for row in await conn.fetch(*args)]
 
     async def settle(self, account_id: str, now: datetime.datetime) -> None:
         """Settle one account in a transaction of its own."""
+        args = self._statements.args(SETTLE, {"account": account_id, "now": now})
         async with self._connection() as conn:
-            await conn.execute(SETTLE, {"account": account_id, "now": now})
+            await conn.execute(*args)
