@@ -57,6 +57,8 @@ class Result:
     p99_ms: float | None = None
     errors: dict[str, int] = field(default_factory=dict)
     cpu_seconds_per_cycle: float | None = None
+    database_cpu_seconds_per_cycle: float | None = None
+    generator_cpu_seconds_per_cycle: float | None = None
     rss_mb: float | None = None
     pss_mb: float | None = None
 
@@ -123,8 +125,10 @@ def load(
     clients: int,
     accounts: int,
     prefix: str,
+    database: int | None = None,
 ) -> Result:
-    """Run the load generator in its own process against `target` (served by `server`)."""
+    """Run the load generator in its own process against `target` (served by `server`,
+    using the database whose postmaster is `database`)."""
     command = [
         sys.executable,
         "-m",
@@ -143,10 +147,14 @@ def load(
         first = json.loads(generator.stdout.readline() or "{}")
         if first.get("event") != "measuring":
             sys.exit(f"{name}: the load generator failed before measuring")
-        cpu_before = processes.cpu_seconds(processes.tree(server.pid))
+        trees = [server.pid] if database is None else [server.pid, database]
+        cpu_before = [processes.cpu_seconds(processes.tree(pid)) for pid in trees]
         with Sampler(server.pid) as sampler:
             done = json.loads(generator.stdout.readline() or "{}")
-            cpu_used = processes.cpu_seconds(processes.tree(server.pid)) - cpu_before
+            cpu_used = [
+                processes.cpu_seconds(processes.tree(pid)) - before
+                for pid, before in zip(trees, cpu_before, strict=True)
+            ]
     finally:
         stop(generator)
     if done.get("event") != "done":
@@ -158,7 +166,9 @@ def load(
         p50_ms=done["p50_ms"],
         p99_ms=done["p99_ms"],
         errors=done["errors"],
-        cpu_seconds_per_cycle=cpu_used / cycles if cycles else None,
+        cpu_seconds_per_cycle=cpu_used[0] / cycles if cycles else None,
+        database_cpu_seconds_per_cycle=cpu_used[1] / cycles if cycles and database else None,
+        generator_cpu_seconds_per_cycle=float(done["cpu_seconds"]) / cycles if cycles else None,
         rss_mb=sampler.peak.rss_bytes / MB,
         pss_mb=sampler.peak.pss_bytes / MB,
     )
@@ -177,6 +187,11 @@ def service_env(dev: Path, address: str, url: str, args: argparse.Namespace) -> 
     if args.processes is not None:
         env["CREDITS_PROCESSES"] = str(args.processes)
     return env
+
+
+def postmaster(dev: Path) -> int:
+    """The process id of the embedded PostgreSQL (the first line of postmaster.pid)."""
+    return int((dev / "pgdata" / "postmaster.pid").read_text().split()[0])
 
 
 def bench_service(dev: Path, url: str, args: argparse.Namespace) -> list[Result]:
@@ -201,6 +216,7 @@ def bench_service(dev: Path, url: str, args: argparse.Namespace) -> list[Result]
                 clients=args.clients,
                 accounts=args.accounts,
                 prefix=ACCOUNT_PREFIX,
+                database=postmaster(dev),
             ),
             load(
                 f"service, {args.clients} clients, one hot account",
@@ -208,6 +224,7 @@ def bench_service(dev: Path, url: str, args: argparse.Namespace) -> list[Result]
                 clients=args.clients,
                 accounts=1,
                 prefix=HOT_PREFIX,
+                database=postmaster(dev),
             ),
             load(
                 f"service, {args.light_clients} clients, {args.accounts} accounts",
@@ -215,6 +232,7 @@ def bench_service(dev: Path, url: str, args: argparse.Namespace) -> list[Result]
                 clients=args.light_clients,
                 accounts=args.accounts,
                 prefix=ACCOUNT_PREFIX,
+                database=postmaster(dev),
             ),
         ]
     finally:
@@ -272,11 +290,19 @@ def _ms(value: float | None) -> str:
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| what | cycles/s | p50 ms | p99 ms | errors | service CPU s/cycle | RSS MB (PSS) |",
+        "| what | cycles/s | p50 ms | p99 ms | errors | CPU ms/cycle: server"
+        " / PostgreSQL / load generator | RSS MB (PSS) of the server |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        cpu = "-" if r.cpu_seconds_per_cycle is None else f"{r.cpu_seconds_per_cycle * 1000:.2f} ms"
+        cpu = " / ".join(
+            "-" if v is None else f"{v * 1000:.2f}"
+            for v in (
+                r.cpu_seconds_per_cycle,
+                r.database_cpu_seconds_per_cycle,
+                r.generator_cpu_seconds_per_cycle,
+            )
+        )
         memory = "-" if r.rss_mb is None else f"{r.rss_mb:.0f} ({r.pss_mb:.0f})"
         errors = sum(r.errors.values())
         lines.append(

@@ -140,10 +140,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         await asyncio.sleep(args.warmup_seconds)
         tally.measuring = True
         print(json.dumps({"event": "measuring"}), flush=True)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         await asyncio.sleep(args.duration_seconds)
         tally.measuring = False
-        elapsed = time.perf_counter() - started
+        elapsed, cpu_used = time.perf_counter() - started, time.process_time() - cpu_started
         stop.set()
         await asyncio.gather(*tasks)
     finally:
@@ -152,6 +152,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "event": "done",
         "cycles": len(tally.latencies),
         "seconds": elapsed,
+        "cpu_seconds": cpu_used,
         "errors": tally.errors,
         "p50_ms": percentile_ms(tally.latencies, 50),
         "p99_ms": percentile_ms(tally.latencies, 99),

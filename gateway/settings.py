@@ -1,9 +1,9 @@
 """The gateway's settings: read once from `CREDITS_…` environment variables, frozen.
 
 `CREDITS_ENV=development` (what `make run` sets) fills in the development conventions of
-SPEC §6 (files under `.dev/`, loopback addresses). Anything else is production, where a
-missing setting stops the start with a message naming it -- never its value, and there is
-no default or fallback secret anywhere.
+the README's "Settings" (files under `.dev/`, loopback addresses). Anything else is
+production, where a missing setting stops the start with a message naming it -- never its
+value, and there is no default or fallback secret anywhere.
 """
 
 from collections.abc import Mapping
@@ -19,7 +19,7 @@ DEV_DIR_SETTING = "CREDITS_DEV_DIR"
 
 
 def development_defaults(dev_dir: Path) -> Mapping[str, str]:
-    """The conventions of SPEC §6, which `make run` lays out under `dev_dir`."""
+    """The development conventions, which `make run` lays out under `dev_dir`."""
     return {
         "CREDITS_GATEWAY_SERVICE_TARGET": "127.0.0.1:50051",
         "CREDITS_GATEWAY_CA_FILE": str(dev_dir / "pki" / "ca.pem"),

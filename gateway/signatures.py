@@ -18,7 +18,9 @@ SIGNATURE_HEADER_CHARS_MAX = 4096
 def verify(payload: str, header: str | None, secrets: Sequence[str]) -> bool:
     """True if `header` is a fresh Stripe signature of `payload` by one of `secrets`.
     `payload` is the body exactly as received, decoded from UTF-8 and nothing else."""
-    if not header or len(header) > SIGNATURE_HEADER_CHARS_MAX:
+    # Stripe's headers are ASCII; any other byte (anyone can send one) would make the
+    # constant-time comparison raise instead of fail.
+    if not header or not header.isascii() or len(header) > SIGNATURE_HEADER_CHARS_MAX:
         return False
     for secret in secrets:
         try:

@@ -1,4 +1,4 @@
-"""The development callers file (SPEC §6): `backend`, `gateway` and `ops` with their
+"""The development callers file: `backend`, `gateway` and `ops` with their
 permissions, identified by their development certificates (`.dev/pki/<name>.pem`) and,
 for the tls and insecure modes, by development API keys written next to the file
 (`<dir>/api-keys/<name>.key`, only the SHA-256 goes into the callers file).
@@ -13,7 +13,15 @@ from pathlib import Path
 from service.callers import api_key_digest
 
 DEV_RPCS: Mapping[str, tuple[str, ...]] = {
-    "backend": ("Reserve", "Confirm", "Release", "GetBalance", "ListUsage"),
+    "backend": (
+        "Reserve",
+        "Confirm",
+        "Release",
+        "GetBalance",
+        "ListUsage",
+        "GetReservation",
+        "ExtendReservation",
+    ),
     "gateway": ("Grant", "Revoke", "GetBalance"),
     "ops": ("*",),
 }
@@ -58,7 +66,7 @@ def ensure_dev_callers(path: Path) -> None:
         key = secrets.token_urlsafe(API_KEY_BYTES)
         _write_private(api_key_path(path, name), key + "\n")
         tables.append(_table(name, rpcs, api_key_digest(key).hex()))
-    header = "# Development callers (SPEC §6), written by scripts/devcallers.py.\n\n"
+    header = "# Development callers, written by scripts/devcallers.py.\n\n"
     # Written whole under another name first: a half-written file would fail the start.
     partial = path.with_name(path.name + ".partial")
     _write_private(partial, header + "\n".join(tables))

@@ -5,11 +5,12 @@ mutation is one transaction.
 
 With CREDITS_PROCESSES above 1 (the default on a machine of several cores) this process
 becomes the supervisor of service.processes, which runs this module again as each of
-its workers (`--worker N`).
+its workers.
 """
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import signal
 import sys
@@ -19,12 +20,21 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import logs, metrics, processes, settings, sweeper
+from service import logs, metrics, processes, reload, settings, sweeper
 from service.ledger import Ledger, Policy, utc_now
 from service.server import build_server, mark_serving
 from service.store import PostgresStore, create_engine
 
 log = logging.getLogger("credits.service")
+
+
+def policy(config: settings.Settings) -> Policy:
+    """The configured limits the ledger's rules depend on."""
+    return Policy(
+        config.amount_max,
+        config.metadata_keys,
+        datetime.timedelta(seconds=config.reservation_lifetime_max_seconds),
+    )
 
 
 # Connections PostgreSQL keeps for superusers and for roles granted
@@ -54,8 +64,10 @@ async def check_connections(engine: AsyncEngine, config: settings.Settings) -> N
         )
 
 
-async def serve(config: settings.Settings, url: str, worker: int | None = None) -> None:
-    """Serve alone (`worker` None), or as worker `worker` of config.processes."""
+async def serve(
+    config: settings.Settings, url: str, worker: processes.Worker | None = None
+) -> None:
+    """Serve alone (`worker` None), or as one of config.processes workers."""
     sharing = 1 if worker is None else config.processes
     engine = create_engine(
         url,
@@ -65,12 +77,13 @@ async def serve(config: settings.Settings, url: str, worker: int | None = None) 
     )
     await check_connections(engine, config)
     store = PostgresStore(engine)
-    ledger = Ledger(store, Policy(config.amount_max, config.metadata_keys), utc_now)
+    ledger = Ledger(store, policy(config), utc_now)
     built = build_server(config, ledger, sharing=sharing)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.reload, config, built)
     if config.metrics_addr and worker is None:
         # Workers' metrics are served by their supervisor.
         metrics.serve(config.metrics_addr)
@@ -78,9 +91,15 @@ async def serve(config: settings.Settings, url: str, worker: int | None = None) 
     await mark_serving(built)
     # One sweeper is enough (each account it settles is locked, whoever else runs).
     sweeping = None
-    if worker in (None, 0):
+    if worker is None or worker.index == 0:
         sweeping = asyncio.create_task(sweeper.run(store, config.sweeper_interval_seconds, utc_now))
-    log.info("serving", extra={"address": config.grpc_addr, "env": config.env, "worker": worker})
+    where = {"address": config.grpc_addr, "env": config.env}
+    if worker is None:
+        log.info("serving", extra=where)
+    else:
+        # The service serves once all workers do; their supervisor says so.
+        log.info("worker serving", extra={**where, "worker": worker.index})
+        worker.tell_ready()
     await stop.wait()
     log.info("stopping", extra={"grace_seconds": config.shutdown_grace_seconds})
     await built.health.enter_graceful_shutdown()
@@ -101,7 +120,7 @@ def main() -> None:
     except settings.SettingsError as exc:
         print(f"credits service cannot start: {exc}", file=sys.stderr)
         sys.exit(2)
-    worker = processes.worker_index(sys.argv[1:])
+    worker = processes.worker_of(sys.argv[1:])
     if worker is None and config.processes > 1:
         processes.become_supervisor()
     if worker is not None:

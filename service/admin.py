@@ -11,32 +11,23 @@ a role that owns the schema, else `CREDITS_DATABASE_URL`), or with
 
 import argparse
 import asyncio
+import datetime
 import os
 import sys
 from pathlib import Path
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service import database, reconcile
+from service import database, limits, reconcile
 from service.ledger import utc_now
-from service.model import GrantSource, ReservationStatus
+from service.model import GrantLot, GrantSource, ReservationStatus
 from service.settings import DEV_DIR, DEVELOPMENT
 from service.store import PostgresStore, sqlalchemy_url
 from service.validation import ACCOUNT_ID_PATTERN
 
 RECENT_RESERVATIONS_MAX = 20
-
-GRANTS = text("""
-SELECT grant_id, source, original_amount, remaining_amount, revoked_amount, unrecovered_amount,
-       expired_amount, priority, external_ref, created_at, expires_at
-  FROM grants WHERE account_id = :account ORDER BY created_at
-""")
-RESERVATIONS = text("""
-SELECT reservation_id, amount, confirmed_amount, status, job_type, job_id, created_at, expires_at
-  FROM reservations WHERE account_id = :account
- ORDER BY created_at DESC LIMIT :limit
-""")
+# The account view lists every grant, fetched in pages of the API's largest size.
+GRANTS_PAGE_SIZE = limits.PAGE_SIZE_MAX
 
 
 def resolve_url(*names: str) -> tuple[str, database.Embedded | None]:
@@ -69,20 +60,21 @@ async def show_account(url: str, account_id: str) -> int:
         return 2
     engine = create_async_engine(sqlalchemy_url(url))
     try:
-        # The same balance GetBalance answers, expiry decided by expires_at.
-        balance = await PostgresStore(engine).balance(account_id, utc_now())
-        async with engine.connect() as conn:
-            params = {"account": account_id, "limit": RECENT_RESERVATIONS_MAX}
-            grants = (await conn.execute(GRANTS, params)).all()
-            reservations = (await conn.execute(RESERVATIONS, params)).all()
+        # The reads GetBalance, ListGrants and ListUsage answer with, at one moment: the
+        # account settled first, expiry decided by expires_at.
+        store, now = PostgresStore(engine), utc_now()
+        balance = await store.balance(account_id, now)
+        grants = await _all_grants(store, account_id, now)
+        reservations = await store.usage(account_id, RECENT_RESERVATIONS_MAX, None, now)
     finally:
         await engine.dispose()
     print(f"account {account_id}: available {balance.available}, reserved {balance.reserved}")
-    print(f"grants ({len(grants)}):")
-    for g in grants:
+    print(f"grants ({len(grants)}, in burn-down order):")
+    for lot in grants:
+        g = lot.grant
         print(
             f"  {g.grant_id} {GrantSource(g.source).name.lower():<12} original {g.original_amount}"
-            f" remaining {g.remaining_amount} revoked {g.revoked_amount}"
+            f" remaining {g.remaining_amount} held {lot.held_amount} revoked {g.revoked_amount}"
             f" unrecovered {g.unrecovered_amount} expired {g.expired_amount}"
             f" priority {g.priority} expires {g.expires_at or 'never'}"
             f" ref {g.external_ref or '-'}"
@@ -95,6 +87,19 @@ async def show_account(url: str, account_id: str) -> int:
             f" created {r.created_at} expires {r.expires_at}"
         )
     return 0
+
+
+async def _all_grants(
+    store: PostgresStore, account_id: str, now: datetime.datetime
+) -> list[GrantLot]:
+    """Every grant of the account, finished ones included."""
+    grants: list[GrantLot] = []
+    while True:
+        after = grants[-1].grant.grant_id if grants else None
+        page = await store.grants(account_id, True, GRANTS_PAGE_SIZE, after, now)
+        grants.extend(page)
+        if len(page) < GRANTS_PAGE_SIZE:
+            return grants
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 
 from service import context, errors, metrics
-from service.callers import Caller, Callers
+from service.callers import Caller, LiveCallers
 from service.interceptors import Interceptor, call_next, is_health
 
 log = logging.getLogger("credits.auth")
@@ -43,22 +43,23 @@ def api_key(ctx: grpc.aio.ServicerContext) -> str | None:
 class Authenticate(Interceptor):
     """Sets the caller of the RPC; unknown or missing credentials are UNAUTHENTICATED."""
 
-    def __init__(self, callers: Callers, *, certificates: bool) -> None:
+    def __init__(self, callers: LiveCallers, *, certificates: bool) -> None:
         self._callers = callers
         self._certificates = certificates
 
     def _identify(self, ctx: grpc.aio.ServicerContext) -> tuple[Caller | None, str]:
         """(the caller, or None with why not)."""
+        callers = self._callers.current
         if self._certificates:
             name = peer_identity(ctx)
             if name is None:
                 return None, "certificate names no caller"
-            caller = self._callers.by_certificate_name.get(name)
+            caller = callers.by_certificate_name.get(name)
             return caller, "unknown certificate name"
         key = api_key(ctx)
         if key is None:
             return None, "no api key"
-        return self._callers.for_api_key(key), "unknown api key"
+        return callers.for_api_key(key), "unknown api key"
 
     async def intercept(
         self,
@@ -79,4 +80,5 @@ class Authenticate(Interceptor):
                 metrics.AUTHENTICATION_FAILURES.inc()
                 raise errors.Unauthenticated()
             context.caller.set(caller.name)
+            context.caller_entry.set(caller)
         return await call_next(method, request_or_iterator, ctx)

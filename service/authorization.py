@@ -12,8 +12,7 @@ from typing import Any
 import grpc
 
 from service import errors
-from service.callers import Callers
-from service.context import current_caller
+from service.context import authenticated_caller, current_caller
 from service.interceptors import Interceptor, call_next, credits_rpc, is_health
 
 log = logging.getLogger("credits.auth")
@@ -25,13 +24,10 @@ REFLECTION_METHOD_PREFIXES = (
 
 
 class Authorize(Interceptor):
-    def __init__(self, callers: Callers) -> None:
-        self._callers = callers
-
     def _allowed(self, method_name: str) -> bool:
         if is_health(method_name):
             return True
-        caller = self._callers.by_name[current_caller()]
+        caller = authenticated_caller()
         rpc = credits_rpc(method_name)
         if rpc is not None:
             return caller.may_call(rpc)

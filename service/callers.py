@@ -223,3 +223,32 @@ def missing_credentials(callers: Callers, *, certificates: bool) -> list[str]:
     if certificates:
         return [c.name for c in callers.by_name.values() if not c.certificate_names]
     return [c.name for c in callers.by_name.values() if not c.api_key_sha256]
+
+
+def load_for_mode(path: Path, *, certificates: bool) -> Callers:
+    """The callers file, refused unless every caller can authenticate in the mode."""
+    loaded = load_callers(path)
+    lacking = missing_credentials(loaded, certificates=certificates)
+    if lacking:
+        needed = "certificate_names" if certificates else "api_key_sha256"
+        raise CallersError(
+            f"the authentication mode needs {needed} for every caller;"
+            f" missing for {', '.join(lacking)}"
+        )
+    return loaded
+
+
+class LiveCallers:
+    """The callers in force, replaced whole by a reload (SIGHUP). Each RPC reads them once,
+    in authentication, and carries the Caller it found to the later interceptors, so a
+    reload in the middle of a call never mixes two versions of the file."""
+
+    def __init__(self, callers: Callers) -> None:
+        self._current = callers
+
+    @property
+    def current(self) -> Callers:
+        return self._current
+
+    def replace(self, callers: Callers) -> None:
+        self._current = callers

@@ -77,6 +77,38 @@ class BalanceQuery:
 
 
 @dataclass(frozen=True)
+class GrantsQuery:
+    account_id: str
+    page_size: int = 0
+    page_token: str = ""
+    include_finished: bool = False
+
+
+@dataclass(frozen=True)
+class EntriesQuery:
+    account_id: str
+    page_size: int = 0
+    page_token: str = ""
+    since: WireTime | None = None
+    until: WireTime | None = None
+    # The wire's numbers: an unknown one is a validation error, not a crash.
+    kinds: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReservationQuery:
+    account_id: str
+    reservation_id: str
+
+
+@dataclass(frozen=True)
+class ExtendCommand:
+    account_id: str
+    reservation_id: str
+    ttl: WireTime | None = None
+
+
+@dataclass(frozen=True)
 class UsageQuery:
     account_id: str
     page_size: int = 0

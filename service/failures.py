@@ -72,6 +72,17 @@ class ReservationNotActive(Failure):
     sqlstate = "CR003"
 
 
+class ReservationLifetimeExceeded(Failure):
+    """An extension would keep the reservation past its creation plus the lifetime cap
+    (CREDITS_RESERVATION_LIFETIME_MAX_SECONDS). Refused rather than shortened, so that a
+    caller never believes it holds credits longer than it does."""
+
+    reason = "RESERVATION_LIFETIME_EXCEEDED"
+    code = "FAILED_PRECONDITION"
+    message = "the extension would keep the reservation past its lifetime cap"
+    sqlstate = "CR011"
+
+
 class IdempotencyKeyReused(Failure):
     reason = "IDEMPOTENCY_KEY_REUSED"
     code = "ALREADY_EXISTS"
@@ -169,6 +180,7 @@ ALL: tuple[type[Failure], ...] = (
     InsufficientCredits,
     ReservationNotFound,
     ReservationNotActive,
+    ReservationLifetimeExceeded,
     IdempotencyKeyReused,
     GrantNotFound,
     CaptureExceedsReservation,

@@ -11,23 +11,49 @@ import datetime
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from service import limits, paging
 from service.commands import (
     BalanceQuery,
     ConfirmCommand,
+    EntriesQuery,
+    ExtendCommand,
     GrantCommand,
+    GrantsQuery,
     ReleaseCommand,
+    ReservationQuery,
     ReserveCommand,
     RevokeCommand,
     UsageQuery,
 )
-from service.model import GRANTABLE_SOURCES, Balance, Grant, Reservation, Revocation, UsagePage
+from service.model import (
+    GRANTABLE_SOURCES,
+    LISTABLE_KINDS,
+    Allocation,
+    Balance,
+    EntryKind,
+    EntryPage,
+    Extension,
+    Grant,
+    GrantLot,
+    GrantPage,
+    LedgerEntry,
+    Reservation,
+    ReservationDetail,
+    Revocation,
+    UsagePage,
+)
 from service.validation import Check, clamp_page_size, request_hash
 
 Clock = Callable[[], datetime.datetime]
+# What each list's page tokens are bound to, besides the account.
 USAGE_LIST = "usage"
+GRANTS_LIST = "grants"
+ENTRIES_LIST = "entries"
+Item = TypeVar("Item")
+# What a bad page_token violation says, whatever was wrong with the token.
+NOT_A_PAGE_OF_THIS_LIST = "is not a token from a previous page of this list"
 
 
 def utc_now() -> datetime.datetime:
@@ -40,6 +66,8 @@ class Policy:
 
     amount_max: int
     metadata_keys: frozenset[str]
+    # How long after its creation a reservation may be extended to at most.
+    reservation_lifetime_max: datetime.timedelta
 
 
 @dataclass(frozen=True)
@@ -73,6 +101,15 @@ class UsageCursor:
     reservation_id: uuid.UUID
 
 
+@dataclass(frozen=True)
+class EntryFilter:
+    """Which entries of an account's statement a page lists; None means no filter."""
+
+    since: datetime.datetime | None
+    until: datetime.datetime | None
+    kinds: frozenset[EntryKind] | None
+
+
 class Store(Protocol):
     """What the ledger needs from storage. Each call is one transaction on one account,
     at the time `now` of the ledger's clock."""
@@ -96,6 +133,37 @@ class Store(Protocol):
     async def usage(
         self, account_id: str, limit: int, after: UsageCursor | None, now: datetime.datetime
     ) -> list[Reservation]: ...
+
+    async def grants(
+        self,
+        account_id: str,
+        include_finished: bool,
+        limit: int,
+        after: uuid.UUID | None,
+        now: datetime.datetime,
+    ) -> list[GrantLot]: ...
+
+    async def entries(
+        self,
+        account_id: str,
+        which: EntryFilter,
+        limit: int,
+        after: int | None,
+        now: datetime.datetime,
+    ) -> list[LedgerEntry]: ...
+
+    async def reservation(
+        self, account_id: str, reservation_id: uuid.UUID, now: datetime.datetime
+    ) -> tuple[Reservation, tuple[Allocation, ...]]: ...
+
+    async def extend(
+        self,
+        account_id: str,
+        reservation_id: uuid.UUID,
+        ttl: datetime.timedelta,
+        lifetime_max: datetime.timedelta,
+        now: datetime.datetime,
+    ) -> Reservation: ...
 
 
 class Ledger:
@@ -202,26 +270,133 @@ class Ledger:
     async def usage(self, query: UsageQuery) -> UsagePage:
         check = Check()
         check.account_id(query.account_id)
+        keys = _page_keys(check, query.page_token, USAGE_LIST, query.account_id, key_count=2)
         after = None
-        if query.page_token and not check.violations:
+        if keys is not None:
             try:
-                created, rid = paging.decode(
-                    query.page_token, USAGE_LIST, query.account_id, key_count=2
-                )
+                created, rid = keys
                 after = UsageCursor(paging.parse_timestamp_key(created), paging.parse_uuid_key(rid))
             except paging.BadToken:
-                check.fail("page_token", "is not a token from a previous page of this list")
+                check.fail("page_token", NOT_A_PAGE_OF_THIS_LIST)
         check.done()
         limit = clamp_page_size(query.page_size)
         # One more than the page tells whether another page follows.
         rows = await self._store.usage(query.account_id, limit + 1, after, self._clock())
-        page = tuple(rows[:limit])
-        token = ""
-        if len(rows) > limit:
-            last = page[-1]
-            token = paging.encode(
-                USAGE_LIST,
-                query.account_id,
-                [paging.timestamp_key(last.created_at), str(last.reservation_id)],
-            )
+        page, token = _paged(rows, limit, USAGE_LIST, query.account_id, _usage_keys)
         return UsagePage(page, token)
+
+    async def grants(self, query: GrantsQuery) -> GrantPage:
+        check = Check()
+        check.account_id(query.account_id)
+        keys = _page_keys(check, query.page_token, GRANTS_LIST, query.account_id, key_count=1)
+        after = None
+        if keys is not None:
+            try:
+                after = paging.parse_uuid_key(keys[0])
+            except paging.BadToken:
+                check.fail("page_token", NOT_A_PAGE_OF_THIS_LIST)
+        check.done()
+        limit = clamp_page_size(query.page_size)
+        rows = await self._store.grants(
+            query.account_id, query.include_finished, limit + 1, after, self._clock()
+        )
+        page, token = _paged(rows, limit, GRANTS_LIST, query.account_id, _grant_keys)
+        return GrantPage(page, token)
+
+    async def entries(self, query: EntriesQuery) -> EntryPage:
+        check = Check()
+        check.account_id(query.account_id)
+        keys = _page_keys(check, query.page_token, ENTRIES_LIST, query.account_id, key_count=1)
+        after = None
+        if keys is not None:
+            try:
+                after = paging.parse_entry_id_key(keys[0])
+            except paging.BadToken:
+                check.fail("page_token", NOT_A_PAGE_OF_THIS_LIST)
+        since = check.timestamp("since", query.since)
+        until = check.timestamp("until", query.until)
+        if since is not None and until is not None and until <= since:
+            check.fail("until", "must be after since")
+        if not set(query.kinds) <= LISTABLE_KINDS:
+            check.fail("kinds", "must be known kinds other than UNSPECIFIED")
+        check.done()
+        kinds = frozenset(EntryKind(k) for k in query.kinds) or None
+        limit = clamp_page_size(query.page_size)
+        rows = await self._store.entries(
+            query.account_id, EntryFilter(since, until, kinds), limit + 1, after, self._clock()
+        )
+        page, token = _paged(rows, limit, ENTRIES_LIST, query.account_id, _entry_keys)
+        return EntryPage(page, token)
+
+    async def reservation(self, query: ReservationQuery) -> ReservationDetail:
+        check = Check()
+        check.account_id(query.account_id)
+        reservation_id = check.uuid("reservation_id", query.reservation_id)
+        check.done()
+        if reservation_id is None:
+            raise AssertionError("a request with a bad reservation_id passed validation")
+        reservation, allocations = await self._store.reservation(
+            query.account_id, reservation_id, self._clock()
+        )
+        return ReservationDetail(reservation, allocations, self._extendable_until(reservation))
+
+    async def extend(self, cmd: ExtendCommand) -> Extension:
+        check = Check()
+        check.account_id(cmd.account_id)
+        reservation_id = check.uuid("reservation_id", cmd.reservation_id)
+        if cmd.ttl is None:
+            check.fail("ttl", "is required")
+        ttl = check.ttl(cmd.ttl)
+        check.done()
+        if reservation_id is None:
+            raise AssertionError("a request with a bad reservation_id passed validation")
+        reservation = await self._store.extend(
+            cmd.account_id,
+            reservation_id,
+            ttl,
+            self._policy.reservation_lifetime_max,
+            self._clock(),
+        )
+        return Extension(reservation, self._extendable_until(reservation))
+
+    def _extendable_until(self, reservation: Reservation) -> datetime.datetime:
+        return reservation.created_at + self._policy.reservation_lifetime_max
+
+
+def _page_keys(
+    check: Check, token: str, kind: str, account_id: str, key_count: int
+) -> list[str] | None:
+    """The keys of a list's page token, checked right after the account id it is bound
+    to: None for the first page or a bad account id (already a violation); a violation of
+    its own for a token that is not this list's."""
+    if not token or check.violations:
+        return None
+    try:
+        return paging.decode(token, kind, account_id, key_count=key_count)
+    except paging.BadToken:
+        check.fail("page_token", NOT_A_PAGE_OF_THIS_LIST)
+        return None
+
+
+def _paged(
+    rows: list[Item], limit: int, kind: str, account_id: str, keys_of: Callable[[Item], list[str]]
+) -> tuple[tuple[Item, ...], str]:
+    """The page of `rows` (fetched one over `limit`: the extra row says another page
+    follows) and the token of the next page, empty on the last one."""
+    page = tuple(rows[:limit])
+    if len(rows) <= limit:
+        return page, ""
+    return page, paging.encode(kind, account_id, keys_of(page[-1]))
+
+
+def _usage_keys(r: Reservation) -> list[str]:
+    return [paging.timestamp_key(r.created_at), str(r.reservation_id)]
+
+
+def _grant_keys(lot: GrantLot) -> list[str]:
+    # A grant's place in burn-down order never changes, so its id says where a page ended.
+    return [str(lot.grant.grant_id)]
+
+
+def _entry_keys(entry: LedgerEntry) -> list[str]:
+    return [str(entry.entry_id)]

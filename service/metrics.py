@@ -18,6 +18,17 @@ RATE_LIMITED = Counter(
 AUTHENTICATION_FAILURES = Counter(
     "credits_authentication_failures_total", "Calls refused for missing or bad credentials"
 )
+# Handshakes refused for a missing, expired or foreign client certificate never reach
+# Python, so they cannot be counted as failures: handshakes rising while RPCs do not
+# points at clients being refused.
+TLS_HANDSHAKES = Counter(
+    "credits_tls_handshakes_total", "TLS handshakes begun (accepted or refused) by the server"
+)
+CONFIG_RELOADS = Counter(
+    "credits_config_reloads_total",
+    "Reloads (SIGHUP) of the callers file or the TLS files, by file and result",
+    ["file", "result"],
+)
 SWEPT_ACCOUNTS = Counter(
     "credits_sweeper_accounts_total", "Accounts the sweeper settled (expired holds and grants)"
 )

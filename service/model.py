@@ -26,6 +26,27 @@ class GrantSource(enum.IntEnum):
 GRANTABLE_SOURCES = frozenset(int(s) for s in GrantSource if s is not GrantSource.UNSPECIFIED)
 
 
+class EntryKind(enum.IntEnum):
+    """What moved credits in a ledger entry; the database stores the lower-case name."""
+
+    UNSPECIFIED = 0
+    GRANT = 1
+    RESERVE = 2
+    RELEASE = 3
+    CONFIRM_RETURN = 4
+    RESERVATION_EXPIRY = 5
+    GRANT_EXPIRY = 6
+    REVOKE = 7
+    REVOKE_REVERSAL = 8
+
+    @property
+    def stored(self) -> str:
+        return self.name.lower()
+
+
+LISTABLE_KINDS = frozenset(int(k) for k in EntryKind if k is not EntryKind.UNSPECIFIED)
+
+
 @dataclass(frozen=True)
 class Reservation:
     reservation_id: uuid.UUID
@@ -38,6 +59,7 @@ class Reservation:
     description: str
     created_at: datetime.datetime
     expires_at: datetime.datetime
+    returned_amount: int
 
 
 @dataclass(frozen=True)
@@ -52,6 +74,8 @@ class Grant:
     expires_at: datetime.datetime | None
     revoked_amount: int
     priority: int
+    unrecovered_amount: int
+    expired_amount: int
 
 
 @dataclass(frozen=True)
@@ -78,3 +102,58 @@ class Balance:
 class UsagePage:
     reservations: tuple[Reservation, ...]
     next_page_token: str
+
+
+@dataclass(frozen=True)
+class GrantLot:
+    """A grant as it stands, with what active reservations hold of it."""
+
+    grant: Grant
+    held_amount: int
+
+
+@dataclass(frozen=True)
+class GrantPage:
+    grants: tuple[GrantLot, ...]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    entry_id: int
+    kind: EntryKind
+    amount: int  # signed: what the entry added to the available balance
+    grant_id: uuid.UUID
+    reservation_id: uuid.UUID | None
+    revocation_id: uuid.UUID | None
+    created_at: datetime.datetime
+    balance_after: int  # the sum of this entry and every earlier one of the account
+
+
+@dataclass(frozen=True)
+class EntryPage:
+    entries: tuple[LedgerEntry, ...]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What one grant gave to a reservation."""
+
+    grant_id: uuid.UUID
+    amount: int
+    returned_amount: int
+
+
+@dataclass(frozen=True)
+class ReservationDetail:
+    reservation: Reservation
+    allocations: tuple[Allocation, ...]
+    # The latest expires_at an extension may set: created_at plus the lifetime cap.
+    extendable_until: datetime.datetime
+
+
+@dataclass(frozen=True)
+class Extension:
+    reservation: Reservation
+    extendable_until: datetime.datetime

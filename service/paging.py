@@ -16,6 +16,8 @@ from service import limits
 # Enough of a hash to tell accounts apart in a token; the account is also a condition of
 # every list query, so this is about telling the caller early, not about secrecy.
 ACCOUNT_DIGEST_BYTES = 8
+# Ledger entry ids are BIGINT.
+ENTRY_ID_MAX = 2**63 - 1
 
 
 class BadToken(ValueError):
@@ -64,6 +66,17 @@ def parse_timestamp_key(value: str) -> datetime.datetime:
         return parsed.astimezone(datetime.UTC)
     except (ValueError, OverflowError) as exc:
         raise BadToken("bad time") from exc
+
+
+def parse_entry_id_key(value: str) -> int:
+    """A ledger entry id from a token; BadToken for anything else."""
+    # The length check keeps int() off huge strings; the token's length is bounded too.
+    if not value.isascii() or not value.isdigit() or len(value) > len(str(ENTRY_ID_MAX)):
+        raise BadToken("bad id")
+    parsed = int(value)
+    if parsed > ENTRY_ID_MAX:
+        raise BadToken("bad id")
+    return parsed
 
 
 def parse_uuid_key(value: str) -> uuid.UUID:

@@ -1,6 +1,6 @@
 """Several service processes on one port. A Python process serves from one core, so
 `python -m service` with CREDITS_PROCESSES above 1 becomes a supervisor that starts that
-many workers (`python -m service --worker N`), all listening on the same address with
+many workers (`python -m service --worker N READY_FD`), all listening on the same address with
 SO_REUSEPORT: the kernel spreads incoming connections over them.
 
 The supervisor holds no gRPC object and no database connection (gRPC does not survive a
@@ -13,6 +13,7 @@ whole rather than leaving it short of a process.
 import ctypes
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import NoReturn
 
 from service import logs, metrics, settings
@@ -39,10 +41,23 @@ PR_SET_PDEATHSIG = 1
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def worker_index(argv: list[str]) -> int | None:
-    """N of `--worker N`, or None when this process is not a worker."""
-    if len(argv) == 2 and argv[0] == WORKER_FLAG and argv[1].isdigit():
-        return int(argv[1])
+@dataclass(frozen=True)
+class Worker:
+    """What a worker is told on its command line: its index among the workers, and the
+    pipe on which it says that it serves."""
+
+    index: int
+    ready_fd: int
+
+    def tell_ready(self) -> None:
+        os.write(self.ready_fd, b"\n")
+        os.close(self.ready_fd)
+
+
+def worker_of(argv: list[str]) -> Worker | None:
+    """The worker of `--worker INDEX READY_FD`, or None when this process is not one."""
+    if len(argv) == 3 and argv[0] == WORKER_FLAG and argv[1].isdigit() and argv[2].isdigit():
+        return Worker(int(argv[1]), int(argv[2]))
     return None
 
 
@@ -93,6 +108,63 @@ def database_url(config: settings.Settings) -> tuple[str, object]:
     return embedded.service_url, embedded
 
 
+class Supervisor:
+    """Starts the workers, forwards signals to them, and knows when they all serve: a
+    SIGHUP that arrives before a worker can reload (it would kill it) is held until then,
+    so that a rotation during a start is not lost."""
+
+    def __init__(self, config: settings.Settings, env: dict[str, str]) -> None:
+        self._config = config
+        self._env = env
+        self._serving = {
+            "address": env["CREDITS_GRPC_ADDR"],
+            "env": config.env,
+            "processes": config.processes,
+        }
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.stopping = False
+        self._ready = 0
+        self._reload_held = False
+
+    def forward(self, signum: int, frame: object) -> None:
+        self.stopping = self.stopping or signum in STOP_SIGNALS
+        if signum == signal.SIGHUP and self._ready < len(self.workers):
+            self._reload_held = True
+            return
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
+    def run(self) -> None:
+        """Until a stop signal, or until a worker stops on its own."""
+        ready_read, ready_write = os.pipe()
+        try:
+            for index in range(self._config.processes):
+                command = [sys.executable, "-m", "service", WORKER_FLAG, str(index)]
+                self.workers.append(
+                    subprocess.Popen(  # noqa: S603 (our own command)
+                        [*command, str(ready_write)], env=self._env, pass_fds=(ready_write,)
+                    )
+                )
+        finally:
+            os.close(ready_write)
+        with os.fdopen(ready_read, "rb", buffering=0) as ready:
+            while not self.stopping and all(w.poll() is None for w in self.workers):
+                if self._ready < len(self.workers) and select.select([ready], [], [], 0)[0]:
+                    self._ready += len(ready.read(len(self.workers)) or b"")
+                    if self._ready == len(self.workers):
+                        log.info("serving", extra=self._serving)
+                        self._release_reload()
+                time.sleep(POLL_SECONDS)
+        if not self.stopping:
+            log.error("a worker stopped on its own; stopping the others")
+
+    def _release_reload(self) -> None:
+        if self._reload_held:
+            self._reload_held = False
+            self.forward(signal.SIGHUP, None)
+
+
 def supervise(config: settings.Settings) -> int:
     """Run config.processes workers until a signal stops them; the exit status."""
     url, _embedded = database_url(config)
@@ -103,35 +175,21 @@ def supervise(config: settings.Settings) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="credits-metrics-")
         env[METRICS_DIR_ENV] = metrics_dir
         metrics.serve_processes(config.metrics_addr, metrics_dir)
-    workers: list[subprocess.Popen[bytes]] = []
-    stopping = False
-
-    def forward(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = stopping or signum in STOP_SIGNALS
-        for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signum)
-
+    supervisor = Supervisor(config, env)
     for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, forward)
+        signal.signal(sig, supervisor.forward)
+    log.info("supervising", extra={"processes": config.processes, "address": address})
     try:
-        for index in range(config.processes):
-            command = [sys.executable, "-m", "service", WORKER_FLAG, str(index)]
-            workers.append(subprocess.Popen(command, env=env))  # noqa: S603 (our own command)
-        log.info("supervising", extra={"processes": config.processes, "address": address})
-        while not stopping and all(w.poll() is None for w in workers):
-            time.sleep(POLL_SECONDS)
-        if not stopping:
-            log.error("a worker stopped on its own; stopping the others")
+        supervisor.run()
     finally:
-        stop_all(workers, config.shutdown_grace_seconds + EXIT_MARGIN_SECONDS)
+        stop_all(supervisor.workers, config.shutdown_grace_seconds + EXIT_MARGIN_SECONDS)
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
         if holder is not None:
             holder.close()
-    stopped_as_asked = all(w.returncode in (0, *(-s for s in STOP_SIGNALS)) for w in workers)
-    return 0 if stopping and stopped_as_asked else 1
+    codes = [w.returncode for w in supervisor.workers]
+    stopped_as_asked = all(code in (0, *(-s for s in STOP_SIGNALS)) for code in codes)
+    return 0 if supervisor.stopping and stopped_as_asked else 1
 
 
 def stop_all(workers: list[subprocess.Popen[bytes]], timeout_seconds: float) -> None:

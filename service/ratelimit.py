@@ -25,8 +25,8 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 
 from service import errors, limits, metrics
-from service.callers import Callers
-from service.context import current_caller
+from service.context import authenticated_caller, current_caller
+from service.decoding import Undecodable
 from service.interceptors import Interceptor, call_next, credits_rpc
 
 if TYPE_CHECKING:
@@ -113,10 +113,7 @@ class Limiter:
 class RateLimit(Interceptor):
     """Innermost: only calls that are authenticated and allowed are counted."""
 
-    def __init__(
-        self, callers: Callers, limiter: Limiter, per_account: tuple[RateLimitItem, ...]
-    ) -> None:
-        self._callers = callers
+    def __init__(self, limiter: Limiter, per_account: tuple[RateLimitItem, ...]) -> None:
         self._limiter = limiter
         self._per_account = per_account
 
@@ -132,15 +129,16 @@ class RateLimit(Interceptor):
             caller = current_caller()
             try:
                 await self._limiter.hit(
-                    self._callers.by_name[caller].limits_for(rpc),
+                    authenticated_caller().limits_for(rpc),
                     f"caller:{caller}/{rpc}",
                     "caller",
                     caller,
                     rpc,
                 )
-                if rpc == PER_ACCOUNT_RPC:
+                if rpc == PER_ACCOUNT_RPC and not isinstance(request_or_iterator, Undecodable):
                     # Longer ids are invalid and refused later; cutting them keeps the
-                    # key bounded while they are still counted.
+                    # key bounded while they are still counted. An undecodable request
+                    # names no account: its handler refuses it.
                     account = request_or_iterator.account_id[: limits.ACCOUNT_ID_CHARS_MAX]
                     await self._limiter.hit(
                         self._per_account, f"account:{account}", "account", account

@@ -2,21 +2,22 @@
 reflection, TLS, and every safety option set explicitly."""
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from credits.v1 import credits_pb2, credits_pb2_grpc
-from service import limits
+from credits.v1 import credits_pb2
+from service import decoding, limits
 from service.auth import Authenticate
 from service.authorization import Authorize
+from service.callers import LiveCallers
 from service.interceptors import SanitizeErrors
 from service.ledger import Ledger
 from service.ratelimit import Limiter, RateLimit
 from service.servicer import CreditsServicer
 from service.settings import AuthMode, Settings
+from service.tls import ServerCertificates, TlsFiles
 
 SERVICE_NAME = credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].full_name
 # Clients reconnect at least this often, which rebalances them across instances and
@@ -34,46 +35,46 @@ class Built:
     health: health.HealthServicer
     # Holds the Redis connections, if any: close it after the server has stopped.
     limiter: Limiter
+    # What a reload (service.reload) replaces while serving.
+    callers: LiveCallers
+    certificates: ServerCertificates | None
 
 
-def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+def server_certificates(settings: Settings) -> ServerCertificates | None:
     """mtls: the server's certificate, and client certificates required and checked
     against the configured CA. tls: the server's certificate only. insecure: None."""
     if settings.auth_mode is AuthMode.INSECURE:
         return None
-    mtls = settings.auth_mode is AuthMode.MTLS
-    return grpc.ssl_server_credentials(
-        [(_read(settings.tls_key_file), _read(settings.tls_cert_file))],
-        root_certificates=_read(settings.tls_ca_file) if mtls else None,
-        require_client_auth=mtls,
-    )
-
-
-def _read(path: Path | None) -> bytes:
     # Settings require the files of the mode; never quietly serve with less security.
-    if path is None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
         raise ValueError("a TLS file of the authentication mode is not configured")
-    return path.read_bytes()
+    if settings.auth_mode is AuthMode.MTLS and settings.tls_ca_file is None:
+        raise ValueError("mtls needs CREDITS_TLS_CA_FILE")
+    ca_file = settings.tls_ca_file if settings.auth_mode is AuthMode.MTLS else None
+    return ServerCertificates(TlsFiles(settings.tls_cert_file, settings.tls_key_file, ca_file))
 
 
-def interceptor_chain(settings: Settings, limiter: Limiter) -> list[grpc.aio.ServerInterceptor]:
+def interceptor_chain(
+    settings: Settings, limiter: Limiter, callers: LiveCallers
+) -> list[grpc.aio.ServerInterceptor]:
     """Outermost first. Sanitizing wraps everything, so that a failure anywhere becomes a
     clean status; identity comes before permission, which comes before counting, so
     that an unknown caller learns nothing about permissions and a refused call spends
     no one's rate limit."""
     return [
         SanitizeErrors(),
-        Authenticate(settings.callers, certificates=settings.auth_mode is AuthMode.MTLS),
-        Authorize(settings.callers),
-        RateLimit(settings.callers, limiter, settings.reserve_rate_per_account),
+        Authenticate(callers, certificates=settings.auth_mode is AuthMode.MTLS),
+        Authorize(),
+        RateLimit(limiter, settings.reserve_rate_per_account),
     ]
 
 
 def build_server(settings: Settings, ledger: Ledger, *, sharing: int = 1) -> Built:
     """`sharing`: how many processes serve this address together (service.processes)."""
     limiter = Limiter(settings.redis_url, sharing=sharing)
+    callers = LiveCallers(settings.callers)
     server = grpc.aio.server(
-        interceptors=interceptor_chain(settings, limiter),
+        interceptors=interceptor_chain(settings, limiter, callers),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
@@ -87,21 +88,23 @@ def build_server(settings: Settings, ledger: Ledger, *, sharing: int = 1) -> Bui
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
-    credits_pb2_grpc.add_CreditsServiceServicer_to_server(CreditsServicer(ledger), server)
+    decoding.add_servicer(
+        CreditsServicer(ledger), credits_pb2.DESCRIPTOR.services_by_name["CreditsService"], server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    credentials = server_credentials(settings)
-    if credentials is None:
+    certificates = server_certificates(settings)
+    if certificates is None:
         # Only reachable in development on loopback (settings refuse it elsewhere).
         port = server.add_insecure_port(settings.grpc_addr)
     else:
-        port = server.add_secure_port(settings.grpc_addr, credentials)
+        port = server.add_secure_port(settings.grpc_addr, certificates.credentials())
     if port == 0:
         raise OSError("cannot listen on the configured gRPC address")
-    return Built(server, port, health_servicer, limiter)
+    return Built(server, port, health_servicer, limiter, callers, certificates)
 
 
 async def mark_serving(built: Built) -> None:

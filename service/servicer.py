@@ -38,6 +38,26 @@ def reservation_message(r: model.Reservation) -> pb.Reservation:
         description=r.description,
         created_at=_timestamp(r.created_at),
         expires_at=_timestamp(r.expires_at),
+        returned_amount=r.returned_amount,
+    )
+
+
+def allocation_message(a: model.Allocation) -> pb.Allocation:
+    return pb.Allocation(
+        grant_id=str(a.grant_id), amount=a.amount, returned_amount=a.returned_amount
+    )
+
+
+def entry_message(e: model.LedgerEntry) -> pb.LedgerEntry:
+    return pb.LedgerEntry(
+        entry_id=e.entry_id,
+        kind=pb.EntryKind.ValueType(int(e.kind)),
+        amount=e.amount,
+        grant_id=str(e.grant_id),
+        reservation_id=str(e.reservation_id) if e.reservation_id else "",
+        revocation_id=str(e.revocation_id) if e.revocation_id else "",
+        created_at=_timestamp(e.created_at),
+        balance_after=e.balance_after,
     )
 
 
@@ -52,6 +72,8 @@ def grant_message(g: model.Grant) -> pb.Grant:
         created_at=_timestamp(g.created_at),
         revoked_amount=g.revoked_amount,
         priority=g.priority,
+        unrecovered_amount=g.unrecovered_amount,
+        expired_amount=g.expired_amount,
     )
     if g.expires_at is not None:
         message.expires_at.CopyFrom(_timestamp(g.expires_at))
@@ -170,4 +192,68 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         return pb.ListUsageResponse(
             reservations=[reservation_message(r) for r in page.reservations],
             next_page_token=page.next_page_token,
+        )
+
+    async def ListGrants(
+        self, request: pb.ListGrantsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListGrantsResponse:
+        page = await self._ledger.grants(
+            commands.GrantsQuery(
+                account_id=request.account_id,
+                page_size=request.page_size,
+                page_token=request.page_token,
+                include_finished=request.include_finished,
+            )
+        )
+        return pb.ListGrantsResponse(
+            grants=[
+                pb.GrantLot(grant=grant_message(lot.grant), held_amount=lot.held_amount)
+                for lot in page.grants
+            ],
+            next_page_token=page.next_page_token,
+        )
+
+    async def ListEntries(
+        self, request: pb.ListEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListEntriesResponse:
+        page = await self._ledger.entries(
+            commands.EntriesQuery(
+                account_id=request.account_id,
+                page_size=request.page_size,
+                page_token=request.page_token,
+                since=_wire_time(request.since, request.HasField("since")),
+                until=_wire_time(request.until, request.HasField("until")),
+                kinds=tuple(request.kinds),
+            )
+        )
+        return pb.ListEntriesResponse(
+            entries=[entry_message(e) for e in page.entries],
+            next_page_token=page.next_page_token,
+        )
+
+    async def GetReservation(
+        self, request: pb.GetReservationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetReservationResponse:
+        detail = await self._ledger.reservation(
+            commands.ReservationQuery(request.account_id, request.reservation_id)
+        )
+        return pb.GetReservationResponse(
+            reservation=reservation_message(detail.reservation),
+            allocations=[allocation_message(a) for a in detail.allocations],
+            extendable_until=_timestamp(detail.extendable_until),
+        )
+
+    async def ExtendReservation(
+        self, request: pb.ExtendReservationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExtendReservationResponse:
+        extension = await self._ledger.extend(
+            commands.ExtendCommand(
+                account_id=request.account_id,
+                reservation_id=request.reservation_id,
+                ttl=_wire_time(request.ttl, request.HasField("ttl")),
+            )
+        )
+        return pb.ExtendReservationResponse(
+            reservation=reservation_message(extension.reservation),
+            extendable_until=_timestamp(extension.extendable_until),
         )

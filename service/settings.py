@@ -16,11 +16,11 @@ import limits as ratelimits
 from limits import RateLimitItem
 
 from service import limits
-from service.callers import Callers, CallersError, load_callers, missing_credentials
+from service.callers import Callers, CallersError, load_for_mode
 
 DEVELOPMENT = "development"
 
-# Development conventions shared with `make run` and the tools (SPEC §6).
+# Development conventions shared with `make run` and the tools (README, "Settings").
 DEV_DIR = Path(".dev")
 DEV_GRPC_ADDR = "127.0.0.1:50051"
 DEV_METRICS_ADDR = "127.0.0.1:9464"
@@ -52,6 +52,9 @@ DB_STATEMENT_TIMEOUT_SECONDS_DEFAULT = 10.0
 MAX_CONCURRENT_RPCS_DEFAULT = 256
 SHUTDOWN_GRACE_SECONDS_DEFAULT = 10.0
 SWEEPER_INTERVAL_SECONDS_DEFAULT = 30.0
+# How long after its creation ExtendReservation may keep a reservation alive: a forgotten
+# heartbeat must not hold credits for ever, and a week covers the longest render.
+RESERVATION_LIFETIME_MAX_SECONDS_DEFAULT = 7 * 24 * 3600.0
 # The same in development and production: every Reserve starts an expensive job, so one
 # account starting more than 50 a second is a runaway loop rather than a customer's
 # work, and since one account's transactions serialise on its row, more would only
@@ -62,7 +65,7 @@ INSECURE_ALLOWED = "1"
 
 
 class AuthMode(StrEnum):
-    """How callers prove who they are (SPEC §4)."""
+    """How callers prove who they are (README, "Authentication modes")."""
 
     MTLS = "mtls"  # client certificates signed by the configured CA
     TLS = "tls"  # server-side TLS; each caller sends its secret as `x-api-key`
@@ -112,6 +115,7 @@ class Settings:
     max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS_DEFAULT
     shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS_DEFAULT
     sweeper_interval_seconds: float = SWEEPER_INTERVAL_SECONDS_DEFAULT
+    reservation_lifetime_max_seconds: float = RESERVATION_LIFETIME_MAX_SECONDS_DEFAULT
 
     @property
     def development(self) -> bool:
@@ -210,17 +214,9 @@ def _metadata_keys(env: Mapping[str, str]) -> frozenset[str]:
 
 def _callers(path: Path, mode: AuthMode) -> Callers:
     try:
-        loaded = load_callers(path)
+        return load_for_mode(path, certificates=mode is AuthMode.MTLS)
     except CallersError as exc:
         raise SettingsError(f"CREDITS_CALLERS_FILE: {exc}") from None
-    needed = "certificate_names" if mode is AuthMode.MTLS else "api_key_sha256"
-    lacking = missing_credentials(loaded, certificates=mode is AuthMode.MTLS)
-    if lacking:
-        raise SettingsError(
-            f"CREDITS_CALLERS_FILE: {mode} mode needs {needed} for every caller;"
-            f" missing for {', '.join(lacking)}"
-        )
-    return loaded
 
 
 def _redis_url(env: Mapping[str, str]) -> str | None:
@@ -299,6 +295,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         sweeper_interval_seconds=_seconds(
             env, "CREDITS_SWEEPER_INTERVAL_SECONDS", SWEEPER_INTERVAL_SECONDS_DEFAULT
         ),
+        reservation_lifetime_max_seconds=_seconds(
+            env,
+            "CREDITS_RESERVATION_LIFETIME_MAX_SECONDS",
+            RESERVATION_LIFETIME_MAX_SECONDS_DEFAULT,
+        ),
     )
     check(settings)
     return settings
@@ -317,6 +318,12 @@ def check(settings: Settings) -> None:
     # callers time out waiting instead of being told RESOURCE_EXHAUSTED at once.
     if settings.max_concurrent_rpcs < settings.db_pool_size:
         raise SettingsError("CREDITS_MAX_CONCURRENT_RPCS must be at least CREDITS_DB_POOL_SIZE")
+    # Below the longest ttl, a Reserve could outlive the cap its extensions must respect.
+    if settings.reservation_lifetime_max_seconds < limits.RESERVATION_TTL_MAX.total_seconds():
+        raise SettingsError(
+            "CREDITS_RESERVATION_LIFETIME_MAX_SECONDS must be at least the longest ttl"
+            f" ({int(limits.RESERVATION_TTL_MAX.total_seconds())})"
+        )
     for key in settings.metadata_keys:
         if len(key) > limits.METADATA_KEY_CHARS_MAX:
             raise SettingsError("CREDITS_METADATA_KEYS has a key that is too long")

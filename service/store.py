@@ -26,11 +26,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
 from service import context, failures, limits
-from service.ledger import GrantOrder, ReserveOrder, RevokeOrder, UsageCursor
+from service.ledger import EntryFilter, GrantOrder, ReserveOrder, RevokeOrder, UsageCursor
 from service.model import (
+    Allocation,
     Balance,
+    EntryKind,
     Grant,
+    GrantLot,
     GrantSource,
+    LedgerEntry,
     Reservation,
     ReservationStatus,
     Revocation,
@@ -71,6 +75,21 @@ REVOKE = text(
 BALANCE = text("SELECT * FROM credits_balance(:account, :now, :lock_ms)")
 USAGE = text(
     "SELECT * FROM credits_usage(:account, :limit, :after_created, :after_id, :now, :lock_ms)"
+)
+LIST_GRANTS = text(
+    "SELECT (r.out_grant).*, r.out_held FROM credits_list_grants(:account, :include_finished,"
+    " :limit, :after, :now, :lock_ms) AS r"
+)
+LIST_ENTRIES = text(
+    "SELECT * FROM credits_list_entries(:account, :since, :until, :kinds, :limit, :after,"
+    " :now, :lock_ms)"
+)
+GET_RESERVATION = text(
+    "SELECT (r.out_reservation).*, r.out_grant_id, r.out_amount, r.out_returned"
+    " FROM credits_get_reservation(:account, :reservation, :now, :lock_ms) AS r"
+)
+EXTEND = text(
+    "SELECT * FROM credits_extend(:account, :reservation, :ttl, :lifetime_max, :now, :lock_ms)"
 )
 DUE_ACCOUNTS = text("SELECT credits_due_accounts(:now, :limit) AS account_id")
 SETTLE = text("SELECT credits_lock(:account, :now, NULL)")
@@ -130,6 +149,7 @@ def _reservation(row: Row) -> Reservation:
         description=row.description,
         created_at=row.created_at,
         expires_at=row.expires_at,
+        returned_amount=row.returned_amount,
     )
 
 
@@ -145,6 +165,21 @@ def _grant(row: Row) -> Grant:
         expires_at=row.expires_at,
         revoked_amount=row.revoked_amount,
         priority=row.priority,
+        unrecovered_amount=row.unrecovered_amount,
+        expired_amount=row.expired_amount,
+    )
+
+
+def _entry(row: Row) -> LedgerEntry:
+    return LedgerEntry(
+        entry_id=row.entry_id,
+        kind=EntryKind[row.kind.upper()],
+        amount=row.amount,
+        grant_id=row.grant_id,
+        reservation_id=row.reservation_id,
+        revocation_id=row.revocation_id,
+        created_at=row.created_at,
+        balance_after=row.balance_after,
     )
 
 
@@ -332,6 +367,12 @@ class PostgresStore:
             next_expiry=row.next_expiry,
         )
 
+    async def _all(self, statement: TextClause, params: Mapping[str, object]) -> list[Row]:
+        args = self._statements.args(statement, {**params, "lock_ms": _lock_timeout_ms()})
+        async with self._connection() as conn:
+            rows: list[Row] = await conn.fetch(*args, record_class=Row)
+        return rows
+
     async def usage(
         self, account_id: str, limit: int, after: UsageCursor | None, now: datetime.datetime
     ) -> list[Reservation]:
@@ -341,12 +382,73 @@ class PostgresStore:
             "after_created": after.created_at if after else None,
             "after_id": after.reservation_id if after else None,
             "now": now,
-            "lock_ms": _lock_timeout_ms(),
         }
-        args = self._statements.args(USAGE, params)
-        async with self._connection() as conn:
-            rows = await conn.fetch(*args, record_class=Row)
-        return [_reservation(r) for r in rows]
+        return [_reservation(r) for r in await self._all(USAGE, params)]
+
+    async def grants(
+        self,
+        account_id: str,
+        include_finished: bool,
+        limit: int,
+        after: uuid.UUID | None,
+        now: datetime.datetime,
+    ) -> list[GrantLot]:
+        params = {
+            "account": account_id,
+            "include_finished": include_finished,
+            "limit": limit,
+            "after": after,
+            "now": now,
+        }
+        return [GrantLot(_grant(r), r.out_held) for r in await self._all(LIST_GRANTS, params)]
+
+    async def entries(
+        self,
+        account_id: str,
+        which: EntryFilter,
+        limit: int,
+        after: int | None,
+        now: datetime.datetime,
+    ) -> list[LedgerEntry]:
+        params = {
+            "account": account_id,
+            "since": which.since,
+            "until": which.until,
+            "kinds": None if which.kinds is None else sorted(k.stored for k in which.kinds),
+            "limit": limit,
+            "after": after,
+            "now": now,
+        }
+        return [_entry(r) for r in await self._all(LIST_ENTRIES, params)]
+
+    async def reservation(
+        self, account_id: str, reservation_id: uuid.UUID, now: datetime.datetime
+    ) -> tuple[Reservation, tuple[Allocation, ...]]:
+        params = {"account": account_id, "reservation": reservation_id, "now": now}
+        rows = await self._all(GET_RESERVATION, params)
+        if not rows:
+            # A found reservation has allocations (its amount is positive and allocated).
+            raise AssertionError("a reservation without allocations")
+        first = rows[0]
+        allocations = tuple(Allocation(r.out_grant_id, r.out_amount, r.out_returned) for r in rows)
+        return _reservation(first), allocations
+
+    async def extend(
+        self,
+        account_id: str,
+        reservation_id: uuid.UUID,
+        ttl: datetime.timedelta,
+        lifetime_max: datetime.timedelta,
+        now: datetime.datetime,
+    ) -> Reservation:
+        params = {
+            "account": account_id,
+            "reservation": reservation_id,
+            "ttl": ttl,
+            "lifetime_max": lifetime_max,
+            "now": now,
+        }
+        return _reservation(await self._one(EXTEND, params))
 
     async def due_accounts(self, accounts_max: int, now: datetime.datetime) -> list[str]:
         """Accounts with something due, longest overdue first."""

@@ -1,10 +1,14 @@
 """Helpers the tests share: a production server on an ephemeral port, mTLS channels."""
 
+import asyncio
+import contextlib
 import datetime
 import urllib.parse
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -14,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from credits.v1 import credits_pb2, credits_pb2_grpc
 from scripts.devcallers import ensure_dev_callers
 from service import settings
-from service.ledger import Clock, Ledger, Policy, utc_now
+from service.__main__ import policy
+from service.ledger import Clock, Ledger, utc_now
 from service.server import Built, build_server, mark_serving
 from service.store import PostgresStore, create_engine
 
@@ -92,11 +97,25 @@ async def start_server(
         pool_timeout_seconds=config.db_pool_timeout_seconds,
         statement_timeout_seconds=config.db_statement_timeout_seconds,
     )
-    ledger = Ledger(PostgresStore(engine), Policy(config.amount_max, config.metadata_keys), clock)
+    ledger = Ledger(PostgresStore(engine), policy(config), clock)
     built = build_server(config, ledger)
     await built.server.start()
     await mark_serving(built)
     return RunningServer(built, engine, config)
+
+
+@contextlib.asynccontextmanager
+async def child_process(*args: str, **options: Any) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A process started with `asyncio.create_subprocess_exec(*args, **options)` that is
+    killed when the block ends, however it ends, unless the test stopped it already."""
+    process = await asyncio.create_subprocess_exec(*args, **options)
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            # communicate() drains the pipes, so that waiting cannot block on a full one.
+            await process.communicate()
 
 
 def open_channel(pki: Path, caller: str, address: str) -> grpc.aio.Channel:

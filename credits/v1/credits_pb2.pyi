@@ -91,6 +91,58 @@ GRANT_SOURCE_ADJUSTMENT: GrantSource.ValueType  # 4
 """An operator's adjustment."""
 Global___GrantSource: _TypeAlias = GrantSource  # noqa: Y015
 
+class _EntryKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EntryKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ENTRY_KIND_UNSPECIFIED: _EntryKind.ValueType  # 0
+    """Never used."""
+    ENTRY_KIND_GRANT: _EntryKind.ValueType  # 1
+    """Credits granted (positive)."""
+    ENTRY_KIND_RESERVE: _EntryKind.ValueType  # 2
+    """Credits held by a reservation (negative)."""
+    ENTRY_KIND_RELEASE: _EntryKind.ValueType  # 3
+    """Held credits given back by Release (positive)."""
+    ENTRY_KIND_CONFIRM_RETURN: _EntryKind.ValueType  # 4
+    """Held credits Confirm did not capture, given back (positive)."""
+    ENTRY_KIND_RESERVATION_EXPIRY: _EntryKind.ValueType  # 5
+    """Held credits given back when their reservation expired (positive)."""
+    ENTRY_KIND_GRANT_EXPIRY: _EntryKind.ValueType  # 6
+    """Credits of an expired grant: its unspent rest at its expiry, or credits that came
+    back to it afterwards (negative).
+    """
+    ENTRY_KIND_REVOKE: _EntryKind.ValueType  # 7
+    """Credits taken back by a revocation, or paid to its debt (negative)."""
+    ENTRY_KIND_REVOKE_REVERSAL: _EntryKind.ValueType  # 8
+    """Revoked credits given back when a claim was withdrawn (positive)."""
+
+class EntryKind(_EntryKind, metaclass=_EntryKindEnumTypeWrapper):
+    """EntryKind says what moved credits in a ledger entry."""
+
+ENTRY_KIND_UNSPECIFIED: EntryKind.ValueType  # 0
+"""Never used."""
+ENTRY_KIND_GRANT: EntryKind.ValueType  # 1
+"""Credits granted (positive)."""
+ENTRY_KIND_RESERVE: EntryKind.ValueType  # 2
+"""Credits held by a reservation (negative)."""
+ENTRY_KIND_RELEASE: EntryKind.ValueType  # 3
+"""Held credits given back by Release (positive)."""
+ENTRY_KIND_CONFIRM_RETURN: EntryKind.ValueType  # 4
+"""Held credits Confirm did not capture, given back (positive)."""
+ENTRY_KIND_RESERVATION_EXPIRY: EntryKind.ValueType  # 5
+"""Held credits given back when their reservation expired (positive)."""
+ENTRY_KIND_GRANT_EXPIRY: EntryKind.ValueType  # 6
+"""Credits of an expired grant: its unspent rest at its expiry, or credits that came
+back to it afterwards (negative).
+"""
+ENTRY_KIND_REVOKE: EntryKind.ValueType  # 7
+"""Credits taken back by a revocation, or paid to its debt (negative)."""
+ENTRY_KIND_REVOKE_REVERSAL: EntryKind.ValueType  # 8
+"""Revoked credits given back when a claim was withdrawn (positive)."""
+Global___EntryKind: _TypeAlias = EntryKind  # noqa: Y015
+
 @_typing.final
 class ReserveRequest(_message.Message):
     """ReserveRequest asks to hold credits for one job."""
@@ -633,6 +685,396 @@ class ListUsageResponse(_message.Message):
 Global___ListUsageResponse: _TypeAlias = ListUsageResponse  # noqa: Y015
 
 @_typing.final
+class ListGrantsRequest(_message.Message):
+    """ListGrantsRequest pages through an account's grants."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    INCLUDE_FINISHED_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account."""
+    page_size: _builtins.int
+    """How many grants per page, clamped to 1-100; 0 means 50."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page; empty for the first page."""
+    include_finished: _builtins.bool
+    """False (the default): only grants with credits remaining or held by active
+    reservations. True: every grant, spent, expired and revoked ones included.
+    """
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        include_finished: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "include_finished", b"include_finished", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGrantsRequest: _TypeAlias = ListGrantsRequest  # noqa: Y015
+
+@_typing.final
+class ListGrantsResponse(_message.Message):
+    """ListGrantsResponse is one page of grants in burn-down order: lowest priority first,
+    then soonest expiry (never-expiring last), then oldest; the order Reserve spends them in.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page; empty on the last page."""
+    @_builtins.property
+    def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___GrantLot]:
+        """The grants of this page."""
+
+    def __init__(
+        self,
+        *,
+        grants: _abc.Iterable[Global___GrantLot] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grants", b"grants", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGrantsResponse: _TypeAlias = ListGrantsResponse  # noqa: Y015
+
+@_typing.final
+class GrantLot(_message.Message):
+    """GrantLot is a grant as it stands, with what active reservations hold of it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_FIELD_NUMBER: _builtins.int
+    HELD_AMOUNT_FIELD_NUMBER: _builtins.int
+    held_amount: _builtins.int
+    """Credits of this grant held by active (unconfirmed, unexpired) reservations: they
+    come back to the grant if the reservation is released or expires.
+    """
+    @_builtins.property
+    def grant(self) -> Global___Grant:
+        """The grant, with its remaining, revoked, unrecovered and expired amounts."""
+
+    def __init__(
+        self,
+        *,
+        grant: Global___Grant | None = ...,
+        held_amount: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant", "held_amount", b"held_amount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantLot: _TypeAlias = GrantLot  # noqa: Y015
+
+@_typing.final
+class ListEntriesRequest(_message.Message):
+    """ListEntriesRequest pages through an account's ledger entries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account."""
+    page_size: _builtins.int
+    """How many entries per page, clamped to 1-100; 0 means 50."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page; empty for the first page."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only entries made at or after this time; absent means from the first."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Only entries made before this time; absent means up to now."""
+
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___EntryKind.ValueType]:
+        """Only entries of these kinds; empty means every kind."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        kinds: _abc.Iterable[Global___EntryKind.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "kinds", b"kinds", "page_size", b"page_size", "page_token", b"page_token", "since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEntriesRequest: _TypeAlias = ListEntriesRequest  # noqa: Y015
+
+@_typing.final
+class ListEntriesResponse(_message.Message):
+    """ListEntriesResponse is one page of the statement, newest first. The account was settled
+    first (overdue reservations returned, expired grants expired), so the signed amounts of
+    all of an account's entries add up to its available balance, and the newest entry's
+    balance_after is that balance.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page; empty on the last page."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerEntry]:
+        """The entries of this page."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___LedgerEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEntriesResponse: _TypeAlias = ListEntriesResponse  # noqa: Y015
+
+@_typing.final
+class LedgerEntry(_message.Message):
+    """LedgerEntry is one append-only movement of an account's available credits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    REVOCATION_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    BALANCE_AFTER_FIELD_NUMBER: _builtins.int
+    entry_id: _builtins.int
+    """The entry's id: increasing in the order entries were made."""
+    kind: Global___EntryKind.ValueType
+    """What moved the credits."""
+    amount: _builtins.int
+    """Signed: positive adds to the available balance, negative takes from it."""
+    grant_id: _builtins.str
+    """The grant whose credits moved."""
+    reservation_id: _builtins.str
+    """The reservation that moved them, if any."""
+    revocation_id: _builtins.str
+    """The revocation that moved them, if any."""
+    balance_after: _builtins.int
+    """The account's available balance right after this entry: the sum of the amounts of
+    this entry and every earlier one, whatever the request's filters.
+    """
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the entry was made."""
+
+    def __init__(
+        self,
+        *,
+        entry_id: _builtins.int = ...,
+        kind: Global___EntryKind.ValueType = ...,
+        amount: _builtins.int = ...,
+        grant_id: _builtins.str = ...,
+        reservation_id: _builtins.str = ...,
+        revocation_id: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        balance_after: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "balance_after", b"balance_after", "created_at", b"created_at", "entry_id", b"entry_id", "grant_id", b"grant_id", "kind", b"kind", "reservation_id", b"reservation_id", "revocation_id", b"revocation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LedgerEntry: _TypeAlias = LedgerEntry  # noqa: Y015
+
+@_typing.final
+class GetReservationRequest(_message.Message):
+    """GetReservationRequest names one reservation of an account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account that owns the reservation."""
+    reservation_id: _builtins.str
+    """The reservation."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        reservation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "reservation_id", b"reservation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReservationRequest: _TypeAlias = GetReservationRequest  # noqa: Y015
+
+@_typing.final
+class GetReservationResponse(_message.Message):
+    """GetReservationResponse is one reservation as it stands, after the account was settled
+    (an overdue reservation reads as expired).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    ALLOCATIONS_FIELD_NUMBER: _builtins.int
+    EXTENDABLE_UNTIL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reservation(self) -> Global___Reservation:
+        """The reservation."""
+
+    @_builtins.property
+    def allocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Allocation]:
+        """The grants its credits came from, in the order they were taken."""
+
+    @_builtins.property
+    def extendable_until(self) -> _timestamp_pb2.Timestamp:
+        """The latest expires_at an ExtendReservation can set: when the reservation was made
+        plus the service's lifetime cap.
+        """
+
+    def __init__(
+        self,
+        *,
+        reservation: Global___Reservation | None = ...,
+        allocations: _abc.Iterable[Global___Allocation] | None = ...,
+        extendable_until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["extendable_until", b"extendable_until", "reservation", b"reservation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocations", b"allocations", "extendable_until", b"extendable_until", "reservation", b"reservation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReservationResponse: _TypeAlias = GetReservationResponse  # noqa: Y015
+
+@_typing.final
+class Allocation(_message.Message):
+    """Allocation is what one grant gave to a reservation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    RETURNED_AMOUNT_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    """The grant."""
+    amount: _builtins.int
+    """How much the grant gave."""
+    returned_amount: _builtins.int
+    """How much of it went back (released, expired or not captured)."""
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        returned_amount: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "grant_id", b"grant_id", "returned_amount", b"returned_amount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Allocation: _TypeAlias = Allocation  # noqa: Y015
+
+@_typing.final
+class ExtendReservationRequest(_message.Message):
+    """ExtendReservationRequest keeps an active reservation alive for longer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account that owns the reservation."""
+    reservation_id: _builtins.str
+    """The reservation to extend."""
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """Required: the reservation then expires at now + ttl, 1 s to 24 h as for Reserve. An
+        expires_at past the reservation's extendable_until is refused, nothing changes.
+        """
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        reservation_id: _builtins.str = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "reservation_id", b"reservation_id", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExtendReservationRequest: _TypeAlias = ExtendReservationRequest  # noqa: Y015
+
+@_typing.final
+class ExtendReservationResponse(_message.Message):
+    """ExtendReservationResponse carries the extended reservation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    EXTENDABLE_UNTIL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reservation(self) -> Global___Reservation:
+        """The reservation with its new expires_at."""
+
+    @_builtins.property
+    def extendable_until(self) -> _timestamp_pb2.Timestamp:
+        """The latest expires_at a further extension can set."""
+
+    def __init__(
+        self,
+        *,
+        reservation: Global___Reservation | None = ...,
+        extendable_until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["extendable_until", b"extendable_until", "reservation", b"reservation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["extendable_until", b"extendable_until", "reservation", b"reservation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExtendReservationResponse: _TypeAlias = ExtendReservationResponse  # noqa: Y015
+
+@_typing.final
 class Reservation(_message.Message):
     """Reservation is a hold of credits for one job."""
 
@@ -648,6 +1090,7 @@ class Reservation(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    RETURNED_AMOUNT_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """The reservation's id (a UUID)."""
     account_id: _builtins.str
@@ -664,6 +1107,8 @@ class Reservation(_message.Message):
     """The caller's job type."""
     description: _builtins.str
     """Free text for operators."""
+    returned_amount: _builtins.int
+    """How much went back to the grants (released, expired, or not captured by Confirm)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the reservation was made."""
@@ -685,10 +1130,11 @@ class Reservation(_message.Message):
         description: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
+        returned_amount: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "confirmed_amount", b"confirmed_amount", "created_at", b"created_at", "description", b"description", "expires_at", b"expires_at", "job_id", b"job_id", "job_type", b"job_type", "reservation_id", b"reservation_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "confirmed_amount", b"confirmed_amount", "created_at", b"created_at", "description", b"description", "expires_at", b"expires_at", "job_id", b"job_id", "job_type", b"job_type", "reservation_id", b"reservation_id", "returned_amount", b"returned_amount", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -710,6 +1156,8 @@ class Grant(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     REVOKED_AMOUNT_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    UNRECOVERED_AMOUNT_FIELD_NUMBER: _builtins.int
+    EXPIRED_AMOUNT_FIELD_NUMBER: _builtins.int
     grant_id: _builtins.str
     """The grant's id (a UUID)."""
     account_id: _builtins.str
@@ -726,6 +1174,12 @@ class Grant(_message.Message):
     """How much has been revoked in all."""
     priority: _builtins.int
     """Burn-down priority: lower is spent first."""
+    unrecovered_amount: _builtins.int
+    """Revocation claims that could not be taken back because the credits were spent or
+    held: credits coming back to the grant pay this first.
+    """
+    expired_amount: _builtins.int
+    """How much expired unspent."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the grant was made."""
@@ -747,10 +1201,12 @@ class Grant(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         revoked_amount: _builtins.int = ...,
         priority: _builtins.int = ...,
+        unrecovered_amount: _builtins.int = ...,
+        expired_amount: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "created_at", b"created_at", "expires_at", b"expires_at", "external_ref", b"external_ref", "grant_id", b"grant_id", "original_amount", b"original_amount", "priority", b"priority", "remaining_amount", b"remaining_amount", "revoked_amount", b"revoked_amount", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "created_at", b"created_at", "expired_amount", b"expired_amount", "expires_at", b"expires_at", "external_ref", b"external_ref", "grant_id", b"grant_id", "original_amount", b"original_amount", "priority", b"priority", "remaining_amount", b"remaining_amount", "revoked_amount", b"revoked_amount", "source", b"source", "unrecovered_amount", b"unrecovered_amount"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

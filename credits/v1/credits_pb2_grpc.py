@@ -70,6 +70,26 @@ class CreditsServiceStub:
                 request_serializer=credits_dot_v1_dot_credits__pb2.ListUsageRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_credits__pb2.ListUsageResponse.FromString,
                 _registered_method=True)
+        self.ListGrants = channel.unary_unary(
+                '/credits.v1.CreditsService/ListGrants',
+                request_serializer=credits_dot_v1_dot_credits__pb2.ListGrantsRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.ListGrantsResponse.FromString,
+                _registered_method=True)
+        self.ListEntries = channel.unary_unary(
+                '/credits.v1.CreditsService/ListEntries',
+                request_serializer=credits_dot_v1_dot_credits__pb2.ListEntriesRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.ListEntriesResponse.FromString,
+                _registered_method=True)
+        self.GetReservation = channel.unary_unary(
+                '/credits.v1.CreditsService/GetReservation',
+                request_serializer=credits_dot_v1_dot_credits__pb2.GetReservationRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.GetReservationResponse.FromString,
+                _registered_method=True)
+        self.ExtendReservation = channel.unary_unary(
+                '/credits.v1.CreditsService/ExtendReservation',
+                request_serializer=credits_dot_v1_dot_credits__pb2.ExtendReservationRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.ExtendReservationResponse.FromString,
+                _registered_method=True)
 
 
 class CreditsServiceServicer:
@@ -125,6 +145,38 @@ class CreditsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListGrants(self, request, context):
+        """ListGrants lists an account's grants in burn-down order, paged: the lots behind its
+        balance, each with what is left, held, expired, revoked and still owed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEntries(self, request, context):
+        """ListEntries is an account's statement: its append-only ledger entries, newest first,
+        paged, each with the balance right after it. It settles the account first, so the
+        newest entry's balance is the available balance GetBalance reports.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReservation(self, request, context):
+        """GetReservation reports one reservation and the grants its credits came from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExtendReservation(self, request, context):
+        """ExtendReservation moves an active reservation's expires_at to now + ttl, within the
+        reservation's lifetime cap. Repeating it is harmless: it keeps a long job's hold alive.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +214,26 @@ def add_CreditsServiceServicer_to_server(servicer, server):
                     servicer.ListUsage,
                     request_deserializer=credits_dot_v1_dot_credits__pb2.ListUsageRequest.FromString,
                     response_serializer=credits_dot_v1_dot_credits__pb2.ListUsageResponse.SerializeToString,
+            ),
+            'ListGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGrants,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.ListGrantsRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.ListGrantsResponse.SerializeToString,
+            ),
+            'ListEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEntries,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.ListEntriesRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.ListEntriesResponse.SerializeToString,
+            ),
+            'GetReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReservation,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.GetReservationRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.GetReservationResponse.SerializeToString,
+            ),
+            'ExtendReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtendReservation,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.ExtendReservationRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.ExtendReservationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +426,114 @@ class CreditsService:
             '/credits.v1.CreditsService/ListUsage',
             credits_dot_v1_dot_credits__pb2.ListUsageRequest.SerializeToString,
             credits_dot_v1_dot_credits__pb2.ListUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/ListGrants',
+            credits_dot_v1_dot_credits__pb2.ListGrantsRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.ListGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/ListEntries',
+            credits_dot_v1_dot_credits__pb2.ListEntriesRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.ListEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/GetReservation',
+            credits_dot_v1_dot_credits__pb2.GetReservationRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.GetReservationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExtendReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/ExtendReservation',
+            credits_dot_v1_dot_credits__pb2.ExtendReservationRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.ExtendReservationResponse.FromString,
             options,
             channel_credentials,
             insecure,

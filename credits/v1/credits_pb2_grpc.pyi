@@ -53,6 +53,21 @@ class CreditsServiceStub:
     """Revoke takes back credits of one grant (refund, dispute)."""
     ListUsage: _grpc.UnaryUnaryMultiCallable[_credits_pb2.ListUsageRequest, _credits_pb2.ListUsageResponse]
     """ListUsage lists an account's reservations, newest first, paged."""
+    ListGrants: _grpc.UnaryUnaryMultiCallable[_credits_pb2.ListGrantsRequest, _credits_pb2.ListGrantsResponse]
+    """ListGrants lists an account's grants in burn-down order, paged: the lots behind its
+    balance, each with what is left, held, expired, revoked and still owed.
+    """
+    ListEntries: _grpc.UnaryUnaryMultiCallable[_credits_pb2.ListEntriesRequest, _credits_pb2.ListEntriesResponse]
+    """ListEntries is an account's statement: its append-only ledger entries, newest first,
+    paged, each with the balance right after it. It settles the account first, so the
+    newest entry's balance is the available balance GetBalance reports.
+    """
+    GetReservation: _grpc.UnaryUnaryMultiCallable[_credits_pb2.GetReservationRequest, _credits_pb2.GetReservationResponse]
+    """GetReservation reports one reservation and the grants its credits came from."""
+    ExtendReservation: _grpc.UnaryUnaryMultiCallable[_credits_pb2.ExtendReservationRequest, _credits_pb2.ExtendReservationResponse]
+    """ExtendReservation moves an active reservation's expires_at to now + ttl, within the
+    reservation's lifetime cap. Repeating it is harmless: it keeps a long job's hold alive.
+    """
 
 @_typing.type_check_only
 class CreditsServiceAsyncStub(CreditsServiceStub):
@@ -73,6 +88,21 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     """Revoke takes back credits of one grant (refund, dispute)."""
     ListUsage: _aio.UnaryUnaryMultiCallable[_credits_pb2.ListUsageRequest, _credits_pb2.ListUsageResponse]  # type: ignore[assignment]
     """ListUsage lists an account's reservations, newest first, paged."""
+    ListGrants: _aio.UnaryUnaryMultiCallable[_credits_pb2.ListGrantsRequest, _credits_pb2.ListGrantsResponse]  # type: ignore[assignment]
+    """ListGrants lists an account's grants in burn-down order, paged: the lots behind its
+    balance, each with what is left, held, expired, revoked and still owed.
+    """
+    ListEntries: _aio.UnaryUnaryMultiCallable[_credits_pb2.ListEntriesRequest, _credits_pb2.ListEntriesResponse]  # type: ignore[assignment]
+    """ListEntries is an account's statement: its append-only ledger entries, newest first,
+    paged, each with the balance right after it. It settles the account first, so the
+    newest entry's balance is the available balance GetBalance reports.
+    """
+    GetReservation: _aio.UnaryUnaryMultiCallable[_credits_pb2.GetReservationRequest, _credits_pb2.GetReservationResponse]  # type: ignore[assignment]
+    """GetReservation reports one reservation and the grants its credits came from."""
+    ExtendReservation: _aio.UnaryUnaryMultiCallable[_credits_pb2.ExtendReservationRequest, _credits_pb2.ExtendReservationResponse]  # type: ignore[assignment]
+    """ExtendReservation moves an active reservation's expires_at to now + ttl, within the
+    reservation's lifetime cap. Repeating it is harmless: it keeps a long job's hold alive.
+    """
 
 class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
     """CreditsService is the single owner of the credits data."""
@@ -132,5 +162,44 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_credits_pb2.ListUsageResponse, _abc.Awaitable[_credits_pb2.ListUsageResponse]]:
         """ListUsage lists an account's reservations, newest first, paged."""
+
+    @_abc_1.abstractmethod
+    def ListGrants(
+        self,
+        request: _credits_pb2.ListGrantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.ListGrantsResponse, _abc.Awaitable[_credits_pb2.ListGrantsResponse]]:
+        """ListGrants lists an account's grants in burn-down order, paged: the lots behind its
+        balance, each with what is left, held, expired, revoked and still owed.
+        """
+
+    @_abc_1.abstractmethod
+    def ListEntries(
+        self,
+        request: _credits_pb2.ListEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.ListEntriesResponse, _abc.Awaitable[_credits_pb2.ListEntriesResponse]]:
+        """ListEntries is an account's statement: its append-only ledger entries, newest first,
+        paged, each with the balance right after it. It settles the account first, so the
+        newest entry's balance is the available balance GetBalance reports.
+        """
+
+    @_abc_1.abstractmethod
+    def GetReservation(
+        self,
+        request: _credits_pb2.GetReservationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.GetReservationResponse, _abc.Awaitable[_credits_pb2.GetReservationResponse]]:
+        """GetReservation reports one reservation and the grants its credits came from."""
+
+    @_abc_1.abstractmethod
+    def ExtendReservation(
+        self,
+        request: _credits_pb2.ExtendReservationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.ExtendReservationResponse, _abc.Awaitable[_credits_pb2.ExtendReservationResponse]]:
+        """ExtendReservation moves an active reservation's expires_at to now + ttl, within the
+        reservation's lifetime cap. Repeating it is harmless: it keeps a long job's hold alive.
+        """
 
 def add_CreditsServiceServicer_to_server(servicer: CreditsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

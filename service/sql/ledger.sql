@@ -508,6 +508,112 @@ BEGIN
   END IF;
 END $$;
 
+-- One page of an account's grants in burn-down order (the order credits_reserve spends
+-- them in), each with what active reservations hold of it, after settling the account.
+-- Unless p_include_finished, only grants with credits remaining or held. p_after is the
+-- last grant of the previous page: the sort key of a grant never changes, so the grant
+-- alone says where the page ended.
+CREATE OR REPLACE FUNCTION credits_list_grants(p_account text, p_include_finished boolean,
+                                               p_limit integer, p_after uuid,
+                                               p_now timestamptz, p_lock_timeout_ms integer)
+RETURNS TABLE (out_grant grants, out_held bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM credits_lock(p_account, p_now, p_lock_timeout_ms);
+  RETURN QUERY
+    WITH held AS (
+      SELECT al.grant_id, sum(al.amount - al.returned_amount)::bigint AS amount
+        FROM reservations r JOIN allocations al ON al.reservation_id = r.reservation_id
+       WHERE r.account_id = p_account AND r.status = credits_status_reserved()
+       GROUP BY al.grant_id
+    ), last_listed AS (
+      SELECT g.priority, coalesce(g.expires_at, 'infinity') AS expires_at, g.created_at,
+             g.grant_id
+        FROM grants g WHERE g.grant_id = p_after AND g.account_id = p_account
+    )
+    SELECT g, coalesce(h.amount, 0)::bigint
+      FROM grants g LEFT JOIN held h ON h.grant_id = g.grant_id
+     WHERE g.account_id = p_account
+       AND (p_include_finished OR g.remaining_amount > 0 OR h.amount > 0)
+       AND (p_after IS NULL
+            OR (g.priority, coalesce(g.expires_at, 'infinity'), g.created_at, g.grant_id)
+               > (SELECT l.priority, l.expires_at, l.created_at, l.grant_id FROM last_listed l))
+     ORDER BY g.priority, g.expires_at NULLS LAST, g.created_at, g.grant_id
+     LIMIT p_limit;
+END $$;
+
+-- One page of an account's statement, newest first, after settling the account, so that
+-- the entries of an account add up to its available balance. Each entry comes with the
+-- balance right after it: the sum of it and every earlier entry of the account, whatever
+-- the filters (p_since inclusive, p_until exclusive, p_kinds; NULL means no filter).
+-- Entry ids grow in the order entries were made (an account's writers serialize on its
+-- lock), so they order the statement even where two instances' clocks disagree.
+CREATE OR REPLACE FUNCTION credits_list_entries(p_account text, p_since timestamptz,
+                                                p_until timestamptz, p_kinds text[],
+                                                p_limit integer, p_after bigint,
+                                                p_now timestamptz, p_lock_timeout_ms integer)
+RETURNS TABLE (entry_id bigint, kind text, amount bigint, grant_id uuid,
+               reservation_id uuid, revocation_id uuid, created_at timestamptz,
+               balance_after bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+  PERFORM credits_lock(p_account, p_now, p_lock_timeout_ms);
+  RETURN QUERY
+    SELECT s.entry_id, s.kind, s.amount, s.grant_id, s.reservation_id, s.revocation_id,
+           s.created_at, s.balance_after
+      FROM (SELECT e.*, sum(e.amount) OVER (ORDER BY e.entry_id)::bigint AS balance_after
+              FROM ledger_entries e WHERE e.account_id = p_account) s
+     WHERE (p_after IS NULL OR s.entry_id < p_after)
+       AND (p_since IS NULL OR s.created_at >= p_since)
+       AND (p_until IS NULL OR s.created_at < p_until)
+       AND (p_kinds IS NULL OR s.kind = ANY (p_kinds))
+     ORDER BY s.entry_id DESC
+     LIMIT p_limit;
+END $$;
+
+-- One reservation of an account after settling it (an overdue one reads as expired),
+-- one row per grant it was taken from, in burn-down order. Another account's
+-- reservation is CR002, exactly like one that does not exist.
+CREATE OR REPLACE FUNCTION credits_get_reservation(p_account text, p_reservation uuid,
+                                                   p_now timestamptz,
+                                                   p_lock_timeout_ms integer)
+RETURNS TABLE (out_reservation reservations, out_grant_id uuid, out_amount bigint,
+               out_returned bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+  r reservations;
+BEGIN
+  r := credits_locked_reservation(p_account, p_reservation, p_now, p_lock_timeout_ms);
+  RETURN QUERY
+    SELECT r, al.grant_id, al.amount, al.returned_amount FROM allocations al
+     WHERE al.reservation_id = p_reservation ORDER BY al.burn_rank;
+END $$;
+
+-- Moves an active reservation's expiry to p_now + p_ttl: a long job's heartbeat. Expired,
+-- confirmed and released reservations are CR003. An expiry past the reservation's
+-- creation plus p_lifetime_max is CR011 and changes nothing: refused rather than cut
+-- short, so that the caller never believes it holds credits longer than it does.
+CREATE OR REPLACE FUNCTION credits_extend(p_account text, p_reservation uuid, p_ttl interval,
+                                          p_lifetime_max interval, p_now timestamptz,
+                                          p_lock_timeout_ms integer)
+RETURNS SETOF reservations LANGUAGE plpgsql AS $$
+DECLARE
+  r reservations;
+BEGIN
+  r := credits_locked_reservation(p_account, p_reservation, p_now, p_lock_timeout_ms);
+  IF r.status <> credits_status_reserved() THEN
+    RAISE EXCEPTION 'reservation not active' USING ERRCODE = 'CR003';
+  END IF;
+  IF p_now + p_ttl > r.created_at + p_lifetime_max THEN
+    RAISE EXCEPTION 'reservation lifetime exceeded' USING ERRCODE = 'CR011';
+  END IF;
+  UPDATE reservations SET expires_at = p_now + p_ttl
+   WHERE reservation_id = p_reservation
+  RETURNING * INTO r;
+  RETURN NEXT r;
+END $$;
+
 -- The accounts that have something due, longest overdue first, for the sweeper, which
 -- settles each in a transaction of its own: an account that fails is passed over, not
 -- retried ahead of every other one.

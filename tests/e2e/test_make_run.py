@@ -106,7 +106,12 @@ def devrun(tmp_path: Path) -> Iterator[DevRun]:
     run = DevRun(tmp_path / "dev")
     yield run
     if run.process is not None and run.process.poll() is None:
-        run.stop()
+        try:
+            run.stop()
+        finally:
+            if run.process.poll() is None:  # it did not stop in time
+                run.process.kill()
+                run.process.wait()
 
 
 def test_the_readme_flow_against_make_run(devrun: DevRun) -> None:

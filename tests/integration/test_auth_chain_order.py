@@ -42,7 +42,8 @@ async def reserve_code(stub: Stub, account: str) -> grpc.StatusCode:
 
 
 def test_the_chain_build_server_installs_is_in_order(strict_server: RunningServer) -> None:
-    chain = interceptor_chain(strict_server.settings, strict_server.built.limiter)
+    built = strict_server.built
+    chain = interceptor_chain(strict_server.settings, built.limiter, built.callers)
     assert [type(i) for i in chain] == [SanitizeErrors, Authenticate, Authorize, RateLimit]
 
 

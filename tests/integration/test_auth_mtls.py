@@ -1,10 +1,11 @@
 """Identity from client certificates and default-deny authorization, through the shared
-mTLS server and the development callers of SPEC §6."""
+mTLS server and the development callers."""
 
 from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -15,6 +16,7 @@ from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from scripts.devpki import issue, make_ca
 from service.interceptors import REQUEST_ID_HEADER
 from tests.access_support import dev_ca, tls_channel
+from tests.service_process import ServiceProcess, free_port, production_env
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import RunningServer, error_details, new_id, open_channel
 
@@ -160,3 +162,39 @@ async def test_reflection_is_open_to_every_known_caller(
         )
         services = [s.name async for r in stream for s in r.list_services_response.service]
     assert "credits.v1.CreditsService" in services
+
+
+def tls_handshakes() -> float:
+    return REGISTRY.get_sample_value("credits_tls_handshakes_total") or 0.0
+
+
+async def test_refused_handshakes_are_counted(credits_server: RunningServer, pki: Path) -> None:
+    """What Python can see of a refused handshake: that it began (the refusal itself
+    happens inside gRPC's TLS layer)."""
+    before = tls_handshakes()
+    async with tls_channel(pki, credits_server.address) as channel:
+        await refused_handshake(channel)
+    assert tls_handshakes() > before
+
+
+def scrape(address: str, metric: str) -> float:
+    text = httpx.get(f"http://{address}/metrics", timeout=T).text
+    samples = [line.split()[1] for line in text.splitlines() if line.startswith(metric + " ")]
+    return float(samples[0]) if samples else 0.0
+
+
+async def test_refused_handshakes_keep_the_log_stream_json(database_url: str, pki: Path) -> None:
+    """gRPC's own plain-text lines (one per refused handshake) stay out of the service's
+    stderr, which holds only JSON lines."""
+    metrics_address = f"127.0.0.1:{free_port()}"
+    env = production_env(database_url, pki, free_port(), CREDITS_METRICS_ADDR=metrics_address)
+    with ServiceProcess(env) as service:
+        handshakes_before = scrape(metrics_address, "credits_tls_handshakes_total")
+        expired = issue(dev_ca(pki), "backend", expired=True)
+        for client in (None, expired, issue(make_ca("another CA"), "backend")):
+            async with tls_channel(pki, service.address, client) as channel:
+                await refused_handshake(channel)
+        assert scrape(metrics_address, "credits_tls_handshakes_total") >= handshakes_before + 3
+        assert service.stop() == 0
+        entries = service.entries()
+    assert [e["msg"] for e in entries if e["level"] in ("warning", "error")] == []

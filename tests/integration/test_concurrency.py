@@ -1,5 +1,5 @@
 """Concurrent calls on one account: no interleaving overdraws, double-spends or
-double-settles (SPEC §2, "Invariant under concurrency and faults")."""
+double-settles."""
 
 import asyncio
 

@@ -1,4 +1,4 @@
-"""Configuration fails closed (SPEC §4): `python -m service` outside development refuses
+"""Configuration fails closed: `python -m service` outside development refuses
 to start without each of its settings, naming what is missing and never a value."""
 
 import os

@@ -1,5 +1,5 @@
-"""Client deadlines stop the work and its database query instead of running on
-(SPEC §3), and leave no connection behind."""
+"""Client deadlines stop the work and its database query instead of running on,
+and leave no connection behind."""
 
 import asyncio
 

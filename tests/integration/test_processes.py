@@ -6,6 +6,7 @@ refuse the start."""
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -75,15 +76,24 @@ class Supervised:
             )
 
     def wait_serving(self) -> None:
+        """Until the supervisor says that every worker serves."""
         deadline = time.monotonic() + START_SECONDS_MAX
         while time.monotonic() < deadline:
-            if self.log.read_text().count('"msg": "serving"') == PROCESSES:
+            if any(e.get("msg") == "serving" for e in self.entries()):
                 return
             assert self.process is not None
             if self.process.poll() is not None:
                 pytest.fail(f"the service exited while starting:\n{self.log.read_text()}")
             time.sleep(POLL_SECONDS)
         pytest.fail(f"the workers did not all start:\n{self.log.read_text()}")
+
+    def entries(self) -> list[dict[str, object]]:
+        """The JSON log lines so far (the last one may still be half-written)."""
+        found = []
+        for line in self.log.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                found.append(json.loads(line))
+        return found
 
     def workers(self) -> list[int]:
         assert self.process is not None
@@ -182,6 +192,23 @@ async def test_workers_share_the_port_and_one_metrics_endpoint(
     assert counted == [f"{served} {float(CONNECTIONS)}"]
 
 
+def test_a_reload_during_the_start_is_held_until_every_worker_can_reload(
+    service: Supervised,
+) -> None:
+    service.start()
+    assert service.process is not None
+    while "supervising" not in service.log.read_text():
+        time.sleep(POLL_SECONDS)
+    # The workers are starting: not one of them can reload yet.
+    service.process.send_signal(signal.SIGHUP)
+    service.wait_serving()
+    deadline = time.monotonic() + STOP_SECONDS_MAX
+    while sum(e.get("file") == "CREDITS_CALLERS_FILE" for e in service.entries()) < PROCESSES:
+        assert time.monotonic() < deadline, service.log.read_text()
+        time.sleep(POLL_SECONDS)
+    assert len(service.workers()) == PROCESSES
+
+
 def test_sigterm_stops_every_worker_and_the_supervisor_cleanly(service: Supervised) -> None:
     service.start()
     service.wait_serving()
@@ -190,7 +217,7 @@ def test_sigterm_stops_every_worker_and_the_supervisor_cleanly(service: Supervis
     service.process.send_signal(signal.SIGTERM)
     assert service.wait() == 0
     assert wait_gone(workers)
-    assert service.log.read_text().count('"msg": "stopped"') == PROCESSES
+    assert sum(e.get("msg") == "stopped" for e in service.entries()) == PROCESSES
 
 
 def test_a_worker_that_dies_stops_the_whole_service(service: Supervised) -> None:

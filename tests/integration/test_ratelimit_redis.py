@@ -71,7 +71,11 @@ class RedisProcess:
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()
-            self._process.wait(timeout=REDIS_STOP_TIMEOUT_SECONDS)
+            try:
+                self._process.wait(timeout=REDIS_STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
 
 
 @pytest.fixture(scope="session")
@@ -159,15 +163,17 @@ async def test_redis_going_down_refuses_calls_until_it_is_back(
 ) -> None:
     redis = RedisProcess(free_port())
     redis.start()
-    server = await start_server(database_url, pki, CREDITS_REDIS_URL=redis.url)
     try:
-        assert await balance_error(server, pki) is None
-        redis.stop()
-        assert_store_unavailable(await balance_error(server, pki))
-        redis.start()
-        assert await balance_error(server, pki) is None
+        server = await start_server(database_url, pki, CREDITS_REDIS_URL=redis.url)
+        try:
+            assert await balance_error(server, pki) is None
+            redis.stop()
+            assert_store_unavailable(await balance_error(server, pki))
+            redis.start()
+            assert await balance_error(server, pki) is None
+        finally:
+            await server.stop()
     finally:
-        await server.stop()
         redis.stop()
 
 

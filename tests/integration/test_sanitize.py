@@ -1,4 +1,4 @@
-"""Failures reach clients sanitized (SPEC §3): an unexpected error deep in the store is
+"""Failures reach clients sanitized: an unexpected error deep in the store is
 `internal error (ref <request id>)` and nothing else, its detail goes to the log under
 that id; a database that cannot be reached is UNAVAILABLE with a plain message."""
 

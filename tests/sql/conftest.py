@@ -137,6 +137,52 @@ class Ledger:
         )
         return int(row.available), int(row.reserved)
 
+    async def extend(
+        self, reservation: uuid.UUID, ttl: float, now: float, *, lifetime_max: float = 3600
+    ) -> datetime.datetime:
+        """The new expires_at of an extension by `ttl` seconds at `now`."""
+        (row,) = await self.rows(
+            "SELECT expires_at FROM credits_extend(:account, :r, :ttl, :cap, :now, NULL)",
+            account=self.account,
+            r=reservation,
+            ttl=datetime.timedelta(seconds=ttl),
+            cap=datetime.timedelta(seconds=lifetime_max),
+            now=at(now),
+        )
+        return row.expires_at  # type: ignore[no-any-return]
+
+    async def entries(
+        self,
+        now: float = 0,
+        *,
+        limit: int = 1000,
+        after: int | None = None,
+        kinds: list[str] | None = None,
+    ) -> list[Row[Any]]:
+        """The account's statement, newest first."""
+        return await self.rows(
+            "SELECT * FROM credits_list_entries(:account, NULL, NULL, :kinds, :limit, :after,"
+            " :now, NULL)",
+            account=self.account,
+            kinds=kinds,
+            limit=limit,
+            after=after,
+            now=at(now),
+        )
+
+    async def listed_grants(
+        self, now: float = 0, *, include_finished: bool = False
+    ) -> list[tuple[uuid.UUID, int, int]]:
+        """(grant, remaining, held) of the account's grants in burn-down order."""
+        rows = await self.rows(
+            "SELECT (r.out_grant).grant_id, (r.out_grant).remaining_amount, r.out_held"
+            " FROM credits_list_grants(:account, :all, 1000, NULL, :now, NULL) AS r",
+            account=self.account,
+            all=include_finished,
+            now=at(now),
+        )
+        return [(uuid.UUID(str(r.grant_id)), r.remaining_amount, r.out_held) for r in rows]
+
     async def grant_row(self, grant: uuid.UUID) -> Row[Any]:
         (row,) = await self.rows("SELECT * FROM grants WHERE grant_id = :g", g=grant)
         return row

@@ -1,5 +1,6 @@
-"""The names both sides use agree: statuses and sources (Python, SQL and the contract),
-the account limit, the account-id pattern, and every SQLSTATE of the error list."""
+"""The names both sides use agree: statuses, sources and entry kinds (Python, SQL and the
+contract), the account limit, the account-id pattern, and every SQLSTATE of the error
+list."""
 
 import re
 from pathlib import Path
@@ -10,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from credits.v1 import credits_pb2 as pb
 from service import failures, limits
-from service.model import GrantSource, ReservationStatus
+from service.model import EntryKind, GrantSource, ReservationStatus
 
 SOURCE = Path(__file__).resolve().parents[2] / "service" / "sql" / "ledger.sql"
 
@@ -52,3 +53,18 @@ async def test_the_account_id_pattern_agrees(admin_engine: AsyncEngine) -> None:
 def test_every_sqlstate_raised_is_a_listed_failure_and_every_listed_one_is_raised() -> None:
     raised = set(re.findall(r"ERRCODE = '(CR\d{3})'", SOURCE.read_text()))
     assert raised == set(failures.BY_SQLSTATE)
+
+
+async def test_entry_kinds_agree(admin_engine: AsyncEngine) -> None:
+    async with admin_engine.connect() as conn:
+        check = await conn.scalar(
+            text(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+                " WHERE conname = 'ck_ledger_entries_kind_known'"
+            )
+        )
+    in_sql = set(re.findall(r"'(\w+)'::text", str(check)))
+    kinds = [k for k in EntryKind if k is not EntryKind.UNSPECIFIED]
+    assert in_sql == {k.stored for k in kinds}
+    assert all(pb.EntryKind.Value(f"ENTRY_KIND_{k.name}") == k.value for k in kinds)
+    assert len(pb.EntryKind.values()) == len(EntryKind)

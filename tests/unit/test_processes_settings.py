@@ -51,10 +51,10 @@ def test_a_bad_process_count_is_refused(dev_dir: Path, count: str) -> None:
 
 
 def test_only_the_worker_flag_makes_a_worker() -> None:
-    assert processes.worker_index(["--worker", "3"]) == 3
-    assert processes.worker_index([]) is None
-    assert processes.worker_index(["--worker"]) is None
-    assert processes.worker_index(["--worker", "x"]) is None
+    assert processes.worker_of(["--worker", "3", "7"]) == processes.Worker(3, 7)
+    assert processes.worker_of([]) is None
+    assert processes.worker_of(["--worker", "3"]) is None
+    assert processes.worker_of(["--worker", "x", "7"]) is None
 
 
 async def hits_allowed(limiter: Limiter, limit: str, tries: int) -> int:

@@ -15,7 +15,7 @@ from service.model import Grant, GrantSource, Revocation
 from service.servicer import CreditsServicer
 
 NOW = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
-GRANT = Grant(uuid.UUID(int=1), "acct", 10, 4, GrantSource.PURCHASE, "pi_1", NOW, None, 6, 0)
+GRANT = Grant(uuid.UUID(int=1), "acct", 10, 4, GrantSource.PURCHASE, "pi_1", NOW, None, 6, 0, 0, 0)
 
 
 class Recorded(Exception):

@@ -108,14 +108,17 @@ class RunningGateway:
         self,
         client: httpx.AsyncClient,
         body: bytes,
-        signature: str | None = "sign",
+        signature: str | bytes | None = "sign",
         path: str = "/stripe/webhook",
     ) -> httpx.Response:
-        headers = {"Content-Type": "application/json"}
+        """`signature` is "sign" (a valid one), None (no header) or the header itself;
+        bytes go on the wire as they are."""
         if signature == "sign":
-            headers["Stripe-Signature"] = sign(body)
-        elif signature is not None:
-            headers["Stripe-Signature"] = signature
+            signature = sign(body)
+        headers = {b"Content-Type": b"application/json"}
+        if signature is not None:
+            value = signature if isinstance(signature, bytes) else signature.encode()
+            headers[b"Stripe-Signature"] = value
         return await client.post(self.url + path, content=body, headers=headers)
 
     async def stop(self) -> None:
@@ -150,5 +153,8 @@ async def start_gateway(service_address: str, pki: Path) -> RunningGateway:
         if server.started or task.done():
             break
         await asyncio.sleep(0.05)
-    assert server.started, "the gateway did not start"
-    return RunningGateway(f"http://127.0.0.1:{port}", metrics, server, task, channel)
+    running = RunningGateway(f"http://127.0.0.1:{port}", metrics, server, task, channel)
+    if not server.started:
+        await running.stop()
+        raise AssertionError("the gateway did not start")
+    return running

@@ -25,7 +25,9 @@ def assert_security_headers(response: httpx.Response) -> None:
         assert response.headers.get(name) == value, name
 
 
-@pytest.mark.parametrize("case", ["tampered", "wrong_secret", "stale", "missing", "garbled"])
+@pytest.mark.parametrize(
+    "case", ["tampered", "wrong_secret", "stale", "missing", "garbled", "non_ascii"]
+)
 async def test_a_delivery_not_signed_by_stripe_is_400_and_calls_nothing(
     gateway_server: RunningGateway,
     http: httpx.AsyncClient,
@@ -34,7 +36,7 @@ async def test_a_delivery_not_signed_by_stripe_is_400_and_calls_nothing(
     case: str,
 ) -> None:
     body = purchase.event("checkout.session.completed")
-    signature: str | None = sign(body)
+    signature: str | bytes | None = sign(body)
     if case == "tampered":  # signed, then the package swapped for the bigger one
         body = body.replace(b'"credits_1000"', b'"credits_5000"')
     elif case == "wrong_secret":
@@ -43,6 +45,8 @@ async def test_a_delivery_not_signed_by_stripe_is_400_and_calls_nothing(
         signature = sign(body, timestamp=int(time.time()) - 301)
     elif case == "missing":
         signature = None
+    elif case == "non_ascii":  # a valid signature with one byte no Stripe header has
+        signature = sign(body).encode().replace(b",v1=", b",v1=\xff", 1)
     else:
         signature = "t=now,v1=" + "0" * 64
     calls_before = gateway_server.metrics.service_calls_total()

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,7 @@ from tests.integration.gateway.deliveries import (
     Purchase,
     sign,
 )
-from tests.support import RunningServer
+from tests.support import RunningServer, child_process
 
 STARTUP_SECONDS_MAX = 15.0
 STOP_SECONDS_MAX = 20.0
@@ -56,9 +57,10 @@ def production_env(
     }
 
 
-async def run_gateway(env: dict[str, str]) -> asyncio.subprocess.Process:
-    # Asynchronous: the service the gateway calls runs on this test's event loop.
-    return await asyncio.create_subprocess_exec(
+def run_gateway(env: dict[str, str]) -> AbstractAsyncContextManager[asyncio.subprocess.Process]:
+    """`python -m gateway`, killed when the block ends unless the test stopped it.
+    Asynchronous: the service the gateway calls runs on this test's event loop."""
+    return child_process(
         sys.executable,
         "-m",
         "gateway",
@@ -67,6 +69,13 @@ async def run_gateway(env: dict[str, str]) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def stop(process: asyncio.subprocess.Process) -> bytes:
+    """SIGTERM, then what the process wrote to stderr until it exited."""
+    process.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(process.communicate(), STOP_SECONDS_MAX)
+    return stderr
 
 
 async def wait_healthy(
@@ -93,12 +102,11 @@ async def test_the_process_serves_deliveries_and_stops_cleanly(
 ) -> None:
     port, metrics_port = free_port(), free_port()
     env = production_env(tmp_path, pki, credits_server.address, port, metrics_port)
-    process = await run_gateway(env)
     url = f"http://127.0.0.1:{port}"
     purchase = Purchase()
     body = purchase.event("checkout.session.completed")
     signature = sign(body)
-    try:
+    async with run_gateway(env) as process:
         await wait_healthy(http, url, process)
 
         response = await http.post(
@@ -115,9 +123,7 @@ async def test_the_process_serves_deliveries_and_stops_cleanly(
         metrics = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
         assert 'outcome="granted",status="200"' in metrics
         assert 'credits_gateway_service_calls_total{code="OK",rpc="Grant"} 2.0' in metrics
-    finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = await asyncio.wait_for(process.communicate(), STOP_SECONDS_MAX)
+        stderr = await stop(process)
 
     assert process.returncode == 0
     lines = [json.loads(line) for line in stderr.decode().splitlines()]
@@ -148,8 +154,8 @@ async def test_outside_development_the_process_refuses_to_start_without_its_sett
     env["CREDITS_STRIPE_WEBHOOK_SECRETS"] = secret
     env["CREDITS_GATEWAY_CA_FILE"] = str(tmp_path / "missing-ca.pem")
 
-    process = await run_gateway(env)
-    _, stderr = await asyncio.wait_for(process.communicate(), STOP_SECONDS_MAX)
+    async with run_gateway(env) as process:
+        _, stderr = await asyncio.wait_for(process.communicate(), STOP_SECONDS_MAX)
 
     assert process.returncode == 2
     (line,) = [json.loads(line) for line in stderr.decode().splitlines()]

@@ -29,11 +29,15 @@ async def test_while_the_service_is_down_deliveries_are_5xx_then_granted_once(
     database_url: str, pki: Path, http: httpx.AsyncClient, balance: BalanceReader
 ) -> None:
     port = free_port()
-    service = await start_server(database_url, pki, port)
-    gateway = await start_gateway(service.address, pki)
     purchase = Purchase()
     completed = purchase.event("checkout.session.completed")
     succeeded = purchase.event("checkout.session.async_payment_succeeded")
+    service = await start_server(database_url, pki, port)
+    try:
+        gateway = await start_gateway(service.address, pki)
+    except BaseException:
+        await service.stop()
+        raise
     try:
         await service.stop()
 

@@ -52,6 +52,7 @@ class ScriptedService(credits_pb2_grpc.CreditsServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by the gateway")
 
     Reserve = Confirm = Release = GetBalance = ListUsage = _not_for_the_gateway
+    ListGrants = ListEntries = GetReservation = ExtendReservation = _not_for_the_gateway
 
 
 @pytest.fixture

@@ -56,3 +56,11 @@ def test_a_missing_or_malformed_header_fails() -> None:
 
 def test_no_secret_verifies_nothing() -> None:
     assert not verify(PAYLOAD, sign(PAYLOAD, OLD_SECRET), [])
+
+
+def test_a_header_with_a_non_ascii_character_fails() -> None:
+    header = sign(PAYLOAD, OLD_SECRET)
+    timestamp, signature = header.split(",v1=")
+
+    for forged in (f"{timestamp},v1=\xff{signature[1:]}", f"{header},v1=é", f"{header},x=\u2028"):
+        assert not verify(PAYLOAD, forged, [OLD_SECRET])

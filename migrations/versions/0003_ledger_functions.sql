@@ -1,0 +1,642 @@
+-- The money rules of the credits ledger: the one current source of its server-side
+-- functions. Migrations apply frozen snapshots of this file (migrations/versions/
+-- NNNN_ledger_functions.sql); tests/sql/test_functions_match_source.py fails when a
+-- migrated database and this file disagree. README "Changing a rule" shows the steps.
+--
+-- Each RPC that reads or changes an account is one call, one transaction, under one lock
+-- (the account's row, always taken first, so writers of one account serialize and cannot
+-- deadlock). Every function takes the time as `p_now`, from the service's one clock, so
+-- that expiry is decided by expires_at and tests can move time instead of sleeping.
+-- Errors the caller must see are raised with SQLSTATEs of class 'CR', listed once in
+-- service/failures.py; anything else is a bug and becomes INTERNAL.
+
+-- Named constants shared with Python (service/model.py, service/limits.py);
+-- tests/sql/test_constants.py checks that both sides agree. IMMUTABLE SQL functions are
+-- inlined by the planner, so using them costs nothing.
+CREATE OR REPLACE FUNCTION credits_status_reserved() RETURNS smallint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 1::smallint $$;
+CREATE OR REPLACE FUNCTION credits_status_confirmed() RETURNS smallint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 2::smallint $$;
+CREATE OR REPLACE FUNCTION credits_status_released() RETURNS smallint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 3::smallint $$;
+CREATE OR REPLACE FUNCTION credits_status_expired() RETURNS smallint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 4::smallint $$;
+CREATE OR REPLACE FUNCTION credits_source_purchase() RETURNS smallint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 1::smallint $$;
+CREATE OR REPLACE FUNCTION credits_source_signup_bonus() RETURNS smallint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 2::smallint $$;
+CREATE OR REPLACE FUNCTION credits_source_promotion() RETURNS smallint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 3::smallint $$;
+CREATE OR REPLACE FUNCTION credits_source_adjustment() RETURNS smallint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 4::smallint $$;
+-- What one account may hold (remaining plus held): every per-account sum then stays
+-- below int64's 9.2e18, in SQL, in Python and on the wire.
+CREATE OR REPLACE FUNCTION credits_account_credits_max() RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 1000000000000000000::bigint $$;
+
+-- Gives `p_amount` of a reservation back to the grants it came from, the last-burned
+-- allocation first. Credits going back to a grant that owes revocations
+-- (unrecovered_amount) pay that debt first, whether or not the grant has expired since:
+-- they were owed back either way. What is left goes back to the grant, or expires at once
+-- when the grant has expired in the meantime.
+CREATE OR REPLACE FUNCTION credits_return(p_reservation uuid, p_amount bigint, p_kind text,
+                                          p_now timestamptz)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  a record;
+  v_left bigint := p_amount;
+  v_take bigint;
+  v_collect bigint;
+  v_expire bigint;
+BEGIN
+  FOR a IN
+    SELECT al.grant_id, al.account_id, al.amount - al.returned_amount AS open_amount,
+           g.expires_at, g.unrecovered_amount
+      FROM allocations al JOIN grants g ON g.grant_id = al.grant_id
+     WHERE al.reservation_id = p_reservation AND al.amount > al.returned_amount
+     ORDER BY al.burn_rank DESC
+  LOOP
+    EXIT WHEN v_left = 0;
+    v_take := least(a.open_amount, v_left);
+    v_collect := least(v_take, a.unrecovered_amount);
+    v_expire := CASE WHEN a.expires_at <= p_now THEN v_take - v_collect ELSE 0 END;
+    UPDATE allocations SET returned_amount = returned_amount + v_take
+     WHERE reservation_id = p_reservation AND grant_id = a.grant_id;
+    UPDATE grants
+       SET remaining_amount = remaining_amount + v_take - v_collect - v_expire,
+           revoked_amount = revoked_amount + v_collect,
+           unrecovered_amount = unrecovered_amount - v_collect,
+           expired_amount = expired_amount + v_expire
+     WHERE grant_id = a.grant_id;
+    INSERT INTO ledger_entries (account_id, grant_id, reservation_id, kind, amount, created_at)
+    VALUES (a.account_id, a.grant_id, p_reservation, p_kind, v_take, p_now);
+    IF v_collect > 0 THEN
+      INSERT INTO ledger_entries (account_id, grant_id, reservation_id, kind, amount, created_at)
+      VALUES (a.account_id, a.grant_id, p_reservation, 'revoke', -v_collect, p_now);
+    END IF;
+    IF v_expire > 0 THEN
+      INSERT INTO ledger_entries (account_id, grant_id, reservation_id, kind, amount, created_at)
+      VALUES (a.account_id, a.grant_id, p_reservation, 'grant_expiry', -v_expire, p_now);
+    END IF;
+    v_left := v_left - v_take;
+  END LOOP;
+  IF v_left <> 0 THEN
+    RAISE EXCEPTION 'allocations of reservation % do not cover the return', p_reservation;
+  END IF;
+END $$;
+
+-- Settles what time has decided for one locked account: reservations past expires_at go
+-- back exactly as a Release would, and grants past expires_at expire. Every function
+-- below calls it first, reads included, so expiry never waits for the sweeper and what
+-- a read reports is what a write would find.
+CREATE OR REPLACE FUNCTION credits_settle(p_account text, p_now timestamptz)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  r record;
+BEGIN
+  FOR r IN
+    SELECT reservation_id, amount FROM reservations
+     WHERE account_id = p_account AND status = credits_status_reserved()
+       AND expires_at <= p_now
+     ORDER BY expires_at, reservation_id
+  LOOP
+    PERFORM credits_return(r.reservation_id, r.amount, 'reservation_expiry', p_now);
+    UPDATE reservations
+       SET status = credits_status_expired(), returned_amount = amount, settled_at = p_now
+     WHERE reservation_id = r.reservation_id;
+  END LOOP;
+
+  WITH due AS (
+    SELECT grant_id, remaining_amount FROM grants
+     WHERE account_id = p_account AND remaining_amount > 0 AND expires_at <= p_now
+  ), expired AS (
+    UPDATE grants g
+       SET expired_amount = g.expired_amount + due.remaining_amount, remaining_amount = 0
+      FROM due WHERE g.grant_id = due.grant_id
+    RETURNING g.grant_id
+  )
+  INSERT INTO ledger_entries (account_id, grant_id, kind, amount, created_at)
+  SELECT p_account, due.grant_id, 'grant_expiry', -due.remaining_amount, p_now
+    FROM due JOIN expired ON expired.grant_id = due.grant_id;
+END $$;
+
+-- Locks an account's row and settles it; false when the account has never had a grant.
+-- p_lock_timeout_ms is what remains of the client's deadline: a call that waits for the
+-- lock longer than its caller waits for the answer stops itself (55P03), instead of
+-- running on after the caller has gone.
+CREATE OR REPLACE FUNCTION credits_lock(p_account text, p_now timestamptz,
+                                        p_lock_timeout_ms integer)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  IF p_lock_timeout_ms IS NOT NULL THEN
+    PERFORM set_config('lock_timeout', p_lock_timeout_ms::text, true);
+  END IF;
+  PERFORM 1 FROM accounts WHERE account_id = p_account FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+  PERFORM credits_settle(p_account, p_now);
+  RETURN true;
+END $$;
+
+-- The result id of an earlier request with this key, NULL when the key is new;
+-- CR004 when the key was used for a different request.
+CREATE OR REPLACE FUNCTION credits_replayed(p_caller text, p_key text, p_operation text,
+                                            p_hash bytea)
+RETURNS uuid LANGUAGE plpgsql AS $$
+DECLARE
+  k idempotency_keys;
+BEGIN
+  SELECT * INTO k FROM idempotency_keys WHERE caller = p_caller AND idempotency_key = p_key;
+  IF NOT FOUND THEN
+    RETURN NULL;
+  END IF;
+  IF k.operation <> p_operation OR k.request_hash <> p_hash THEN
+    RAISE EXCEPTION 'idempotency key reused' USING ERRCODE = 'CR004';
+  END IF;
+  RETURN k.result_id;
+END $$;
+
+-- Records a key at the end of a successful request. A conflict means another account's
+-- transaction took the same key meanwhile: that is a different request.
+CREATE OR REPLACE FUNCTION credits_remember(p_caller text, p_key text, p_operation text,
+                                            p_hash bytea, p_account text, p_result uuid,
+                                            p_now timestamptz)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO idempotency_keys (caller, idempotency_key, operation, request_hash, account_id,
+                                result_id, created_at)
+  VALUES (p_caller, p_key, p_operation, p_hash, p_account, p_result, p_now)
+  ON CONFLICT DO NOTHING;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'idempotency key reused' USING ERRCODE = 'CR004';
+  END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION credits_reserve(
+  p_caller text, p_key text, p_hash bytea, p_account text, p_amount bigint, p_ttl interval,
+  p_job_id text, p_job_type text, p_description text, p_metadata jsonb, p_now timestamptz,
+  p_lock_timeout_ms integer)
+RETURNS SETOF reservations LANGUAGE plpgsql AS $$
+DECLARE
+  v_id uuid;
+  v_grants uuid[];
+  v_amounts bigint[];
+  v_total bigint;
+BEGIN
+  PERFORM credits_lock(p_account, p_now, p_lock_timeout_ms);
+  v_id := credits_replayed(p_caller, p_key, 'reserve', p_hash);
+  IF v_id IS NOT NULL THEN
+    RETURN QUERY SELECT * FROM reservations WHERE reservation_id = v_id;
+    RETURN;
+  END IF;
+
+  -- Burn-down order: lowest priority, then soonest expiry (never-expiring last), then
+  -- oldest. Settling has already expired every grant past its expiry.
+  WITH ranked AS (
+    SELECT grant_id, remaining_amount,
+           sum(remaining_amount) OVER w AS running, row_number() OVER w AS burn_rank
+      FROM grants
+     WHERE account_id = p_account AND remaining_amount > 0
+    WINDOW w AS (ORDER BY priority, expires_at NULLS LAST, created_at, grant_id)
+  )
+  SELECT array_agg(grant_id ORDER BY burn_rank),
+         array_agg(least(remaining_amount, p_amount - (running - remaining_amount))
+                   ORDER BY burn_rank),
+         sum(least(remaining_amount, p_amount - (running - remaining_amount)))
+    INTO v_grants, v_amounts, v_total
+    FROM ranked WHERE running - remaining_amount < p_amount;
+  IF coalesce(v_total, 0) < p_amount THEN
+    RAISE EXCEPTION 'insufficient credits' USING ERRCODE = 'CR001';
+  END IF;
+
+  v_id := gen_random_uuid();
+  INSERT INTO reservations (reservation_id, account_id, amount, job_id, job_type, description,
+                            metadata, created_at, expires_at)
+  VALUES (v_id, p_account, p_amount, p_job_id, p_job_type, p_description, p_metadata,
+          p_now, p_now + p_ttl);
+  INSERT INTO allocations (reservation_id, grant_id, account_id, burn_rank, amount)
+  SELECT v_id, t.grant_id, p_account, t.burn_rank, t.amount
+    FROM unnest(v_grants, v_amounts) WITH ORDINALITY AS t(grant_id, amount, burn_rank);
+  UPDATE grants g SET remaining_amount = g.remaining_amount - t.amount
+    FROM unnest(v_grants, v_amounts) AS t(grant_id, amount)
+   WHERE g.grant_id = t.grant_id;
+  INSERT INTO ledger_entries (account_id, grant_id, reservation_id, kind, amount, created_at)
+  SELECT p_account, t.grant_id, v_id, 'reserve', -t.amount, p_now
+    FROM unnest(v_grants, v_amounts) AS t(grant_id, amount);
+  PERFORM credits_remember(p_caller, p_key, 'reserve', p_hash, p_account, v_id, p_now);
+  RETURN QUERY SELECT * FROM reservations WHERE reservation_id = v_id;
+END $$;
+
+-- Locks and settles the account, then finds its reservation. A reservation of another
+-- account is CR002 exactly like one that does not exist.
+CREATE OR REPLACE FUNCTION credits_locked_reservation(p_account text, p_reservation uuid,
+                                                      p_now timestamptz,
+                                                      p_lock_timeout_ms integer)
+RETURNS reservations LANGUAGE plpgsql AS $$
+DECLARE
+  r reservations;
+BEGIN
+  IF credits_lock(p_account, p_now, p_lock_timeout_ms) THEN
+    SELECT * INTO r FROM reservations
+     WHERE reservation_id = p_reservation AND account_id = p_account;
+    IF FOUND THEN
+      RETURN r;
+    END IF;
+  END IF;
+  RAISE EXCEPTION 'reservation not found' USING ERRCODE = 'CR002';
+END $$;
+
+-- Captures p_amount (NULL: all) of a reservation; the rest goes back at once. Confirming
+-- a confirmed reservation again returns it when the request is the same (no amount, or
+-- the amount it captured); another amount is CR003, so the caller learns it was not done.
+CREATE OR REPLACE FUNCTION credits_confirm(p_account text, p_reservation uuid,
+                                           p_amount bigint, p_now timestamptz,
+                                           p_lock_timeout_ms integer)
+RETURNS SETOF reservations LANGUAGE plpgsql AS $$
+DECLARE
+  r reservations;
+  v_capture bigint;
+BEGIN
+  r := credits_locked_reservation(p_account, p_reservation, p_now, p_lock_timeout_ms);
+  IF r.status = credits_status_confirmed()
+     AND (p_amount IS NULL OR p_amount = r.confirmed_amount) THEN
+    RETURN NEXT r;
+    RETURN;
+  END IF;
+  IF r.status <> credits_status_reserved() THEN
+    RAISE EXCEPTION 'reservation not active' USING ERRCODE = 'CR003';
+  END IF;
+  v_capture := coalesce(p_amount, r.amount);
+  IF v_capture > r.amount THEN
+    RAISE EXCEPTION 'capture exceeds the reservation' USING ERRCODE = 'CR006';
+  END IF;
+  IF v_capture < r.amount THEN
+    PERFORM credits_return(p_reservation, r.amount - v_capture, 'confirm_return', p_now);
+  END IF;
+  UPDATE reservations
+     SET status = credits_status_confirmed(), confirmed_amount = v_capture,
+         returned_amount = amount - v_capture, settled_at = p_now
+   WHERE reservation_id = p_reservation
+  RETURNING * INTO r;
+  RETURN NEXT r;
+END $$;
+
+-- Gives all of a reservation back. Releasing a released or expired one returns it as is.
+CREATE OR REPLACE FUNCTION credits_release(p_account text, p_reservation uuid, p_reason text,
+                                           p_now timestamptz, p_lock_timeout_ms integer)
+RETURNS SETOF reservations LANGUAGE plpgsql AS $$
+DECLARE
+  r reservations;
+BEGIN
+  r := credits_locked_reservation(p_account, p_reservation, p_now, p_lock_timeout_ms);
+  IF r.status IN (credits_status_released(), credits_status_expired()) THEN
+    RETURN NEXT r;
+    RETURN;
+  END IF;
+  IF r.status <> credits_status_reserved() THEN
+    RAISE EXCEPTION 'reservation not active' USING ERRCODE = 'CR003';
+  END IF;
+  PERFORM credits_return(p_reservation, r.amount, 'release', p_now);
+  UPDATE reservations
+     SET status = credits_status_released(), returned_amount = amount,
+         release_reason = p_reason, settled_at = p_now
+   WHERE reservation_id = p_reservation
+  RETURNING * INTO r;
+  RETURN NEXT r;
+END $$;
+
+-- Adds a grant. A replay answers from the stored result before anything that depends on
+-- time is checked: a grant whose expires_at has passed since is still the same grant.
+CREATE OR REPLACE FUNCTION credits_grant(
+  p_caller text, p_key text, p_hash bytea, p_account text, p_amount bigint, p_source smallint,
+  p_external_ref text, p_expires_at timestamptz, p_priority integer, p_description text,
+  p_metadata jsonb, p_now timestamptz, p_lock_timeout_ms integer)
+RETURNS SETOF grants LANGUAGE plpgsql AS $$
+DECLARE
+  v_id uuid;
+  v_held numeric;
+BEGIN
+  INSERT INTO accounts (account_id, created_at) VALUES (p_account, p_now) ON CONFLICT DO NOTHING;
+  PERFORM credits_lock(p_account, p_now, p_lock_timeout_ms);
+  v_id := credits_replayed(p_caller, p_key, 'grant', p_hash);
+  IF v_id IS NOT NULL THEN
+    RETURN QUERY SELECT * FROM grants WHERE grant_id = v_id;
+    RETURN;
+  END IF;
+  IF p_expires_at IS NOT NULL AND p_expires_at <= p_now THEN
+    RAISE EXCEPTION 'grant expiry is not in the future' USING ERRCODE = 'CR009';
+  END IF;
+  IF p_source = credits_source_signup_bonus() AND EXISTS (
+       SELECT 1 FROM grants WHERE account_id = p_account AND source = p_source) THEN
+    RAISE EXCEPTION 'signup bonus already granted' USING ERRCODE = 'CR007';
+  END IF;
+  IF p_external_ref IS NOT NULL AND EXISTS (
+       SELECT 1 FROM grants WHERE external_ref = p_external_ref) THEN
+    RAISE EXCEPTION 'external reference already granted' USING ERRCODE = 'CR008';
+  END IF;
+  SELECT coalesce(sum(remaining_amount), 0)
+         + (SELECT coalesce(sum(amount), 0) FROM reservations
+             WHERE account_id = p_account AND status = credits_status_reserved())
+    INTO v_held FROM grants WHERE account_id = p_account;
+  IF v_held + p_amount > credits_account_credits_max() THEN
+    RAISE EXCEPTION 'account credits limit' USING ERRCODE = 'CR010';
+  END IF;
+  v_id := gen_random_uuid();
+  INSERT INTO grants (grant_id, account_id, source, original_amount, remaining_amount, priority,
+                      external_ref, expires_at, description, metadata, created_at)
+  VALUES (v_id, p_account, p_source, p_amount, p_amount, p_priority, p_external_ref,
+          p_expires_at, p_description, p_metadata, p_now);
+  INSERT INTO ledger_entries (account_id, grant_id, kind, amount, created_at)
+  VALUES (p_account, v_id, 'grant', p_amount, p_now);
+  PERFORM credits_remember(p_caller, p_key, 'grant', p_hash, p_account, v_id, p_now);
+  RETURN QUERY SELECT * FROM grants WHERE grant_id = v_id;
+END $$;
+
+-- Revocations are claims on a grant. Each call without a series is a claim of its own;
+-- calls of one `p_series` (a charge's running refund, a dispute) share one claim that
+-- only grows (its highest total counts), so deliveries in any order converge. A claim
+-- of 0 is everything the grant gave. `p_withdraw` withdraws a series' claim for good (a
+-- dispute won); later calls of that series claim nothing.
+--
+-- The grant then owes its target: the sum of its claims still standing, at most what it
+-- gave. Moving up, what remains is taken at once and the rest recorded as unrecovered (a
+-- debt that credits coming back to the grant pay first); moving down, outstanding debt
+-- is cancelled first and then revoked credits come back to the grant (expiring at once
+-- if the grant has expired). So the outcome depends on which claims stand, never on the
+-- order in which they arrived.
+CREATE OR REPLACE FUNCTION credits_revoke(
+  p_caller text, p_key text, p_hash bytea, p_account text, p_grant uuid, p_external_ref text,
+  p_amount bigint, p_series text, p_withdraw boolean, p_reason text, p_now timestamptz,
+  p_lock_timeout_ms integer)
+RETURNS TABLE (out_grant grants, out_revoked bigint, out_unrecovered bigint,
+               out_restored bigint, out_cancelled bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  v_grant uuid;
+  v_account text;
+  v_id uuid;
+  g grants;
+  v_claim_key text;
+  v_series_total bigint;
+  v_target bigint;
+  v_owed bigint;
+  v_asked bigint := 0;
+  v_revoked bigint := 0;
+  v_cancelled bigint := 0;
+  v_restored bigint := 0;
+  v_expire bigint := 0;
+BEGIN
+  IF p_grant IS NOT NULL THEN
+    SELECT gr.grant_id, gr.account_id INTO v_grant, v_account
+      FROM grants gr WHERE gr.grant_id = p_grant;
+  ELSE
+    SELECT gr.grant_id, gr.account_id INTO v_grant, v_account
+      FROM grants gr WHERE gr.external_ref = p_external_ref;
+  END IF;
+  IF v_grant IS NULL OR (p_account <> '' AND v_account <> p_account) THEN
+    RAISE EXCEPTION 'grant not found' USING ERRCODE = 'CR005';
+  END IF;
+  PERFORM credits_lock(v_account, p_now, p_lock_timeout_ms);
+  v_id := credits_replayed(p_caller, p_key, 'revoke', p_hash);
+  IF v_id IS NOT NULL THEN
+    RETURN QUERY SELECT gr, rv.revoked_amount, rv.unrecovered_amount, rv.restored_amount,
+                        rv.cancelled_amount
+                   FROM revocations rv JOIN grants gr ON gr.grant_id = rv.grant_id
+                  WHERE rv.revocation_id = v_id;
+    RETURN;
+  END IF;
+
+  SELECT * INTO g FROM grants gr WHERE gr.grant_id = v_grant;
+  v_id := gen_random_uuid();
+  v_claim_key := CASE WHEN p_series IS NULL THEN 'call:' || v_id ELSE 'series:' || p_series END;
+  INSERT INTO revocation_claims AS c (grant_id, claim_key, account_id, claimed_amount, withdrawn)
+  VALUES (v_grant, v_claim_key, v_account,
+          CASE WHEN p_withdraw THEN 0
+               WHEN p_amount = 0 THEN g.original_amount
+               ELSE least(p_amount, g.original_amount) END,
+          p_withdraw)
+  ON CONFLICT (grant_id, claim_key) DO UPDATE
+    SET claimed_amount = greatest(c.claimed_amount, EXCLUDED.claimed_amount),
+        withdrawn = c.withdrawn OR EXCLUDED.withdrawn
+  RETURNING CASE WHEN p_series IS NULL THEN NULL ELSE c.claimed_amount END
+    INTO v_series_total;
+
+  SELECT least(coalesce(sum(c.claimed_amount), 0), g.original_amount) INTO v_target
+    FROM revocation_claims c WHERE c.grant_id = v_grant AND NOT c.withdrawn;
+  v_owed := g.revoked_amount + g.unrecovered_amount;
+  IF v_target > v_owed THEN
+    -- Expired credits are gone already: they can be neither taken nor owed.
+    v_asked := greatest(least(v_target, g.original_amount - g.expired_amount) - v_owed, 0);
+    v_revoked := least(v_asked, g.remaining_amount);
+  ELSIF v_target < v_owed THEN
+    v_cancelled := least(v_owed - v_target, g.unrecovered_amount);
+    v_restored := v_owed - v_target - v_cancelled;
+    v_expire := CASE WHEN g.expires_at <= p_now THEN v_restored ELSE 0 END;
+  END IF;
+
+  INSERT INTO revocations (revocation_id, grant_id, account_id, requested_amount, revoked_amount,
+                           unrecovered_amount, restored_amount, cancelled_amount,
+                           cumulative_series, series_total, withdraw, reason, created_at)
+  VALUES (v_id, v_grant, v_account, v_asked, v_revoked, v_asked - v_revoked, v_restored,
+          v_cancelled, p_series, v_series_total, p_withdraw, p_reason, p_now);
+  UPDATE grants gr
+     SET remaining_amount = gr.remaining_amount - v_revoked + v_restored - v_expire,
+         revoked_amount = gr.revoked_amount + v_revoked - v_restored,
+         unrecovered_amount = gr.unrecovered_amount + (v_asked - v_revoked) - v_cancelled,
+         expired_amount = gr.expired_amount + v_expire
+   WHERE gr.grant_id = v_grant;
+  IF v_revoked > 0 THEN
+    INSERT INTO ledger_entries (account_id, grant_id, revocation_id, kind, amount, created_at)
+    VALUES (v_account, v_grant, v_id, 'revoke', -v_revoked, p_now);
+  END IF;
+  IF v_restored > 0 THEN
+    INSERT INTO ledger_entries (account_id, grant_id, revocation_id, kind, amount, created_at)
+    VALUES (v_account, v_grant, v_id, 'revoke_reversal', v_restored, p_now);
+  END IF;
+  IF v_expire > 0 THEN
+    INSERT INTO ledger_entries (account_id, grant_id, revocation_id, kind, amount, created_at)
+    VALUES (v_account, v_grant, v_id, 'grant_expiry', -v_expire, p_now);
+  END IF;
+  PERFORM credits_remember(p_caller, p_key, 'revoke', p_hash, v_account, v_id, p_now);
+  RETURN QUERY SELECT gr, v_revoked, v_asked - v_revoked, v_restored, v_cancelled
+                 FROM grants gr WHERE gr.grant_id = v_grant;
+END $$;
+
+-- An account's balance as of p_now, after settling what time has decided: the same rules
+-- as every write, so a balance never shows credits a Reserve would refuse.
+CREATE OR REPLACE FUNCTION credits_balance(p_account text, p_now timestamptz,
+                                           p_lock_timeout_ms integer)
+RETURNS TABLE (available bigint, reserved bigint, expiring_amount bigint,
+               next_expiry timestamptz)
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF NOT credits_lock(p_account, p_now, p_lock_timeout_ms) THEN
+    RETURN QUERY SELECT 0::bigint, 0::bigint, 0::bigint, NULL::timestamptz;
+    RETURN;
+  END IF;
+  RETURN QUERY
+    SELECT coalesce(sum(g.remaining_amount), 0)::bigint,
+           (SELECT coalesce(sum(r.amount), 0)::bigint FROM reservations r
+             WHERE r.account_id = p_account AND r.status = credits_status_reserved()),
+           coalesce(sum(g.remaining_amount) FILTER (WHERE g.expires_at IS NOT NULL), 0)::bigint,
+           min(g.expires_at)
+      FROM grants g
+     WHERE g.account_id = p_account AND g.remaining_amount > 0;
+END $$;
+
+-- One page of an account's reservations, newest first, after settling the account, so
+-- an overdue reservation is listed as expired. p_after_* is the last row of the
+-- previous page (NULL for the first page).
+CREATE OR REPLACE FUNCTION credits_usage(p_account text, p_limit integer,
+                                         p_after_created timestamptz, p_after_id uuid,
+                                         p_now timestamptz, p_lock_timeout_ms integer)
+RETURNS SETOF reservations LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM credits_lock(p_account, p_now, p_lock_timeout_ms);
+  IF p_after_created IS NULL THEN
+    RETURN QUERY
+      SELECT * FROM reservations r WHERE r.account_id = p_account
+       ORDER BY r.created_at DESC, r.reservation_id DESC LIMIT p_limit;
+  ELSE
+    RETURN QUERY
+      SELECT * FROM reservations r
+       WHERE r.account_id = p_account
+         AND (r.created_at, r.reservation_id) < (p_after_created, p_after_id)
+       ORDER BY r.created_at DESC, r.reservation_id DESC LIMIT p_limit;
+  END IF;
+END $$;
+
+-- One page of an account's grants in burn-down order (the order credits_reserve spends
+-- them in), each with what active reservations hold of it, after settling the account.
+-- Unless p_include_finished, only grants with credits remaining or held. p_after is the
+-- last grant of the previous page: the sort key of a grant never changes, so the grant
+-- alone says where the page ended.
+CREATE OR REPLACE FUNCTION credits_list_grants(p_account text, p_include_finished boolean,
+                                               p_limit integer, p_after uuid,
+                                               p_now timestamptz, p_lock_timeout_ms integer)
+RETURNS TABLE (out_grant grants, out_held bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM credits_lock(p_account, p_now, p_lock_timeout_ms);
+  RETURN QUERY
+    WITH held AS (
+      SELECT al.grant_id, sum(al.amount - al.returned_amount)::bigint AS amount
+        FROM reservations r JOIN allocations al ON al.reservation_id = r.reservation_id
+       WHERE r.account_id = p_account AND r.status = credits_status_reserved()
+       GROUP BY al.grant_id
+    ), last_listed AS (
+      SELECT g.priority, coalesce(g.expires_at, 'infinity') AS expires_at, g.created_at,
+             g.grant_id
+        FROM grants g WHERE g.grant_id = p_after AND g.account_id = p_account
+    )
+    SELECT g, coalesce(h.amount, 0)::bigint
+      FROM grants g LEFT JOIN held h ON h.grant_id = g.grant_id
+     WHERE g.account_id = p_account
+       AND (p_include_finished OR g.remaining_amount > 0 OR h.amount > 0)
+       AND (p_after IS NULL
+            OR (g.priority, coalesce(g.expires_at, 'infinity'), g.created_at, g.grant_id)
+               > (SELECT l.priority, l.expires_at, l.created_at, l.grant_id FROM last_listed l))
+     ORDER BY g.priority, g.expires_at NULLS LAST, g.created_at, g.grant_id
+     LIMIT p_limit;
+END $$;
+
+-- One page of an account's statement, newest first, after settling the account, so that
+-- the entries of an account add up to its available balance. Each entry comes with the
+-- balance right after it: the sum of it and every earlier entry of the account, whatever
+-- the filters (p_since inclusive, p_until exclusive, p_kinds; NULL means no filter).
+-- Entry ids grow in the order entries were made (an account's writers serialize on its
+-- lock), so they order the statement even where two instances' clocks disagree.
+CREATE OR REPLACE FUNCTION credits_list_entries(p_account text, p_since timestamptz,
+                                                p_until timestamptz, p_kinds text[],
+                                                p_limit integer, p_after bigint,
+                                                p_now timestamptz, p_lock_timeout_ms integer)
+RETURNS TABLE (entry_id bigint, kind text, amount bigint, grant_id uuid,
+               reservation_id uuid, revocation_id uuid, created_at timestamptz,
+               balance_after bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+  PERFORM credits_lock(p_account, p_now, p_lock_timeout_ms);
+  RETURN QUERY
+    SELECT s.entry_id, s.kind, s.amount, s.grant_id, s.reservation_id, s.revocation_id,
+           s.created_at, s.balance_after
+      FROM (SELECT e.*, sum(e.amount) OVER (ORDER BY e.entry_id)::bigint AS balance_after
+              FROM ledger_entries e WHERE e.account_id = p_account) s
+     WHERE (p_after IS NULL OR s.entry_id < p_after)
+       AND (p_since IS NULL OR s.created_at >= p_since)
+       AND (p_until IS NULL OR s.created_at < p_until)
+       AND (p_kinds IS NULL OR s.kind = ANY (p_kinds))
+     ORDER BY s.entry_id DESC
+     LIMIT p_limit;
+END $$;
+
+-- One reservation of an account after settling it (an overdue one reads as expired),
+-- one row per grant it was taken from, in burn-down order. Another account's
+-- reservation is CR002, exactly like one that does not exist.
+CREATE OR REPLACE FUNCTION credits_get_reservation(p_account text, p_reservation uuid,
+                                                   p_now timestamptz,
+                                                   p_lock_timeout_ms integer)
+RETURNS TABLE (out_reservation reservations, out_grant_id uuid, out_amount bigint,
+               out_returned bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+  r reservations;
+BEGIN
+  r := credits_locked_reservation(p_account, p_reservation, p_now, p_lock_timeout_ms);
+  RETURN QUERY
+    SELECT r, al.grant_id, al.amount, al.returned_amount FROM allocations al
+     WHERE al.reservation_id = p_reservation ORDER BY al.burn_rank;
+END $$;
+
+-- Moves an active reservation's expiry to p_now + p_ttl: a long job's heartbeat. Expired,
+-- confirmed and released reservations are CR003. An expiry past the reservation's
+-- creation plus p_lifetime_max is CR011 and changes nothing: refused rather than cut
+-- short, so that the caller never believes it holds credits longer than it does.
+CREATE OR REPLACE FUNCTION credits_extend(p_account text, p_reservation uuid, p_ttl interval,
+                                          p_lifetime_max interval, p_now timestamptz,
+                                          p_lock_timeout_ms integer)
+RETURNS SETOF reservations LANGUAGE plpgsql AS $$
+DECLARE
+  r reservations;
+BEGIN
+  r := credits_locked_reservation(p_account, p_reservation, p_now, p_lock_timeout_ms);
+  IF r.status <> credits_status_reserved() THEN
+    RAISE EXCEPTION 'reservation not active' USING ERRCODE = 'CR003';
+  END IF;
+  IF p_now + p_ttl > r.created_at + p_lifetime_max THEN
+    RAISE EXCEPTION 'reservation lifetime exceeded' USING ERRCODE = 'CR011';
+  END IF;
+  UPDATE reservations SET expires_at = p_now + p_ttl
+   WHERE reservation_id = p_reservation
+  RETURNING * INTO r;
+  RETURN NEXT r;
+END $$;
+
+-- The accounts that have something due, longest overdue first, for the sweeper, which
+-- settles each in a transaction of its own: an account that fails is passed over, not
+-- retried ahead of every other one.
+CREATE OR REPLACE FUNCTION credits_due_accounts(p_now timestamptz, p_limit integer)
+RETURNS SETOF text LANGUAGE sql STABLE AS $$
+  SELECT account_id FROM (
+    SELECT account_id, min(expires_at) AS due_at FROM reservations
+     WHERE status = credits_status_reserved() AND expires_at <= p_now GROUP BY account_id
+    UNION ALL
+    SELECT account_id, min(expires_at) FROM grants
+     WHERE remaining_amount > 0 AND expires_at <= p_now GROUP BY account_id
+  ) due
+  GROUP BY account_id ORDER BY min(due_at), account_id LIMIT p_limit
+$$;
+
+CREATE OR REPLACE FUNCTION credits_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'ledger_entries is append-only: % refused', TG_OP;
+END $$;
+
+CREATE OR REPLACE TRIGGER ledger_entries_append_only
+  BEFORE UPDATE OR DELETE ON ledger_entries
+  FOR EACH ROW EXECUTE FUNCTION credits_refuse_change();
+CREATE OR REPLACE TRIGGER ledger_entries_no_truncate
+  BEFORE TRUNCATE ON ledger_entries
+  FOR EACH STATEMENT EXECUTE FUNCTION credits_refuse_change();
