@@ -12,7 +12,7 @@ import types
 import uvicorn
 from prometheus_client import start_http_server
 
-from gateway import logs
+import jsonlog
 from gateway.app import Gateway, create_app
 from gateway.credits_client import CHANNEL_CLOSE_GRACE_SECONDS, CreditsClient, open_channel
 from gateway.metrics import GatewayMetrics
@@ -39,7 +39,7 @@ async def serve(settings: Settings) -> int:
             )
         except OSError as error:
             fields = {"setting": "CREDITS_GATEWAY_METRICS_ADDR", "errno": error.errno}
-            log.error("metrics address unavailable", extra={"fields": fields})
+            log.error("metrics address unavailable", extra=fields)
             return EXIT_CANNOT_SERVE
     channel = open_channel(
         settings.service_target,
@@ -59,14 +59,12 @@ async def serve(settings: Settings) -> int:
     log.info(
         "gateway starting",
         extra={
-            "fields": {
-                "environment": settings.environment,
-                "listen": str(settings.listen),
-                "service": settings.service_target,
-                "metrics": str(settings.metrics) if settings.metrics else "",
-                "packages": sorted(settings.packages.by_name),
-                "webhook_secrets": len(settings.webhook_secrets),
-            }
+            "environment": settings.environment,
+            "listen": str(settings.listen),
+            "service": settings.service_target,
+            "metrics": str(settings.metrics) if settings.metrics else "",
+            "packages": sorted(settings.packages.by_name),
+            "webhook_secrets": len(settings.webhook_secrets),
         },
     )
     try:
@@ -78,11 +76,11 @@ async def serve(settings: Settings) -> int:
 
 
 def main() -> int:
-    logs.configure()
+    jsonlog.configure()
     try:
         settings = load_settings(os.environ)
     except SettingsError as error:
-        log.error("gateway cannot start", extra={"fields": {"problems": error.problems}})
+        log.error("gateway cannot start", extra={"problems": error.problems})
         return EXIT_BAD_SETTINGS
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _ignore_signal)

@@ -162,7 +162,7 @@ def _log(delivery: Delivery, result: Result, elapsed_seconds: float) -> None:
         level = logging.WARNING
     else:
         level = logging.INFO
-    log.log(level, "webhook", extra={"fields": fields})
+    log.log(level, "webhook", extra=fields)
 
 
 def create_app(gateway: Gateway) -> ASGIApp:
@@ -171,7 +171,7 @@ def create_app(gateway: Gateway) -> ASGIApp:
         try:
             result = await handle(request, gateway, delivery)
         except Exception:  # a bug: answer a fixed 500 (Stripe retries), detail to the log
-            log.exception("webhook failed", extra={"fields": {"request_id": delivery.request_id}})
+            log.exception("webhook failed", extra={"request_id": delivery.request_id})
             result = Result(500, "internal_error")
         elapsed_seconds = time.monotonic() - started
         gateway.metrics.webhook(

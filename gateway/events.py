@@ -35,6 +35,11 @@ DISPUTE_LOST_STATUS = "lost"
 # as won or lost, and the closed event's request settles it then.
 INQUIRY_STATUS_PREFIX = "warning_"
 
+# How a payment says it is a credits purchase: Checkout Sessions are created with
+# `payment_intent_data.metadata.credit_package` (the package's name), and Stripe copies a
+# PaymentIntent's metadata to its charge, so every refund of the payment carries it.
+PURCHASE_MARK_KEY = "credit_package"
+
 CHECKOUT_KEY_PREFIX = "checkout:"
 REFUND_SERIES_PREFIX = "refund:"
 DISPUTE_KEY_PREFIX = "dispute:"
@@ -87,11 +92,14 @@ class Purchase:
 
 @dataclass(frozen=True)
 class Revocation:
-    """One revoke; NOT_FOUND means the purchase is not granted yet (answer 5xx)."""
+    """One revoke. When no grant has the payment (NOT_FOUND): a payment `marked` as a
+    credits purchase is not granted yet (answer 5xx: Stripe delivers again); any other
+    payment is not a credits purchase (answer 2xx)."""
 
     revoke: RevokeCall
     outcome: str
     refs: Mapping[str, str] = field(default_factory=dict)
+    marked: bool = False
 
 
 Plan = Acknowledge | Purchase | Revocation
@@ -228,9 +236,15 @@ def plan_refund(charge: Mapping[str, object], packages: PackageTable) -> Plan:
     currency = _text(charge, "currency")
     if not amount or refunded is None or currency is None:
         return Acknowledge("malformed", refs)
-    package = packages.priced(amount, currency)
+    mark = _metadata(charge).get(PURCHASE_MARK_KEY)
+    marked = isinstance(mark, str) and bool(mark)
+    # The marked package, or (a payment marked before a package was renamed, or not
+    # marked) the one that sells at the charge's price.
+    package = (packages.named(mark) if isinstance(mark, str) else None) or packages.priced(
+        amount, currency
+    )
     if package is None:
-        return Acknowledge("not_a_purchase", refs)  # no package sells at this price
+        return Acknowledge("not_a_purchase", refs)
     units = refund_units(package.units, amount, refunded)
     if units == 0:
         return Acknowledge("refund_below_one_unit", refs)
@@ -241,7 +255,7 @@ def plan_refund(charge: Mapping[str, object], packages: PackageTable) -> Plan:
         reason="refund",
         cumulative_series=REFUND_SERIES_PREFIX + charge_id,
     )
-    return Revocation(revoke, "refund_revoked", refs)
+    return Revocation(revoke, "refund_revoked", refs, marked=marked)
 
 
 def dispute_revoke(dispute_id: str, payment_intent: str) -> RevokeCall:

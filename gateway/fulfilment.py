@@ -1,9 +1,11 @@
 """Carry out a plan against the service and decide what Stripe is told.
 
-2xx only once the service has durably done the work or had done it before; 5xx whenever
-a retry by Stripe can still help (service unreachable, purchase not granted yet) or a
-fix by an operator is needed first (the service refused the request: a configuration
-bug) -- Stripe keeps retrying for three days, so nothing is lost meanwhile.
+2xx only once the service has durably done the work or had done it before, or when
+there is nothing to do (a refund or dispute of a payment that is not a credits
+purchase); 5xx whenever a retry by Stripe can still help (service unreachable, a marked
+purchase not granted yet) or a fix by an operator is needed first (the service refused
+the request: a configuration bug) -- Stripe keeps retrying for three days, so nothing is
+lost meanwhile.
 """
 
 from collections.abc import Mapping
@@ -76,6 +78,11 @@ async def _revocation(plan: Revocation, credits: Credits) -> Result:
     try:
         revoked = await credits.revoke(plan.revoke)
     except ServiceError as error:
+        if error.failure is Failure.NOT_FOUND and not plan.marked:
+            # No grant has this payment, and nothing says it is a credits purchase: a
+            # payment of something else on the same Stripe account. Retrying would fail
+            # until Stripe gives up (and disables the endpoint).
+            return Result(OK, "not_a_purchase", {"rpc": error.rpc, "code": error.code})
         return _failed(error, not_found_status=UNAVAILABLE)
     return Result(OK, plan.outcome, _revoked_fields(revoked))
 

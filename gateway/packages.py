@@ -1,9 +1,10 @@
 """The server-side package table: which credit package costs what, and grants how much.
 
 Checkout metadata only *names* a package; the price and the number of units come from
-here, so a tampered or stale session can never set its own amount. Refunds carry no
-metadata at all, only the charge's amount and currency, so every package must have a
-price of its own: (price, currency) is unique across the table, checked at load.
+here, so a tampered or stale session can never set its own amount. A refund names its
+package only if its charge is marked (gateway.events.PURCHASE_MARK_KEY); otherwise the
+charge's amount and currency must find it, so every package has a price of its own:
+(price, currency) is unique across the table, checked at load.
 
 A package whose price changes must keep its old entry under a new name (it can no longer
 be bought at the old price, but its refunds still have to find it).

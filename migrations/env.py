@@ -1,5 +1,5 @@
 """Alembic environment: runs migrations on the async engine of the URL that
-service.migrate put in the config's attributes."""
+service.database.migrate put in the config's attributes."""
 
 import asyncio
 
@@ -28,5 +28,5 @@ async def run_online() -> None:
 
 
 if context.is_offline_mode():
-    raise SystemExit("offline migrations are not supported: run service.migrate")
+    raise SystemExit("offline migrations are not supported: run `python -m service.admin migrate`")
 asyncio.run(run_online())

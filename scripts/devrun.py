@@ -3,10 +3,16 @@
 Creates what is missing under `.dev/` (PKI, the gateway's Stripe signing secret, the
 callers file, the package table), starts the embedded PostgreSQL (or uses
 `CREDITS_DATABASE_URL`), migrates it, and runs the service and the gateway in the
-foreground until Ctrl-C. `CREDITS_…` variables from the environment pass through.
+foreground until Ctrl-C, SIGTERM or SIGHUP, which stop all three. `CREDITS_…` variables
+from the environment pass through; the gateway calls the service at `CREDITS_GRPC_ADDR`.
+
+It starts after any stop, `kill -9` of every process included: what a killed embedded
+PostgreSQL leaves behind is cleared (service.database), and the service and the gateway
+die with the runner.
 """
 
 import argparse
+import ctypes
 import os
 import secrets
 import signal
@@ -16,15 +22,22 @@ import time
 from pathlib import Path
 
 from gateway.packages import write_development_table
+from gateway.settings import LISTEN_ADDR_DEFAULT
 from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
 from service import admin, database
-from service.settings import DEV_DIR
+from service.settings import DEV_DIR, DEV_GRPC_ADDR
 
 # How long the service and the gateway get to finish in-flight work after Ctrl-C.
 CHILD_STOP_SECONDS = 15.0
 CHILD_POLL_SECONDS = 0.2
 WEBHOOK_SECRET_BYTES = 32
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Linux's prctl(PR_SET_PDEATHSIG): the kernel signals the child when the runner dies,
+# however it dies.
+PR_SET_PDEATHSIG = 1
+# A listen address on every interface is dialled on loopback.
+ANY_HOSTS = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}  # noqa: S104
 
 
 def ensure_dev_files(dev_dir: Path) -> None:
@@ -59,32 +72,84 @@ def stop_all(children: list[subprocess.Popen[bytes]]) -> None:
             child.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
+            child.wait()
+
+
+def _die_with_runner() -> None:
+    """In the child before exec: SIGTERM when the runner dies, even by kill -9, so no
+    child outlives it holding its port."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def start_child(module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # A process group of its own: Ctrl-C reaches the runner alone, which stops each child
+    # once, gracefully, and in order. The runner has no threads, so preexec_fn is safe.
+    return subprocess.Popen(  # noqa: S603 (our own modules, with this interpreter)
+        [sys.executable, "-m", module],
+        env=env,
+        process_group=0,
+        preexec_fn=_die_with_runner,  # noqa: PLW1509
+    )
+
+
+def dialable(listen_addr: str) -> str:
+    """The address to call a server listening on `listen_addr` at."""
+    host, _, port = listen_addr.rpartition(":")
+    return f"{ANY_HOSTS.get(host, host)}:{port}"
+
+
+class StopRequest:
+    """Set by Ctrl-C, SIGTERM or SIGHUP at any moment from start-up on; start-up steps
+    finish (the embedded database must not be left half-started) and then everything
+    stops."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._request)
+
+    def _request(self, signum: int, frame: object) -> None:
+        self.requested = True
 
 
 def run(dev_dir: Path) -> int:
-    url, _embedded = open_database(dev_dir)
-    env = {**os.environ, "CREDITS_ENV": "development", "CREDITS_DATABASE_URL": url}
-    children = [
-        subprocess.Popen([sys.executable, "-m", "service"], env=env),
-        subprocess.Popen([sys.executable, "-m", "gateway"], env=env),
-    ]
-    stopping = False
+    stop = StopRequest()
+    url, embedded = open_database(dev_dir)
+    try:
+        return serve(url, stop)
+    finally:
+        if embedded is not None:
+            # Stops the server unless another process (an admin command) still uses it.
+            embedded.server.cleanup()
 
-    def request_stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    print(
-        "credits service on 127.0.0.1:50051, gateway on 127.0.0.1:8080; Ctrl-C stops both",
-        file=sys.stderr,
-    )
-    while not stopping and all(child.poll() is None for child in children):
-        time.sleep(CHILD_POLL_SECONDS)
-    stop_all(children)
+def serve(url: str, stop: StopRequest) -> int:
+    service_addr = os.environ.get("CREDITS_GRPC_ADDR") or DEV_GRPC_ADDR
+    gateway_addr = os.environ.get("CREDITS_GATEWAY_ADDR") or LISTEN_ADDR_DEFAULT
+    target = os.environ.get("CREDITS_GATEWAY_SERVICE_TARGET") or dialable(service_addr)
+    env = {
+        **os.environ,
+        "CREDITS_ENV": "development",
+        "CREDITS_DATABASE_URL": url,
+        "CREDITS_GATEWAY_SERVICE_TARGET": target,
+    }
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        if stop.requested:
+            return 0
+        children = [start_child("service", env), start_child("gateway", env)]
+        print(
+            f"credits service on {service_addr}, gateway on {gateway_addr} calling it at"
+            f" {target}; Ctrl-C stops both",
+            file=sys.stderr,
+        )
+        while not stop.requested and all(child.poll() is None for child in children):
+            time.sleep(CHILD_POLL_SECONDS)
+    finally:
+        stop_all(children)
     failed = [c for c in children if c.returncode not in (0, -signal.SIGTERM)]
-    return 1 if failed and not stopping else 0
+    return 1 if failed and not stop.requested else 0
 
 
 def main() -> None:

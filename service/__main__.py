@@ -14,15 +14,16 @@ import datetime
 import logging
 import signal
 import sys
+from typing import Any, NamedTuple
 
 import uvloop
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import logs, metrics, processes, reload, settings, sweeper
-from service.ledger import Ledger, Policy, utc_now
-from service.server import build_server, mark_serving
+from service import health, logs, metrics, processes, reload, settings, sweeper
+from service.ledger import Clock, Ledger, Policy, utc_now
+from service.server import Built, build_server, mark_serving
 from service.store import PostgresStore, create_engine
 
 log = logging.getLogger("credits.service")
@@ -64,21 +65,35 @@ async def check_connections(engine: AsyncEngine, config: settings.Settings) -> N
         )
 
 
-async def serve(
-    config: settings.Settings, url: str, worker: processes.Worker | None = None
-) -> None:
-    """Serve alone (`worker` None), or as one of config.processes workers."""
-    sharing = 1 if worker is None else config.processes
+class Assembled(NamedTuple):
+    engine: AsyncEngine
+    store: PostgresStore
+    built: Built
+
+
+def assemble(config: settings.Settings, url: str, clock: Clock, *, sharing: int = 1) -> Assembled:
+    """The database engine, the store, the ledger and the gRPC server, put together the
+    one way: `serve` uses it, and so do the tests (with a clock they move). `sharing`:
+    how many processes serve the address together."""
     engine = create_engine(
         url,
         pool_size=config.db_pool_size,
         pool_timeout_seconds=config.db_pool_timeout_seconds,
         statement_timeout_seconds=config.db_statement_timeout_seconds,
+        connect_timeout_seconds=config.db_connect_timeout_seconds,
     )
-    await check_connections(engine, config)
     store = PostgresStore(engine)
-    ledger = Ledger(store, policy(config), utc_now)
-    built = build_server(config, ledger, sharing=sharing)
+    ledger = Ledger(store, policy(config), clock)
+    return Assembled(engine, store, build_server(config, ledger, sharing=sharing))
+
+
+async def serve(
+    config: settings.Settings, url: str, worker: processes.Worker | None = None
+) -> None:
+    """Serve alone (`worker` None), or as one of config.processes workers."""
+    sharing = 1 if worker is None else config.processes
+    engine, store, built = assemble(config, url, utc_now, sharing=sharing)
+    await check_connections(engine, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -89,10 +104,16 @@ async def serve(
         metrics.serve(config.metrics_addr)
     await built.server.start()
     await mark_serving(built)
+    tasks: list[asyncio.Task[Any]] = [
+        asyncio.create_task(
+            health.watch_database(store.ping, built.health, config.health_check_interval_seconds)
+        )
+    ]
     # One sweeper is enough (each account it settles is locked, whoever else runs).
-    sweeping = None
     if worker is None or worker.index == 0:
-        sweeping = asyncio.create_task(sweeper.run(store, config.sweeper_interval_seconds, utc_now))
+        tasks.append(
+            asyncio.create_task(sweeper.run(store, config.sweeper_interval_seconds, utc_now))
+        )
     where = {"address": config.grpc_addr, "env": config.env}
     if worker is None:
         log.info("serving", extra=where)
@@ -103,10 +124,10 @@ async def serve(
     await stop.wait()
     log.info("stopping", extra={"grace_seconds": config.shutdown_grace_seconds})
     await built.health.enter_graceful_shutdown()
-    if sweeping is not None:
-        sweeping.cancel()
+    for task in tasks:
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await sweeping
+            await task
     await built.server.stop(grace=config.shutdown_grace_seconds)
     await built.limiter.aclose()
     await engine.dispose()

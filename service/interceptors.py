@@ -176,9 +176,15 @@ class SanitizeErrors(Interceptor):
         status = errors.for_known(exc)
         if status is None:
             request_id = context.request_id.get()
+            # The formatter writes the error's class and stack, never its message: a
+            # database error's message quotes the statement's parameters.
             log.error(
                 "unexpected error",
-                extra={"method": method_name, "request_id": request_id},
+                extra={
+                    "method": method_name,
+                    "request_id": request_id,
+                    "caller": context.caller.get(),
+                },
                 exc_info=exc,
             )
             status = errors.internal(request_id)

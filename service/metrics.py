@@ -1,6 +1,16 @@
-"""Prometheus metrics of the service, served on CREDITS_METRICS_ADDR (`/metrics`)."""
+"""Prometheus metrics of the service, served on CREDITS_METRICS_ADDR (`/metrics`).
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
+With several processes (service.processes) each worker writes its metrics to files that
+the supervisor serves summed; a gauge says how its processes' values combine."""
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
 
 RPCS = Counter("credits_rpcs_total", "RPCs served, by method and status code", ["method", "code"])
 RPC_SECONDS = Histogram(
@@ -24,6 +34,11 @@ AUTHENTICATION_FAILURES = Counter(
 TLS_HANDSHAKES = Counter(
     "credits_tls_handshakes_total", "TLS handshakes begun (accepted or refused) by the server"
 )
+TLS_CERTIFICATE_EXPIRES = Gauge(
+    "credits_tls_certificate_expires_timestamp_seconds",
+    "When the server certificate in force stops being valid (Unix time)",
+    multiprocess_mode="livemin",
+)
 CONFIG_RELOADS = Counter(
     "credits_config_reloads_total",
     "Reloads (SIGHUP) of the callers file or the TLS files, by file and result",
@@ -34,6 +49,20 @@ SWEPT_ACCOUNTS = Counter(
 )
 SWEEP_FAILURES = Counter(
     "credits_sweeper_failures_total", "Accounts the sweeper failed to settle (passed over)"
+)
+
+HEALTH_SERVING = Gauge(
+    "credits_health_serving",
+    "1 while health answers SERVING, 0 while NOT_SERVING",
+    multiprocess_mode="livemin",
+)
+DB_POOL_IN_USE = Gauge(
+    "credits_db_pool_in_use", "Database connections held by calls", multiprocess_mode="livesum"
+)
+DB_POOL_WAITING = Gauge(
+    "credits_db_pool_waiting",
+    "Calls waiting for a database connection (pool full or connecting)",
+    multiprocess_mode="livesum",
 )
 
 

@@ -4,11 +4,12 @@ reflection, TLS, and every safety option set explicitly."""
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from credits.v1 import credits_pb2
 from service import decoding, limits
+from service import health as credits_health
 from service.auth import Authenticate
 from service.authorization import Authorize
 from service.callers import LiveCallers
@@ -17,9 +18,9 @@ from service.ledger import Ledger
 from service.ratelimit import Limiter, RateLimit
 from service.servicer import CreditsServicer
 from service.settings import AuthMode, Settings
-from service.tls import ServerCertificates, TlsFiles
+from service.tls import ServerCertificates
 
-SERVICE_NAME = credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].full_name
+SERVICE_NAME = credits_health.SERVICE_NAME
 # Clients reconnect at least this often, which rebalances them across instances and
 # picks up rotated certificates.
 MAX_CONNECTION_AGE_MS = 30 * 60 * 1000
@@ -45,13 +46,11 @@ def server_certificates(settings: Settings) -> ServerCertificates | None:
     against the configured CA. tls: the server's certificate only. insecure: None."""
     if settings.auth_mode is AuthMode.INSECURE:
         return None
+    files = settings.tls_files
     # Settings require the files of the mode; never quietly serve with less security.
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
-        raise ValueError("a TLS file of the authentication mode is not configured")
-    if settings.auth_mode is AuthMode.MTLS and settings.tls_ca_file is None:
-        raise ValueError("mtls needs CREDITS_TLS_CA_FILE")
-    ca_file = settings.tls_ca_file if settings.auth_mode is AuthMode.MTLS else None
-    return ServerCertificates(TlsFiles(settings.tls_cert_file, settings.tls_key_file, ca_file))
+    if files is None or (settings.auth_mode is AuthMode.MTLS) != (files.ca_file is not None):
+        raise ValueError("the TLS files of the authentication mode are not configured")
+    return ServerCertificates(files)
 
 
 def interceptor_chain(
@@ -108,5 +107,4 @@ def build_server(settings: Settings, ledger: Ledger, *, sharing: int = 1) -> Bui
 
 
 async def mark_serving(built: Built) -> None:
-    for name in ("", SERVICE_NAME):
-        await built.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await credits_health.set_serving(built.health, True)

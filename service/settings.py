@@ -5,6 +5,7 @@ folder that `make run` generates; anything else is production, where every missi
 setting stops the start with a message naming it. No secret has a default anywhere.
 """
 
+import datetime
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
@@ -17,6 +18,8 @@ from limits import RateLimitItem
 
 from service import limits
 from service.callers import Callers, CallersError, load_for_mode
+from service.tls import TlsError, TlsFiles
+from service.tls import load as load_tls
 
 DEVELOPMENT = "development"
 
@@ -49,6 +52,12 @@ DB_POOL_TIMEOUT_SECONDS_DEFAULT = 5.0
 # A statement that runs longer than this is stopped by PostgreSQL even when the client
 # set no deadline, so that nothing runs on after the caller gave up.
 DB_STATEMENT_TIMEOUT_SECONDS_DEFAULT = 10.0
+# A connection attempt to a database that does not answer (a host that is down drops
+# packets rather than refusing) fails after this, so calls fail fast with UNAVAILABLE.
+DB_CONNECT_TIMEOUT_SECONDS_DEFAULT = 2.0
+# How often health probes the database: a load balancer learns of an outage within
+# about this (plus its own check interval).
+HEALTH_CHECK_INTERVAL_SECONDS_DEFAULT = 2.0
 MAX_CONCURRENT_RPCS_DEFAULT = 256
 SHUTDOWN_GRACE_SECONDS_DEFAULT = 10.0
 SWEEPER_INTERVAL_SECONDS_DEFAULT = 30.0
@@ -112,6 +121,8 @@ class Settings:
     db_pool_size: int = DB_CONNECTIONS_DEFAULT
     db_pool_timeout_seconds: float = DB_POOL_TIMEOUT_SECONDS_DEFAULT
     db_statement_timeout_seconds: float = DB_STATEMENT_TIMEOUT_SECONDS_DEFAULT
+    db_connect_timeout_seconds: float = DB_CONNECT_TIMEOUT_SECONDS_DEFAULT
+    health_check_interval_seconds: float = HEALTH_CHECK_INTERVAL_SECONDS_DEFAULT
     max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS_DEFAULT
     shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS_DEFAULT
     sweeper_interval_seconds: float = SWEEPER_INTERVAL_SECONDS_DEFAULT
@@ -120,6 +131,13 @@ class Settings:
     @property
     def development(self) -> bool:
         return self.env == DEVELOPMENT
+
+    @property
+    def tls_files(self) -> TlsFiles | None:
+        """The TLS files of the mode: None when insecure; a CA file in mtls only."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        return TlsFiles(self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -288,6 +306,12 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         db_statement_timeout_seconds=_seconds(
             env, "CREDITS_DB_STATEMENT_TIMEOUT_SECONDS", DB_STATEMENT_TIMEOUT_SECONDS_DEFAULT
         ),
+        db_connect_timeout_seconds=_seconds(
+            env, "CREDITS_DB_CONNECT_TIMEOUT_SECONDS", DB_CONNECT_TIMEOUT_SECONDS_DEFAULT
+        ),
+        health_check_interval_seconds=_seconds(
+            env, "CREDITS_HEALTH_CHECK_INTERVAL_SECONDS", HEALTH_CHECK_INTERVAL_SECONDS_DEFAULT
+        ),
         max_concurrent_rpcs=_int(env, "CREDITS_MAX_CONCURRENT_RPCS", MAX_CONCURRENT_RPCS_DEFAULT),
         shutdown_grace_seconds=_seconds(
             env, "CREDITS_SHUTDOWN_GRACE_SECONDS", SHUTDOWN_GRACE_SECONDS_DEFAULT
@@ -302,7 +326,19 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ),
     )
     check(settings)
+    _check_tls(settings)
     return settings
+
+
+def _check_tls(settings: Settings) -> None:
+    """The TLS files are usable: a certificate valid now, its key, a CA file that holds a
+    certificate. Checked again by every reload."""
+    if settings.tls_files is None:
+        return
+    try:
+        load_tls(settings.tls_files, datetime.datetime.now(datetime.UTC))
+    except TlsError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def check(settings: Settings) -> None:

@@ -25,7 +25,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
-from service import context, failures, limits
+from service import context, failures, limits, metrics
 from service.ledger import EntryFilter, GrantOrder, ReserveOrder, RevokeOrder, UsageCursor
 from service.model import (
     Allocation,
@@ -39,6 +39,7 @@ from service.model import (
     ReservationStatus,
     Revocation,
 )
+from service.settings import DB_CONNECT_TIMEOUT_SECONDS_DEFAULT
 
 # Unique constraints that a concurrent transaction of another account can trip after
 # the function's own check passed.
@@ -55,6 +56,14 @@ TIMEOUT_SQLSTATES = ("55P03", "57014")
 # Connection exceptions (class 08), shutdown and start-up of the server (57P01-57P03),
 # too many connections: the database is not there for us right now.
 UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03", "53300")
+# The driver gives up on a statement this long after PostgreSQL's statement_timeout should
+# have stopped it: only a database that no longer answers gets there.
+DRIVER_TIMEOUT_MARGIN_SECONDS = 1.0
+# A call cancelled by its deadline closes its connection (service.store's execution
+# path); PostgreSQL checks this often whether the client of a running statement is still
+# there, so that a statement queued on a lock stops instead of running on when the lock
+# is freed.
+CLIENT_CONNECTION_CHECK_MS = 100
 
 RESERVE = text(
     "SELECT * FROM credits_reserve(:caller, :key, :hash, :account, :amount, :ttl,"
@@ -92,6 +101,7 @@ EXTEND = text(
     "SELECT * FROM credits_extend(:account, :reservation, :ttl, :lifetime_max, :now, :lock_ms)"
 )
 DUE_ACCOUNTS = text("SELECT credits_due_accounts(:now, :limit) AS account_id")
+PING = text("SELECT 1")
 SETTLE = text("SELECT credits_lock(:account, :now, NULL)")
 
 
@@ -109,8 +119,9 @@ def create_engine(
     pool_size: int,
     pool_timeout_seconds: float,
     statement_timeout_seconds: float,
+    connect_timeout_seconds: float = DB_CONNECT_TIMEOUT_SECONDS_DEFAULT,
 ) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         sqlalchemy_url(database_url),
         # Each call is a single statement that is its own transaction: no BEGIN/COMMIT
         # round trips.
@@ -122,9 +133,15 @@ def create_engine(
             "server_settings": {
                 "application_name": "credits-service",
                 "statement_timeout": str(int(statement_timeout_seconds * 1000)),
+                "client_connection_check_interval": str(CLIENT_CONNECTION_CHECK_MS),
             },
+            # A database that does not answer (a frozen or unreachable host) fails the call
+            # with UNAVAILABLE instead of holding it until the client's deadline.
+            "timeout": connect_timeout_seconds,
+            "command_timeout": statement_timeout_seconds + DRIVER_TIMEOUT_MARGIN_SECONDS,
         },
     )
+    return engine
 
 
 class Row(asyncpg.Record):  # type: ignore[misc]
@@ -244,6 +261,17 @@ class PostgresStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._statements = _Statements(engine)
+        # Checked out without SQLAlchemy's Connection, a failed connect comes as the
+        # driver adapter's own error, not wrapped in DBAPIError.
+        self._connect_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+
+    async def _checkout(self) -> Any:
+        """A connection of the pool, counting the calls that wait for one."""
+        metrics.DB_POOL_WAITING.inc()
+        try:
+            return await self._engine.raw_connection()
+        finally:
+            metrics.DB_POOL_WAITING.dec()
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
@@ -251,7 +279,7 @@ class PostgresStore:
         statement that ended well or with a rule's refusal; after anything else
         (cancellation included, which can leave a statement running) it is closed."""
         try:
-            pooled = await self._engine.raw_connection()
+            pooled = await self._checkout()
         except DBAPIError as exc:
             translated = _translate(exc)
             if translated is exc:
@@ -259,24 +287,43 @@ class PostgresStore:
             raise translated from exc
         except (PoolTimeoutError, InterfaceError, OSError) as exc:
             raise failures.StoreUnavailable() from exc
+        except self._connect_error as exc:
+            # A database that cannot be connected to now is unavailable, whatever the cause.
+            failure = _failure(getattr(exc, "sqlstate", None) or "", None)
+            raise (failure or failures.StoreUnavailable()) from exc
+        metrics.DB_POOL_IN_USE.inc()
         reusable = False
         try:
             yield pooled.driver_connection
             reusable = True
+        except failures.StoreTimeout:
+            # The deadline passed before the statement was sent: the connection is fine.
+            reusable = True
+            raise
         except asyncpg.PostgresError as exc:
             failure = _failure(exc.sqlstate or "", getattr(exc, "constraint_name", None))
             reusable = failure is not None and not isinstance(failure, failures.StoreUnavailable)
             if failure is None:
                 raise
             raise failure from exc
-        except (asyncpg.InterfaceError, OSError) as exc:
+        except (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError) as exc:
+            # A connection that broke under the statement (InternalClientError: its protocol
+            # in a state it cannot leave), or the driver's command_timeout: a database that
+            # stopped answering.
             raise failures.StoreUnavailable() from exc
         finally:
-            await greenlet_spawn(pooled.close if reusable else pooled.invalidate)
+            metrics.DB_POOL_IN_USE.dec()
+            if reusable:
+                await greenlet_spawn(pooled.close)
+            else:
+                # At once, without the polite close that SQLAlchemy tries first, which a
+                # connection broken mid-statement answers with an error of its own.
+                pooled.invalidate()
 
     async def _one(self, statement: TextClause, params: Mapping[str, object]) -> Row:
-        args = self._statements.args(statement, {**params, "lock_ms": _lock_timeout_ms()})
         async with self._connection() as conn:
+            # What is left of the deadline once a connection is ours.
+            args = self._statements.args(statement, {**params, "lock_ms": _lock_timeout_ms()})
             row: Row | None = await conn.fetchrow(*args, record_class=Row)
         if row is None:
             raise RuntimeError("a ledger function returned no row")
@@ -368,8 +415,8 @@ class PostgresStore:
         )
 
     async def _all(self, statement: TextClause, params: Mapping[str, object]) -> list[Row]:
-        args = self._statements.args(statement, {**params, "lock_ms": _lock_timeout_ms()})
         async with self._connection() as conn:
+            args = self._statements.args(statement, {**params, "lock_ms": _lock_timeout_ms()})
             rows: list[Row] = await conn.fetch(*args, record_class=Row)
         return rows
 
@@ -449,6 +496,12 @@ class PostgresStore:
             "now": now,
         }
         return _reservation(await self._one(EXTEND, params))
+
+    async def ping(self) -> None:
+        """Whether the database answers (through the pool, as the RPCs reach it)."""
+        args = self._statements.args(PING, {})
+        async with self._connection() as conn:
+            await conn.execute(*args)
 
     async def due_accounts(self, accounts_max: int, now: datetime.datetime) -> list[str]:
         """Accounts with something due, longest overdue first."""

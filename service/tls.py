@@ -42,10 +42,13 @@ class TlsFiles:
 
 
 @dataclass(frozen=True)
-class _Material:
+class Material:
+    """Checked PEM contents of the TLS files."""
+
     cert_pem: bytes
     key_pem: bytes
     ca_pem: bytes | None
+    not_valid_after: datetime.datetime
 
 
 def _read(path: Path, setting: str) -> bytes:
@@ -73,7 +76,7 @@ def _public_der(key: PublicKeyTypes | CertificatePublicKeyTypes) -> bytes:
     )
 
 
-def load(files: TlsFiles, now: datetime.datetime) -> _Material:
+def load(files: TlsFiles, now: datetime.datetime) -> Material:
     """Read and check the files, raising TlsError with what is wrong."""
     cert_pem = _read(files.cert_file, "CREDITS_TLS_CERT_FILE")
     key_pem = _read(files.key_file, "CREDITS_TLS_KEY_FILE")
@@ -91,16 +94,18 @@ def load(files: TlsFiles, now: datetime.datetime) -> _Material:
     if files.ca_file is not None:
         ca_pem = _read(files.ca_file, "CREDITS_TLS_CA_FILE")
         _certificates(ca_pem, "CREDITS_TLS_CA_FILE")
-    return _Material(cert_pem, key_pem, ca_pem)
+    return Material(cert_pem, key_pem, ca_pem, leaf.not_valid_after_utc)
 
 
-def _configuration(material: _Material) -> grpc.ServerCertificateConfiguration:
+def _configuration(material: Material) -> grpc.ServerCertificateConfiguration:
+    # Set when the files are taken: an alert on it catches a certificate nobody renewed.
+    metrics.TLS_CERTIFICATE_EXPIRES.set(material.not_valid_after.timestamp())
     return grpc.ssl_server_certificate_configuration(
         [(material.key_pem, material.cert_pem)], root_certificates=material.ca_pem
     )
 
 
-def utc_now() -> datetime.datetime:
+def _utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
@@ -109,7 +114,7 @@ class ServerCertificates:
 
     def __init__(self, files: TlsFiles) -> None:
         self._files = files
-        self._initial = _configuration(load(files, utc_now()))
+        self._initial = _configuration(load(files, _utc_now()))
         # Set by a reload, taken by the next handshake. gRPC calls `_fetch` from its own
         # threads, hence the lock around the exchange.
         self._pending: grpc.ServerCertificateConfiguration | None = None
@@ -126,7 +131,7 @@ class ServerCertificates:
     def reload(self) -> None:
         """Serve the files as they are now to every new connection; TlsError if they are
         not usable, and then nothing changes."""
-        configuration = _configuration(load(self._files, utc_now()))
+        configuration = _configuration(load(self._files, _utc_now()))
         with self._lock:
             self._pending = configuration
 

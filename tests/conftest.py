@@ -15,7 +15,7 @@ from credits.v1 import credits_pb2_grpc
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
-from service import database
+from service import database, reconcile
 from service.store import sqlalchemy_url
 from tests.support import MovableClock, RunningServer, open_channel, start_server
 
@@ -38,8 +38,22 @@ def database_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     admin_url = str(server.get_uri())
     database.migrate(admin_url)
     service_url = asyncio.run(database.ensure_dev_login(admin_url))
-    yield admin_url, service_url
-    server.cleanup()
+    try:
+        yield admin_url, service_url
+        # Whatever the session's tests did, in whatever order, the ledger reconciles.
+        discrepancies = asyncio.run(_reconcile(admin_url))
+        assert discrepancies == [], "the ledger does not reconcile after the session"
+    finally:
+        server.cleanup()
+
+
+async def _reconcile(admin_url: str) -> list[reconcile.Discrepancy]:
+    engine = create_async_engine(sqlalchemy_url(admin_url))
+    try:
+        async with engine.connect() as conn:
+            return await reconcile.reconcile(conn)
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from credits.v1 import credits_pb2, credits_pb2_grpc
 from scripts.devcallers import ensure_dev_callers
 from service import settings
-from service.__main__ import policy
-from service.ledger import Clock, Ledger, utc_now
-from service.server import Built, build_server, mark_serving
-from service.store import PostgresStore, create_engine
+from service.__main__ import assemble
+from service.ledger import Clock, utc_now
+from service.server import Built, mark_serving
+from service.store import PostgresStore
 
 STOP_GRACE_SECONDS = 1.0
 # The shared test server must not throttle concurrency tests (many Reserves on one
@@ -50,6 +50,7 @@ class MovableClock:
 class RunningServer:
     built: Built
     engine: AsyncEngine
+    store: PostgresStore
     settings: settings.Settings
 
     @property
@@ -89,19 +90,13 @@ def server_settings(database_url: str, pki: Path, port: int = 0, **env: str) -> 
 async def start_server(
     database_url: str, pki: Path, port: int = 0, clock: Clock = utc_now, **env: str
 ) -> RunningServer:
-    """The production server builder, serving on 127.0.0.1 (port 0: an ephemeral one)."""
+    """The service as `python -m service` assembles it, serving on 127.0.0.1 (port 0: an
+    ephemeral one), with `clock` as its one clock."""
     config = server_settings(database_url, pki, port, **env)
-    engine = create_engine(
-        database_url,
-        pool_size=config.db_pool_size,
-        pool_timeout_seconds=config.db_pool_timeout_seconds,
-        statement_timeout_seconds=config.db_statement_timeout_seconds,
-    )
-    ledger = Ledger(PostgresStore(engine), policy(config), clock)
-    built = build_server(config, ledger)
+    engine, store, built = assemble(config, database_url, clock)
     await built.server.start()
     await mark_serving(built)
-    return RunningServer(built, engine, config)
+    return RunningServer(built, engine, store, config)
 
 
 @contextlib.asynccontextmanager

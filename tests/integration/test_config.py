@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.access_support import caller_table, write_callers
+from scripts.devpki import Issued, issue
+from tests.access_support import caller_table, dev_ca, write_callers
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 REFUSAL_TIMEOUT_SECONDS = 30.0
@@ -127,6 +128,31 @@ def test_tls_mode_needs_every_callers_secret(
     assert "api_key_sha256" in output
     assert "gateway" in output
     assert "backend" not in output.rpartition("missing for")[2]
+
+
+@pytest.mark.parametrize(
+    ("kind", "setting"),
+    [
+        ("expired", "CREDITS_TLS_CERT_FILE"),
+        ("key of another certificate", "CREDITS_TLS_KEY_FILE"),
+        ("not a CA", "CREDITS_TLS_CA_FILE"),
+    ],
+)
+def test_unusable_tls_files_are_refused_at_start(
+    env: dict[str, str], pki: Path, tmp_path: Path, kind: str, setting: str
+) -> None:
+    ca = dev_ca(pki)
+    server = issue(ca, "server", server=True, expired=kind == "expired")
+    if kind == "key of another certificate":
+        server = Issued(server.cert_pem, issue(ca, "server", server=True).key_pem)
+    server.write(tmp_path, "server")
+    env["CREDITS_TLS_CERT_FILE"] = str(tmp_path / "server.pem")
+    env["CREDITS_TLS_KEY_FILE"] = str(tmp_path / "server.key")
+    if kind == "not a CA":
+        env["CREDITS_TLS_CA_FILE"] = str(tmp_path / "server.key")
+    output = refused(env)
+    assert setting in output
+    assert "PRIVATE KEY" not in output
 
 
 def test_tls_mode_needs_the_server_certificate_but_no_ca(env: dict[str, str]) -> None:

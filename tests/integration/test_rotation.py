@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
@@ -305,3 +306,14 @@ def test_sighup_reloads_the_running_service(database_url: str, pki: Path, files:
         service.wait_for_log(lambda e: e.get("msg") == "reloaded" and e.get("file") == "tls")
         assert service.stop() == 0
         service.entries()  # every line of the run was JSON
+
+
+async def test_the_expiry_of_the_certificate_in_force_is_a_metric(
+    mtls_server: RunningServer, pki: Path, files: Files
+) -> None:
+    renewed = issue(dev_ca(pki), "server", server=True, days=90)
+    files.serve(renewed)
+    assert reload.reload_certificates(mtls_server.built)
+    expires = x509.load_pem_x509_certificate(renewed.cert_pem).not_valid_after_utc
+    metric = REGISTRY.get_sample_value("credits_tls_certificate_expires_timestamp_seconds")
+    assert metric == expires.timestamp()

@@ -53,7 +53,8 @@ async def test_a_fault_deep_in_the_store_is_internal_with_a_reference(
     assert err.details() == f"internal error (ref {request_id})"
     assert error_details(err) == ("INTERNAL", [])
     assert leaked(err, PASSWORD, "SELECT", "grants", "Traceback", "UndefinedTableError") == []
-    # The operator finds the whole story in the log under the id the client was given.
+    # The operator finds the error under the id the client was given (how it is written,
+    # without the data it carries: test_error_log.py).
     logged = [r for r in caplog.records if getattr(r, "request_id", None) == request_id]
     assert len(logged) == 1
     assert logged[0].exc_info is not None

@@ -66,7 +66,7 @@ async def test_sweep_expires_overdue_reservations_and_grants(
     account, reservation_id = await overdue_account(ops, clock)
     assert await entry_totals(admin_engine, account) == {"grant": 150, "reserve": -70}
 
-    await sweep_all(PostgresStore(credits_server.engine), clock)
+    await sweep_all(credits_server.store, clock)
 
     async with admin_engine.connect() as conn:
         status = await conn.scalar(
@@ -135,7 +135,7 @@ async def test_an_account_that_fails_to_settle_does_not_block_the_others(
     healthy, _ = await overdue_account(ops, clock)
     failures_before = REGISTRY.get_sample_value("credits_sweeper_failures_total") or 0.0
 
-    await sweep_all(PostgresStore(credits_server.engine), clock)
+    await sweep_all(credits_server.store, clock)
 
     assert "reservation_expiry" in await entry_totals(admin_engine, healthy)
     assert "reservation_expiry" not in await entry_totals(admin_engine, broken)

@@ -76,9 +76,10 @@ async def test_an_undecodable_grant_changes_nothing(
     assert balance.available == 0
 
 
-async def test_an_undecodable_reserve_passes_the_per_account_rate_limit_and_is_refused(
+async def test_an_undecodable_reserve_is_invalid_not_an_error_of_the_per_account_limit(
     credits_server: RunningServer, pki: Path
 ) -> None:
+    # Reserve is also limited per account, which an undecodable request does not name.
     request = pb.ReserveRequest(account_id=PLACEHOLDER, amount=1, idempotency_key=new_id())
 
     err = await call_raw(pki, "backend", credits_server, "Reserve", not_utf8(request))

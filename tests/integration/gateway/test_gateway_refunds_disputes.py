@@ -84,13 +84,57 @@ async def test_a_refund_before_its_purchase_is_retried_until_the_purchase_is_in(
     gateway_server: RunningGateway, http: httpx.AsyncClient, balance: BalanceReader
 ) -> None:
     purchase = Purchase()
-    refund, dispute = purchase.event(PARTIAL_REFUND), purchase.event(DISPUTE_CREATED)
+    refund = purchase.event(PARTIAL_REFUND)  # its charge is marked as a credits purchase
 
-    assert await deliver(gateway_server, http, refund, dispute) == [503, 503]
+    assert await deliver(gateway_server, http, refund, refund) == [503, 503]
     assert await deliver(gateway_server, http, purchase.event(PURCHASE)) == [200]
     assert await deliver(gateway_server, http, refund) == [200]
     assert await balance(purchase.account) == 600
-    assert await deliver(gateway_server, http, dispute) == [200]
+    assert await deliver(gateway_server, http, purchase.event(DISPUTE_CREATED)) == [200]
+    assert await balance(purchase.account) == 0
+
+
+async def test_refunds_and_disputes_of_payments_that_are_not_credits_purchases_are_2xx(
+    gateway_server: RunningGateway, http: httpx.AsyncClient, balance: BalanceReader
+) -> None:
+    """Another product sold on the same Stripe account: no grant has its payment, and its
+    charge carries no credits mark. Stripe must not retry these until it gives up."""
+    other_sale = Purchase()
+    unmarked = {'"credit_package": "credits_1000"': '"order": "tshirt-42"'}
+    events = [
+        other_sale.event(PARTIAL_REFUND, unmarked),
+        other_sale.event(FULL_REFUND, unmarked),
+        other_sale.event(DISPUTE_CREATED),
+        other_sale.event(DISPUTE_LOST),
+        other_sale.event(DISPUTE_LOST, DISPUTE_WON_EDIT),
+    ]
+    before = gateway_server.metrics.registry.get_sample_value(
+        "credits_gateway_webhooks_total",
+        {"event_type": "charge.refunded", "outcome": "not_a_purchase", "status": "200"},
+    )
+
+    assert await deliver(gateway_server, http, *events) == [200] * len(events)
+
+    after = gateway_server.metrics.registry.get_sample_value(
+        "credits_gateway_webhooks_total",
+        {"event_type": "charge.refunded", "outcome": "not_a_purchase", "status": "200"},
+    )
+    assert (after or 0) - (before or 0) == 2
+    assert await balance(other_sale.account) == 0
+
+
+async def test_a_dispute_before_its_purchase_is_acknowledged_and_its_loss_still_revokes(
+    gateway_server: RunningGateway, http: httpx.AsyncClient, balance: BalanceReader
+) -> None:
+    """A dispute names only the payment, so before the purchase is granted it cannot be
+    told from a dispute of another product's payment: it is acknowledged, and the
+    dispute's closing claims the credits when it is lost."""
+    purchase = Purchase()
+
+    assert await deliver(gateway_server, http, purchase.event(DISPUTE_CREATED)) == [200]
+    assert await deliver(gateway_server, http, purchase.event(PURCHASE)) == [200]
+    assert await balance(purchase.account) == 1000
+    assert await deliver(gateway_server, http, purchase.event(DISPUTE_LOST)) == [200]
     assert await balance(purchase.account) == 0
 
 

@@ -153,6 +153,7 @@ def test_a_refund_asks_for_the_running_total_of_its_charge(
         ),
         "refund_revoked",
         {"charge": CHARGE_ID, "payment_intent": PAYMENT_INTENT},
+        marked=True,
     )
     assert isinstance(full, Revocation)
     assert full.revoke.amount == 1000
@@ -179,14 +180,45 @@ def test_refund_units_are_proportional_rounded_down_and_capped(
     assert refund_units(units, charged, refunded) == expected
 
 
-def test_refunds_find_their_package_by_price(fixture_event: Events, packages: PackageTable) -> None:
+def test_a_marked_refund_finds_its_package_by_name(
+    fixture_event: Events, packages: PackageTable
+) -> None:
     document = fixture_event("charge.refunded")
+    document["data"]["object"]["metadata"]["credit_package"] = "credits_5000"
     document["data"]["object"].update(amount=5000, amount_refunded=2500)
 
     result = planned(document, packages)
 
     assert isinstance(result, Revocation)
+    assert (result.revoke.amount, result.marked) == (2750, True)
+
+
+@pytest.mark.parametrize("metadata", [{}, {"credit_package": "a_package_renamed_since"}])
+def test_a_refund_without_a_known_mark_finds_its_package_by_price(
+    fixture_event: Events, packages: PackageTable, metadata: dict[str, str]
+) -> None:
+    document = fixture_event("charge.refunded")
+    document["data"]["object"].update(amount=5000, amount_refunded=2500, metadata=metadata)
+
+    result = planned(document, packages)
+
+    assert isinstance(result, Revocation)
     assert result.revoke.amount == 2750
+    assert result.marked is bool(metadata)
+
+
+def test_a_refund_not_marked_as_a_purchase_is_revoked_unmarked(
+    fixture_event: Events, packages: PackageTable
+) -> None:
+    # Perhaps a purchase paid before marking began: revoke if a grant has the payment, and
+    # acknowledge if none has (test_gateway_fulfilment).
+    document = fixture_event("charge.refunded")
+    document["data"]["object"]["metadata"] = {}
+
+    result = planned(document, packages)
+
+    assert isinstance(result, Revocation)
+    assert result.marked is False
 
 
 @pytest.mark.parametrize(
@@ -205,7 +237,7 @@ def test_refunds_that_are_not_of_a_purchase_revoke_nothing(
     fixture_event: Events, packages: PackageTable, change: dict[str, Any], outcome: str
 ) -> None:
     document = fixture_event("charge.refunded")
-    document["data"]["object"].update(change)
+    document["data"]["object"].update(metadata={}, **change)
 
     result = planned(document, packages)
 

@@ -78,21 +78,28 @@ async def test_a_failed_grant(failure: Failure, status: int, outcome: str) -> No
 
 
 @pytest.mark.parametrize(
-    ("failure", "status"),
+    ("failure", "marked", "status", "outcome"),
     [
-        (Failure.RETRY_LATER, 503),
-        # The purchase is not granted yet: Stripe must deliver the refund again later.
-        (Failure.NOT_FOUND, 503),
-        (Failure.CONFLICT, 200),
-        (Failure.MISCONFIGURED, 500),
+        (Failure.RETRY_LATER, True, 503, "service_unavailable"),
+        (Failure.RETRY_LATER, False, 503, "service_unavailable"),
+        # A marked purchase not granted yet: Stripe must deliver the refund again later.
+        (Failure.NOT_FOUND, True, 503, "purchase_not_granted_yet"),
+        # No grant, no mark: a payment of something else; retrying could never succeed.
+        (Failure.NOT_FOUND, False, 200, "not_a_purchase"),
+        (Failure.CONFLICT, True, 200, "conflict_already_done"),
+        (Failure.MISCONFIGURED, True, 500, "refused_by_service"),
+        (Failure.MISCONFIGURED, False, 500, "refused_by_service"),
     ],
 )
-async def test_a_failed_revocation(failure: Failure, status: int) -> None:
+async def test_a_failed_revocation(
+    failure: Failure, marked: bool, status: int, outcome: str
+) -> None:
     result = await fulfil(
-        Revocation(REVOKE, "refund_revoked"), FakeCredits(revoke_error=error(failure))
+        Revocation(REVOKE, "refund_revoked", marked=marked),
+        FakeCredits(revoke_error=error(failure)),
     )
 
-    assert result.status_code == status
+    assert (result.status_code, result.outcome) == (status, outcome)
 
 
 async def test_a_revocation_reports_what_it_could_not_take_back() -> None:
