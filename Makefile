@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup proto proto-check lint test run reconcile chaos clean
+.PHONY: setup proto proto-check lint test run reconcile bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ proto-check: $(STAMP)
 lint: $(STAMP) proto-check
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy service gateway scripts tests chaos
+	$(VENV)/bin/mypy service gateway scripts tests chaos bench
 	$(VENV)/bin/mypy --strict -p credits_client
 	$(VENV)/bin/buf lint
 	@if git rev-parse --verify --quiet main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \
@@ -43,6 +43,11 @@ run: $(STAMP)
 
 reconcile: $(STAMP)
 	$(PY) -m scripts.devrun --reconcile
+
+# Not part of `make test`: a few minutes of load (docs/performance.md). Options go in
+# BENCH_ARGS, e.g. `make bench BENCH_ARGS=--quick`.
+bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
 
 # Load, faults and fuzzing against processes of its own, then the checks (README "Proof").
 # Options: make chaos CHAOS_ARGS="--duration 1200 --clients 16".

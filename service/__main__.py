@@ -1,7 +1,12 @@
 """`python -m service`: the composition root. Reads the settings, opens the database,
 serves gRPC until SIGTERM or SIGINT, then stops gracefully: health says NOT_SERVING,
 in-flight RPCs get the grace period, and nothing is left half-written because every
-mutation is one transaction."""
+mutation is one transaction.
+
+With CREDITS_PROCESSES above 1 (the default on a machine of several cores) this process
+becomes the supervisor of service.processes, which runs this module again as each of
+its workers.
+"""
 
 import asyncio
 import contextlib
@@ -9,11 +14,14 @@ import datetime
 import logging
 import signal
 import sys
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import uvloop
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import database, health, logs, metrics, reload, settings, sweeper
+from service import health, logs, metrics, processes, reload, settings, sweeper
 from service.ledger import Clock, Ledger, Policy, utc_now
 from service.server import Built, build_server, mark_serving
 from service.store import PostgresStore, create_engine
@@ -30,13 +38,31 @@ def policy(config: settings.Settings) -> Policy:
     )
 
 
-def open_database(config: settings.Settings) -> tuple[str, database.Embedded | None]:
-    """The URL to serve from, and the embedded database when there is one to keep alive."""
-    if config.database_url is not None:
-        return config.database_url, None
-    # Development without a configured database: the embedded one under .dev/.
-    embedded = database.prepare_embedded(config.dev_dir)
-    return embedded.service_url, embedded
+# Connections PostgreSQL keeps for superusers and for roles granted
+# pg_use_reserved_connections; none of them are the service's.
+CONNECTIONS_LEFT_TO_US = text(
+    "SELECT current_setting('max_connections')::int"
+    " - current_setting('superuser_reserved_connections')::int"
+    " - COALESCE(current_setting('reserved_connections', true)::int, 0)"
+)
+
+
+async def check_connections(engine: AsyncEngine, config: settings.Settings) -> None:
+    """Every process's pool, all full at once, fits in what PostgreSQL allows. A
+    database that is down now is no reason not to start: RPCs say UNAVAILABLE until it
+    is back."""
+    try:
+        async with engine.connect() as conn:
+            allowed = int(await conn.scalar(CONNECTIONS_LEFT_TO_US) or 0)
+    except (DBAPIError, OSError) as exc:
+        log.warning("cannot check max_connections now", extra={"error": type(exc).__name__})
+        return
+    needed = config.processes * config.db_pool_size
+    if needed > allowed:
+        raise settings.SettingsError(
+            f"CREDITS_PROCESSES times CREDITS_DB_POOL_SIZE is {needed} connections, more than"
+            f" the {allowed} PostgreSQL's max_connections leaves"
+        )
 
 
 class Assembled(NamedTuple):
@@ -45,9 +71,10 @@ class Assembled(NamedTuple):
     built: Built
 
 
-def assemble(config: settings.Settings, url: str, clock: Clock) -> Assembled:
+def assemble(config: settings.Settings, url: str, clock: Clock, *, sharing: int = 1) -> Assembled:
     """The database engine, the store, the ledger and the gRPC server, put together the
-    one way: `serve` uses it, and so do the tests (with a clock they move)."""
+    one way: `serve` uses it, and so do the tests (with a clock they move). `sharing`:
+    how many processes serve the address together."""
     engine = create_engine(
         url,
         pool_size=config.db_pool_size,
@@ -56,29 +83,48 @@ def assemble(config: settings.Settings, url: str, clock: Clock) -> Assembled:
         connect_timeout_seconds=config.db_connect_timeout_seconds,
     )
     store = PostgresStore(engine)
-    return Assembled(engine, store, build_server(config, Ledger(store, policy(config), clock)))
+    ledger = Ledger(store, policy(config), clock)
+    return Assembled(engine, store, build_server(config, ledger, sharing=sharing))
 
 
-async def serve(config: settings.Settings, url: str) -> None:
-    engine, store, built = assemble(config, url, utc_now)
+async def serve(
+    config: settings.Settings, url: str, worker: processes.Worker | None = None
+) -> None:
+    """Serve alone (`worker` None), or as one of config.processes workers."""
+    sharing = 1 if worker is None else config.processes
+    engine, store, built = assemble(config, url, utc_now, sharing=sharing)
+    await check_connections(engine, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload.reload, config, built)
-    if config.metrics_addr:
+    if config.metrics_addr and worker is None:
+        # Workers' metrics are served by their supervisor.
         metrics.serve(config.metrics_addr)
     await built.server.start()
     await mark_serving(built)
-    sweeping = asyncio.create_task(sweeper.run(store, config.sweeper_interval_seconds, utc_now))
-    monitoring = asyncio.create_task(
-        health.watch_database(store.ping, built.health, config.health_check_interval_seconds)
-    )
-    log.info("serving", extra={"address": config.grpc_addr, "env": config.env})
+    tasks: list[asyncio.Task[Any]] = [
+        asyncio.create_task(
+            health.watch_database(store.ping, built.health, config.health_check_interval_seconds)
+        )
+    ]
+    # One sweeper is enough (each account it settles is locked, whoever else runs).
+    if worker is None or worker.index == 0:
+        tasks.append(
+            asyncio.create_task(sweeper.run(store, config.sweeper_interval_seconds, utc_now))
+        )
+    where = {"address": config.grpc_addr, "env": config.env}
+    if worker is None:
+        log.info("serving", extra=where)
+    else:
+        # The service serves once all workers do; their supervisor says so.
+        log.info("worker serving", extra={**where, "worker": worker.index})
+        worker.tell_ready()
     await stop.wait()
     log.info("stopping", extra={"grace_seconds": config.shutdown_grace_seconds})
     await built.health.enter_graceful_shutdown()
-    for task in (sweeping, monitoring):
+    for task in tasks:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -95,8 +141,18 @@ def main() -> None:
     except settings.SettingsError as exc:
         print(f"credits service cannot start: {exc}", file=sys.stderr)
         sys.exit(2)
-    url, _embedded = open_database(config)
-    asyncio.run(serve(config, url))
+    worker = processes.worker_of(sys.argv[1:])
+    if worker is None and config.processes > 1:
+        processes.become_supervisor()
+    if worker is not None:
+        processes.die_with_supervisor()
+    url, _embedded = processes.database_url(config)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(config, url, worker))
+    except settings.SettingsError as exc:
+        print(f"credits service cannot start: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from grpc_interceptor.server import AsyncServerInterceptor
 
 from service import context, errors, metrics
 from service.callers import Caller, LiveCallers
-from service.interceptors import call_next, is_health
+from service.interceptors import Interceptor, call_next, is_health
 
 log = logging.getLogger("credits.auth")
 
@@ -41,7 +40,7 @@ def api_key(ctx: grpc.aio.ServicerContext) -> str | None:
     return values[0]
 
 
-class Authenticate(AsyncServerInterceptor):
+class Authenticate(Interceptor):
     """Sets the caller of the RPC; unknown or missing credentials are UNAUTHENTICATED."""
 
     def __init__(self, callers: LiveCallers, *, certificates: bool) -> None:

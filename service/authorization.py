@@ -10,11 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from grpc_interceptor.server import AsyncServerInterceptor
 
 from service import errors
 from service.context import authenticated_caller, current_caller
-from service.interceptors import call_next, credits_rpc, is_health
+from service.interceptors import Interceptor, call_next, credits_rpc, is_health
 
 log = logging.getLogger("credits.auth")
 
@@ -24,7 +23,7 @@ REFLECTION_METHOD_PREFIXES = (
 )
 
 
-class Authorize(AsyncServerInterceptor):
+class Authorize(Interceptor):
     def _allowed(self, method_name: str) -> bool:
         if is_health(method_name):
             return True

@@ -1,6 +1,16 @@
-"""Prometheus metrics of the service, served on CREDITS_METRICS_ADDR (`/metrics`)."""
+"""Prometheus metrics of the service, served on CREDITS_METRICS_ADDR (`/metrics`).
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+With several processes (service.processes) each worker writes its metrics to files that
+the supervisor serves summed; a gauge says how its processes' values combine."""
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
 
 RPCS = Counter("credits_rpcs_total", "RPCs served, by method and status code", ["method", "code"])
 RPC_SECONDS = Histogram(
@@ -27,6 +37,7 @@ TLS_HANDSHAKES = Counter(
 TLS_CERTIFICATE_EXPIRES = Gauge(
     "credits_tls_certificate_expires_timestamp_seconds",
     "When the server certificate in force stops being valid (Unix time)",
+    multiprocess_mode="livemin",
 )
 CONFIG_RELOADS = Counter(
     "credits_config_reloads_total",
@@ -41,11 +52,17 @@ SWEEP_FAILURES = Counter(
 )
 
 HEALTH_SERVING = Gauge(
-    "credits_health_serving", "1 while health answers SERVING, 0 while NOT_SERVING"
+    "credits_health_serving",
+    "1 while health answers SERVING, 0 while NOT_SERVING",
+    multiprocess_mode="livemin",
 )
-DB_POOL_IN_USE = Gauge("credits_db_pool_in_use", "Database connections held by calls")
+DB_POOL_IN_USE = Gauge(
+    "credits_db_pool_in_use", "Database connections held by calls", multiprocess_mode="livesum"
+)
 DB_POOL_WAITING = Gauge(
-    "credits_db_pool_waiting", "Calls waiting for a database connection (pool full or connecting)"
+    "credits_db_pool_waiting",
+    "Calls waiting for a database connection (pool full or connecting)",
+    multiprocess_mode="livesum",
 )
 
 
@@ -53,3 +70,12 @@ def serve(address: str) -> None:
     """Serve /metrics on host:port in a background thread."""
     host, _, port = address.rpartition(":")
     start_http_server(int(port), addr=host.strip("[]"))
+
+
+def serve_processes(address: str, directory: str) -> None:
+    """Serve on host:port, in a background thread, the metrics that the processes
+    started with PROMETHEUS_MULTIPROC_DIR=`directory` write there, summed over them."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    host, _, port = address.rpartition(":")
+    start_http_server(int(port), addr=host.strip("[]"), registry=registry)

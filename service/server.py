@@ -68,8 +68,9 @@ def interceptor_chain(
     ]
 
 
-def build_server(settings: Settings, ledger: Ledger) -> Built:
-    limiter = Limiter(settings.redis_url)
+def build_server(settings: Settings, ledger: Ledger, *, sharing: int = 1) -> Built:
+    """`sharing`: how many processes serve this address together (service.processes)."""
+    limiter = Limiter(settings.redis_url, sharing=sharing)
     callers = LiveCallers(settings.callers)
     server = grpc.aio.server(
         interceptors=interceptor_chain(settings, limiter, callers),
@@ -78,9 +79,9 @@ def build_server(settings: Settings, ledger: Ledger) -> Built:
         options=[
             ("grpc.max_receive_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
             ("grpc.max_send_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
-            # Off: a second server would otherwise silently bind the same address. Scale
-            # out with processes on their own ports behind a load balancer.
-            ("grpc.so_reuseport", 0),
+            # Only the workers of one supervisor share an address; otherwise a second
+            # server would silently bind the same one.
+            ("grpc.so_reuseport", int(sharing > 1)),
             ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
             ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
             ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MIN_PING_INTERVAL_MS),

@@ -41,9 +41,13 @@ DEFAULT_METADATA_KEYS = (
     "model",
     "pages",
 )
-# Each in-flight RPC holds at most one connection for one statement; the pool is sized
-# for the concurrency two cores can usefully drive.
-DB_POOL_SIZE_DEFAULT = 16
+# Each in-flight RPC holds at most one connection for one statement. Unless
+# CREDITS_DB_POOL_SIZE says otherwise, the processes share this many connections: about
+# what two database cores keep usefully busy, and well under PostgreSQL's default
+# max_connections (100), which the gateway, tools and other clients share.
+DB_CONNECTIONS_DEFAULT = 32
+# One process per core: each is one event loop, and a Python process uses one core.
+PROCESSES_MAX = 256
 DB_POOL_TIMEOUT_SECONDS_DEFAULT = 5.0
 # A statement that runs longer than this is stopped by PostgreSQL even when the client
 # set no deadline, so that nothing runs on after the caller gave up.
@@ -112,7 +116,9 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)
     amount_max: int = AMOUNT_MAX_DEFAULT
     metadata_keys: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_METADATA_KEYS))
-    db_pool_size: int = DB_POOL_SIZE_DEFAULT
+    # Service processes sharing the gRPC port; each has its own pool of db_pool_size.
+    processes: int = 1
+    db_pool_size: int = DB_CONNECTIONS_DEFAULT
     db_pool_timeout_seconds: float = DB_POOL_TIMEOUT_SECONDS_DEFAULT
     db_statement_timeout_seconds: float = DB_STATEMENT_TIMEOUT_SECONDS_DEFAULT
     db_connect_timeout_seconds: float = DB_CONNECT_TIMEOUT_SECONDS_DEFAULT
@@ -142,6 +148,11 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SettingsError(f"{name} must be an integer") from None
+
+
+def cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's)."""
+    return len(os.sched_getaffinity(0))
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
@@ -266,6 +277,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         return Path(str(get(name))) if name in tls_files else None
 
     callers_file = Path(str(get("CREDITS_CALLERS_FILE")))
+    processes = _int(env, "CREDITS_PROCESSES", cores())
     settings = Settings(
         env=DEVELOPMENT if development else "production",
         database_url=get("CREDITS_DATABASE_URL"),
@@ -284,7 +296,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         redis_url=_redis_url(env),
         amount_max=_int(env, "CREDITS_AMOUNT_MAX", AMOUNT_MAX_DEFAULT),
         metadata_keys=_metadata_keys(env),
-        db_pool_size=_int(env, "CREDITS_DB_POOL_SIZE", DB_POOL_SIZE_DEFAULT),
+        processes=processes,
+        db_pool_size=_int(
+            env, "CREDITS_DB_POOL_SIZE", max(1, DB_CONNECTIONS_DEFAULT // max(1, processes))
+        ),
         db_pool_timeout_seconds=_seconds(
             env, "CREDITS_DB_POOL_TIMEOUT_SECONDS", DB_POOL_TIMEOUT_SECONDS_DEFAULT
         ),
@@ -331,6 +346,8 @@ def check(settings: Settings) -> None:
     # Bounded far below int64 so that no sum of amounts an account can hold overflows.
     if not 0 < settings.amount_max <= limits.AMOUNT_MAX_LIMIT:
         raise SettingsError(f"CREDITS_AMOUNT_MAX must be between 1 and {limits.AMOUNT_MAX_LIMIT}")
+    if not 1 <= settings.processes <= PROCESSES_MAX:
+        raise SettingsError(f"CREDITS_PROCESSES must be between 1 and {PROCESSES_MAX}")
     if settings.db_pool_size < 1:
         raise SettingsError("CREDITS_DB_POOL_SIZE must be at least 1")
     # More RPCs in flight than pool connections only queue on the pool; far more means

@@ -5,6 +5,10 @@ autocommitted statement: one round trip, one transaction, one account lock; read
 the account first like writes do. Outcomes the caller must see come back as SQLSTATEs of
 class 'CR' and become the failures of service/failures.py here; a lost connection
 becomes StoreUnavailable.
+
+Statements run on asyncpg directly, on connections of SQLAlchemy's pool: each is
+prepared once per connection (asyncpg's statement cache), and a call costs less than
+half the CPU time of SQLAlchemy's statement and result layers, which every RPC paid.
 """
 
 import datetime
@@ -12,14 +16,14 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
+import asyncpg
 from sqlalchemy import TextClause, text
-from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util import greenlet_spawn
 
 from service import context, failures, limits, metrics
 from service.ledger import EntryFilter, GrantOrder, ReserveOrder, RevokeOrder, UsageCursor
@@ -54,6 +58,11 @@ UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03", "53300")
 # The driver gives up on a statement this long after PostgreSQL's statement_timeout should
 # have stopped it: only a database that no longer answers gets there.
 DRIVER_TIMEOUT_MARGIN_SECONDS = 1.0
+# A call cancelled by its deadline closes its connection (service.store's execution
+# path); PostgreSQL checks this often whether the client of a running statement is still
+# there, so that a statement queued on a lock stops instead of running on when the lock
+# is freed.
+CLIENT_CONNECTION_CHECK_MS = 100
 
 RESERVE = text(
     "SELECT * FROM credits_reserve(:caller, :key, :hash, :account, :amount, :ttl,"
@@ -119,11 +128,11 @@ def create_engine(
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=pool_timeout_seconds,
-        pool_pre_ping=True,
         connect_args={
             "server_settings": {
                 "application_name": "credits-service",
                 "statement_timeout": str(int(statement_timeout_seconds * 1000)),
+                "client_connection_check_interval": str(CLIENT_CONNECTION_CHECK_MS),
             },
             # A database that does not answer (a frozen or unreachable host) fails the call
             # with UNAVAILABLE instead of holding it until the client's deadline.
@@ -131,11 +140,20 @@ def create_engine(
             "command_timeout": statement_timeout_seconds + DRIVER_TIMEOUT_MARGIN_SECONDS,
         },
     )
-    metrics.DB_POOL_IN_USE.set_function(cast(QueuePool, engine.pool).checkedout)
     return engine
 
 
-def _reservation(row: Row[Any]) -> Reservation:
+class Row(asyncpg.Record):  # type: ignore[misc]
+    """A result row, read by column name as an attribute."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _reservation(row: Row) -> Reservation:
     return Reservation(
         reservation_id=row.reservation_id,
         account_id=row.account_id,
@@ -151,7 +169,7 @@ def _reservation(row: Row[Any]) -> Reservation:
     )
 
 
-def _grant(row: Row[Any]) -> Grant:
+def _grant(row: Row) -> Grant:
     return Grant(
         grant_id=row.grant_id,
         account_id=row.account_id,
@@ -168,7 +186,7 @@ def _grant(row: Row[Any]) -> Grant:
     )
 
 
-def _entry(row: Row[Any]) -> LedgerEntry:
+def _entry(row: Row) -> LedgerEntry:
     return LedgerEntry(
         entry_id=row.entry_id,
         kind=EntryKind[row.kind.upper()],
@@ -195,21 +213,45 @@ def _lock_timeout_ms() -> int | None:
     return max(1, min(limits.LOCK_TIMEOUT_MS_MAX, int(left * 1000)))
 
 
-def _translate(exc: DBAPIError) -> Exception:
-    """The ledger's error for a database error, or the error itself when it is a bug."""
-    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+def _failure(sqlstate: str, constraint: str | None) -> failures.Failure | None:
+    """The ledger's error for a database error, or None when it is a bug."""
     if sqlstate in failures.BY_SQLSTATE:
         return failures.BY_SQLSTATE[sqlstate]()
-    if sqlstate == UNIQUE_VIOLATION:
-        driver_error = exc.orig.__cause__ if exc.orig is not None else None
-        constraint = str(getattr(driver_error, "constraint_name", ""))
-        if constraint in CONSTRAINT_ERRORS:
-            return CONSTRAINT_ERRORS[constraint]()
+    if sqlstate == UNIQUE_VIOLATION and constraint is not None and constraint in CONSTRAINT_ERRORS:
+        return CONSTRAINT_ERRORS[constraint]()
     if sqlstate in TIMEOUT_SQLSTATES:
         return failures.StoreTimeout()
-    if exc.connection_invalidated or sqlstate.startswith(UNAVAILABLE_SQLSTATE_PREFIXES):
+    if sqlstate.startswith(UNAVAILABLE_SQLSTATE_PREFIXES):
         return failures.StoreUnavailable()
-    return exc
+    return None
+
+
+def _translate(exc: DBAPIError) -> Exception:
+    """The ledger's error for an error SQLAlchemy raised, or the error itself."""
+    if exc.connection_invalidated:
+        return failures.StoreUnavailable()
+    driver_error = exc.orig.__cause__ if exc.orig is not None else None
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return _failure(sqlstate, getattr(driver_error, "constraint_name", None)) or exc
+
+
+class _Statements:
+    """Each SQLAlchemy text() statement in asyncpg's form ($1, $2, …) with the names of
+    its parameters in that order, compiled once."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._dialect = engine.dialect
+        self._compiled: dict[TextClause, tuple[str, tuple[str, ...]]] = {}
+
+    def args(self, statement: TextClause, params: Mapping[str, object]) -> list[object]:
+        """[SQL, *the parameters' values in order]."""
+        found = self._compiled.get(statement)
+        if found is None:
+            compiled = statement.compile(dialect=self._dialect)
+            # Bounded: statements are the module's constants.
+            found = self._compiled[statement] = (str(compiled), tuple(compiled.positiontup or ()))
+        sql, names = found
+        return [sql, *(params[name] for name in names)]
 
 
 class PostgresStore:
@@ -217,26 +259,26 @@ class PostgresStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._statements = _Statements(engine)
+        # Checked out without SQLAlchemy's Connection, a failed connect comes as the
+        # driver adapter's own error, not wrapped in DBAPIError.
+        self._connect_error: type[Exception] = engine.dialect.loaded_dbapi.Error
 
-    @asynccontextmanager
-    async def _pooled(self) -> AsyncIterator[AsyncConnection]:
+    async def _checkout(self) -> Any:
         """A connection of the pool, counting the calls that wait for one."""
         metrics.DB_POOL_WAITING.inc()
-        waiting = True
         try:
-            async with self._engine.connect() as conn:
-                metrics.DB_POOL_WAITING.dec()
-                waiting = False
-                yield conn
+            return await self._engine.raw_connection()
         finally:
-            if waiting:
-                metrics.DB_POOL_WAITING.dec()
+            metrics.DB_POOL_WAITING.dec()
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+    async def _connection(self) -> AsyncIterator[Any]:
+        """The asyncpg connection of a pooled connection. It goes back to the pool after a
+        statement that ended well or with a rule's refusal; after anything else
+        (cancellation included, which can leave a statement running) it is closed."""
         try:
-            async with self._pooled() as conn:
-                yield conn
+            pooled = await self._checkout()
         except DBAPIError as exc:
             translated = _translate(exc)
             if translated is exc:
@@ -244,11 +286,47 @@ class PostgresStore:
             raise translated from exc
         except (PoolTimeoutError, InterfaceError, OSError) as exc:
             raise failures.StoreUnavailable() from exc
+        except self._connect_error as exc:
+            # A database that cannot be connected to now is unavailable, whatever the cause.
+            failure = _failure(getattr(exc, "sqlstate", None) or "", None)
+            raise (failure or failures.StoreUnavailable()) from exc
+        metrics.DB_POOL_IN_USE.inc()
+        reusable = False
+        try:
+            yield pooled.driver_connection
+            reusable = True
+        except failures.StoreTimeout:
+            # The deadline passed before the statement was sent: the connection is fine.
+            reusable = True
+            raise
+        except asyncpg.PostgresError as exc:
+            failure = _failure(exc.sqlstate or "", getattr(exc, "constraint_name", None))
+            reusable = failure is not None and not isinstance(failure, failures.StoreUnavailable)
+            if failure is None:
+                raise
+            raise failure from exc
+        except (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError) as exc:
+            # A connection that broke under the statement (InternalClientError: its protocol
+            # in a state it cannot leave), or the driver's command_timeout: a database that
+            # stopped answering.
+            raise failures.StoreUnavailable() from exc
+        finally:
+            metrics.DB_POOL_IN_USE.dec()
+            if reusable:
+                await greenlet_spawn(pooled.close)
+            else:
+                # At once, without the polite close that SQLAlchemy tries first, which a
+                # connection broken mid-statement answers with an error of its own.
+                pooled.invalidate()
 
-    async def _one(self, statement: TextClause, params: Mapping[str, object]) -> Row[Any]:
+    async def _one(self, statement: TextClause, params: Mapping[str, object]) -> Row:
         async with self._connection() as conn:
-            result = await conn.execute(statement, {**params, "lock_ms": _lock_timeout_ms()})
-            return result.one()
+            # What is left of the deadline once a connection is ours.
+            args = self._statements.args(statement, {**params, "lock_ms": _lock_timeout_ms()})
+            row: Row | None = await conn.fetchrow(*args, record_class=Row)
+        if row is None:
+            raise RuntimeError("a ledger function returned no row")
+        return row
 
     async def reserve(self, order: ReserveOrder, now: datetime.datetime) -> Reservation:
         cmd = order.command
@@ -335,10 +413,11 @@ class PostgresStore:
             next_expiry=row.next_expiry,
         )
 
-    async def _all(self, statement: TextClause, params: Mapping[str, object]) -> list[Row[Any]]:
+    async def _all(self, statement: TextClause, params: Mapping[str, object]) -> list[Row]:
         async with self._connection() as conn:
-            result = await conn.execute(statement, {**params, "lock_ms": _lock_timeout_ms()})
-            return list(result.all())
+            args = self._statements.args(statement, {**params, "lock_ms": _lock_timeout_ms()})
+            rows: list[Row] = await conn.fetch(*args, record_class=Row)
+        return rows
 
     async def usage(
         self, account_id: str, limit: int, after: UsageCursor | None, now: datetime.datetime
@@ -419,16 +498,18 @@ class PostgresStore:
 
     async def ping(self) -> None:
         """Whether the database answers (through the pool, as the RPCs reach it)."""
+        args = self._statements.args(PING, {})
         async with self._connection() as conn:
-            await conn.execute(PING)
+            await conn.execute(*args)
 
     async def due_accounts(self, accounts_max: int, now: datetime.datetime) -> list[str]:
         """Accounts with something due, longest overdue first."""
+        args = self._statements.args(DUE_ACCOUNTS, {"limit": accounts_max, "now": now})
         async with self._connection() as conn:
-            result = await conn.execute(DUE_ACCOUNTS, {"limit": accounts_max, "now": now})
-            return list(result.scalars().all())
+            return [row["account_id"] for row in await conn.fetch(*args)]
 
     async def settle(self, account_id: str, now: datetime.datetime) -> None:
         """Settle one account in a transaction of its own."""
+        args = self._statements.args(SETTLE, {"account": account_id, "now": now})
         async with self._connection() as conn:
-            await conn.execute(SETTLE, {"account": account_id, "now": now})
+            await conn.execute(*args)

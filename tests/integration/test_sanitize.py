@@ -7,10 +7,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
-from sqlalchemy.exc import ProgrammingError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
@@ -37,17 +36,12 @@ async def test_a_fault_deep_in_the_store_is_internal_with_a_reference(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    execute = AsyncConnection.execute
+    async def faulty(self: asyncpg.Connection, query: str, *args: Any, **kwargs: Any) -> Any:
+        # The driver's error carries SQL and a password.
+        raise asyncpg.UndefinedTableError(f"password={PASSWORD} rejected in {SQL}")
 
-    async def faulty(self: AsyncConnection, statement: Any, *args: Any, **kwargs: Any) -> Any:
-        # Only this server's connections fail; the driver's error carries SQL and a password.
-        if self.engine is credits_server.engine:
-            raise ProgrammingError(
-                SQL, {"password": PASSWORD}, Exception(f"password={PASSWORD} rejected in {SQL}")
-            )
-        return await execute(self, statement, *args, **kwargs)
-
-    monkeypatch.setattr(AsyncConnection, "execute", faulty)
+    # The store's statements run on the driver's connections directly.
+    monkeypatch.setattr(asyncpg.Connection, "fetchrow", faulty)
     async with open_channel(pki, "backend", credits_server.address) as channel:
         call = Stub(channel).GetBalance(pb.GetBalanceRequest(account_id=new_id()), timeout=T)
         with caplog.at_level(logging.ERROR), pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -58,7 +52,7 @@ async def test_a_fault_deep_in_the_store_is_internal_with_a_reference(
     assert err.code() == grpc.StatusCode.INTERNAL
     assert err.details() == f"internal error (ref {request_id})"
     assert error_details(err) == ("INTERNAL", [])
-    assert leaked(err, PASSWORD, "SELECT", "grants", "Traceback", "ProgrammingError") == []
+    assert leaked(err, PASSWORD, "SELECT", "grants", "Traceback", "UndefinedTableError") == []
     # The operator finds the error under the id the client was given (how it is written,
     # without the data it carries: test_error_log.py).
     logged = [r for r in caplog.records if getattr(r, "request_id", None) == request_id]

@@ -1,0 +1,1 @@
+"""`make bench`: the service end to end beside the floors that bound it (see __main__)."""

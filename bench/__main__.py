@@ -1,0 +1,402 @@
+"""`make bench` (`python -m bench`): the service end to end beside the floors that bound it.
+
+In one run, on a database and service of its own (a temporary dev folder, ephemeral
+ports; never `.dev/` or the ports of `make run`):
+
+- the service as `make run` starts it (`python -m service` in development mode: mTLS,
+  authentication, authorization, the rate limiter active with permissive limits,
+  PostgreSQL): Reserve+Confirm cycles from a load generator in its own process, with
+  `--clients` clients over `--accounts` accounts, on one hot account, and with
+  `--light-clients` clients;
+- floor (a), the transport: the same load against a bare grpc.aio server answering the
+  same contract over the same mTLS from memory (bench.floor);
+- floor (b), the database: the same two SQL functions driven by pgbench (bench.pgfloor),
+  over the accounts and on the hot one;
+- the memory of all service processes under load and the service's CPU time per cycle.
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import pgfloor, processes
+from scripts.devcallers import ensure_dev_callers
+from scripts.devpki import ensure_dev_pki
+from service import database
+
+REPO = Path(__file__).resolve().parent.parent
+ACCOUNT_PREFIX = "bench-"
+HOT_PREFIX = "bench-hot-"
+# Far above any rate a run reaches, so that the limiter counts but never refuses.
+PERMISSIVE_RESERVE_RATE_PER_ACCOUNT = "1000000/second"
+START_SECONDS_MAX = 60.0
+STOP_SECONDS_MAX = 30.0
+POLL_SECONDS = 0.2
+MEMORY_SAMPLE_SECONDS = 0.5
+# Targets this service is held to (docs/performance.md).
+SHARE_OF_FLOOR_MIN = 0.5
+LIGHT_P99_MS_MAX = 25.0
+MEMORY_MB_MAX = 150.0
+MB = 1024 * 1024
+
+
+@dataclass
+class Result:
+    name: str
+    cycles_per_second: float
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    errors: dict[str, int] = field(default_factory=dict)
+    cpu_seconds_per_cycle: float | None = None
+    database_cpu_seconds_per_cycle: float | None = None
+    generator_cpu_seconds_per_cycle: float | None = None
+    rss_mb: float | None = None
+    pss_mb: float | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    deadline = time.monotonic() + START_SECONDS_MAX
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"a benchmarked server exited while starting:\n{log.read_text()[-3000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(POLL_SECONDS)
+    sys.exit(f"a benchmarked server did not start listening:\n{log.read_text()[-3000:]}")
+
+
+def stop(process: "subprocess.Popen[bytes] | subprocess.Popen[str]") -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_SECONDS_MAX)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class Sampler:
+    """The largest memory of a process tree, sampled while the load runs."""
+
+    def __init__(self, root: int) -> None:
+        self._root = root
+        self._done = threading.Event()
+        self.peak = processes.Memory(0, 0)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._done.wait(MEMORY_SAMPLE_SECONDS):
+            now = processes.memory(processes.tree(self._root))
+            if now.rss_bytes > self.peak.rss_bytes:
+                self.peak = now
+
+    def __enter__(self) -> "Sampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def load(
+    name: str,
+    server: subprocess.Popen[bytes],
+    target: str,
+    pki: Path,
+    args: argparse.Namespace,
+    *,
+    clients: int,
+    accounts: int,
+    prefix: str,
+    database: int | None = None,
+) -> Result:
+    """Run the load generator in its own process against `target` (served by `server`,
+    using the database whose postmaster is `database`)."""
+    command = [
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        f"--target={target}",
+        f"--pki={pki}",
+        f"--clients={clients}",
+        f"--accounts={accounts}",
+        f"--account-prefix={prefix}",
+        f"--warmup-seconds={args.warmup_seconds}",
+        f"--duration-seconds={args.duration_seconds}",
+    ]
+    generator = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert generator.stdout is not None
+        first = json.loads(generator.stdout.readline() or "{}")
+        if first.get("event") != "measuring":
+            sys.exit(f"{name}: the load generator failed before measuring")
+        trees = [server.pid] if database is None else [server.pid, database]
+        cpu_before = [processes.cpu_seconds(processes.tree(pid)) for pid in trees]
+        with Sampler(server.pid) as sampler:
+            done = json.loads(generator.stdout.readline() or "{}")
+            cpu_used = [
+                processes.cpu_seconds(processes.tree(pid)) - before
+                for pid, before in zip(trees, cpu_before, strict=True)
+            ]
+    finally:
+        stop(generator)
+    if done.get("event") != "done":
+        sys.exit(f"{name}: the load generator failed while measuring")
+    cycles = int(done["cycles"])
+    return Result(
+        name=name,
+        cycles_per_second=cycles / float(done["seconds"]),
+        p50_ms=done["p50_ms"],
+        p99_ms=done["p99_ms"],
+        errors=done["errors"],
+        cpu_seconds_per_cycle=cpu_used[0] / cycles if cycles else None,
+        database_cpu_seconds_per_cycle=cpu_used[1] / cycles if cycles and database else None,
+        generator_cpu_seconds_per_cycle=float(done["cpu_seconds"]) / cycles if cycles else None,
+        rss_mb=sampler.peak.rss_bytes / MB,
+        pss_mb=sampler.peak.pss_bytes / MB,
+    )
+
+
+def service_env(dev: Path, address: str, url: str, args: argparse.Namespace) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "CREDITS_ENV": "development",
+        "CREDITS_DEV_DIR": str(dev),
+        "CREDITS_DATABASE_URL": url,
+        "CREDITS_GRPC_ADDR": address,
+        "CREDITS_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+        "CREDITS_RESERVE_RATE_PER_ACCOUNT": PERMISSIVE_RESERVE_RATE_PER_ACCOUNT,
+    }
+    if args.processes is not None:
+        env["CREDITS_PROCESSES"] = str(args.processes)
+    return env
+
+
+def postmaster(dev: Path) -> int:
+    """The process id of the embedded PostgreSQL (the first line of postmaster.pid)."""
+    return int((dev / "pgdata" / "postmaster.pid").read_text().split()[0])
+
+
+def bench_service(dev: Path, url: str, args: argparse.Namespace) -> list[Result]:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    log = dev.parent / "service.log"
+    with log.open("wb") as out:
+        service = subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            cwd=REPO,
+            env=service_env(dev, address, url, args),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_listening(service, port, log)
+        pki = dev / "pki"
+        return [
+            load(
+                f"service, {args.clients} clients, {args.accounts} accounts",
+                *(service, address, pki, args),
+                clients=args.clients,
+                accounts=args.accounts,
+                prefix=ACCOUNT_PREFIX,
+                database=postmaster(dev),
+            ),
+            load(
+                f"service, {args.clients} clients, one hot account",
+                *(service, address, pki, args),
+                clients=args.clients,
+                accounts=1,
+                prefix=HOT_PREFIX,
+                database=postmaster(dev),
+            ),
+            load(
+                f"service, {args.light_clients} clients, {args.accounts} accounts",
+                *(service, address, pki, args),
+                clients=args.light_clients,
+                accounts=args.accounts,
+                prefix=ACCOUNT_PREFIX,
+                database=postmaster(dev),
+            ),
+        ]
+    finally:
+        stop(service)
+
+
+def bench_transport(dev: Path, args: argparse.Namespace) -> Result:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    log = dev.parent / "floor.log"
+    with log.open("wb") as out:
+        floor = subprocess.Popen(
+            [sys.executable, "-m", "bench.floor", f"--address={address}", f"--pki={dev / 'pki'}"],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_listening(floor, port, log)
+        return load(
+            f"floor (a): bare grpc.aio from memory, {args.clients} clients",
+            *(floor, address, dev / "pki", args),
+            clients=args.clients,
+            accounts=args.accounts,
+            prefix=ACCOUNT_PREFIX,
+        )
+    finally:
+        stop(floor)
+
+
+def bench_database(url: str, args: argparse.Namespace) -> list[Result]:
+    results = []
+    for name, accounts, prefix in (
+        (
+            f"floor (b): pgbench, {args.clients} clients, {args.accounts} accounts",
+            args.accounts,
+            ACCOUNT_PREFIX,
+        ),
+        (f"floor (b): pgbench, {args.clients} clients, one hot account", 1, HOT_PREFIX),
+    ):
+        rate, failed = pgfloor.run(
+            url,
+            clients=args.clients,
+            accounts=accounts,
+            prefix=prefix,
+            duration_seconds=args.duration_seconds,
+        )
+        results.append(Result(name, rate, errors={"failed": failed} if failed else {}))
+    return results
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def table(results: list[Result]) -> str:
+    lines = [
+        "| what | cycles/s | p50 ms | p99 ms | errors | CPU ms/cycle: server"
+        " / PostgreSQL / load generator | RSS MB (PSS) of the server |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        cpu = " / ".join(
+            "-" if v is None else f"{v * 1000:.2f}"
+            for v in (
+                r.cpu_seconds_per_cycle,
+                r.database_cpu_seconds_per_cycle,
+                r.generator_cpu_seconds_per_cycle,
+            )
+        )
+        memory = "-" if r.rss_mb is None else f"{r.rss_mb:.0f} ({r.pss_mb:.0f})"
+        errors = sum(r.errors.values())
+        lines.append(
+            f"| {r.name} | {r.cycles_per_second:.0f} | {_ms(r.p50_ms)} | {_ms(r.p99_ms)} |"
+            f" {errors} | {cpu} | {memory} |"
+        )
+    return "\n".join(lines)
+
+
+def verdicts(service: list[Result], transport: Result, db: list[Result]) -> list[str]:
+    spread, hot, light = service
+    lower = min(transport.cycles_per_second, db[0].cycles_per_second)
+    rss = max(r.rss_mb or 0.0 for r in service)
+    errors = sum(sum(r.errors.values()) for r in (*service, transport))
+
+    def mark(ok: bool) -> str:
+        return "ok" if ok else "MISSED"
+
+    return [
+        f"service / lower floor: {spread.cycles_per_second / lower:.2f}"
+        f" (target ≥ {SHARE_OF_FLOOR_MIN})"
+        f" {mark(spread.cycles_per_second >= SHARE_OF_FLOOR_MIN * lower)}",
+        f"hot service / hot database floor: {hot.cycles_per_second / db[1].cycles_per_second:.2f}"
+        f" (target ≥ {SHARE_OF_FLOOR_MIN})"
+        f" {mark(hot.cycles_per_second >= SHARE_OF_FLOOR_MIN * db[1].cycles_per_second)}",
+        f"p99 at {light.name.split(',')[1].strip()}: {_ms(light.p99_ms)} ms"
+        f" (target ≤ {LIGHT_P99_MS_MAX:.0f}) {mark((light.p99_ms or 1e9) <= LIGHT_P99_MS_MAX)}",
+        f"RSS of all service processes: {rss:.0f} MB (target ≤ {MEMORY_MB_MAX:.0f})"
+        f" {mark(rss <= MEMORY_MB_MAX)}",
+        f"errors: {errors} {mark(errors == 0)}",
+    ]
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--duration-seconds",
+        type=float,
+        default=20.0,
+        help="measured time of each scenario (default 20)",
+    )
+    parser.add_argument(
+        "--warmup-seconds",
+        type=float,
+        default=3.0,
+        help="unmeasured time before each scenario (default 3)",
+    )
+    parser.add_argument("--clients", type=int, default=64, help="clients under load (default 64)")
+    parser.add_argument("--accounts", type=int, default=1000, help="accounts (default 1000)")
+    parser.add_argument(
+        "--light-clients",
+        type=int,
+        default=8,
+        help="clients of the light-load scenario (default 8)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="CREDITS_PROCESSES of the service (default: its own default)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a few seconds per scenario, for a smoke test"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration_seconds, args.warmup_seconds = 3.0, 1.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    with tempfile.TemporaryDirectory(prefix="credits-bench-") as tmp:
+        dev = Path(tmp) / "dev"
+        ensure_dev_pki(dev / "pki")
+        ensure_dev_callers(dev / "callers.toml")
+        embedded = database.prepare_embedded(dev)
+        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        service = bench_service(dev, embedded.service_url, args)
+        db = bench_database(embedded.service_url, args)
+        transport = bench_transport(dev, args)
+    print(
+        f"\n`make bench` on {os.cpu_count()} cores, {started},"
+        f" {args.duration_seconds:.0f} s per scenario\n"
+    )
+    print(table([*service, transport, *db]))
+    print()
+    for line in verdicts(service, transport, db):
+        print(f"- {line}")
+
+
+if __name__ == "__main__":
+    main()

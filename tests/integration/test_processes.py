@@ -1,0 +1,254 @@
+"""Several service processes on one port (service.processes): `python -m service` with
+CREDITS_PROCESSES=2 starts two workers that listen on the same address and whose metrics
+are served as one; SIGTERM stops them all cleanly; a worker that dies takes the service
+down with it; no worker outlives a killed supervisor; pools that PostgreSQL cannot hold
+refuse the start."""
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from credits.v1 import credits_pb2 as pb
+from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
+from scripts.devcallers import ensure_dev_callers
+from tests.support import CALL_TIMEOUT_SECONDS, new_id
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+PROCESSES = 2
+START_SECONDS_MAX = 60.0
+STOP_SECONDS_MAX = 30.0
+POLL_SECONDS = 0.1
+# Separate connections, as separate clients would have: each lands on one worker.
+CONNECTIONS = 8
+TCP_LISTEN_STATE = "0A"  # in /proc/net/tcp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Supervised:
+    """`python -m service` as production runs it, with CREDITS_PROCESSES workers."""
+
+    def __init__(self, database_url: str, pki: Path, log: Path, **env: str) -> None:
+        ensure_dev_callers(pki / "callers.toml")
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.log = log
+        self.env = {
+            "PATH": os.environ["PATH"],
+            "CREDITS_ENV": "production",
+            "CREDITS_DATABASE_URL": database_url,
+            "CREDITS_GRPC_ADDR": f"127.0.0.1:{self.port}",
+            "CREDITS_METRICS_ADDR": f"127.0.0.1:{self.metrics_port}",
+            "CREDITS_TLS_CA_FILE": str(pki / "ca.pem"),
+            "CREDITS_TLS_CERT_FILE": str(pki / "server.pem"),
+            "CREDITS_TLS_KEY_FILE": str(pki / "server.key"),
+            "CREDITS_CALLERS_FILE": str(pki / "callers.toml"),
+            "CREDITS_PROCESSES": str(PROCESSES),
+            "CREDITS_DB_POOL_SIZE": "2",
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service"],
+                cwd=REPOSITORY,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait_serving(self) -> None:
+        """Until the supervisor says that every worker serves."""
+        deadline = time.monotonic() + START_SECONDS_MAX
+        while time.monotonic() < deadline:
+            if any(e.get("msg") == "serving" for e in self.entries()):
+                return
+            assert self.process is not None
+            if self.process.poll() is not None:
+                pytest.fail(f"the service exited while starting:\n{self.log.read_text()}")
+            time.sleep(POLL_SECONDS)
+        pytest.fail(f"the workers did not all start:\n{self.log.read_text()}")
+
+    def entries(self) -> list[dict[str, object]]:
+        """The JSON log lines so far (the last one may still be half-written)."""
+        found = []
+        for line in self.log.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                found.append(json.loads(line))
+        return found
+
+    def workers(self) -> list[int]:
+        assert self.process is not None
+        pid = self.process.pid
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+    def wait(self) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=STOP_SECONDS_MAX)
+
+    def kill(self) -> None:
+        """Whatever is left of the supervisor and its workers."""
+        if self.process is None:
+            return
+        leftover = self.workers() if self.process.poll() is None else []
+        for pid in [self.process.pid, *leftover]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
+
+
+@pytest.fixture
+def service(database_url: str, pki: Path, tmp_path: Path) -> Iterator[Supervised]:
+    supervised = Supervised(database_url, pki, tmp_path / "service.log")
+    try:
+        yield supervised
+    finally:
+        supervised.kill()
+
+
+def alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status
+
+
+def wait_gone(pids: list[int]) -> bool:
+    deadline = time.monotonic() + STOP_SECONDS_MAX
+    while time.monotonic() < deadline:
+        if not any(alive(p) for p in pids):
+            return True
+        time.sleep(POLL_SECONDS)
+    return False
+
+
+def listening_sockets(port: int) -> int:
+    """Sockets listening on `port` (gRPC listens on IPv6 sockets, IPv4-mapped)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == TCP_LISTEN_STATE:
+                count += 1
+    return count
+
+
+async def balances_over_separate_connections(pki: Path, port: int) -> None:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(pki / "ca.pem").read_bytes(),
+        private_key=(pki / "ops.key").read_bytes(),
+        certificate_chain=(pki / "ops.pem").read_bytes(),
+    )
+    options = (("grpc.use_local_subchannel_pool", 1),)
+    channels = [
+        grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials, options=options)
+        for _ in range(CONNECTIONS)
+    ]
+    try:
+        await asyncio.gather(
+            *(
+                Stub(c).GetBalance(
+                    pb.GetBalanceRequest(account_id=new_id()), timeout=CALL_TIMEOUT_SECONDS
+                )
+                for c in channels
+            )
+        )
+    finally:
+        await asyncio.gather(*(c.close() for c in channels))
+
+
+async def test_workers_share_the_port_and_one_metrics_endpoint(
+    service: Supervised, pki: Path
+) -> None:
+    service.start()
+    service.wait_serving()
+    assert len(service.workers()) == PROCESSES
+    assert listening_sockets(service.port) == PROCESSES
+    await balances_over_separate_connections(pki, service.port)
+    url = f"http://127.0.0.1:{service.metrics_port}/metrics"
+    async with httpx.AsyncClient(timeout=CALL_TIMEOUT_SECONDS) as client:
+        scraped = (await client.get(url)).text
+    served = 'credits_rpcs_total{code="OK",method="/credits.v1.CreditsService/GetBalance"}'
+    counted = [line for line in scraped.splitlines() if line.startswith(served)]
+    assert counted == [f"{served} {float(CONNECTIONS)}"]
+
+
+def test_a_reload_during_the_start_is_held_until_every_worker_can_reload(
+    service: Supervised,
+) -> None:
+    service.start()
+    assert service.process is not None
+    while "supervising" not in service.log.read_text():
+        time.sleep(POLL_SECONDS)
+    # The workers are starting: not one of them can reload yet.
+    service.process.send_signal(signal.SIGHUP)
+    service.wait_serving()
+    deadline = time.monotonic() + STOP_SECONDS_MAX
+    while sum(e.get("file") == "CREDITS_CALLERS_FILE" for e in service.entries()) < PROCESSES:
+        assert time.monotonic() < deadline, service.log.read_text()
+        time.sleep(POLL_SECONDS)
+    assert len(service.workers()) == PROCESSES
+
+
+def test_sigterm_stops_every_worker_and_the_supervisor_cleanly(service: Supervised) -> None:
+    service.start()
+    service.wait_serving()
+    workers = service.workers()
+    assert service.process is not None
+    service.process.send_signal(signal.SIGTERM)
+    assert service.wait() == 0
+    assert wait_gone(workers)
+    assert sum(e.get("msg") == "stopped" for e in service.entries()) == PROCESSES
+
+
+def test_a_worker_that_dies_stops_the_whole_service(service: Supervised) -> None:
+    service.start()
+    service.wait_serving()
+    first, second = service.workers()
+    os.kill(first, signal.SIGKILL)
+    assert service.wait() == 1
+    assert wait_gone([second])
+
+
+def test_no_worker_outlives_a_killed_supervisor(service: Supervised) -> None:
+    service.start()
+    service.wait_serving()
+    workers = service.workers()
+    assert service.process is not None
+    service.process.kill()
+    service.process.wait()
+    assert wait_gone(workers)
+
+
+def test_pools_larger_than_postgresql_allows_refuse_the_start(
+    database_url: str, pki: Path, tmp_path: Path
+) -> None:
+    supervised = Supervised(database_url, pki, tmp_path / "service.log", CREDITS_DB_POOL_SIZE="200")
+    try:
+        supervised.start()
+        assert supervised.wait() == 1
+        printed = supervised.log.read_text()
+        # The first worker to refuse stops the service; the other may not get to say so.
+        assert "credits service cannot start: CREDITS_PROCESSES times" in printed
+        assert "Traceback" not in printed
+    finally:
+        supervised.kill()
