@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup proto proto-check lint test run reconcile bench clean
+.PHONY: setup proto proto-check lint test run reconcile bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,8 @@ proto-check: $(STAMP)
 lint: $(STAMP) proto-check
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy service gateway scripts tests bench
+	$(VENV)/bin/mypy service gateway scripts tests chaos bench
+	$(VENV)/bin/mypy --strict -p credits_client
 	$(VENV)/bin/buf lint
 	@if git rev-parse --verify --quiet main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \
 		$(VENV)/bin/buf breaking --against '.git#branch=main'; \
@@ -47,6 +48,13 @@ reconcile: $(STAMP)
 # BENCH_ARGS, e.g. `make bench BENCH_ARGS=--quick`.
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Load, faults and fuzzing against processes of its own, then the checks (README "Proof").
+# Options: make chaos CHAOS_ARGS="--duration 1200 --clients 16".
+CHAOS_ARGS ?=
+chaos: $(STAMP) proto-check
+	scripts/ensure-redis-server.sh
+	$(PY) -m chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .dev .pytest_cache .mypy_cache .ruff_cache

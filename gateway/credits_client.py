@@ -1,30 +1,23 @@
-"""The gateway's only way to the credits service: Grant and Revoke over mTLS as caller
-`gateway`, each with a deadline, every failure sorted into what the webhook answers."""
+"""The gateway's use of `credits_client`: Grant and Revoke over mTLS as caller
+`gateway`, each with a deadline and no retry of its own (Stripe delivers again), every
+failure sorted into what the webhook answers."""
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-from credits.v1 import credits_pb2, credits_pb2_grpc
+import credits_client
+from credits_client import CreditsError, secure_channel
 from gateway.events import GrantCall, GrantSource, RevokeCall
 from gateway.metrics import GatewayMetrics
 
 # Two calls (a dispute won) must fit in the time Stripe waits for an answer.
 SERVICE_CALL_TIMEOUT_SECONDS = 5.0
-# Answers are a few hundred bytes; nothing larger is expected either way.
-GRPC_MESSAGE_BYTES_MAX = 256 * 1024
-# After the service restarts, reconnect within seconds rather than gRPC's default of up
-# to two minutes, so Stripe's next retry finds it.
-RECONNECT_BACKOFF_INITIAL_MS = 200
-RECONNECT_BACKOFF_MAX_MS = 2000
 CHANNEL_CLOSE_GRACE_SECONDS = 5.0
 
 _SOURCES = {
-    GrantSource.PURCHASE: credits_pb2.GRANT_SOURCE_PURCHASE,
+    GrantSource.PURCHASE: credits_client.GrantSource.PURCHASE,
 }
 
 
@@ -68,37 +61,18 @@ class Revoked:
 
 def open_channel(
     target: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, name_override: str = ""
-) -> Any:
+) -> grpc.aio.Channel:
     """An mTLS channel to the service; must be made inside the running event loop."""
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
+    return secure_channel(
+        target,
+        ca_pem=ca_pem,
+        cert_pem=cert_pem,
+        key_pem=key_pem,
+        server_name=name_override or None,
     )
-    options: list[tuple[str, str | int]] = [
-        ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
-        ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
-        ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_INITIAL_MS),
-        ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_INITIAL_MS),
-        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MAX_MS),
-    ]
-    if name_override:
-        options.append(("grpc.ssl_target_name_override", name_override))
-    return grpc.aio.secure_channel(target, credentials, options=options)
 
 
-def _reason(error: grpc.aio.AioRpcError) -> str:
-    try:
-        status = rpc_status.from_call(error)
-    except ValueError:  # code or message inconsistent with the rich status
-        return ""
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.reason)
-    return ""
-
-
-def _failure(code: Any) -> Failure:
+def _failure(code: grpc.StatusCode) -> Failure:
     if code in _RETRY_LATER_CODES:
         return Failure.RETRY_LATER
     if code == grpc.StatusCode.NOT_FOUND:
@@ -111,54 +85,55 @@ def _failure(code: Any) -> Failure:
 class CreditsClient:
     def __init__(
         self,
-        channel: Any,
+        channel: grpc.aio.Channel,
         metrics: GatewayMetrics,
         timeout_seconds: float = SERVICE_CALL_TIMEOUT_SECONDS,
     ) -> None:
-        self._stub = credits_pb2_grpc.CreditsServiceStub(channel)
+        # No retries: while the service is down, answer 503 at once instead of holding
+        # Stripe's connection; Stripe delivers again.
+        self._client = credits_client.CreditsClient(
+            channel, timeout_seconds=timeout_seconds, retry=credits_client.NO_RETRY
+        )
         self._metrics = metrics
-        self._timeout_seconds = timeout_seconds
 
-    async def _call(self, rpc: str, method: Any, request: Any) -> Any:
-        try:
-            # wait_for_ready=False: while the service is down, fail at once (and answer
-            # 503) instead of holding Stripe's connection until the deadline.
-            response = await method(request, timeout=self._timeout_seconds, wait_for_ready=False)
-        except grpc.aio.AioRpcError as error:
-            code = error.code()
-            self._metrics.service_call(rpc, code.name)
-            raise ServiceError(_failure(code), rpc, code.name, _reason(error)) from None
-        self._metrics.service_call(rpc, "OK")
-        return response
+    def _failed(self, rpc: str, error: CreditsError) -> ServiceError:
+        self._metrics.service_call(rpc, error.code.name)
+        return ServiceError(_failure(error.code), rpc, error.code.name, error.reason)
 
     async def grant(self, call: GrantCall) -> str:
         """The grant's id (the original one when the request is a replay)."""
-        request = credits_pb2.GrantRequest(
-            account_id=call.account_id,
-            amount=call.amount,
-            source=_SOURCES[call.source],
-            idempotency_key=call.idempotency_key,
-            external_ref=call.external_ref,
-            description=call.description,
-            metadata=dict(call.metadata),
-        )
-        response = await self._call("Grant", self._stub.Grant, request)
-        return str(response.grant.grant_id)
+        try:
+            granted = await self._client.grant(
+                call.account_id,
+                call.amount,
+                source=_SOURCES[call.source],
+                idempotency_key=call.idempotency_key,
+                external_ref=call.external_ref,
+                description=call.description,
+                metadata=dict(call.metadata),
+            )
+        except CreditsError as error:
+            raise self._failed("Grant", error) from None
+        self._metrics.service_call("Grant", "OK")
+        return granted.grant_id
 
     async def revoke(self, call: RevokeCall) -> Revoked:
-        request = credits_pb2.RevokeRequest(
-            external_ref=call.external_ref,
-            amount=call.amount,
-            idempotency_key=call.idempotency_key,
-            reason=call.reason,
-            cumulative_series=call.cumulative_series,
-            withdraw=call.withdraw,
-        )
-        response = await self._call("Revoke", self._stub.Revoke, request)
+        try:
+            revocation = await self._client.revoke(
+                external_ref=call.external_ref,
+                amount=call.amount,
+                idempotency_key=call.idempotency_key,
+                reason=call.reason,
+                cumulative_series=call.cumulative_series,
+                withdraw=call.withdraw,
+            )
+        except CreditsError as error:
+            raise self._failed("Revoke", error) from None
+        self._metrics.service_call("Revoke", "OK")
         return Revoked(
-            account_id=str(response.grant.account_id),
-            revoked_amount=int(response.revoked_amount),
-            unrecovered_amount=int(response.unrecovered_amount),
-            restored_amount=int(response.restored_amount),
-            cancelled_amount=int(response.cancelled_amount),
+            account_id=revocation.grant.account_id,
+            revoked_amount=revocation.revoked_amount,
+            unrecovered_amount=revocation.unrecovered_amount,
+            restored_amount=revocation.restored_amount,
+            cancelled_amount=revocation.cancelled_amount,
         )

@@ -54,10 +54,11 @@ def refusing_undecodable(behaviour: Callable[..., Any]) -> Callable[..., Any]:
 def add_servicer(servicer: object, service: ServiceDescriptor, server: grpc.aio.Server) -> None:
     """What the generated `add_<Service>Servicer_to_server` does, with tolerant parsers.
     Only unary RPCs: a stream would need its parser applied per message."""
+    streaming = [m.full_name for m in service.methods if m.client_streaming or m.server_streaming]
+    if streaming:
+        raise ValueError(f"streaming RPCs are not supported here: {', '.join(streaming)}")
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in service.methods:
-        if method.client_streaming or method.server_streaming:
-            raise ValueError(f"{method.full_name}: streaming RPCs are not supported here")
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(

@@ -1,16 +1,26 @@
 """What `grpc.health.v1.Health` answers: SERVING while the database answers, NOT_SERVING
 while it cannot be reached (so that a load balancer sends traffic elsewhere), and
-NOT_SERVING for good once the server is stopping."""
+NOT_SERVING for good once the server is stopping.
+
+Health is open to anyone, since probes carry no caller's credentials. A `Watch` stream,
+though, stays open as long as its peer likes and takes one of the server's concurrent
+RPCs the whole time. Streams of peers that are no caller therefore get a small budget of
+their own, added on top of the callers' CREDITS_MAX_CONCURRENT_RPCS, so that no number
+of them can take a caller's place; beyond it they are refused with RESOURCE_EXHAUSTED.
+A caller's streams (gRPC's client-side health checking) count like its other RPCs.
+"""
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
+import grpc
 from grpc_health.v1 import health, health_pb2
 
 from credits.v1 import credits_pb2
-from service import metrics
+from service import auth, failures, metrics
+from service.callers import LiveCallers
 
 log = logging.getLogger("credits.health")
 
@@ -20,6 +30,57 @@ HEALTH_NAMES = ("", SERVICE_NAME)
 # A probe (`SELECT 1`) slower than this counts as a database that cannot be reached: the
 # RPCs it stands for would be as slow.
 PROBE_TIMEOUT_SECONDS = 2.0
+# Enough for the load balancers and probes of one instance; `Check` is never limited.
+ANONYMOUS_WATCHES_MAX = 16
+# A refused watcher should come back later, not at once.
+ANONYMOUS_WATCH_RETRY_SECONDS = 30.0
+ANONYMOUS_WATCH_SUBJECT = "health Watch streams of peers that are no caller"
+WATCH_METHOD = "/grpc.health.v1.Health/Watch"
+ANONYMOUS = "-"
+
+
+def caller_check(
+    callers: LiveCallers, *, certificates: bool
+) -> Callable[[grpc.aio.ServicerContext], bool]:
+    """Whether a call's credentials name a caller, as authentication would find it."""
+
+    def is_caller(ctx: grpc.aio.ServicerContext) -> bool:
+        current = callers.current
+        if certificates:
+            name = auth.peer_identity(ctx)
+            return name is not None and name in current.by_certificate_name
+        key = auth.api_key(ctx)
+        return key is not None and current.for_api_key(key) is not None
+
+    return is_caller
+
+
+class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc]
+    """gRPC's health servicer with the budget of anonymous Watch streams."""
+
+    def __init__(self, is_caller: Callable[[grpc.aio.ServicerContext], bool]) -> None:
+        super().__init__()
+        self._is_caller = is_caller
+        self._anonymous_watches = 0
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        if self._is_caller(context):
+            await super().Watch(request, context)
+            return
+        if self._anonymous_watches >= ANONYMOUS_WATCHES_MAX:
+            metrics.RATE_LIMITED.labels(ANONYMOUS, WATCH_METHOD).inc()
+            raise failures.RateLimited(
+                ANONYMOUS_WATCH_SUBJECT,
+                f"{ANONYMOUS_WATCHES_MAX} concurrent streams",
+                ANONYMOUS_WATCH_RETRY_SECONDS,
+            )
+        self._anonymous_watches += 1
+        try:
+            await super().Watch(request, context)
+        finally:
+            self._anonymous_watches -= 1
 
 
 async def set_serving(servicer: health.aio.HealthServicer, serving: bool) -> None:
@@ -34,14 +95,14 @@ async def set_serving(servicer: health.aio.HealthServicer, serving: bool) -> Non
     metrics.HEALTH_SERVING.set(1 if serving else 0)
 
 
-async def _reachable(ping: Callable[[], Awaitable[None]]) -> bool:
+async def _probe(ping: Callable[[], Awaitable[None]]) -> str | None:
+    """None when the database answered, else the class of the error that says why not."""
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
             await ping()
-    except Exception as exc:
-        log.debug("database probe failed", extra={"error": type(exc).__name__})
-        return False
-    return True
+    except Exception as exc:  # whatever the cause, the database did not answer
+        return type(exc).__name__
+    return None
 
 
 async def watch_database(
@@ -52,12 +113,12 @@ async def watch_database(
     """Probe the database every `interval_seconds` and say what it found, until cancelled."""
     serving = True
     while True:
-        reachable = await _reachable(ping)
-        if reachable != serving:
-            serving = reachable
+        error = await _probe(ping)
+        if (error is None) != serving:
+            serving = error is None
             if serving:
                 log.info("database reachable again: serving")
             else:
-                log.warning("database unreachable: not serving")
+                log.warning("database unreachable: not serving", extra={"error": error})
             await set_serving(servicer, serving)
         await asyncio.sleep(interval_seconds)

@@ -74,7 +74,8 @@ def build_server(settings: Settings, ledger: Ledger, *, sharing: int = 1) -> Bui
     callers = LiveCallers(settings.callers)
     server = grpc.aio.server(
         interceptors=interceptor_chain(settings, limiter, callers),
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        # Anonymous health Watch streams have a budget of their own (service.health).
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs + credits_health.ANONYMOUS_WATCHES_MAX,
         options=[
             ("grpc.max_receive_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
             ("grpc.max_send_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
@@ -90,7 +91,9 @@ def build_server(settings: Settings, ledger: Ledger, *, sharing: int = 1) -> Bui
     decoding.add_servicer(
         CreditsServicer(ledger), credits_pb2.DESCRIPTOR.services_by_name["CreditsService"], server
     )
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = credits_health.HealthServicer(
+        credits_health.caller_check(callers, certificates=settings.auth_mode is AuthMode.MTLS)
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

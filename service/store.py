@@ -39,7 +39,6 @@ from service.model import (
     ReservationStatus,
     Revocation,
 )
-from service.settings import DB_CONNECT_TIMEOUT_SECONDS_DEFAULT
 
 # Unique constraints that a concurrent transaction of another account can trip after
 # the function's own check passed.
@@ -119,7 +118,7 @@ def create_engine(
     pool_size: int,
     pool_timeout_seconds: float,
     statement_timeout_seconds: float,
-    connect_timeout_seconds: float = DB_CONNECT_TIMEOUT_SECONDS_DEFAULT,
+    connect_timeout_seconds: float,
 ) -> AsyncEngine:
     engine = create_async_engine(
         sqlalchemy_url(database_url),

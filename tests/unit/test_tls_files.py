@@ -10,7 +10,11 @@ from cryptography.hazmat.primitives import serialization
 from scripts.devpki import Issued, issue, make_ca
 from service.tls import TLS_FILE_BYTES_MAX, TlsError, TlsFiles, load
 
-NOW = datetime.datetime.now(datetime.UTC)
+
+def now() -> datetime.datetime:
+    """Read at each use: certificates are issued at the moment they are, and a constant
+    taken at import would be minutes old when a long run reaches these tests."""
+    return datetime.datetime.now(datetime.UTC)
 
 
 @pytest.fixture
@@ -27,9 +31,9 @@ def files_of(directory: Path, server: Issued, ca: Issued | None) -> TlsFiles:
     return TlsFiles(directory / "server.pem", directory / "server.key", ca_file)
 
 
-def refusal(files: TlsFiles, now: datetime.datetime = NOW) -> str:
+def refusal(files: TlsFiles, at: datetime.datetime | None = None) -> str:
     with pytest.raises(TlsError) as caught:
-        load(files, now)
+        load(files, at or now())
     message = str(caught.value)
     assert "BEGIN" not in message
     return message
@@ -38,18 +42,18 @@ def refusal(files: TlsFiles, now: datetime.datetime = NOW) -> str:
 def test_a_certificate_with_its_chain_and_key_is_taken(tmp_path: Path, ca: Issued) -> None:
     server = issue(ca, "server", server=True)
     chained = Issued(server.cert_pem + ca.cert_pem, server.key_pem)
-    loaded = load(files_of(tmp_path, chained, ca), NOW)
+    loaded = load(files_of(tmp_path, chained, ca), now())
     assert loaded.cert_pem == chained.cert_pem
     assert loaded.ca_pem == ca.cert_pem
 
 
 def test_tls_mode_needs_no_ca(tmp_path: Path, ca: Issued) -> None:
-    assert load(files_of(tmp_path, issue(ca, "server", server=True), None), NOW).ca_pem is None
+    assert load(files_of(tmp_path, issue(ca, "server", server=True), None), now()).ca_pem is None
 
 
 def test_a_certificate_not_valid_yet_is_refused(tmp_path: Path, ca: Issued) -> None:
     files = files_of(tmp_path, issue(ca, "server", server=True), ca)
-    a_day_ago = NOW - datetime.timedelta(days=1)
+    a_day_ago = now() - datetime.timedelta(days=1)
     assert "CREDITS_TLS_CERT_FILE" in refusal(files, a_day_ago)
 
 

@@ -1,0 +1,142 @@
+"""`python -m chaos` (`make chaos`): the service under load, faults and fuzzing, then
+checked against what its clients were told. Starts its own PostgreSQL, Redis, two
+service instances and the gateway in a temporary directory, runs concurrent clients
+(chaos/workload.py), injects faults (chaos/faults.py) and fuzzes (chaos/fuzz.py) for
+`--duration` seconds, then checks the acknowledgement log against the database
+(chaos/checks.py) and prints a report. Exit status 1 on any violation or unexpected
+status."""
+
+import argparse
+import asyncio
+import contextlib
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from chaos import checks
+from chaos.cluster import Cluster
+from chaos.faults import Faults
+from chaos.fuzz import Fuzzer
+from chaos.report import Report
+from chaos.workload import Workload, new_run_id
+from credits.v1.credits_pb2_grpc import CreditsServiceStub
+
+DURATION_SECONDS_DEFAULT = 180.0
+CLIENTS_DEFAULT = 16
+ACCOUNTS_DEFAULT = 6
+FAULT_INTERVAL_SECONDS_DEFAULT = 6.0
+FUZZERS_DEFAULT = 2
+# Time for the clients' last calls to finish (each retries for at most its own bound).
+DRAIN_SECONDS_MAX = 150.0
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__)
+    parser.add_argument("--duration", type=float, default=DURATION_SECONDS_DEFAULT, help="seconds")
+    parser.add_argument("--clients", type=int, default=CLIENTS_DEFAULT)
+    parser.add_argument("--accounts", type=int, default=ACCOUNTS_DEFAULT)
+    parser.add_argument(
+        "--fault-interval", type=float, default=FAULT_INTERVAL_SECONDS_DEFAULT, help="seconds"
+    )
+    parser.add_argument("--fuzzers", type=int, default=FUZZERS_DEFAULT)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--report", type=Path, default=None, help="also write the report here")
+    parser.add_argument("--keep", action="store_true", help="keep the run's directory and logs")
+    return parser.parse_args(argv)
+
+
+async def run(args: argparse.Namespace, directory: Path) -> Report:
+    report = Report()
+    # SIGTERM stops the run like Ctrl-C does: every process it started is stopped.
+    main_task = asyncio.current_task()
+    if main_task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    seed = args.seed if args.seed is not None else random.randrange(2**32)
+    report.checks.append(f"seed {seed}")
+    cluster = Cluster(directory)
+    try:
+        await cluster.start()
+        await exercise(args, cluster, report, seed)
+    finally:
+        await cluster.stop()
+    return report
+
+
+async def exercise(args: argparse.Namespace, cluster: Cluster, report: Report, seed: int) -> None:
+    run_id = new_run_id()
+    accounts = [f"{run_id}-acct{i}" for i in range(args.accounts)]
+    channels = {
+        caller: [cluster.channel(caller, a) for a in cluster.addresses]
+        for caller in ("backend", "gateway")
+    }
+    stubs = {caller: [CreditsServiceStub(c) for c in cs] for caller, cs in channels.items()}
+    workload = Workload(
+        run_id=run_id,
+        accounts=accounts,
+        stubs=stubs,
+        report=report,
+        log_path=cluster.dir / "acks.jsonl",
+        seed=seed,
+    )
+    faults = Faults(cluster, report, random.Random(f"{seed}-faults"), args.fault_interval)
+    fuzzer = Fuzzer(cluster, report, seed)
+    stop_faults = asyncio.Event()
+    started = time.monotonic()
+    tasks = [asyncio.create_task(workload.client(i)) for i in range(args.clients)]
+    fuzzing = [
+        asyncio.create_task(fuzzer.grpc_loop(workload.stopping)) for _ in range(args.fuzzers)
+    ]
+    fuzzing.append(asyncio.create_task(fuzzer.webhook_loop(workload.stopping)))
+    injecting = asyncio.create_task(faults.run(stop_faults))
+    try:
+        await asyncio.sleep(args.duration)
+        stop_faults.set()
+        await injecting
+        workload.stopping.set()
+        async with asyncio.timeout(DRAIN_SECONDS_MAX):
+            await asyncio.gather(*tasks, *fuzzing)
+        report.duration_seconds = time.monotonic() - started
+        engine = await cluster.admin_engine()
+        faults.check(workload.successes)
+        # The services stop first, so that nothing (the sweeper) settles while checking.
+        for index in range(len(cluster.services)):
+            cluster.kill_service(index)
+        await checks.check_log(engine, workload.acks, accounts, report)
+        await checks.check_accounts(engine, accounts, report)
+        await checks.check_reconcile(engine, report)
+        await fuzzer.check(engine)
+    finally:
+        stop_faults.set()
+        workload.stopping.set()
+        for task in [*tasks, *fuzzing, injecting]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        workload.close()
+        for channel in [c for cs in channels.values() for c in cs]:
+            await channel.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    directory = Path(tempfile.mkdtemp(prefix="credits-chaos-"))
+    try:
+        report = asyncio.run(run(args, directory))
+    finally:
+        if args.keep:
+            print(f"run directory kept: {directory}", file=sys.stderr)
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+    text = report.text()
+    print(text)
+    if args.report is not None:
+        args.report.write_text(text + "\n", encoding="utf-8")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

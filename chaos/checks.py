@@ -1,0 +1,195 @@
+"""After the run, with traffic stopped: the acknowledgement log against the database.
+
+- every acknowledged operation is there exactly once, with the outcome it was
+  acknowledged with, and a refused one left nothing (no idempotency key);
+- every grant, reservation and revocation of the run has exactly one idempotency key of
+  a request the clients sent (replays and retries created nothing new);
+- per account: available + reserved = granted - captured - revoked - expired, and
+  nothing is negative;
+- `reconcile` (service/reconcile.py) finds nothing.
+"""
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chaos.report import Report
+from chaos.workload import Ack
+from service.reconcile import reconcile
+
+OPERATIONS_OF_KEYS = {"Grant": "grant", "Reserve": "reserve", "Revoke": "revoke"}
+CALLER_OF = {"Grant": "gateway", "Reserve": "backend", "Revoke": "gateway"}
+STATUS_CONFIRMED = 2
+
+
+async def check_log(
+    engine: AsyncEngine, acks: list[Ack], accounts: list[str], report: Report
+) -> None:
+    async with engine.connect() as conn:
+        keys = {
+            (row.caller, row.idempotency_key): (row.operation, str(row.result_id))
+            for row in await conn.execute(
+                text(
+                    "SELECT caller, idempotency_key, operation, result_id FROM idempotency_keys"
+                    " WHERE account_id = ANY(:accounts)"
+                ),
+                {"accounts": accounts},
+            )
+        }
+        grants = {
+            str(row.grant_id): row
+            for row in await conn.execute(
+                text("SELECT * FROM grants WHERE account_id = ANY(:accounts)"),
+                {"accounts": accounts},
+            )
+        }
+        reservations = {
+            str(row.reservation_id): row
+            for row in await conn.execute(
+                text("SELECT * FROM reservations WHERE account_id = ANY(:accounts)"),
+                {"accounts": accounts},
+            )
+        }
+        revocations = {
+            str(row.revocation_id): row
+            for row in await conn.execute(
+                text("SELECT * FROM revocations WHERE account_id = ANY(:accounts)"),
+                {"accounts": accounts},
+            )
+        }
+    sent = {(CALLER_OF[a.op], a.key) for a in acks if a.key is not None}
+    stored = Stored(keys, grants, reservations, revocations)
+    for ack in acks:
+        _check_ack(ack, stored, report)
+    stray = [k for k in keys if k not in sent]
+    if stray:
+        report.violation(f"{len(stray)} idempotency keys no client sent, e.g. {stray[0]}")
+    results = Counter(result for _, result in keys.values())
+    for table, rows in (("grant", grants), ("reserve", reservations), ("revoke", revocations)):
+        keyed = {result for (op, result) in keys.values() if op == table}
+        unkeyed = [r for r in rows if r not in keyed]
+        if unkeyed:
+            report.violation(f"{len(unkeyed)} {table} rows without a key, e.g. {unkeyed[0]}")
+    twice = [r for r, n in results.items() if n > 1]
+    if twice:
+        report.violation(f"{len(twice)} results recorded under two keys, e.g. {twice[0]}")
+    report.checks.append(
+        f"{len(acks)} acknowledgements against {len(grants)} grants, {len(reservations)}"
+        f" reservations, {len(revocations)} revocations and {len(keys)} keys"
+    )
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The run's rows, by id; keys by (caller, key) → (operation, result id)."""
+
+    keys: dict[tuple[str, str], tuple[str, str]]
+    grants: dict[str, Any]
+    reservations: dict[str, Any]
+    revocations: dict[str, Any]
+
+
+def _check_ack(ack: Ack, stored: Stored, report: Report) -> None:
+    if ack.outcome == "unacknowledged" or ack.op in ("GetBalance", "ExtendReservation"):
+        return
+    key = stored.keys.get((CALLER_OF.get(ack.op, ""), ack.key or ""))
+    if ack.key is not None and ack.outcome != "ok":
+        if key is not None:
+            report.violation(f"refused {ack.op} {ack.key} left its key behind")
+        return
+    if ack.op == "Grant":
+        _check_grant(ack, key, stored, report)
+    elif ack.op == "Reserve":
+        _check_reserve(ack, key, stored, report)
+    elif ack.op == "Revoke":
+        _check_revoke(ack, key, stored, report)
+    elif ack.outcome == "ok":
+        _check_settled(ack, stored, report)
+
+
+def _check_grant(ack: Ack, key: tuple[str, str] | None, stored: Stored, report: Report) -> None:
+    g = stored.grants.get(ack.result["grant_id"])
+    if key != ("grant", ack.result["grant_id"]) or g is None:
+        report.violation(f"acknowledged grant {ack.key} is not stored under its key")
+    elif (g.account_id, g.original_amount) != (ack.account, ack.result["amount"]):
+        report.violation(f"grant {ack.key} stored with another account or amount")
+
+
+def _check_reserve(ack: Ack, key: tuple[str, str] | None, stored: Stored, report: Report) -> None:
+    r = stored.reservations.get(ack.result["reservation_id"])
+    if key != ("reserve", ack.result["reservation_id"]) or r is None:
+        report.violation(f"acknowledged reservation {ack.key} is not stored under its key")
+    elif (r.account_id, r.amount) != (ack.account, ack.result["amount"]):
+        report.violation(f"reservation {ack.key} stored with another account or amount")
+
+
+def _check_revoke(ack: Ack, key: tuple[str, str] | None, stored: Stored, report: Report) -> None:
+    v = stored.revocations.get(key[1]) if key else None
+    if v is None:
+        report.violation(f"acknowledged revocation {ack.key} is not stored under its key")
+        return
+    got = (str(v.grant_id), v.revoked_amount, v.unrecovered_amount)
+    got_back = (v.restored_amount, v.cancelled_amount)
+    want = (ack.result["grant_id"], ack.result["revoked"], ack.result["unrecovered"])
+    if got != want or got_back != (ack.result["restored"], ack.result["cancelled"]):
+        report.violation(f"revocation {ack.key} stored with other amounts")
+
+
+def _check_settled(ack: Ack, stored: Stored, report: Report) -> None:
+    """A Confirm or Release is stored as it was answered."""
+    rid = ack.result["reservation_id"]
+    r = stored.reservations.get(rid)
+    if r is None or r.status != ack.result["status"]:
+        report.violation(f"{ack.op} of {rid} not stored as answered")
+    elif r.status == STATUS_CONFIRMED and r.confirmed_amount != ack.result["confirmed_amount"]:
+        report.violation(f"confirm of {rid}: another amount stored")
+
+
+async def check_accounts(engine: AsyncEngine, accounts: list[str], report: Report) -> None:
+    """Balances (settled now, as the service would) against the grants' history."""
+    async with engine.connect() as conn, conn.begin():
+        for account in accounts:
+            balance = (
+                await conn.execute(
+                    text("SELECT * FROM credits_balance(:a, now(), NULL)"), {"a": account}
+                )
+            ).one()
+            sums = (
+                await conn.execute(
+                    text(
+                        "SELECT coalesce(sum(original_amount), 0) AS granted,"
+                        " coalesce(sum(revoked_amount), 0) AS revoked,"
+                        " coalesce(sum(expired_amount), 0) AS expired,"
+                        " coalesce(min(remaining_amount), 0) AS lowest,"
+                        " (SELECT coalesce(sum(confirmed_amount), 0) FROM reservations"
+                        "   WHERE account_id = :a AND status = :confirmed) AS captured"
+                        " FROM grants WHERE account_id = :a"
+                    ),
+                    {"a": account, "confirmed": STATUS_CONFIRMED},
+                )
+            ).one()
+            left = balance.available + balance.reserved
+            right = sums.granted - sums.captured - sums.revoked - sums.expired
+            if left != right:
+                report.violation(
+                    f"{account}: available {balance.available} + reserved {balance.reserved}"
+                    f" <> granted {sums.granted} - captured {sums.captured}"
+                    f" - revoked {sums.revoked} - expired {sums.expired}"
+                )
+            if balance.available < 0 or balance.reserved < 0 or sums.lowest < 0:
+                report.violation(f"{account}: a negative balance or remaining amount")
+    report.checks.append(
+        f"{len(accounts)} accounts: available + reserved = granted - captured - revoked -"
+        " expired, nothing negative"
+    )
+
+
+async def check_reconcile(engine: AsyncEngine, report: Report) -> None:
+    async with engine.connect() as conn:
+        found = await reconcile(conn)
+    for d in found:
+        report.violation(f"reconcile: {d.invariant}: {d.subject} {d.detail}")
+    report.checks.append(f"reconcile: {len(found)} discrepancies")

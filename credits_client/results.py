@@ -1,0 +1,278 @@
+"""What calls return: small frozen dataclasses, amounts as `int`, times as aware UTC
+`datetime`s, enums instead of protobuf numbers. Nothing here is a protobuf message."""
+
+import datetime
+import enum
+from dataclasses import dataclass
+
+from google.protobuf import timestamp_pb2
+
+from credits.v1 import credits_pb2 as pb
+
+_RESERVATION_STATUS_PREFIX = "RESERVATION_STATUS_"
+_GRANT_SOURCE_PREFIX = "GRANT_SOURCE_"
+_ENTRY_KIND_PREFIX = "ENTRY_KIND_"
+
+
+class ReservationStatus(enum.StrEnum):
+    # Never sent by the service; also stands for a status newer than this client.
+    UNSPECIFIED = "unspecified"
+    RESERVED = "reserved"
+    CONFIRMED = "confirmed"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+class GrantSource(enum.StrEnum):
+    """Why credits are granted; `grant(source=...)` takes a member or its plain value."""
+
+    # Refused in a request; on a grant, a source newer than this client.
+    UNSPECIFIED = "unspecified"
+    PURCHASE = "purchase"
+    SIGNUP_BONUS = "signup_bonus"
+    PROMOTION = "promotion"
+    ADJUSTMENT = "adjustment"
+
+
+class EntryKind(enum.StrEnum):
+    """What moved credits in a ledger entry (see the contract's EntryKind)."""
+
+    # Never sent by the service; also stands for a kind newer than this client.
+    UNSPECIFIED = "unspecified"
+    GRANT = "grant"
+    RESERVE = "reserve"
+    RELEASE = "release"
+    CONFIRM_RETURN = "confirm_return"
+    RESERVATION_EXPIRY = "reservation_expiry"
+    GRANT_EXPIRY = "grant_expiry"
+    REVOKE = "revoke"
+    REVOKE_REVERSAL = "revoke_reversal"
+
+
+_STATUS_OF_NUMBER = {
+    pb.ReservationStatus.Value(_RESERVATION_STATUS_PREFIX + status.name): status
+    for status in ReservationStatus
+}
+_SOURCE_OF_NUMBER = {
+    pb.GrantSource.Value(_GRANT_SOURCE_PREFIX + source.name): source for source in GrantSource
+}
+
+_KIND_OF_NUMBER = {pb.EntryKind.Value(_ENTRY_KIND_PREFIX + kind.name): kind for kind in EntryKind}
+
+
+def source_message(source: GrantSource | str) -> pb.GrantSource.ValueType:
+    """The contract's number of a source; ValueError for an unknown one."""
+    return pb.GrantSource.Value(_GRANT_SOURCE_PREFIX + GrantSource(source).name)
+
+
+def kind_message(kind: EntryKind | str) -> pb.EntryKind.ValueType:
+    """The contract's number of an entry kind; ValueError for an unknown one."""
+    return pb.EntryKind.Value(_ENTRY_KIND_PREFIX + EntryKind(kind).name)
+
+
+def _time(stamp: timestamp_pb2.Timestamp) -> datetime.datetime:
+    return stamp.ToDatetime(tzinfo=datetime.UTC)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    reservation_id: str
+    account_id: str
+    amount: int
+    confirmed_amount: int
+    status: ReservationStatus
+    job_id: str
+    job_type: str
+    description: str
+    created_at: datetime.datetime
+    expires_at: datetime.datetime
+    returned_amount: int  # went back to the grants (released, expired, not captured)
+
+    @classmethod
+    def from_message(cls, message: pb.Reservation) -> "Reservation":
+        return cls(
+            reservation_id=message.reservation_id,
+            account_id=message.account_id,
+            amount=message.amount,
+            confirmed_amount=message.confirmed_amount,
+            status=_STATUS_OF_NUMBER.get(message.status, ReservationStatus.UNSPECIFIED),
+            job_id=message.job_id,
+            job_type=message.job_type,
+            description=message.description,
+            created_at=_time(message.created_at),
+            expires_at=_time(message.expires_at),
+            returned_amount=message.returned_amount,
+        )
+
+
+@dataclass(frozen=True)
+class Reserved(Reservation):
+    """What `reserve` returns: the reservation and the idempotency key the call used
+    (a repeat with that key returns the same reservation)."""
+
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class Grant:
+    grant_id: str
+    account_id: str
+    original_amount: int
+    remaining_amount: int
+    source: GrantSource
+    external_ref: str
+    created_at: datetime.datetime
+    expires_at: datetime.datetime | None  # None: the credits never expire
+    revoked_amount: int
+    priority: int
+    unrecovered_amount: int  # claimed but spent or held: credits coming back pay it first
+    expired_amount: int
+
+    @classmethod
+    def from_message(cls, message: pb.Grant) -> "Grant":
+        return cls(
+            grant_id=message.grant_id,
+            account_id=message.account_id,
+            original_amount=message.original_amount,
+            remaining_amount=message.remaining_amount,
+            source=_SOURCE_OF_NUMBER.get(message.source, GrantSource.UNSPECIFIED),
+            external_ref=message.external_ref,
+            created_at=_time(message.created_at),
+            expires_at=_time(message.expires_at) if message.HasField("expires_at") else None,
+            revoked_amount=message.revoked_amount,
+            priority=message.priority,
+            unrecovered_amount=message.unrecovered_amount,
+            expired_amount=message.expired_amount,
+        )
+
+
+@dataclass(frozen=True)
+class Granted(Grant):
+    """What `grant` returns: the grant and the idempotency key the call used."""
+
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """What one `revoke` call changed on its grant (see the contract's RevokeResponse)."""
+
+    grant: Grant
+    revoked_amount: int
+    unrecovered_amount: int
+    restored_amount: int
+    cancelled_amount: int
+    idempotency_key: str
+
+    @classmethod
+    def from_message(cls, message: pb.RevokeResponse, idempotency_key: str) -> "Revocation":
+        return cls(
+            grant=Grant.from_message(message.grant),
+            revoked_amount=message.revoked_amount,
+            unrecovered_amount=message.unrecovered_amount,
+            restored_amount=message.restored_amount,
+            cancelled_amount=message.cancelled_amount,
+            idempotency_key=idempotency_key,
+        )
+
+
+@dataclass(frozen=True)
+class Balance:
+    account_id: str
+    available: int  # can be reserved now
+    reserved: int  # held by active reservations
+    expiring_amount: int  # of `available`, credits that have an expiry
+    next_expiry: datetime.datetime | None  # the soonest expiry among them
+
+    @classmethod
+    def from_message(cls, message: pb.GetBalanceResponse) -> "Balance":
+        return cls(
+            account_id=message.account_id,
+            available=message.available,
+            reserved=message.reserved,
+            expiring_amount=message.expiring_amount,
+            next_expiry=_time(message.next_expiry) if message.HasField("next_expiry") else None,
+        )
+
+
+@dataclass(frozen=True)
+class GrantLot:
+    """A grant as it stands, with what active reservations hold of it."""
+
+    grant: Grant
+    held_amount: int
+
+    @classmethod
+    def from_message(cls, message: pb.GrantLot) -> "GrantLot":
+        return cls(grant=Grant.from_message(message.grant), held_amount=message.held_amount)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One movement of an account's available credits; `amount` is signed."""
+
+    entry_id: int
+    kind: EntryKind
+    amount: int
+    grant_id: str
+    reservation_id: str  # "" when no reservation moved the credits
+    revocation_id: str  # "" when no revocation moved them
+    created_at: datetime.datetime
+    balance_after: int
+
+    @classmethod
+    def from_message(cls, message: pb.LedgerEntry) -> "LedgerEntry":
+        return cls(
+            entry_id=message.entry_id,
+            kind=_KIND_OF_NUMBER.get(message.kind, EntryKind.UNSPECIFIED),
+            amount=message.amount,
+            grant_id=message.grant_id,
+            reservation_id=message.reservation_id,
+            revocation_id=message.revocation_id,
+            created_at=_time(message.created_at),
+            balance_after=message.balance_after,
+        )
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What one grant gave to a reservation, and how much of it went back."""
+
+    grant_id: str
+    amount: int
+    returned_amount: int
+
+
+@dataclass(frozen=True)
+class ReservationDetails:
+    """One reservation as it stands, the grants its credits came from (in the order
+    they were taken), and the latest `expires_at` an extension can set."""
+
+    reservation: Reservation
+    allocations: tuple[Allocation, ...]
+    extendable_until: datetime.datetime
+
+    @classmethod
+    def from_message(cls, message: pb.GetReservationResponse) -> "ReservationDetails":
+        return cls(
+            reservation=Reservation.from_message(message.reservation),
+            allocations=tuple(
+                Allocation(a.grant_id, a.amount, a.returned_amount) for a in message.allocations
+            ),
+            extendable_until=_time(message.extendable_until),
+        )
+
+
+@dataclass(frozen=True)
+class Extended:
+    """An extended reservation, and the latest `expires_at` a further extension can set."""
+
+    reservation: Reservation
+    extendable_until: datetime.datetime
+
+    @classmethod
+    def from_message(cls, message: pb.ExtendReservationResponse) -> "Extended":
+        return cls(
+            reservation=Reservation.from_message(message.reservation),
+            extendable_until=_time(message.extendable_until),
+        )

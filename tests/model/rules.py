@@ -1,0 +1,396 @@
+"""A small pure-Python model of the money rules (service/sql/ledger.sql, README "The
+contract"): burn-down order, allocations, partial capture, expiry of holds and grants,
+revocations as claims with debt collection, and idempotency keys. The model-based test
+runs the same operations against it and against the real server, and every answer must
+agree. It knows nothing of SQL or gRPC: failures are (code name, reason) pairs.
+
+Each operation works on a copy of the state and the copy replaces the state only when
+the operation succeeds, because the server's operations are transactions: a refused
+call rolls back everything it did, the settling of overdue holds included."""
+
+import copy
+import datetime
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+RESERVED, CONFIRMED, RELEASED, EXPIRED = 1, 2, 3, 4
+SIGNUP_BONUS = 2
+T = TypeVar("T")
+
+
+class Refused(Exception):
+    """What the server answers instead of a result."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+
+INSUFFICIENT = Refused("FAILED_PRECONDITION", "INSUFFICIENT_CREDITS")
+NOT_ACTIVE = Refused("FAILED_PRECONDITION", "RESERVATION_NOT_ACTIVE")
+CAPTURE_EXCEEDS = Refused("FAILED_PRECONDITION", "CAPTURE_EXCEEDS_RESERVATION")
+RESERVATION_NOT_FOUND = Refused("NOT_FOUND", "RESERVATION_NOT_FOUND")
+GRANT_NOT_FOUND = Refused("NOT_FOUND", "GRANT_NOT_FOUND")
+KEY_REUSED = Refused("ALREADY_EXISTS", "IDEMPOTENCY_KEY_REUSED")
+SIGNUP_BONUS_EXISTS = Refused("ALREADY_EXISTS", "SIGNUP_BONUS_EXISTS")
+EXTERNAL_REF_EXISTS = Refused("ALREADY_EXISTS", "EXTERNAL_REF_EXISTS")
+EXPIRY_PASSED = Refused("INVALID_ARGUMENT", "INVALID_REQUEST")
+LIFETIME_EXCEEDED = Refused("FAILED_PRECONDITION", "RESERVATION_LIFETIME_EXCEEDED")
+
+
+@dataclass
+class Grant:
+    grant_id: str
+    account: str
+    original: int
+    source: int
+    priority: int
+    expires_at: datetime.datetime | None
+    external_ref: str | None
+    seq: int
+    remaining: int = 0
+    revoked: int = 0
+    unrecovered: int = 0
+    expired: int = 0
+    # claim key → (claimed amount, withdrawn)
+    claims: dict[str, tuple[int, bool]] = field(default_factory=dict)
+
+    def expired_at(self, now: datetime.datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    def burn_key(self) -> tuple[int, datetime.datetime, int]:
+        never = datetime.datetime.max.replace(tzinfo=datetime.UTC)
+        return (self.priority, self.expires_at or never, self.seq)
+
+
+@dataclass
+class Allocation:
+    grant_id: str
+    amount: int
+    returned: int = 0
+
+
+@dataclass
+class Reservation:
+    reservation_id: str
+    account: str
+    amount: int
+    created_at: datetime.datetime
+    expires_at: datetime.datetime
+    allocations: list[Allocation]  # in burn order
+    status: int = RESERVED
+    confirmed: int = 0
+    returned: int = 0
+
+
+@dataclass(frozen=True)
+class RevokeResult:
+    grant: Grant
+    revoked: int
+    unrecovered: int
+    restored: int
+    cancelled: int
+
+
+@dataclass(frozen=True)
+class Balance:
+    available: int
+    reserved: int
+    expiring: int
+    next_expiry: datetime.datetime | None
+
+
+@dataclass
+class State:
+    grants: dict[str, Grant] = field(default_factory=dict)
+    reservations: dict[str, Reservation] = field(default_factory=dict)
+    accounts: set[str] = field(default_factory=set)
+    # key → (operation, request, result id)
+    keys: dict[str, tuple[str, object, str]] = field(default_factory=dict)
+    # revocation id → its amounts (revoked, unrecovered, restored, cancelled)
+    revocations: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+
+
+class Model:
+    """The rules, one method per operation. New ids come from the server's answer
+    (`new_id`), so that the model and the server can be compared object by object."""
+
+    def __init__(self) -> None:
+        self.state = State()
+        self._seq = itertools.count()
+
+    def _replayed(self, s: State, key: str, operation: str, request: object) -> str | None:
+        known = s.keys.get(key)
+        if known is None:
+            return None
+        if known[0] != operation or known[1] != request:
+            raise KEY_REUSED
+        return known[2]
+
+    def _return(self, s: State, r: Reservation, amount: int, now: datetime.datetime) -> None:
+        """Gives `amount` back to the grants of `r`, last-burned allocation first; debt
+        first, then expiry of an expired grant, then the grant."""
+        left = amount
+        for a in reversed(r.allocations):
+            if left == 0:
+                break
+            open_amount = a.amount - a.returned
+            if open_amount == 0:
+                continue
+            take = min(open_amount, left)
+            g = s.grants[a.grant_id]
+            collect = min(take, g.unrecovered)
+            expire = take - collect if g.expired_at(now) else 0
+            a.returned += take
+            g.remaining += take - collect - expire
+            g.revoked += collect
+            g.unrecovered -= collect
+            g.expired += expire
+            left -= take
+        if left != 0:
+            raise AssertionError("allocations do not cover the return")
+
+    def _settle(self, s: State, account: str, now: datetime.datetime) -> None:
+        due = [
+            r
+            for r in s.reservations.values()
+            if r.account == account and r.status == RESERVED and r.expires_at <= now
+        ]
+        for r in sorted(due, key=lambda r: r.expires_at):
+            self._return(s, r, r.amount, now)
+            r.status, r.returned = EXPIRED, r.amount
+        for g in s.grants.values():
+            if g.account == account and g.remaining > 0 and g.expired_at(now):
+                g.expired += g.remaining
+                g.remaining = 0
+
+    def _run(self, operation: Callable[["State"], T]) -> T:
+        trial = copy.deepcopy(self.state)
+        result = operation(trial)
+        self.state = trial
+        return result
+
+    def grant(
+        self,
+        account: str,
+        amount: int,
+        source: int,
+        key: str,
+        request: object,
+        *,
+        expires_at: datetime.datetime | None,
+        priority: int,
+        external_ref: str | None,
+        now: datetime.datetime,
+        new_id: str,
+    ) -> Grant:
+        def run(s: State) -> Grant:
+            s.accounts.add(account)
+            self._settle(s, account, now)
+            replayed = self._replayed(s, key, "grant", request)
+            if replayed is not None:
+                return s.grants[replayed]
+            if expires_at is not None and expires_at <= now:
+                raise EXPIRY_PASSED
+            mine = [g for g in s.grants.values() if g.account == account]
+            if source == SIGNUP_BONUS and any(g.source == SIGNUP_BONUS for g in mine):
+                raise SIGNUP_BONUS_EXISTS
+            if external_ref is not None and any(
+                g.external_ref == external_ref for g in s.grants.values()
+            ):
+                raise EXTERNAL_REF_EXISTS
+            g = Grant(
+                new_id,
+                account,
+                amount,
+                source,
+                priority,
+                expires_at,
+                external_ref,
+                next(self._seq),
+                remaining=amount,
+            )
+            s.grants[new_id] = g
+            s.keys[key] = ("grant", request, new_id)
+            return g
+
+        return self._run(run)
+
+    def reserve(
+        self,
+        account: str,
+        amount: int,
+        ttl: datetime.timedelta,
+        key: str,
+        request: object,
+        *,
+        now: datetime.datetime,
+        new_id: str,
+    ) -> Reservation:
+        def run(s: State) -> Reservation:
+            if account in s.accounts:
+                self._settle(s, account, now)
+            replayed = self._replayed(s, key, "reserve", request)
+            if replayed is not None:
+                return s.reservations[replayed]
+            spendable = sorted(
+                (g for g in s.grants.values() if g.account == account and g.remaining > 0),
+                key=Grant.burn_key,
+            )
+            allocations, left = [], amount
+            for g in spendable:
+                if left == 0:
+                    break
+                take = min(g.remaining, left)
+                allocations.append(Allocation(g.grant_id, take))
+                left -= take
+            if left > 0:
+                raise INSUFFICIENT
+            for a in allocations:
+                s.grants[a.grant_id].remaining -= a.amount
+            r = Reservation(new_id, account, amount, now, now + ttl, allocations)
+            s.reservations[new_id] = r
+            s.keys[key] = ("reserve", request, new_id)
+            return r
+
+        return self._run(run)
+
+    def _locked_reservation(
+        self, s: State, account: str, reservation_id: str, now: datetime.datetime
+    ) -> Reservation:
+        if account not in s.accounts:
+            raise RESERVATION_NOT_FOUND
+        self._settle(s, account, now)
+        r = s.reservations.get(reservation_id)
+        if r is None or r.account != account:
+            raise RESERVATION_NOT_FOUND
+        return r
+
+    def confirm(
+        self, account: str, reservation_id: str, amount: int | None, now: datetime.datetime
+    ) -> Reservation:
+        def run(s: State) -> Reservation:
+            r = self._locked_reservation(s, account, reservation_id, now)
+            if r.status == CONFIRMED and amount in (None, r.confirmed):
+                return r
+            if r.status != RESERVED:
+                raise NOT_ACTIVE
+            capture = r.amount if amount is None else amount
+            if capture > r.amount:
+                raise CAPTURE_EXCEEDS
+            if capture < r.amount:
+                self._return(s, r, r.amount - capture, now)
+            r.status, r.confirmed, r.returned = CONFIRMED, capture, r.amount - capture
+            return r
+
+        return self._run(run)
+
+    def release(self, account: str, reservation_id: str, now: datetime.datetime) -> Reservation:
+        def run(s: State) -> Reservation:
+            r = self._locked_reservation(s, account, reservation_id, now)
+            if r.status in (RELEASED, EXPIRED):
+                return r
+            if r.status != RESERVED:
+                raise NOT_ACTIVE
+            self._return(s, r, r.amount, now)
+            r.status, r.returned = RELEASED, r.amount
+            return r
+
+        return self._run(run)
+
+    def extend(
+        self,
+        account: str,
+        reservation_id: str,
+        ttl: datetime.timedelta,
+        lifetime_max: datetime.timedelta,
+        now: datetime.datetime,
+    ) -> Reservation:
+        def run(s: State) -> Reservation:
+            r = self._locked_reservation(s, account, reservation_id, now)
+            if r.status != RESERVED:
+                raise NOT_ACTIVE
+            if now + ttl > r.created_at + lifetime_max:
+                raise LIFETIME_EXCEEDED
+            r.expires_at = now + ttl
+            return r
+
+        return self._run(run)
+
+    def revoke(
+        self,
+        account: str,
+        target: tuple[str, str],
+        amount: int,
+        *,
+        series: str | None,
+        withdraw: bool,
+        key: str,
+        request: object,
+        now: datetime.datetime,
+        new_id: str,
+    ) -> RevokeResult:
+        """`target` is ("grant_id", id) or ("external_ref", ref)."""
+
+        def run(s: State) -> RevokeResult:
+            kind, value = target
+            found = [
+                g
+                for g in s.grants.values()
+                if (g.grant_id if kind == "grant_id" else g.external_ref) == value
+            ]
+            if not found or (account and found[0].account != account):
+                raise GRANT_NOT_FOUND
+            g = found[0]
+            self._settle(s, g.account, now)
+            replayed = self._replayed(s, key, "revoke", request)
+            if replayed is not None:
+                return RevokeResult(s.grants[g.grant_id], *s.revocations[replayed])
+            claim_key = f"call:{new_id}" if series is None else f"series:{series}"
+            claim = 0 if withdraw else g.original if amount == 0 else min(amount, g.original)
+            old_claim, old_withdrawn = g.claims.get(claim_key, (0, False))
+            g.claims[claim_key] = (max(old_claim, claim), old_withdrawn or withdraw)
+            standing = sum(c for c, withdrawn in g.claims.values() if not withdrawn)
+            target_total = min(standing, g.original)
+            owed = g.revoked + g.unrecovered
+            asked = revoked = cancelled = restored = expire = 0
+            if target_total > owed:
+                asked = max(min(target_total, g.original - g.expired) - owed, 0)
+                revoked = min(asked, g.remaining)
+            elif target_total < owed:
+                cancelled = min(owed - target_total, g.unrecovered)
+                restored = owed - target_total - cancelled
+                expire = restored if g.expired_at(now) else 0
+            g.remaining += -revoked + restored - expire
+            g.revoked += revoked - restored
+            g.unrecovered += asked - revoked - cancelled
+            g.expired += expire
+            amounts = (revoked, asked - revoked, restored, cancelled)
+            s.revocations[new_id] = amounts
+            s.keys[key] = ("revoke", request, new_id)
+            return RevokeResult(g, *amounts)
+
+        return self._run(run)
+
+    def balance(self, account: str, now: datetime.datetime) -> Balance:
+        def run(s: State) -> Balance:
+            if account not in s.accounts:
+                return Balance(0, 0, 0, None)
+            self._settle(s, account, now)
+            holding = [g for g in s.grants.values() if g.account == account and g.remaining > 0]
+            expiring = [g for g in holding if g.expires_at is not None]
+            return Balance(
+                sum(g.remaining for g in holding),
+                sum(
+                    r.amount
+                    for r in s.reservations.values()
+                    if r.account == account and r.status == RESERVED
+                ),
+                sum(g.remaining for g in expiring),
+                min((g.expires_at for g in expiring if g.expires_at), default=None),
+            )
+
+        return self._run(run)

@@ -1,0 +1,533 @@
+"""Model-based test: random sequences of Grant, Reserve, Confirm, Release,
+ExtendReservation, Revoke, GetBalance, replays and the passage of time, run against the
+real server (the suite's production server and its movable clock) and against the
+pure-Python model in tests/model/rules.py. Every answer must agree — status, reason,
+amounts, balances — and after every step the stored grants, reservations and the
+allocations (which grants each reservation drew from, and what went back to each) must
+equal the model's.
+
+Time moves in steps of TIME_STEP_SECONDS and every expiry is a whole number of steps
+away, so the few milliseconds that pass between the model's reading of the clock and
+the server's never decide an expiry differently.
+
+`MODEL_TEST_PROFILE=long` runs many more and longer sequences than `make test` does."""
+
+import asyncio
+import datetime
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2, message, timestamp_pb2
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from credits.v1 import credits_pb2 as pb
+from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
+from service import limits
+from service.settings import RESERVATION_LIFETIME_MAX_SECONDS_DEFAULT
+from tests.model import rules
+from tests.support import CALL_TIMEOUT_SECONDS, MovableClock, error_details, new_id
+
+TIME_STEP_SECONDS = 10
+# The server stamps a reservation's expiry with its own reading of the clock, a little
+# after the model's; far less than a time step.
+CLOCK_READING_SLACK = datetime.timedelta(seconds=1)
+PROFILES = {
+    # About 20 s in `make test` on two cores.
+    "default": settings(
+        max_examples=60,
+        stateful_step_count=50,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    ),
+    "long": settings(
+        max_examples=500,
+        stateful_step_count=80,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    ),
+}
+PROFILE_NAME = os.environ.get("MODEL_TEST_PROFILE", "default")
+PROFILE = PROFILES[PROFILE_NAME]
+# The long profile runs for many minutes, past the suite's per-test timeout.
+TIMEOUT_SECONDS = {"default": 300, "long": 3600}[PROFILE_NAME]
+T = TypeVar("T")
+Keyed = pb.GrantRequest | pb.ReserveRequest | pb.RevokeRequest
+
+amounts = st.integers(min_value=1, max_value=100)
+picks = st.integers(min_value=0, max_value=1000)
+steps = st.integers(min_value=1, max_value=4)
+
+
+@dataclass
+class Env:
+    loop: asyncio.AbstractEventLoop
+    ops: Stub
+    clock: MovableClock
+    admin: AsyncEngine
+
+    def run(self, coro: Awaitable[T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    async def rpc(self, method: str, request: message.Message) -> Any:
+        # The call is made inside the loop: grpc.aio binds a call to the running loop, and
+        # outside it to the thread's current loop, which an earlier test may have unset.
+        rpc: Callable[..., Awaitable[Any]] = getattr(self.ops, method)
+        return await rpc(request, timeout=CALL_TIMEOUT_SECONDS)
+
+
+def stamp(moment: datetime.datetime) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    t.FromDatetime(moment)
+    return t
+
+
+def moment(t: timestamp_pb2.Timestamp) -> datetime.datetime:
+    return t.ToDatetime(datetime.UTC)
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    def __init__(self, env: Env) -> None:
+        super().__init__()
+        self.env = env
+        self.model = rules.Model()
+        self.prefix = new_id("model")
+        self.accounts = [f"{self.prefix}-a", f"{self.prefix}-b"]
+        self.keys = 0
+        self.grants: list[str] = []
+        self.reservations: list[str] = []
+        # Keyed requests sent so far, to send again (a replay) or to reuse their keys.
+        self.sent: list[tuple[str, Keyed]] = []
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def key(self) -> str:
+        self.keys += 1
+        return f"{self.prefix}-k{self.keys}"
+
+    def call(self, method: str, request: message.Message) -> Any:
+        """The server's answer: a response message or a rules.Refused."""
+        try:
+            return self.env.run(self.env.rpc(method, request))
+        except grpc.aio.AioRpcError as err:
+            reason, _ = error_details(err)
+            return rules.Refused(err.code().name, reason)
+
+    def expect(self, answer: Any, run_model: Callable[[str], Any]) -> Any:
+        """Runs the model with the id the server gave (if any); both must succeed or
+        both refuse with the same code and reason. Returns the model's result."""
+        new = _new_id_of(answer)
+        refused: rules.Refused | None = None
+        predicted = None
+        try:
+            predicted = run_model(new)
+        except rules.Refused as exc:
+            refused = exc
+        if refused is not None:
+            assert isinstance(answer, rules.Refused), f"server did it, model refused {refused}"
+            assert (answer.code, answer.reason) == (refused.code, refused.reason)
+            return None
+        assert not isinstance(answer, rules.Refused), (
+            f"server refused {answer.code}/{answer.reason}, model did it: {predicted}"
+        )
+        return predicted
+
+    def check_grant(self, got: pb.Grant, want: rules.Grant) -> None:
+        assert got.grant_id == want.grant_id
+        assert got.account_id == want.account
+        assert (got.original_amount, got.remaining_amount, got.revoked_amount) == (
+            want.original,
+            want.remaining,
+            want.revoked,
+        )
+        assert (got.source, got.priority) == (want.source, want.priority)
+        assert got.external_ref == (want.external_ref or "")
+        expires = moment(got.expires_at) if got.HasField("expires_at") else None
+        assert expires == want.expires_at
+
+    def check_reservation(self, got: pb.Reservation, want: rules.Reservation) -> None:
+        assert got.reservation_id == want.reservation_id
+        assert got.account_id == want.account
+        assert (got.amount, got.confirmed_amount, got.status) == (
+            want.amount,
+            want.confirmed,
+            want.status,
+        )
+        assert abs(moment(got.expires_at) - want.expires_at) < CLOCK_READING_SLACK
+
+    def send_keyed(self, method: str, request: Keyed) -> None:
+        self.sent.append((method, request))
+        self.dispatch(method, request)
+
+    def dispatch(self, method: str, request: Keyed) -> None:
+        if isinstance(request, pb.GrantRequest):
+            self.do_grant(request)
+        elif isinstance(request, pb.ReserveRequest):
+            self.do_reserve(request)
+        elif isinstance(request, pb.RevokeRequest):
+            self.do_revoke(request)
+        else:
+            raise AssertionError(f"not a keyed request: {method}")
+
+    # -- operations -----------------------------------------------------------------
+
+    def do_grant(self, request: pb.GrantRequest) -> None:
+        now = self.env.clock()
+        answer = self.call("Grant", request)
+        want = self.expect(
+            answer,
+            lambda new: self.model.grant(
+                request.account_id,
+                request.amount,
+                request.source,
+                request.idempotency_key,
+                ("Grant", request.SerializeToString(deterministic=True)),
+                expires_at=moment(request.expires_at) if request.HasField("expires_at") else None,
+                priority=request.priority,
+                external_ref=request.external_ref or None,
+                now=now,
+                new_id=new,
+            ),
+        )
+        if want is not None:
+            self.check_grant(answer.grant, want)
+            if want.grant_id not in self.grants:
+                self.grants.append(want.grant_id)
+
+    def do_reserve(self, request: pb.ReserveRequest) -> None:
+        now = self.env.clock()
+        answer = self.call("Reserve", request)
+        want = self.expect(
+            answer,
+            lambda new: self.model.reserve(
+                request.account_id,
+                request.amount,
+                request.ttl.ToTimedelta()
+                if request.HasField("ttl")
+                else limits.RESERVATION_TTL_DEFAULT,
+                request.idempotency_key,
+                ("Reserve", request.SerializeToString(deterministic=True)),
+                now=now,
+                new_id=new,
+            ),
+        )
+        if want is not None:
+            self.check_reservation(answer.reservation, want)
+            if want.reservation_id not in self.reservations:
+                self.reservations.append(want.reservation_id)
+
+    def do_revoke(self, request: pb.RevokeRequest) -> None:
+        now = self.env.clock()
+        target_kind = request.WhichOneof("target")
+        assert target_kind is not None
+        answer = self.call("Revoke", request)
+        want = self.expect(
+            answer,
+            lambda _: self.model.revoke(
+                request.account_id,
+                (target_kind, getattr(request, target_kind)),
+                request.amount,
+                series=request.cumulative_series or None,
+                withdraw=request.withdraw,
+                key=request.idempotency_key,
+                request=("Revoke", request.SerializeToString(deterministic=True)),
+                now=now,
+                new_id=str(uuid.uuid4()),
+            ),
+        )
+        if want is not None:
+            self.check_grant(answer.grant, want.grant)
+            got = (
+                answer.revoked_amount,
+                answer.unrecovered_amount,
+                answer.restored_amount,
+                answer.cancelled_amount,
+            )
+            assert got == (want.revoked, want.unrecovered, want.restored, want.cancelled)
+
+    # -- rules ----------------------------------------------------------------------
+
+    @rule(
+        which=st.integers(0, 1),
+        amount=amounts,
+        source=st.sampled_from([1, 1, 1, 2, 3, 4]),
+        priority=st.integers(-1, 1),
+        expiry_steps=st.none() | steps,
+        ref=st.none() | st.integers(0, 3),
+    )
+    def grant(
+        self,
+        *,
+        which: int,
+        amount: int,
+        source: int,
+        priority: int,
+        expiry_steps: int | None,
+        ref: int | None,
+    ) -> None:
+        request = pb.GrantRequest(
+            account_id=self.accounts[which],
+            amount=amount,
+            source=source,  # type: ignore[arg-type]
+            idempotency_key=self.key(),
+            priority=priority,
+            external_ref="" if ref is None else f"{self.prefix}-ref{ref}",
+        )
+        if expiry_steps is not None:
+            later = datetime.timedelta(seconds=expiry_steps * TIME_STEP_SECONDS)
+            request.expires_at.CopyFrom(stamp(self.env.clock() + later))
+        self.send_keyed("Grant", request)
+
+    @rule(which=st.integers(0, 1), amount=st.integers(1, 150), ttl_steps=steps)
+    def reserve(self, which: int, amount: int, ttl_steps: int) -> None:
+        request = pb.ReserveRequest(
+            account_id=self.accounts[which],
+            amount=amount,
+            idempotency_key=self.key(),
+            ttl=duration_pb2.Duration(seconds=ttl_steps * TIME_STEP_SECONDS),
+        )
+        self.send_keyed("Reserve", request)
+
+    @precondition(lambda self: self.reservations)
+    @rule(pick=picks, amount=st.none() | st.integers(1, 110), elsewhere=st.booleans())
+    def confirm(self, pick: int, amount: int | None, elsewhere: bool) -> None:
+        rid = self.reservations[pick % len(self.reservations)]
+        account = self.owner_or_other(self.model.state.reservations[rid].account, elsewhere)
+        request = pb.ConfirmRequest(account_id=account, reservation_id=rid, amount=amount)
+        now = self.env.clock()
+        answer = self.call("Confirm", request)
+        want = self.expect(answer, lambda _: self.model.confirm(account, rid, amount, now))
+        if want is not None:
+            self.check_reservation(answer.reservation, want)
+
+    @precondition(lambda self: self.reservations)
+    @rule(pick=picks, elsewhere=st.booleans())
+    def release(self, pick: int, elsewhere: bool) -> None:
+        rid = self.reservations[pick % len(self.reservations)]
+        account = self.owner_or_other(self.model.state.reservations[rid].account, elsewhere)
+        request = pb.ReleaseRequest(account_id=account, reservation_id=rid, reason="model")
+        now = self.env.clock()
+        answer = self.call("Release", request)
+        want = self.expect(answer, lambda _: self.model.release(account, rid, now))
+        if want is not None:
+            self.check_reservation(answer.reservation, want)
+
+    @precondition(lambda self: self.reservations)
+    @rule(pick=picks, ttl_steps=steps, elsewhere=st.booleans())
+    def extend(self, pick: int, ttl_steps: int, elsewhere: bool) -> None:
+        rid = self.reservations[pick % len(self.reservations)]
+        account = self.owner_or_other(self.model.state.reservations[rid].account, elsewhere)
+        ttl = datetime.timedelta(seconds=ttl_steps * TIME_STEP_SECONDS)
+        request = pb.ExtendReservationRequest(
+            account_id=account,
+            reservation_id=rid,
+            ttl=duration_pb2.Duration(seconds=int(ttl.total_seconds())),
+        )
+        lifetime_max = datetime.timedelta(seconds=RESERVATION_LIFETIME_MAX_SECONDS_DEFAULT)
+        now = self.env.clock()
+        answer = self.call("ExtendReservation", request)
+        want = self.expect(
+            answer, lambda _: self.model.extend(account, rid, ttl, lifetime_max, now)
+        )
+        if want is not None:
+            self.check_reservation(answer.reservation, want)
+
+    @rule(which=st.integers(0, 1), amount=st.none() | st.integers(1, 110))
+    def confirm_unknown(self, which: int, amount: int | None) -> None:
+        rid = str(uuid.uuid4())
+        request = pb.ConfirmRequest(account_id=self.accounts[which], reservation_id=rid)
+        if amount is not None:
+            request.amount = amount
+        now = self.env.clock()
+        answer = self.call("Confirm", request)
+        self.expect(answer, lambda _: self.model.confirm(self.accounts[which], rid, amount, now))
+
+    @precondition(lambda self: self.grants)
+    @rule(
+        pick=picks,
+        amount=st.sampled_from([0, 0, 1, 5, 20, 50, 80, 120]),
+        series=st.none() | st.integers(0, 2),
+        withdraw=st.booleans(),
+        by_ref=st.booleans(),
+        name_account=st.booleans(),
+        elsewhere=st.booleans(),
+    )
+    def revoke(
+        self,
+        *,
+        pick: int,
+        amount: int,
+        series: int | None,
+        withdraw: bool,
+        by_ref: bool,
+        name_account: bool,
+        elsewhere: bool,
+    ) -> None:
+        g = self.model.state.grants[self.grants[pick % len(self.grants)]]
+        withdraw = withdraw and series is not None
+        request = pb.RevokeRequest(
+            account_id=self.owner_or_other(g.account, elsewhere),
+            amount=0 if withdraw else amount,
+            idempotency_key=self.key(),
+            reason="model",
+            cumulative_series="" if series is None else f"{self.prefix}-s{series}",
+            withdraw=withdraw,
+        )
+        if by_ref and g.external_ref is not None:
+            request.external_ref = g.external_ref
+            if not name_account:
+                request.account_id = ""
+        else:
+            request.grant_id = g.grant_id
+        self.send_keyed("Revoke", request)
+
+    @precondition(lambda self: self.sent)
+    @rule(pick=picks, change=st.sampled_from(["none", "none", "text", "method"]))
+    def replay(self, pick: int, change: str) -> None:
+        """The same request again (a replay: nothing new), or its key with another
+        request (refused as reused, when the key was taken)."""
+        method, original = self.sent[pick % len(self.sent)]
+        request: Keyed = type(original).FromString(original.SerializeToString())
+        if change == "text":
+            if isinstance(request, pb.RevokeRequest):
+                request.reason += "!"
+            else:
+                request.description += "!"
+        elif change == "method":
+            key = request.idempotency_key
+            account = self.accounts[0]
+            if isinstance(request, pb.ReserveRequest):
+                method, request = (
+                    "Grant",
+                    pb.GrantRequest(account_id=account, amount=1, source=pb.GRANT_SOURCE_PROMOTION),
+                )
+            else:
+                method, request = "Reserve", pb.ReserveRequest(account_id=account, amount=1)
+            request.idempotency_key = key
+        self.dispatch(method, request)
+
+    @rule(which=st.integers(0, 1))
+    def balance(self, which: int) -> None:
+        account = self.accounts[which]
+        now = self.env.clock()
+        answer = self.call("GetBalance", pb.GetBalanceRequest(account_id=account))
+        want = self.expect(answer, lambda _: self.model.balance(account, now))
+        assert (answer.available, answer.reserved, answer.expiring_amount) == (
+            want.available,
+            want.reserved,
+            want.expiring,
+        )
+        next_expiry = moment(answer.next_expiry) if answer.HasField("next_expiry") else None
+        assert next_expiry == want.next_expiry
+
+    @rule(count=st.integers(1, 3))
+    def time_passes(self, count: int) -> None:
+        self.env.clock.advance(count * TIME_STEP_SECONDS)
+
+    def owner_or_other(self, owner: str, elsewhere: bool) -> str:
+        if not elsewhere:
+            return owner
+        return next(a for a in self.accounts if a != owner)
+
+    # -- the stored state -----------------------------------------------------------
+
+    @invariant()
+    def stored_state_matches_the_model(self) -> None:
+        grants, reservations, allocations = self.env.run(self.stored())
+        state = self.model.state
+        assert grants == {
+            g.grant_id: (g.original, g.remaining, g.revoked, g.unrecovered, g.expired)
+            for g in state.grants.values()
+        }
+        assert reservations == {
+            r.reservation_id: (r.amount, r.status, r.confirmed, r.returned)
+            for r in state.reservations.values()
+        }
+        assert allocations == {
+            r.reservation_id: [(a.grant_id, a.amount, a.returned) for a in r.allocations]
+            for r in state.reservations.values()
+        }
+
+    async def stored(
+        self,
+    ) -> tuple[
+        dict[str, tuple[int, ...]], dict[str, tuple[int, ...]], dict[str, list[tuple[Any, ...]]]
+    ]:
+        params = {"accounts": self.accounts}
+        async with self.env.admin.connect() as conn:
+            grant_rows = await conn.execute(
+                text(
+                    "SELECT grant_id::text, original_amount, remaining_amount, revoked_amount,"
+                    " unrecovered_amount, expired_amount FROM grants"
+                    " WHERE account_id = ANY(:accounts)"
+                ),
+                params,
+            )
+            reservation_rows = await conn.execute(
+                text(
+                    "SELECT reservation_id::text, amount, status, confirmed_amount,"
+                    " returned_amount FROM reservations WHERE account_id = ANY(:accounts)"
+                ),
+                params,
+            )
+            allocation_rows = await conn.execute(
+                text(
+                    "SELECT reservation_id::text, grant_id::text, amount, returned_amount"
+                    " FROM allocations WHERE account_id = ANY(:accounts)"
+                    " ORDER BY reservation_id, burn_rank"
+                ),
+                params,
+            )
+        allocations: dict[str, list[tuple[Any, ...]]] = {}
+        for rid, gid, amount, returned in allocation_rows:
+            allocations.setdefault(rid, []).append((gid, amount, returned))
+        return (
+            {row[0]: tuple(row[1:]) for row in grant_rows},
+            {row[0]: tuple(row[1:]) for row in reservation_rows},
+            allocations,
+        )
+
+
+def _new_id_of(answer: Any) -> str:
+    if isinstance(answer, pb.GrantResponse):
+        return answer.grant.grant_id
+    if isinstance(answer, pb.ReserveResponse):
+        return answer.reservation.reservation_id
+    return ""
+
+
+@pytest.fixture
+async def event_loop_of_session() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
+
+
+@pytest.mark.timeout(TIMEOUT_SECONDS)
+def test_every_answer_and_stored_state_matches_the_model(
+    event_loop_of_session: asyncio.AbstractEventLoop,
+    ops: Stub,
+    clock: MovableClock,
+    admin_engine: AsyncEngine,
+) -> None:
+    env = Env(event_loop_of_session, ops, clock, admin_engine)
+
+    class Machine(LedgerMachine):
+        def __init__(self) -> None:
+            super().__init__(env)
+
+    run_state_machine_as_test(Machine, settings=PROFILE)
