@@ -128,7 +128,9 @@ class Supervisor:
 
     def forward(self, signum: int, frame: object) -> None:
         self.stopping = self.stopping or signum in STOP_SIGNALS
-        if signum == signal.SIGHUP and self._ready < len(self.workers):
+        # Counted against the workers to start, not those started: a SIGHUP between
+        # "supervising" and the first worker's start is held too.
+        if signum == signal.SIGHUP and self._ready < self._config.processes:
             self._reload_held = True
             return
         for worker in self.workers:
@@ -152,12 +154,16 @@ class Supervisor:
             while not self.stopping and all(w.poll() is None for w in self.workers):
                 if self._ready < len(self.workers) and select.select([ready], [], [], 0)[0]:
                     self._ready += len(ready.read(len(self.workers)) or b"")
-                    if self._ready == len(self.workers):
+                    if self._ready == self._config.processes:
                         log.info("serving", extra=self._serving)
                         self._release_reload()
                 time.sleep(POLL_SECONDS)
         if not self.stopping:
             log.error("a worker stopped on its own; stopping the others")
+
+    @property
+    def reload_held(self) -> bool:
+        return self._reload_held
 
     def _release_reload(self) -> None:
         if self._reload_held:

@@ -2,6 +2,7 @@
 one default budget of connections, and a rate limit shared by the processes that serve
 one address when they have no Redis to count in together."""
 
+import signal
 from pathlib import Path
 
 import limits as ratelimits
@@ -79,3 +80,13 @@ async def test_processes_without_redis_each_enforce_their_share() -> None:
 
 async def test_a_share_is_at_least_one_call() -> None:
     assert await hits_allowed(Limiter(None, sharing=8), "4/minute", 10) == 1
+
+
+def test_a_sighup_before_any_worker_started_is_held(dev_dir: Path) -> None:
+    """The supervisor says "supervising" before it starts its workers: a SIGHUP sent
+    then (a rotation during a start) is held for the workers, not dropped."""
+    config = load(dev_dir, CREDITS_PROCESSES="2")
+    supervisor = processes.Supervisor(config, {"CREDITS_GRPC_ADDR": config.grpc_addr})
+    supervisor.forward(signal.SIGHUP, None)
+    assert supervisor.workers == []
+    assert supervisor.reload_held
