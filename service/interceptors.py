@@ -189,10 +189,16 @@ class SanitizeErrors(Interceptor):
             )
             status = errors.internal(request_id)
         elif status.code is grpc.StatusCode.UNAVAILABLE:
+            # No stack: during an outage every call lands here, and the class of the
+            # error and of its cause say all an operator needs.
+            cause = exc.__cause__ or exc.__context__
             log.warning(
                 "dependency unavailable",
-                extra={"method": method_name, "error": type(exc).__name__},
-                exc_info=exc,
+                extra={
+                    "method": method_name,
+                    "error": type(exc).__name__,
+                    "cause": type(cause).__name__ if cause is not None else None,
+                },
             )
         metrics.RPCS.labels(method_name, status.code.name).inc()
         await ctx.abort_with_status(status)

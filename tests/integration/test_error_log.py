@@ -22,6 +22,8 @@ from tests.support import funded_account, new_id
 
 # What a PL/pgSQL RAISE EXCEPTION without an ERRCODE raises.
 RAISE_EXCEPTION_SQLSTATE = "P0001"
+# What PostgreSQL sends to its sessions when it shuts down: the service answers UNAVAILABLE.
+ADMIN_SHUTDOWN_SQLSTATE = "57P01"
 
 
 @pytest.fixture
@@ -38,14 +40,18 @@ def log_lines() -> Iterator[io.StringIO]:
         root.removeHandler(handler)
 
 
-async def refuse_reservations_of(admin_engine: AsyncEngine, account: str, name: str) -> None:
+async def refuse_reservations_of(
+    admin_engine: AsyncEngine, account: str, name: str, sqlstate: str = RAISE_EXCEPTION_SQLSTATE
+) -> None:
     """A real database error on a real statement: the insert of any reservation of
-    `account` fails (only that account: the database is shared with other tests)."""
+    `account` fails with `sqlstate` (only that account: the database is shared with
+    other tests)."""
     async with admin_engine.begin() as conn:
         await conn.execute(
             text(
-                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS"
-                " $$ BEGIN RAISE EXCEPTION 'refused by a test trigger'; END $$"
+                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                f" RAISE EXCEPTION 'refused by a test trigger' USING ERRCODE = '{sqlstate}';"
+                " END $$"
             )
         )
         await conn.execute(
@@ -104,3 +110,28 @@ async def test_an_internal_error_logs_no_parameter_value(
     leaked = [name for name, value in {**secrets, "account": account}.items() if value in written]
     assert leaked == []
     assert "refused by a test trigger" not in written
+
+
+async def test_an_unavailable_database_logs_one_line_without_a_stack(
+    ops: Stub, backend: Stub, admin_engine: AsyncEngine, log_lines: io.StringIO
+) -> None:
+    """During an outage every call is UNAVAILABLE: each logs one short line (the error's
+    class and its cause's), never a stack, so an outage does not flood the log."""
+    account = await funded_account(ops, 100)
+    request = pb.ReserveRequest(account_id=account, amount=10, idempotency_key=new_id("k"))
+    refusal = new_id("test_refusal").replace("-", "_")
+    await refuse_reservations_of(admin_engine, account, refusal, ADMIN_SHUTDOWN_SQLSTATE)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await backend.Reserve(request, timeout=T)
+    finally:
+        await drop_refusal(admin_engine, refusal)
+
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    lines = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    (line,) = [x for x in lines if x["msg"] == "dependency unavailable"]
+    assert line["method"] == "/credits.v1.CreditsService/Reserve"
+    assert line["error"] == "StoreUnavailable"
+    assert line["cause"] == "AdminShutdownError"
+    assert "stack" not in line
+    assert "exc_type" not in line
