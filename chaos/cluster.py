@@ -156,6 +156,9 @@ class Cluster:
             "CREDITS_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
             "CREDITS_RESERVE_RATE_PER_ACCOUNT": RESERVE_RATE_PER_ACCOUNT,
             "CREDITS_SWEEPER_INTERVAL_SECONDS": SWEEPER_INTERVAL_SECONDS,
+            # One process per instance: a SIGKILL then kills the instance, not a
+            # supervisor whose workers would stop on their own time.
+            "CREDITS_PROCESSES": "1",
         }
 
     def start_service(self, index: int) -> None:
