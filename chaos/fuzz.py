@@ -46,10 +46,12 @@ ALLOWED_CODES = {
     "RESOURCE_EXHAUSTED",
     "UNAVAILABLE",
     "DEADLINE_EXCEEDED",
+    "CANCELLED",
     "UNIMPLEMENTED",
 }
-# Answers that say nothing about whether the request was done.
-UNANSWERED = {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+# Answers that say nothing about whether the request was done (README "Errors"): CANCELLED
+# is gRPC's answer to a call still in flight when its instance's shutdown grace ran out.
+UNANSWERED = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"}
 WEBHOOK_ALLOWED = {200, 202, 204, 400, 404, 405, 413, 503}
 WEBHOOK_BODY_BYTES_MAX = 1024 * 1024
 WEBHOOK_TIMEOUT_SECONDS = 10.0
