@@ -5,7 +5,6 @@ happens (use it as a context manager)."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,13 +19,6 @@ START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 30.0
 LOG_WAIT_TIMEOUT_SECONDS = 15.0
 POLL_SECONDS = 0.05
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def production_env(database_url: str, pki: Path, port: int, **env: str) -> dict[str, str]:

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import datetime
+import socket
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
@@ -22,6 +23,15 @@ from service.__main__ import assemble
 from service.ledger import Clock, utc_now
 from service.server import Built, mark_serving
 from service.store import PostgresStore
+
+
+def free_port() -> int:
+    """A port no process listens on now, for a process a test starts (never make run's)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
 
 STOP_GRACE_SECONDS = 1.0
 # The shared test server must not throttle concurrency tests (many Reserves on one

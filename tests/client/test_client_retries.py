@@ -4,7 +4,6 @@ client's default deadline and the total retry budget each bound a call."""
 
 import asyncio
 import logging
-import socket
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from credits_client import (
     Unavailable,
 )
 from tests.client.conftest import ClientFactory, LockedAccount, funded
-from tests.support import start_server
+from tests.support import free_port, start_server
 
 # The service stays away for a few of the client's reconnect backoffs.
 DOWN_SECONDS = 1.5
@@ -28,13 +27,6 @@ SHORT_DEADLINE_SECONDS = 0.3
 LATENESS_SECONDS_MAX = 1.5
 # How much later than the client's the service's deadline may end on such a machine.
 SERVER_DEADLINE_LAG_SECONDS_MAX = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 async def test_a_call_retried_across_a_restart_of_the_service_is_applied_once(

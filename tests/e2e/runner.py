@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.support import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or "grpcurl"
 SERVICE = "credits.v1.CreditsService"
@@ -24,12 +25,6 @@ STARTUP_SECONDS_MAX = 120.0
 STOP_SECONDS_MAX = 30.0
 GRPCURL_TIMEOUT_SECONDS = 30
 POLL_SECONDS = 0.5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _alive(process: psutil.Process) -> bool:

@@ -18,9 +18,9 @@ from scripts.devpki import issue, make_ca
 from service import metrics
 from service.interceptors import REQUEST_ID_HEADER
 from tests.access_support import dev_ca, tls_channel
-from tests.service_process import ServiceProcess, free_port, production_env
+from tests.service_process import ServiceProcess, production_env
 from tests.support import CALL_TIMEOUT_SECONDS as T
-from tests.support import RunningServer, error_details, new_id, open_channel
+from tests.support import RunningServer, error_details, free_port, new_id, open_channel
 
 # A handshake that is refused fails at once; no need to wait for the long test timeout.
 REFUSED_CALL_TIMEOUT_SECONDS = 5.0

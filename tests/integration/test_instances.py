@@ -30,9 +30,9 @@ from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from service import reconcile
 from tests.integration.test_ratelimit_redis import RedisProcess
-from tests.service_process import ServiceProcess, free_port, production_env
+from tests.service_process import ServiceProcess, production_env
 from tests.support import CALL_TIMEOUT_SECONDS as T
-from tests.support import error_details, new_id, open_channel
+from tests.support import error_details, free_port, new_id, open_channel
 
 SPENT_ACCOUNTS = 3
 EXPIRING_ACCOUNTS = 2

@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import pytest
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from scripts.devcallers import ensure_dev_callers
-from tests.support import CALL_TIMEOUT_SECONDS, new_id
+from tests.support import CALL_TIMEOUT_SECONDS, free_port, new_id
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 PROCESSES = 2
@@ -33,12 +32,6 @@ POLL_SECONDS = 0.1
 # Separate connections, as separate clients would have: each lands on one worker.
 CONNECTIONS = 8
 TCP_LISTEN_STATE = "0A"  # in /proc/net/tcp
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Supervised:

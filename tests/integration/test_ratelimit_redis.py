@@ -19,20 +19,20 @@ from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from service import failures
 from service.ratelimit import STORE_TIMEOUT_SECONDS
 from tests.support import CALL_TIMEOUT_SECONDS as T
-from tests.support import RunningServer, error_details, new_id, open_channel, start_server
+from tests.support import (
+    RunningServer,
+    error_details,
+    free_port,
+    new_id,
+    open_channel,
+    start_server,
+)
 
 REDIS_START_TIMEOUT_SECONDS = 10.0
 REDIS_STOP_TIMEOUT_SECONDS = 10.0
 SHARED_LIMIT = 10
 # How long a refused call may take when Redis hangs: the store timeout and some slack.
 HUNG_STORE_CALL_SECONDS_MAX = STORE_TIMEOUT_SECONDS + 2.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class RedisProcess:

@@ -22,9 +22,9 @@ from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from scripts.devpki import Issued, issue, make_ca
 from service import logs, reload
 from tests.access_support import caller_table, dev_ca, tls_channel, with_key, write_callers
-from tests.service_process import ServiceProcess, free_port, production_env
+from tests.service_process import ServiceProcess, production_env
 from tests.support import CALL_TIMEOUT_SECONDS as T
-from tests.support import RunningServer, error_details, new_id, start_server
+from tests.support import RunningServer, error_details, free_port, new_id, start_server
 
 # A handshake that is refused fails at once; no need to wait for the long test timeout.
 REFUSED_CALL_TIMEOUT_SECONDS = 5.0

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -21,18 +20,11 @@ from tests.integration.gateway.deliveries import (
     Purchase,
     sign,
 )
-from tests.support import RunningServer, child_process
+from tests.support import RunningServer, child_process, free_port
 
 STARTUP_SECONDS_MAX = 15.0
 STOP_SECONDS_MAX = 20.0
 REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def production_env(

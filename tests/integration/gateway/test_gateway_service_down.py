@@ -2,7 +2,6 @@
 is told to retry (5xx), and the retried delivery grants exactly once."""
 
 import asyncio
-import socket
 from pathlib import Path
 
 import httpx
@@ -12,17 +11,10 @@ from tests.integration.gateway.deliveries import (
     Purchase,
     start_gateway,
 )
-from tests.support import start_server
+from tests.support import free_port, start_server
 
 RECOVERY_SECONDS_MAX = 15.0
 RETRY_PAUSE_SECONDS = 0.2
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def test_while_the_service_is_down_deliveries_are_5xx_then_granted_once(
