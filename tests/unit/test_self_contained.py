@@ -6,11 +6,13 @@ import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-OUTSIDE_MARKERS = ("../shared", "shared/stripe-fixtures", "parents[3].parent")
+# A path to the repository's parent folder or to the shared reference material beside it.
+# Patterns, not the paths themselves, so that this file does not name what it looks for.
+READS_OUTSIDE = re.compile(r"\.\./shared|shared/stripe[-]fixtures|parents\[3\]\.parent")
 # Citations of a specification that is not in the repository ("SPEC §6"): the repository
 # explains itself, so code and documents cite its README or docs/, or nothing.
 OUTSIDE_CITATION = re.compile(r"\bSPEC\b|§")
-CITING_SUFFIXES = (
+TEXT_SUFFIXES = (
     ".py",
     ".pyi",
     ".md",
@@ -24,40 +26,26 @@ CITING_SUFFIXES = (
 )
 
 
-def tracked_text_files() -> list[Path]:
+def lines_matching(pattern: re.Pattern[str]) -> list[str]:
+    """Every line of a tracked text file (this one excepted) that `pattern` finds."""
     names = subprocess.run(
         ["git", "ls-files"], cwd=REPO, check=True, capture_output=True, text=True
     ).stdout.split()
     return [
-        REPO / name
+        f"{name}:{number}: {line.strip()}"
         for name in names
-        if name.endswith((".py", ".md", ".sh", "Makefile", ".toml", ".ini"))
+        if name.endswith(TEXT_SUFFIXES) and REPO / name != Path(__file__)
+        for number, line in enumerate((REPO / name).read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
     ]
 
 
 def test_no_tracked_file_reads_outside_the_repository() -> None:
-    offenders = [
-        f"{path.relative_to(REPO)}: {marker}"
-        for path in tracked_text_files()
-        if path != Path(__file__)
-        for marker in OUTSIDE_MARKERS
-        if marker in path.read_text(encoding="utf-8")
-    ]
-    assert offenders == []
+    assert lines_matching(READS_OUTSIDE) == []
 
 
 def test_no_tracked_file_cites_a_document_outside_the_repository() -> None:
-    names = subprocess.run(
-        ["git", "ls-files"], cwd=REPO, check=True, capture_output=True, text=True
-    ).stdout.split()
-    offenders = [
-        f"{name}:{number}: {line.strip()}"
-        for name in names
-        if name.endswith(CITING_SUFFIXES) and REPO / name != Path(__file__)
-        for number, line in enumerate((REPO / name).read_text(encoding="utf-8").splitlines(), 1)
-        if OUTSIDE_CITATION.search(line)
-    ]
-    assert offenders == []
+    assert lines_matching(OUTSIDE_CITATION) == []
 
 
 def test_stripe_fixtures_are_in_the_repository() -> None:
