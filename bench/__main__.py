@@ -31,7 +31,7 @@ from pathlib import Path
 from bench import pgfloor, processes
 from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
-from service import database
+from service.store import database
 
 REPO = Path(__file__).resolve().parent.parent
 ACCOUNT_PREFIX = "bench-"

@@ -6,7 +6,7 @@
   a request the clients sent (replays and retries created nothing new);
 - per account: available + reserved = granted - captured - revoked - expired, and
   nothing is negative;
-- `reconcile` (service/reconcile.py) finds nothing.
+- `reconcile` (service/store/reconcile.py) finds nothing.
 """
 
 from collections import Counter
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chaos.report import Report
 from chaos.workload import Ack
-from service.reconcile import reconcile
+from service.store.reconcile import reconcile
 
 OPERATIONS_OF_KEYS = {"Grant": "grant", "Reserve": "reserve", "Revoke": "revoke"}
 CALLER_OF = {"Grant": "gateway", "Reserve": "backend", "Revoke": "gateway"}

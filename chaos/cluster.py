@@ -24,8 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from gateway.packages import write_development_table
 from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
-from service import database
-from service.store import sqlalchemy_url
+from service.store import database
+from service.store.postgres import sqlalchemy_url
 
 INSTANCES = 2
 # Reserve is also limited per account; the run's few accounts take hundreds of calls a

@@ -1,5 +1,5 @@
 """Alembic environment: runs migrations on the async engine of the URL that
-service.database.migrate put in the config's attributes."""
+service.store.database.migrate put in the config's attributes."""
 
 import asyncio
 
@@ -7,7 +7,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.tables import metadata
+from service.store.tables import metadata
 
 config = context.config
 

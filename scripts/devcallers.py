@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from service.callers import api_key_digest
+from service.access.callers import api_key_digest
 
 DEV_RPCS: Mapping[str, tuple[str, ...]] = {
     "backend": (

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from scripts.devcallers import API_KEY_BYTES, DEV_RATE_PER_RPC, api_key_path
-from service.callers import CALLER_NAME_PATTERN, CallersError, api_key_digest, load_callers
+from service.access.callers import CALLER_NAME_PATTERN, CallersError, api_key_digest, load_callers
 from service.settings import DEV_CALLERS_FILE_NAME, DEV_DIR
 
 DEV_CALLERS = ("backend", "gateway", "ops")

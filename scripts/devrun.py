@@ -7,7 +7,7 @@ foreground until Ctrl-C, SIGTERM or SIGHUP, which stop all three. `CREDITS_…` 
 from the environment pass through; the gateway calls the service at `CREDITS_GRPC_ADDR`.
 
 It starts after any stop, `kill -9` of every process included: what a killed embedded
-PostgreSQL leaves behind is cleared (service.database), and the service and the gateway
+PostgreSQL leaves behind is cleared (service.store.database), and the service and the gateway
 die with the runner.
 """
 
@@ -25,8 +25,9 @@ from gateway.packages import write_development_table
 from gateway.settings import LISTEN_ADDR_DEFAULT
 from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
-from service import admin, database
+from service import admin
 from service.settings import DEV_DIR, DEV_GRPC_ADDR
+from service.store import database
 
 # How long the service and the gateway get to finish in-flight work after Ctrl-C.
 CHILD_STOP_SECONDS = 15.0

@@ -18,16 +18,19 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service import database, limits, reconcile
-from service.ledger import utc_now
-from service.model import GrantLot, GrantSource, ReservationStatus
+from service.ledger import limits
+from service.ledger.model import GrantLot, GrantSource, ReservationStatus
+from service.ledger.operations import utc_now
+from service.ledger.validation import ACCOUNT_ID_PATTERN
 from service.settings import DEV_DIR, DEVELOPMENT
-from service.store import PostgresStore, sqlalchemy_url
-from service.validation import ACCOUNT_ID_PATTERN
+from service.store import database, reconcile
+from service.store.postgres import PostgresStore, sqlalchemy_url
 
 RECENT_RESERVATIONS_MAX = 20
 # The account view lists every grant, fetched in pages of the API's largest size.
 GRANTS_PAGE_SIZE = limits.PAGE_SIZE_MAX
+# An operator's command waits as long as the database's statement timeout allows.
+NO_DEADLINE = None
 
 
 def resolve_url(*names: str) -> tuple[str, database.Embedded | None]:
@@ -63,9 +66,11 @@ async def show_account(url: str, account_id: str) -> int:
         # The reads GetBalance, ListGrants and ListUsage answer with, at one moment: the
         # account settled first, expiry decided by expires_at.
         store, now = PostgresStore(engine), utc_now()
-        balance = await store.balance(account_id, now)
+        balance = await store.balance(account_id, now, deadline=NO_DEADLINE)
         grants = await _all_grants(store, account_id, now)
-        reservations = await store.usage(account_id, RECENT_RESERVATIONS_MAX, None, now)
+        reservations = await store.usage(
+            account_id, RECENT_RESERVATIONS_MAX, None, now, deadline=NO_DEADLINE
+        )
     finally:
         await engine.dispose()
     print(f"account {account_id}: available {balance.available}, reserved {balance.reserved}")
@@ -96,7 +101,9 @@ async def _all_grants(
     grants: list[GrantLot] = []
     while True:
         after = grants[-1].grant.grant_id if grants else None
-        page = await store.grants(account_id, True, GRANTS_PAGE_SIZE, after, now)
+        page = await store.grants(
+            account_id, True, GRANTS_PAGE_SIZE, after, now, deadline=NO_DEADLINE
+        )
         grants.extend(page)
         if len(page) < GRANTS_PAGE_SIZE:
             return grants

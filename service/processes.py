@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import NoReturn
 
-from service import logs, metrics, settings
+from service import settings
+from service.ops import logs, metrics
 
 log = logging.getLogger("credits.processes")
 
@@ -102,7 +103,7 @@ def database_url(config: settings.Settings) -> tuple[str, object]:
     if config.database_url is not None:
         return config.database_url, None
     # Only development without a configured database loads the embedded server.
-    from service import database  # noqa: PLC0415
+    from service.store import database  # noqa: PLC0415
 
     embedded = database.prepare_embedded(config.dev_dir)
     return embedded.service_url, embedded

@@ -10,11 +10,11 @@ keeps the certificate of its handshake.
 
 import logging
 
-from service import metrics
-from service.callers import CallersError, load_for_mode
-from service.server import Built
+from service.access.callers import CallersError, load_for_mode
+from service.access.tls import TlsError
+from service.ops import metrics
+from service.rpc.server import Built
 from service.settings import AuthMode, Settings
-from service.tls import TlsError
 
 log = logging.getLogger("credits.reload")
 

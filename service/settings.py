@@ -16,10 +16,10 @@ from pathlib import Path
 import limits as ratelimits
 from limits import RateLimitItem
 
-from service import limits
-from service.callers import Callers, CallersError, load_for_mode
-from service.tls import TlsError, TlsFiles
-from service.tls import load as load_tls
+from service.access.callers import Callers, CallersError, load_for_mode
+from service.access.tls import TlsError, TlsFiles
+from service.access.tls import load as load_tls
+from service.ledger import limits
 
 DEVELOPMENT = "development"
 

@@ -10,7 +10,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from scripts.devpki import Issued
-from service.callers import api_key_digest
+from service.access.callers import api_key_digest
 
 API_KEY_HEADER = "x-api-key"
 M = TypeVar("M", bound=message.Message)

@@ -15,8 +15,8 @@ from credits.v1 import credits_pb2_grpc
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
-from service import database, reconcile
-from service.store import sqlalchemy_url
+from service.store import database, reconcile
+from service.store.postgres import sqlalchemy_url
 from tests.support import MovableClock, RunningServer, open_channel, start_server
 
 

@@ -19,10 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from credits.v1 import credits_pb2, credits_pb2_grpc
 from scripts.devcallers import ensure_dev_callers
 from service import settings
-from service.__main__ import assemble
-from service.ledger import Clock, utc_now
-from service.server import Built, mark_serving
-from service.store import PostgresStore
+from service.app import assemble
+from service.ledger.operations import Clock, utc_now
+from service.rpc.server import Built, mark_serving
+from service.store.postgres import PostgresStore
 
 
 def free_port() -> int:

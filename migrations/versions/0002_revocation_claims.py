@@ -1,7 +1,7 @@
 """Revocations as claims (withdrawable by series), time as a parameter of every ledger
 function, balances and usage read through the same settlement as writes.
 
-Applies the snapshot 0002_ledger_functions.sql of service/sql/ledger.sql. Every function
+Applies the snapshot 0002_ledger_functions.sql of service/store/sql/ledger.sql. Every function
 changes its signature (p_now), so the old ones are dropped first.
 
 Revision ID: 0002

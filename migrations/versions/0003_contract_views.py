@@ -2,7 +2,7 @@
 held of them, its statement with running balances, one reservation with its
 allocations, and extending an active reservation within a lifetime cap.
 
-Applies the snapshot 0003_ledger_functions.sql of service/sql/ledger.sql. No existing
+Applies the snapshot 0003_ledger_functions.sql of service/store/sql/ledger.sql. No existing
 function changes its signature, so the snapshot replaces them in place and adds the new
 ones.
 

@@ -8,9 +8,9 @@
 -- deadlock). Every function takes the time as `p_now`, from the service's one clock, so
 -- that expiry is decided by expires_at and tests can move time instead of sleeping.
 -- Errors the caller must see are raised with SQLSTATEs of class 'CR', listed once in
--- service/failures.py; anything else is a bug and becomes INTERNAL.
+-- service/ledger/failures.py; anything else is a bug and becomes INTERNAL.
 
--- Named constants shared with Python (service/model.py, service/limits.py);
+-- Named constants shared with Python (service/ledger/model.py, service/ledger/limits.py);
 -- tests/sql/test_constants.py checks that both sides agree. IMMUTABLE SQL functions are
 -- inlined by the planner, so using them costs nothing.
 CREATE OR REPLACE FUNCTION credits_status_reserved() RETURNS smallint

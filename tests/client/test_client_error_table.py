@@ -1,5 +1,5 @@
 """The client's exception classes agree with the service's error table: one class per
-reason of service/failures.py (plus INTERNAL), the same reasons as the README's table,
+reason of service/ledger/failures.py (plus INTERNAL), the same reasons as the README's table,
 and each class under the class of its code where failures are sorted by code."""
 
 import re
@@ -9,8 +9,8 @@ import grpc
 
 import credits_client
 from credits_client import errors
-from service import failures
-from service.errors import INTERNAL_REASON, STATUS_OF
+from service.access.errors import INTERNAL_REASON, STATUS_OF
+from service.ledger import failures
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 TABLE_ROW = re.compile(r"^\| ([A-Z_]+) \| ([A-Z_]+) \|", re.MULTILINE)

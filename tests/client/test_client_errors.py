@@ -35,7 +35,7 @@ from credits_client import (
     Unavailable,
 )
 from scripts.devcallers import api_key_path
-from service import limits
+from service.ledger import limits
 from tests.client.conftest import ClientFactory, funded
 from tests.support import RunningServer, new_id, start_server
 

@@ -17,7 +17,8 @@ from credits_client import (
     channel,
 )
 from credits_client.results import Grant
-from service import limits, server
+from service.ledger import limits
+from service.rpc import server
 
 
 def test_the_enums_match_the_contract() -> None:

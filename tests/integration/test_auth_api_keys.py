@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from scripts.devcallers import api_key_path
-from service.callers import API_KEY_CHARS_MIN
+from service.access.callers import API_KEY_CHARS_MIN
 from tests.access_support import caller_table, tls_channel, with_key, write_callers
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import RunningServer, error_details, new_id, open_channel, start_server

@@ -10,11 +10,11 @@ import pytest
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from scripts.devpki import issue
-from service.auth import Authenticate
-from service.authorization import Authorize
-from service.interceptors import REQUEST_ID_HEADER, SanitizeErrors
-from service.ratelimit import RateLimit
-from service.server import interceptor_chain
+from service.access.authentication import Authenticate
+from service.access.authorization import Authorize
+from service.access.interceptors import REQUEST_ID_HEADER, SanitizeErrors
+from service.access.ratelimit import RateLimit
+from service.rpc.server import interceptor_chain
 from tests.access_support import dev_ca, tls_channel
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import RunningServer, error_details, new_id, open_channel, start_server

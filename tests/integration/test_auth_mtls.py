@@ -15,8 +15,8 @@ from prometheus_client import REGISTRY
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from scripts.devpki import issue, make_ca
-from service import metrics
-from service.interceptors import REQUEST_ID_HEADER
+from service.access.interceptors import REQUEST_ID_HEADER
+from service.ops import metrics
 from tests.access_support import dev_ca, tls_channel
 from tests.service_process import ServiceProcess, production_env
 from tests.support import CALL_TIMEOUT_SECONDS as T

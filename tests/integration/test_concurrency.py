@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
-from service import reconcile
+from service.store import reconcile
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import error_details, funded_account, new_id
 

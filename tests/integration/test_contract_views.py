@@ -17,8 +17,9 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
-from service import paging, settings
-from service.ledger import ENTRIES_LIST
+from service import settings
+from service.ledger import paging
+from service.ledger.operations import ENTRIES_LIST
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import (
     MovableClock,

@@ -9,8 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
-from service import paging
-from service.reconcile import reconcile
+from service.ledger import paging
+from service.store.reconcile import reconcile
 from tests.integration.test_ledger_rules import balance, grant, rejected, reserve
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import MovableClock, new_id

@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
-from service.interceptors import REQUEST_ID_HEADER
-from service.logs import JsonFormatter
+from service.access.interceptors import REQUEST_ID_HEADER
+from service.ops.logs import JsonFormatter
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import funded_account, new_id
 
@@ -103,7 +103,7 @@ async def test_an_internal_error_logs_no_parameter_value(
     assert line["request_id"] == request_id
     assert line["method"] == "/credits.v1.CreditsService/Reserve"
     assert line["caller"] == "backend"
-    # The store runs its statements on the driver (service.store): its error, by class.
+    # The store runs its statements on the driver (service.store.postgres): its error, by class.
     assert line["exc_type"] == "asyncpg.exceptions.RaiseError"
     assert line["sqlstate"] == RAISE_EXCEPTION_SQLSTATE
     assert line["stack"]

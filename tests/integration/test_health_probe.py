@@ -9,7 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
-from service import health
+from service.rpc import health
 from tests.support import RunningServer, child_process
 
 REPO = Path(__file__).resolve().parents[2]

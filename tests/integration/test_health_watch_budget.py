@@ -15,7 +15,7 @@ from credits.v1 import credits_pb2
 from credits.v1.credits_pb2_grpc import CreditsServiceStub
 from scripts.devcallers import api_key_path
 from scripts.devpki import issue
-from service.health import ANONYMOUS_WATCH_SUBJECT, ANONYMOUS_WATCHES_MAX
+from service.rpc.health import ANONYMOUS_WATCH_SUBJECT, ANONYMOUS_WATCHES_MAX
 from tests.access_support import detail_of, dev_ca, tls_channel, with_key
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import error_details, new_id, open_channel, start_server

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub
-from service.ledger import Clock, utc_now
+from service.ledger.operations import Clock, utc_now
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import MovableClock, error_details, new_id
 

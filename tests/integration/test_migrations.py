@@ -1,4 +1,4 @@
-"""The migrations and service/tables.py describe the same schema (`alembic check`), and
+"""The migrations and service/store/tables.py describe the same schema (`alembic check`), and
 the newest migration can be undone and redone."""
 
 import asyncio
@@ -9,8 +9,8 @@ from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.database import ALEMBIC_INI
-from service.store import sqlalchemy_url
+from service.store.database import ALEMBIC_INI
+from service.store.postgres import sqlalchemy_url
 from tests.support import other_database
 
 

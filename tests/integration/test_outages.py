@@ -33,9 +33,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from credits.v1 import credits_pb2
 from credits.v1.credits_pb2_grpc import CreditsServiceStub
-from service import database, health
+from service.rpc import health
 from service.settings import DB_CONNECT_TIMEOUT_SECONDS_DEFAULT
-from service.store import DRIVER_TIMEOUT_MARGIN_SECONDS, sqlalchemy_url
+from service.store import database
+from service.store.postgres import DRIVER_TIMEOUT_MARGIN_SECONDS, sqlalchemy_url
 from tests.support import RunningServer, error_details, funded_account, open_channel, start_server
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

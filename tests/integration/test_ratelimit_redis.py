@@ -16,8 +16,8 @@ import pytest
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
-from service import failures
-from service.ratelimit import STORE_TIMEOUT_SECONDS
+from service.access.ratelimit import STORE_TIMEOUT_SECONDS
+from service.ledger import failures
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import (
     RunningServer,

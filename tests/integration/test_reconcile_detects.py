@@ -10,8 +10,8 @@ import uuid
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from service import database
-from service.store import sqlalchemy_url
+from service.store import database
+from service.store.postgres import sqlalchemy_url
 from tests.support import other_database
 
 

@@ -20,7 +20,8 @@ from prometheus_client import REGISTRY
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from scripts.devpki import Issued, issue, make_ca
-from service import logs, reload
+from service import reload
+from service.ops import logs
 from tests.access_support import caller_table, dev_ca, tls_channel, with_key, write_callers
 from tests.service_process import ServiceProcess, production_env
 from tests.support import CALL_TIMEOUT_SECONDS as T

@@ -13,8 +13,8 @@ import pytest
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
-from service import failures
-from service.interceptors import REQUEST_ID_HEADER
+from service.access.interceptors import REQUEST_ID_HEADER
+from service.ledger import failures
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import RunningServer, error_details, new_id, open_channel, start_server
 

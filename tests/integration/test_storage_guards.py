@@ -7,7 +7,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
-from service.database import SERVICE_ROLE
+from service.store.database import SERVICE_ROLE
 from tests.support import funded_account
 
 

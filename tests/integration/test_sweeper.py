@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
-from service.store import PostgresStore
-from service.sweeper import ACCOUNTS_PER_ROUND_MAX, sweep
+from service.store.postgres import PostgresStore
+from service.store.sweeper import ACCOUNTS_PER_ROUND_MAX, sweep
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import MovableClock, RunningServer, funded_account, new_id
 

@@ -1,4 +1,4 @@
-"""A small pure-Python model of the money rules (service/sql/ledger.sql, README "The
+"""A small pure-Python model of the money rules (service/store/sql/ledger.sql, README "The
 contract"): burn-down order, allocations, partial capture, expiry of holds and grants,
 revocations as claims with debt collection, and idempotency keys. The model-based test
 runs the same operations against it and against the real server, and every answer must

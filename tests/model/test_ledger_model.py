@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
-from service import limits
+from service.ledger import limits
 from service.settings import RESERVATION_LIFETIME_MAX_SECONDS_DEFAULT
 from tests.model import rules
 from tests.support import CALL_TIMEOUT_SECONDS, MovableClock, error_details, new_id

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from service.store import sqlalchemy_url
+from service.store.postgres import sqlalchemy_url
 
 T0 = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
 

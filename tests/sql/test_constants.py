@@ -10,10 +10,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from credits.v1 import credits_pb2 as pb
-from service import failures, limits
-from service.model import EntryKind, GrantSource, ReservationStatus
+from service.ledger import failures, limits
+from service.ledger.model import EntryKind, GrantSource, ReservationStatus
 
-SOURCE = Path(__file__).resolve().parents[2] / "service" / "sql" / "ledger.sql"
+SOURCE = Path(__file__).resolve().parents[2] / "service" / "store" / "sql" / "ledger.sql"
 
 
 @pytest.mark.parametrize("status", list(ReservationStatus))

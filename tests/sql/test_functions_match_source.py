@@ -1,5 +1,5 @@
 """The ledger's functions in a migrated database are exactly those of
-service/sql/ledger.sql. A rule changed in the source without a migration that applies
+service/store/sql/ledger.sql. A rule changed in the source without a migration that applies
 it (or a migration edited after the fact) fails here: see README "Changing a rule"."""
 
 import re
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import asyncpg
 
-SOURCE = Path(__file__).resolve().parents[2] / "service" / "sql" / "ledger.sql"
+SOURCE = Path(__file__).resolve().parents[2] / "service" / "store" / "sql" / "ledger.sql"
 DEFINITIONS = """
 SELECT p.oid::regprocedure::text AS signature, pg_get_functiondef(p.oid) AS body
   FROM pg_proc p

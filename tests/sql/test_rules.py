@@ -1,6 +1,6 @@
 """The money rules, called directly in SQL at chosen moments (seconds after T0)."""
 
-from service import failures, limits
+from service.ledger import failures, limits
 from tests.sql.conftest import Ledger
 
 RESERVED, CONFIRMED, RELEASED, EXPIRED = 1, 2, 3, 4

@@ -3,7 +3,7 @@ grants as listed, called directly in SQL at chosen moments (seconds after T0).""
 
 import datetime
 
-from service import failures
+from service.ledger import failures
 from tests.sql.conftest import Ledger, at
 
 EXTEND = "SELECT * FROM credits_extend(:a, :r, :ttl, :cap, :now, NULL)"

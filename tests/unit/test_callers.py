@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from scripts.devcallers import DEV_RPCS, api_key_path, ensure_dev_callers
-from service.callers import (
+from service.access.callers import (
     API_KEY_CHARS_MAX,
     API_KEY_CHARS_MIN,
     RPC_NAMES,
@@ -18,7 +18,7 @@ from service.callers import (
     missing_credentials,
     parse,
 )
-from service.callers import __doc__ as FORMAT_DOC
+from service.access.callers import __doc__ as FORMAT_DOC
 
 KEY = secrets.token_urlsafe(32)
 

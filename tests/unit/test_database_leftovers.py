@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.database import clear_stale_server
+from service.store.database import clear_stale_server
 
 STRANGER_SECONDS = 300
 

@@ -6,8 +6,8 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from credits.v1 import credits_pb2 as pb
-from service.decoding import UNDECODABLE, add_servicer, refusing_undecodable, tolerant_parser
-from service.failures import InvalidRequest
+from service.access.decoding import UNDECODABLE, add_servicer, refusing_undecodable, tolerant_parser
+from service.ledger.failures import InvalidRequest
 
 
 def test_bytes_that_parse_are_the_message() -> None:

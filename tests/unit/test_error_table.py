@@ -4,8 +4,9 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from service import errors, failures
-from service.failures import FieldViolation
+from service.access import errors
+from service.ledger import failures
+from service.ledger.failures import FieldViolation
 
 
 def error_info(status: grpc.Status) -> error_details_pb2.ErrorInfo:

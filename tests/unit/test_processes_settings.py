@@ -10,8 +10,9 @@ import pytest
 
 from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
-from service import errors, processes, settings
-from service.ratelimit import Limiter
+from service import processes, settings
+from service.access import errors
+from service.access.ratelimit import Limiter
 from service.settings import SettingsError
 
 

@@ -10,12 +10,24 @@ import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from credits.v1 import credits_pb2 as pb
-from service import commands, context
-from service.model import Grant, GrantSource, Revocation
-from service.servicer import CreditsServicer
+from service.access import context
+from service.ledger import commands
+from service.ledger.model import Grant, GrantSource, Revocation
+from service.ledger.operations import Deadline
+from service.rpc.servicer import CreditsServicer
 
 NOW = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
 GRANT = Grant(uuid.UUID(int=1), "acct", 10, 4, GrantSource.PURCHASE, "pi_1", NOW, None, 6, 0, 0, 0)
+
+
+class NoDeadline:
+    """The one thing the servicer asks of a call's context: what is left of its deadline."""
+
+    def time_remaining(self) -> None:
+        return None
+
+
+NO_DEADLINE = NoDeadline()
 
 
 class Recorded(Exception):
@@ -26,11 +38,11 @@ class RecordingLedger:
     def __init__(self) -> None:
         self.commands: list[Any] = []
 
-    async def reserve(self, cmd: commands.ReserveCommand) -> Any:
+    async def reserve(self, cmd: commands.ReserveCommand, *, deadline: Deadline) -> Any:
         self.commands.append(cmd)
         raise Recorded
 
-    async def revoke(self, cmd: commands.RevokeCommand) -> Revocation:
+    async def revoke(self, cmd: commands.RevokeCommand, *, deadline: Deadline) -> Revocation:
         self.commands.append(cmd)
         return Revocation(GRANT, 1, 2, 3, 4)
 
@@ -46,7 +58,7 @@ async def test_reserve_times_reach_the_command_in_the_wire_shape() -> None:
         metadata={"trace_id": "t"},
     )
     with pytest.raises(Recorded):
-        await CreditsServicer(ledger).Reserve(request, None)  # type: ignore[arg-type]
+        await CreditsServicer(ledger).Reserve(request, NO_DEADLINE)  # type: ignore[arg-type]
     (cmd,) = ledger.commands
     assert cmd == commands.ReserveCommand(
         caller="backend",
@@ -69,7 +81,7 @@ async def test_revoke_translates_every_field_both_ways() -> None:
         cumulative_series="dispute:1",
         withdraw=True,
     )
-    response = await CreditsServicer(ledger).Revoke(request, None)  # type: ignore[arg-type]
+    response = await CreditsServicer(ledger).Revoke(request, NO_DEADLINE)  # type: ignore[arg-type]
     assert ledger.commands == [
         commands.RevokeCommand(
             caller="gateway",

@@ -7,7 +7,8 @@ from google.rpc import error_details_pb2, status_pb2
 
 from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
-from service import errors, settings
+from service import settings
+from service.access import errors
 from service.settings import AuthMode, SettingsError
 
 

@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from scripts.devpki import Issued, issue, make_ca
-from service.tls import TLS_FILE_BYTES_MAX, TlsError, TlsFiles, load
+from service.access.tls import TLS_FILE_BYTES_MAX, TlsError, TlsFiles, load
 
 
 def now() -> datetime.datetime:

@@ -5,10 +5,10 @@ import datetime
 import pytest
 
 from gateway import events
-from service import limits, paging
-from service.commands import WireTime
-from service.failures import InvalidRequest
-from service.validation import Check, clamp_page_size, request_hash
+from service.ledger import limits, paging
+from service.ledger.commands import WireTime
+from service.ledger.failures import InvalidRequest
+from service.ledger.validation import Check, clamp_page_size, request_hash
 
 
 def violations(check: Check) -> list[str]:

@@ -3,14 +3,22 @@ one ledger call and translates the answer. Errors travel up to the interceptors,
 own the one mapping from errors to statuses."""
 
 import datetime
+import time
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
-from service import commands, ledger, model
-from service.context import current_caller
+from service.access.context import current_caller
+from service.ledger import commands, model
+from service.ledger.operations import Deadline, Ledger
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> Deadline:
+    """The client's deadline as a moment of time.monotonic(), for the store's timeouts."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def _timestamp(value: datetime.datetime) -> timestamp_pb2.Timestamp:
@@ -81,8 +89,8 @@ def grant_message(g: model.Grant) -> pb.Grant:
 
 
 class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
-    def __init__(self, ledger_: ledger.Ledger) -> None:
-        self._ledger = ledger_
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
 
     async def Reserve(
         self, request: pb.ReserveRequest, context: grpc.aio.ServicerContext
@@ -98,7 +106,8 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
                 description=request.description,
                 metadata=dict(request.metadata),
                 ttl=_wire_time(request.ttl, request.HasField("ttl")),
-            )
+            ),
+            deadline=deadline_of(context),
         )
         return pb.ReserveResponse(reservation=reservation_message(reservation))
 
@@ -110,7 +119,8 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
                 account_id=request.account_id,
                 reservation_id=request.reservation_id,
                 amount=request.amount if request.HasField("amount") else None,
-            )
+            ),
+            deadline=deadline_of(context),
         )
         return pb.ConfirmResponse(reservation=reservation_message(reservation))
 
@@ -122,7 +132,8 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
                 account_id=request.account_id,
                 reservation_id=request.reservation_id,
                 reason=request.reason,
-            )
+            ),
+            deadline=deadline_of(context),
         )
         return pb.ReleaseResponse(reservation=reservation_message(reservation))
 
@@ -141,7 +152,8 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
                 description=request.description,
                 metadata=dict(request.metadata),
                 priority=request.priority,
-            )
+            ),
+            deadline=deadline_of(context),
         )
         return pb.GrantResponse(grant=grant_message(grant))
 
@@ -159,7 +171,8 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
                 reason=request.reason,
                 cumulative_series=request.cumulative_series,
                 withdraw=request.withdraw,
-            )
+            ),
+            deadline=deadline_of(context),
         )
         return pb.RevokeResponse(
             grant=grant_message(revocation.grant),
@@ -172,7 +185,9 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
     async def GetBalance(
         self, request: pb.GetBalanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetBalanceResponse:
-        balance = await self._ledger.balance(commands.BalanceQuery(request.account_id))
+        balance = await self._ledger.balance(
+            commands.BalanceQuery(request.account_id), deadline=deadline_of(context)
+        )
         response = pb.GetBalanceResponse(
             account_id=balance.account_id,
             available=balance.available,
@@ -187,7 +202,8 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         self, request: pb.ListUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListUsageResponse:
         page = await self._ledger.usage(
-            commands.UsageQuery(request.account_id, request.page_size, request.page_token)
+            commands.UsageQuery(request.account_id, request.page_size, request.page_token),
+            deadline=deadline_of(context),
         )
         return pb.ListUsageResponse(
             reservations=[reservation_message(r) for r in page.reservations],
@@ -203,7 +219,8 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
                 page_size=request.page_size,
                 page_token=request.page_token,
                 include_finished=request.include_finished,
-            )
+            ),
+            deadline=deadline_of(context),
         )
         return pb.ListGrantsResponse(
             grants=[
@@ -224,7 +241,8 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
                 since=_wire_time(request.since, request.HasField("since")),
                 until=_wire_time(request.until, request.HasField("until")),
                 kinds=tuple(request.kinds),
-            )
+            ),
+            deadline=deadline_of(context),
         )
         return pb.ListEntriesResponse(
             entries=[entry_message(e) for e in page.entries],
@@ -235,7 +253,8 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         self, request: pb.GetReservationRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetReservationResponse:
         detail = await self._ledger.reservation(
-            commands.ReservationQuery(request.account_id, request.reservation_id)
+            commands.ReservationQuery(request.account_id, request.reservation_id),
+            deadline=deadline_of(context),
         )
         return pb.GetReservationResponse(
             reservation=reservation_message(detail.reservation),
@@ -251,7 +270,8 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
                 account_id=request.account_id,
                 reservation_id=request.reservation_id,
                 ttl=_wire_time(request.ttl, request.HasField("ttl")),
-            )
+            ),
+            deadline=deadline_of(context),
         )
         return pb.ExtendReservationResponse(
             reservation=reservation_message(extension.reservation),

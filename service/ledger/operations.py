@@ -3,8 +3,8 @@ clock, and makes one store call. Standard library only.
 
 The rules themselves (burn-down order, allocation, expiry, revocation claims) must hold
 atomically under one account lock, so they live in the database's functions
-(service/sql/ledger.sql); this module decides what may be asked of them, and
-service/failures.py lists every answer a caller can get.
+(service/store/sql/ledger.sql); this module decides what may be asked of them, and
+service/ledger/failures.py lists every answer a caller can get.
 """
 
 import datetime
@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Protocol, TypeVar
 
-from service import limits, paging
-from service.commands import (
+from service.ledger import limits, paging
+from service.ledger.commands import (
     BalanceQuery,
     ConfirmCommand,
     EntriesQuery,
@@ -27,7 +27,7 @@ from service.commands import (
     RevokeCommand,
     UsageQuery,
 )
-from service.model import (
+from service.ledger.model import (
     GRANTABLE_SOURCES,
     LISTABLE_KINDS,
     Allocation,
@@ -44,7 +44,7 @@ from service.model import (
     Revocation,
     UsagePage,
 )
-from service.validation import Check, clamp_page_size, request_hash
+from service.ledger.validation import Check, clamp_page_size, request_hash
 
 Clock = Callable[[], datetime.datetime]
 # What each list's page tokens are bound to, besides the account.
@@ -54,6 +54,9 @@ ENTRIES_LIST = "entries"
 Item = TypeVar("Item")
 # What a bad page_token violation says, whatever was wrong with the token.
 NOT_A_PAGE_OF_THIS_LIST = "is not a token from a previous page of this list"
+# When the caller stops waiting, as a moment of time.monotonic(); None: it set no deadline.
+# The store derives its lock and statement timeouts from it.
+Deadline = float | None
 
 
 def utc_now() -> datetime.datetime:
@@ -114,24 +117,50 @@ class Store(Protocol):
     """What the ledger needs from storage. Each call is one transaction on one account,
     at the time `now` of the ledger's clock."""
 
-    async def reserve(self, order: ReserveOrder, now: datetime.datetime) -> Reservation: ...
+    async def reserve(
+        self, order: ReserveOrder, now: datetime.datetime, *, deadline: Deadline
+    ) -> Reservation: ...
 
     async def confirm(
-        self, account_id: str, reservation_id: uuid.UUID, amount: int | None, now: datetime.datetime
+        self,
+        account_id: str,
+        reservation_id: uuid.UUID,
+        amount: int | None,
+        now: datetime.datetime,
+        *,
+        deadline: Deadline,
     ) -> Reservation: ...
 
     async def release(
-        self, account_id: str, reservation_id: uuid.UUID, reason: str, now: datetime.datetime
+        self,
+        account_id: str,
+        reservation_id: uuid.UUID,
+        reason: str,
+        now: datetime.datetime,
+        *,
+        deadline: Deadline,
     ) -> Reservation: ...
 
-    async def grant(self, order: GrantOrder, now: datetime.datetime) -> Grant: ...
+    async def grant(
+        self, order: GrantOrder, now: datetime.datetime, *, deadline: Deadline
+    ) -> Grant: ...
 
-    async def revoke(self, order: RevokeOrder, now: datetime.datetime) -> Revocation: ...
+    async def revoke(
+        self, order: RevokeOrder, now: datetime.datetime, *, deadline: Deadline
+    ) -> Revocation: ...
 
-    async def balance(self, account_id: str, now: datetime.datetime) -> Balance: ...
+    async def balance(
+        self, account_id: str, now: datetime.datetime, *, deadline: Deadline
+    ) -> Balance: ...
 
     async def usage(
-        self, account_id: str, limit: int, after: UsageCursor | None, now: datetime.datetime
+        self,
+        account_id: str,
+        limit: int,
+        after: UsageCursor | None,
+        now: datetime.datetime,
+        *,
+        deadline: Deadline,
     ) -> list[Reservation]: ...
 
     async def grants(
@@ -141,6 +170,8 @@ class Store(Protocol):
         limit: int,
         after: uuid.UUID | None,
         now: datetime.datetime,
+        *,
+        deadline: Deadline,
     ) -> list[GrantLot]: ...
 
     async def entries(
@@ -150,10 +181,17 @@ class Store(Protocol):
         limit: int,
         after: int | None,
         now: datetime.datetime,
+        *,
+        deadline: Deadline,
     ) -> list[LedgerEntry]: ...
 
     async def reservation(
-        self, account_id: str, reservation_id: uuid.UUID, now: datetime.datetime
+        self,
+        account_id: str,
+        reservation_id: uuid.UUID,
+        now: datetime.datetime,
+        *,
+        deadline: Deadline,
     ) -> tuple[Reservation, tuple[Allocation, ...]]: ...
 
     async def extend(
@@ -163,6 +201,8 @@ class Store(Protocol):
         ttl: datetime.timedelta,
         lifetime_max: datetime.timedelta,
         now: datetime.datetime,
+        *,
+        deadline: Deadline,
     ) -> Reservation: ...
 
 
@@ -174,7 +214,7 @@ class Ledger:
         self._policy = policy
         self._clock = clock
 
-    async def reserve(self, cmd: ReserveCommand) -> Reservation:
+    async def reserve(self, cmd: ReserveCommand, *, deadline: Deadline) -> Reservation:
         check = Check()
         check.account_id(cmd.account_id)
         check.amount(cmd.amount, self._policy.amount_max)
@@ -187,9 +227,9 @@ class Ledger:
         check.done()
         fields = {**asdict(cmd), "ttl": ttl.total_seconds(), "caller": None}
         order = ReserveOrder(cmd, ttl, request_hash("reserve", fields))
-        return await self._store.reserve(order, self._clock())
+        return await self._store.reserve(order, self._clock(), deadline=deadline)
 
-    async def confirm(self, cmd: ConfirmCommand) -> Reservation:
+    async def confirm(self, cmd: ConfirmCommand, *, deadline: Deadline) -> Reservation:
         check = Check()
         check.account_id(cmd.account_id)
         reservation_id = check.uuid("reservation_id", cmd.reservation_id)
@@ -198,9 +238,11 @@ class Ledger:
         check.done()
         if reservation_id is None:
             raise AssertionError("a request with a bad reservation_id passed validation")
-        return await self._store.confirm(cmd.account_id, reservation_id, cmd.amount, self._clock())
+        return await self._store.confirm(
+            cmd.account_id, reservation_id, cmd.amount, self._clock(), deadline=deadline
+        )
 
-    async def release(self, cmd: ReleaseCommand) -> Reservation:
+    async def release(self, cmd: ReleaseCommand, *, deadline: Deadline) -> Reservation:
         check = Check()
         check.account_id(cmd.account_id)
         reservation_id = check.uuid("reservation_id", cmd.reservation_id)
@@ -208,9 +250,11 @@ class Ledger:
         check.done()
         if reservation_id is None:
             raise AssertionError("a request with a bad reservation_id passed validation")
-        return await self._store.release(cmd.account_id, reservation_id, cmd.reason, self._clock())
+        return await self._store.release(
+            cmd.account_id, reservation_id, cmd.reason, self._clock(), deadline=deadline
+        )
 
-    async def grant(self, cmd: GrantCommand) -> Grant:
+    async def grant(self, cmd: GrantCommand, *, deadline: Deadline) -> Grant:
         check = Check()
         check.account_id(cmd.account_id)
         check.amount(cmd.amount, self._policy.amount_max)
@@ -228,9 +272,9 @@ class Ledger:
         check.done()
         fields = {**asdict(cmd), "expires_at": expires_at, "caller": None}
         order = GrantOrder(cmd, expires_at, request_hash("grant", fields))
-        return await self._store.grant(order, self._clock())
+        return await self._store.grant(order, self._clock(), deadline=deadline)
 
-    async def revoke(self, cmd: RevokeCommand) -> Revocation:
+    async def revoke(self, cmd: RevokeCommand, *, deadline: Deadline) -> Revocation:
         check = Check()
         if cmd.account_id or not cmd.external_ref:
             check.account_id(cmd.account_id)
@@ -259,15 +303,15 @@ class Ledger:
             # Absent when false, so that keys stored before the field existed still match.
             del fields["withdraw"]
         order = RevokeOrder(cmd, grant_id, request_hash("revoke", fields))
-        return await self._store.revoke(order, self._clock())
+        return await self._store.revoke(order, self._clock(), deadline=deadline)
 
-    async def balance(self, query: BalanceQuery) -> Balance:
+    async def balance(self, query: BalanceQuery, *, deadline: Deadline) -> Balance:
         check = Check()
         check.account_id(query.account_id)
         check.done()
-        return await self._store.balance(query.account_id, self._clock())
+        return await self._store.balance(query.account_id, self._clock(), deadline=deadline)
 
-    async def usage(self, query: UsageQuery) -> UsagePage:
+    async def usage(self, query: UsageQuery, *, deadline: Deadline) -> UsagePage:
         check = Check()
         check.account_id(query.account_id)
         keys = _page_keys(check, query.page_token, USAGE_LIST, query.account_id, key_count=2)
@@ -281,11 +325,13 @@ class Ledger:
         check.done()
         limit = clamp_page_size(query.page_size)
         # One more than the page tells whether another page follows.
-        rows = await self._store.usage(query.account_id, limit + 1, after, self._clock())
+        rows = await self._store.usage(
+            query.account_id, limit + 1, after, self._clock(), deadline=deadline
+        )
         page, token = _paged(rows, limit, USAGE_LIST, query.account_id, _usage_keys)
         return UsagePage(page, token)
 
-    async def grants(self, query: GrantsQuery) -> GrantPage:
+    async def grants(self, query: GrantsQuery, *, deadline: Deadline) -> GrantPage:
         check = Check()
         check.account_id(query.account_id)
         keys = _page_keys(check, query.page_token, GRANTS_LIST, query.account_id, key_count=1)
@@ -298,12 +344,17 @@ class Ledger:
         check.done()
         limit = clamp_page_size(query.page_size)
         rows = await self._store.grants(
-            query.account_id, query.include_finished, limit + 1, after, self._clock()
+            query.account_id,
+            query.include_finished,
+            limit + 1,
+            after,
+            self._clock(),
+            deadline=deadline,
         )
         page, token = _paged(rows, limit, GRANTS_LIST, query.account_id, _grant_keys)
         return GrantPage(page, token)
 
-    async def entries(self, query: EntriesQuery) -> EntryPage:
+    async def entries(self, query: EntriesQuery, *, deadline: Deadline) -> EntryPage:
         check = Check()
         check.account_id(query.account_id)
         keys = _page_keys(check, query.page_token, ENTRIES_LIST, query.account_id, key_count=1)
@@ -323,12 +374,19 @@ class Ledger:
         kinds = frozenset(EntryKind(k) for k in query.kinds) or None
         limit = clamp_page_size(query.page_size)
         rows = await self._store.entries(
-            query.account_id, EntryFilter(since, until, kinds), limit + 1, after, self._clock()
+            query.account_id,
+            EntryFilter(since, until, kinds),
+            limit + 1,
+            after,
+            self._clock(),
+            deadline=deadline,
         )
         page, token = _paged(rows, limit, ENTRIES_LIST, query.account_id, _entry_keys)
         return EntryPage(page, token)
 
-    async def reservation(self, query: ReservationQuery) -> ReservationDetail:
+    async def reservation(
+        self, query: ReservationQuery, *, deadline: Deadline
+    ) -> ReservationDetail:
         check = Check()
         check.account_id(query.account_id)
         reservation_id = check.uuid("reservation_id", query.reservation_id)
@@ -336,11 +394,11 @@ class Ledger:
         if reservation_id is None:
             raise AssertionError("a request with a bad reservation_id passed validation")
         reservation, allocations = await self._store.reservation(
-            query.account_id, reservation_id, self._clock()
+            query.account_id, reservation_id, self._clock(), deadline=deadline
         )
         return ReservationDetail(reservation, allocations, self._extendable_until(reservation))
 
-    async def extend(self, cmd: ExtendCommand) -> Extension:
+    async def extend(self, cmd: ExtendCommand, *, deadline: Deadline) -> Extension:
         check = Check()
         check.account_id(cmd.account_id)
         reservation_id = check.uuid("reservation_id", cmd.reservation_id)
@@ -356,6 +414,7 @@ class Ledger:
             ttl,
             self._policy.reservation_lifetime_max,
             self._clock(),
+            deadline=deadline,
         )
         return Extension(reservation, self._extendable_until(reservation))
 

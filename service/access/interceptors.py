@@ -1,9 +1,9 @@
 """The outermost interceptor, which sanitizes errors, and what every interceptor shares.
 
-The chain (service.server), outermost first: SanitizeErrors → Authenticate (service.auth)
-→ Authorize (service.authorization) → RateLimit (service.ratelimit). The inner ones
-refuse a call by raising an error of service.errors, so that one place turns every
-failure into a status. Each is an `Interceptor`: a handler wrapper, because a native
+The chain (service.rpc.server), outermost first: SanitizeErrors → Authenticate
+(authentication) → Authorize (authorization) → RateLimit (ratelimit). The inner ones refuse
+a call by raising an error of access.errors, so that one place turns every failure into a
+status. Each is an `Interceptor`: a handler wrapper, because a native
 grpc.aio interceptor sees neither the request nor the ServicerContext (which holds the
 peer certificate).
 """
@@ -20,7 +20,8 @@ from typing import Any, NoReturn
 import grpc
 
 from credits.v1 import credits_pb2
-from service import context, errors, metrics
+from service.access import context, errors
+from service.ops import logs, metrics
 
 log = logging.getLogger("credits.rpc")
 
@@ -128,7 +129,7 @@ class Interceptor(grpc.aio.ServerInterceptor, metaclass=abc.ABCMeta):  # type: i
 
 class SanitizeErrors(Interceptor):
     """Outermost: gives the RPC its request id (logs, `x-request-id` response header) and
-    turns every exception into a status from service.errors. Anything unexpected is
+    turns every exception into a status from service.access.errors. Anything unexpected is
     INTERNAL with a fixed message that refers to the request id; its detail is logged."""
 
     async def intercept(
@@ -139,10 +140,7 @@ class SanitizeErrors(Interceptor):
         method_name: str,
     ) -> Any:
         request_id = uuid.uuid4().hex
-        context.request_id.set(request_id)
-        remaining = ctx.time_remaining()
-        if remaining is not None:
-            context.deadline.set(time.monotonic() + remaining)
+        logs.request_id.set(request_id)
         await ctx.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
         started = time.perf_counter()
         try:
@@ -175,7 +173,7 @@ class SanitizeErrors(Interceptor):
             raise exc
         status = errors.for_known(exc)
         if status is None:
-            request_id = context.request_id.get()
+            request_id = logs.request_id.get()
             # The formatter writes the error's class and stack, never its message: a
             # database error's message quotes the statement's parameters.
             log.error(

@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Sequence
 
-from service import limits
+from service.ledger import limits
 
 # Enough of a hash to tell accounts apart in a token; the account is also a condition of
 # every list query, so this is about telling the caller early, not about secrecy.

@@ -11,9 +11,9 @@ from typing import Any
 
 import grpc
 
-from service import errors
-from service.context import authenticated_caller, current_caller
-from service.interceptors import Interceptor, call_next, credits_rpc, is_health
+from service.access import errors
+from service.access.context import authenticated_caller, current_caller
+from service.access.interceptors import Interceptor, call_next, credits_rpc, is_health
 
 log = logging.getLogger("credits.auth")
 

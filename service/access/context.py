@@ -1,14 +1,11 @@
-"""What is known about the RPC being served, for every layer and log line of it."""
+"""Who is calling: what authentication found, for authorization, rate limits and the
+servicer (which scopes idempotency keys by caller). The request id lives with the logs
+(service.ops.logs)."""
 
 import contextvars
-import time
 
-from service.callers import Caller
+from service.access.callers import Caller
 
-# Set by the outermost interceptor for the whole RPC.
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-# Set by the outermost interceptor when the client gave a deadline (time.monotonic()).
-deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
 # Set by authentication: the calling service's name, which scopes idempotency keys.
 caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("caller", default=None)
 # Set by authentication with `caller`: its entry in the callers file as it was then, so
@@ -17,12 +14,6 @@ caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("caller", de
 caller_entry: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
     "caller_entry", default=None
 )
-
-
-def seconds_left() -> float | None:
-    """What remains of the client's deadline, None when it set none."""
-    end = deadline.get()
-    return None if end is None else end - time.monotonic()
 
 
 def current_caller() -> str:

@@ -1,6 +1,6 @@
 """The schema, as SQLAlchemy Core tables: what Alembic migrations target and what the
 store's read queries are built from. The mutations themselves are server-side functions
-(service/sql/ledger.sql), so that every RPC is one round trip under one account lock.
+(service/store/sql/ledger.sql), so that every RPC is one round trip under one account lock.
 
 Amounts are BIGINT counts of credit units. Every invariant the ledger relies on is also
 a constraint here, so that a bug in code cannot write an impossible state.

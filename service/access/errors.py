@@ -13,8 +13,8 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from service import failures
-from service.failures import (
+from service.ledger import failures
+from service.ledger.failures import (
     PermissionDenied,
     RateLimited,
     RateLimitUnavailable,
@@ -22,7 +22,7 @@ from service.failures import (
 )
 
 # The interceptors raise these through this module; they are defined, like every failure
-# a caller can see, once in service/failures.py.
+# a caller can see, once in service/ledger/failures.py.
 __all__ = [
     "STATUS_OF",
     "PermissionDenied",

@@ -9,9 +9,9 @@ import re
 import uuid
 from collections.abc import Mapping
 
-from service import limits
-from service.commands import WireTime
-from service.failures import FieldViolation, InvalidRequest
+from service.ledger import limits
+from service.ledger.commands import WireTime
+from service.ledger.failures import FieldViolation, InvalidRequest
 
 ACCOUNT_ID_PATTERN = re.compile(limits.ACCOUNT_ID_REGEX)
 PRINTABLE_ASCII_PATTERN = re.compile(r"[\x20-\x7e]+")

@@ -8,17 +8,18 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from credits.v1 import credits_pb2
-from service import decoding, limits
-from service import health as credits_health
-from service.auth import Authenticate
-from service.authorization import Authorize
-from service.callers import LiveCallers
-from service.interceptors import SanitizeErrors
-from service.ledger import Ledger
-from service.ratelimit import Limiter, RateLimit
-from service.servicer import CreditsServicer
+from service.access import decoding
+from service.access.authentication import Authenticate
+from service.access.authorization import Authorize
+from service.access.callers import LiveCallers
+from service.access.interceptors import SanitizeErrors
+from service.access.ratelimit import Limiter, RateLimit
+from service.access.tls import ServerCertificates
+from service.ledger import limits
+from service.ledger.operations import Ledger
+from service.rpc import health as credits_health
+from service.rpc.servicer import CreditsServicer
 from service.settings import AuthMode, Settings
-from service.tls import ServerCertificates
 
 SERVICE_NAME = credits_health.SERVICE_NAME
 # Clients reconnect at least this often, which rebalances them across instances and
@@ -74,7 +75,7 @@ def build_server(settings: Settings, ledger: Ledger, *, sharing: int = 1) -> Bui
     callers = LiveCallers(settings.callers)
     server = grpc.aio.server(
         interceptors=interceptor_chain(settings, limiter, callers),
-        # Anonymous health Watch streams have a budget of their own (service.health).
+        # Anonymous health Watch streams have a budget of their own (service.rpc.health).
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs + credits_health.ANONYMOUS_WATCHES_MAX,
         options=[
             ("grpc.max_receive_message_length", limits.GRPC_MESSAGE_BYTES_MAX),

@@ -5,9 +5,9 @@ Correctness never waits for it: every RPC settles its own account first."""
 import asyncio
 import logging
 
-from service import metrics
-from service.ledger import Clock
-from service.store import PostgresStore
+from service.ledger.operations import Clock
+from service.ops import metrics
+from service.store.postgres import PostgresStore
 
 log = logging.getLogger("credits.sweeper")
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     PublicKeyTypes,
 )
 
-from service import metrics
+from service.ops import metrics
 
 # A PEM chain or key larger than this is not a certificate file.
 TLS_FILE_BYTES_MAX = 1024 * 1024

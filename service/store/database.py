@@ -16,9 +16,9 @@ from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.store import sqlalchemy_url
+from service.store.postgres import sqlalchemy_url
 
-ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
 # The role the migrations grant exactly what the service needs (see the migrations).
 SERVICE_ROLE = "credits_service"
 # The login the embedded development database gives the service: a member of

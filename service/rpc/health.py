@@ -19,8 +19,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 
 from credits.v1 import credits_pb2
-from service import auth, failures, metrics
-from service.callers import LiveCallers
+from service.access import authentication as auth
+from service.access.callers import LiveCallers
+from service.ledger import failures
+from service.ops import metrics
 
 log = logging.getLogger("credits.health")
 

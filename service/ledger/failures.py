@@ -1,8 +1,9 @@
 """The one list of failures a caller can see. Each is defined once here: its stable
 reason (ErrorInfo.reason), the gRPC code it leaves with (by name: this module imports no
 gRPC), its fixed message, and for the money rules the SQLSTATE that
-service/sql/ledger.sql raises. service/errors.py and service/store.py derive their maps
-from this list; tests/sql/test_constants.py checks the SQLSTATEs against the SQL source.
+service/store/sql/ledger.sql raises. service/access/errors.py and
+service/store/postgres.py derive their maps from this list; tests/sql/test_constants.py
+checks the SQLSTATEs against the SQL source.
 
 Messages are fixed sentences: never an amount, a balance, SQL, a path or a stack trace.
 """

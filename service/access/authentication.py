@@ -11,9 +11,10 @@ from typing import Any
 
 import grpc
 
-from service import context, errors, metrics
-from service.callers import Caller, LiveCallers
-from service.interceptors import Interceptor, call_next, is_health
+from service.access import context, errors
+from service.access.callers import Caller, LiveCallers
+from service.access.interceptors import Interceptor, call_next, is_health
+from service.ops import metrics
 
 log = logging.getLogger("credits.auth")
 

@@ -24,10 +24,12 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 
-from service import errors, limits, metrics
-from service.context import authenticated_caller, current_caller
-from service.decoding import Undecodable
-from service.interceptors import Interceptor, call_next, credits_rpc
+from service.access import errors
+from service.access.context import authenticated_caller, current_caller
+from service.access.decoding import Undecodable
+from service.access.interceptors import Interceptor, call_next, credits_rpc
+from service.ledger import limits
+from service.ops import metrics
 
 if TYPE_CHECKING:
     import redis.asyncio

@@ -1,9 +1,9 @@
 """PostgreSQL storage of the ledger, through SQLAlchemy's async engine on asyncpg.
 
-Every call is one call of a server-side function (service/sql/ledger.sql) in one
+Every call is one call of a server-side function (service/store/sql/ledger.sql) in one
 autocommitted statement: one round trip, one transaction, one account lock; reads settle
 the account first like writes do. Outcomes the caller must see come back as SQLSTATEs of
-class 'CR' and become the failures of service/failures.py here; a lost connection
+class 'CR' and become the failures of service/ledger/failures.py here; a lost connection
 becomes StoreUnavailable.
 
 Statements run on asyncpg directly, on connections of SQLAlchemy's pool: each is
@@ -13,6 +13,7 @@ half the CPU time of SQLAlchemy's statement and result layers, which every RPC p
 
 import datetime
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -25,9 +26,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
-from service import context, failures, limits, metrics
-from service.ledger import EntryFilter, GrantOrder, ReserveOrder, RevokeOrder, UsageCursor
-from service.model import (
+from service.ledger import failures, limits
+from service.ledger.model import (
     Allocation,
     Balance,
     EntryKind,
@@ -39,6 +39,15 @@ from service.model import (
     ReservationStatus,
     Revocation,
 )
+from service.ledger.operations import (
+    Deadline,
+    EntryFilter,
+    GrantOrder,
+    ReserveOrder,
+    RevokeOrder,
+    UsageCursor,
+)
+from service.ops import metrics
 
 # Unique constraints that a concurrent transaction of another account can trip after
 # the function's own check passed.
@@ -58,7 +67,7 @@ UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03", "53300")
 # The driver gives up on a statement this long after PostgreSQL's statement_timeout should
 # have stopped it: only a database that no longer answers gets there.
 DRIVER_TIMEOUT_MARGIN_SECONDS = 1.0
-# A call cancelled by its deadline closes its connection (service.store's execution
+# A call cancelled by its deadline closes its connection (service.store.postgres's execution
 # path); PostgreSQL checks this often whether the client of a running statement is still
 # there, so that a statement queued on a lock stops instead of running on when the lock
 # is freed.
@@ -199,14 +208,13 @@ def _entry(row: Row) -> LedgerEntry:
     )
 
 
-def _lock_timeout_ms() -> int | None:
+def _lock_timeout_ms(deadline: Deadline) -> int | None:
     """How long a call may wait for its account's lock: what remains of the client's
     deadline. A call whose deadline has passed (say, while it waited for a pooled
     connection) does not start at all: its caller has already been told it failed."""
-    left = context.seconds_left()
-    if left is None:
+    if deadline is None:
         return None
-    left -= ANSWER_MARGIN_SECONDS
+    left = deadline - time.monotonic() - ANSWER_MARGIN_SECONDS
     if left <= 0:
         raise failures.StoreTimeout()
     # At least 1 ms: 0 would mean no limit at all to PostgreSQL.
@@ -319,16 +327,21 @@ class PostgresStore:
                 # connection broken mid-statement answers with an error of its own.
                 pooled.invalidate()
 
-    async def _one(self, statement: TextClause, params: Mapping[str, object]) -> Row:
+    async def _one(
+        self, statement: TextClause, params: Mapping[str, object], deadline: Deadline
+    ) -> Row:
         async with self._connection() as conn:
             # What is left of the deadline once a connection is ours.
-            args = self._statements.args(statement, {**params, "lock_ms": _lock_timeout_ms()})
+            lock_ms = _lock_timeout_ms(deadline)
+            args = self._statements.args(statement, {**params, "lock_ms": lock_ms})
             row: Row | None = await conn.fetchrow(*args, record_class=Row)
         if row is None:
             raise RuntimeError("a ledger function returned no row")
         return row
 
-    async def reserve(self, order: ReserveOrder, now: datetime.datetime) -> Reservation:
+    async def reserve(
+        self, order: ReserveOrder, now: datetime.datetime, *, deadline: Deadline
+    ) -> Reservation:
         cmd = order.command
         row = await self._one(
             RESERVE,
@@ -345,22 +358,37 @@ class PostgresStore:
                 "metadata": json.dumps(dict(cmd.metadata)),
                 "now": now,
             },
+            deadline,
         )
         return _reservation(row)
 
     async def confirm(
-        self, account_id: str, reservation_id: uuid.UUID, amount: int | None, now: datetime.datetime
+        self,
+        account_id: str,
+        reservation_id: uuid.UUID,
+        amount: int | None,
+        now: datetime.datetime,
+        *,
+        deadline: Deadline,
     ) -> Reservation:
         params = {"account": account_id, "reservation": reservation_id, "amount": amount}
-        return _reservation(await self._one(CONFIRM, {**params, "now": now}))
+        return _reservation(await self._one(CONFIRM, {**params, "now": now}, deadline))
 
     async def release(
-        self, account_id: str, reservation_id: uuid.UUID, reason: str, now: datetime.datetime
+        self,
+        account_id: str,
+        reservation_id: uuid.UUID,
+        reason: str,
+        now: datetime.datetime,
+        *,
+        deadline: Deadline,
     ) -> Reservation:
         params = {"account": account_id, "reservation": reservation_id, "reason": reason}
-        return _reservation(await self._one(RELEASE, {**params, "now": now}))
+        return _reservation(await self._one(RELEASE, {**params, "now": now}, deadline))
 
-    async def grant(self, order: GrantOrder, now: datetime.datetime) -> Grant:
+    async def grant(
+        self, order: GrantOrder, now: datetime.datetime, *, deadline: Deadline
+    ) -> Grant:
         cmd = order.command
         row = await self._one(
             GRANT,
@@ -378,10 +406,13 @@ class PostgresStore:
                 "metadata": json.dumps(dict(cmd.metadata)),
                 "now": now,
             },
+            deadline,
         )
         return _grant(row)
 
-    async def revoke(self, order: RevokeOrder, now: datetime.datetime) -> Revocation:
+    async def revoke(
+        self, order: RevokeOrder, now: datetime.datetime, *, deadline: Deadline
+    ) -> Revocation:
         cmd = order.command
         row = await self._one(
             REVOKE,
@@ -398,13 +429,16 @@ class PostgresStore:
                 "reason": cmd.reason,
                 "now": now,
             },
+            deadline,
         )
         return Revocation(
             _grant(row), row.out_revoked, row.out_unrecovered, row.out_restored, row.out_cancelled
         )
 
-    async def balance(self, account_id: str, now: datetime.datetime) -> Balance:
-        row = await self._one(BALANCE, {"account": account_id, "now": now})
+    async def balance(
+        self, account_id: str, now: datetime.datetime, *, deadline: Deadline
+    ) -> Balance:
+        row = await self._one(BALANCE, {"account": account_id, "now": now}, deadline)
         return Balance(
             account_id=account_id,
             available=row.available,
@@ -413,14 +447,23 @@ class PostgresStore:
             next_expiry=row.next_expiry,
         )
 
-    async def _all(self, statement: TextClause, params: Mapping[str, object]) -> list[Row]:
+    async def _all(
+        self, statement: TextClause, params: Mapping[str, object], deadline: Deadline
+    ) -> list[Row]:
         async with self._connection() as conn:
-            args = self._statements.args(statement, {**params, "lock_ms": _lock_timeout_ms()})
+            lock_ms = _lock_timeout_ms(deadline)
+            args = self._statements.args(statement, {**params, "lock_ms": lock_ms})
             rows: list[Row] = await conn.fetch(*args, record_class=Row)
         return rows
 
     async def usage(
-        self, account_id: str, limit: int, after: UsageCursor | None, now: datetime.datetime
+        self,
+        account_id: str,
+        limit: int,
+        after: UsageCursor | None,
+        now: datetime.datetime,
+        *,
+        deadline: Deadline,
     ) -> list[Reservation]:
         params = {
             "account": account_id,
@@ -429,7 +472,7 @@ class PostgresStore:
             "after_id": after.reservation_id if after else None,
             "now": now,
         }
-        return [_reservation(r) for r in await self._all(USAGE, params)]
+        return [_reservation(r) for r in await self._all(USAGE, params, deadline)]
 
     async def grants(
         self,
@@ -438,6 +481,8 @@ class PostgresStore:
         limit: int,
         after: uuid.UUID | None,
         now: datetime.datetime,
+        *,
+        deadline: Deadline,
     ) -> list[GrantLot]:
         params = {
             "account": account_id,
@@ -446,7 +491,9 @@ class PostgresStore:
             "after": after,
             "now": now,
         }
-        return [GrantLot(_grant(r), r.out_held) for r in await self._all(LIST_GRANTS, params)]
+        return [
+            GrantLot(_grant(r), r.out_held) for r in await self._all(LIST_GRANTS, params, deadline)
+        ]
 
     async def entries(
         self,
@@ -455,6 +502,8 @@ class PostgresStore:
         limit: int,
         after: int | None,
         now: datetime.datetime,
+        *,
+        deadline: Deadline,
     ) -> list[LedgerEntry]:
         params = {
             "account": account_id,
@@ -465,13 +514,18 @@ class PostgresStore:
             "after": after,
             "now": now,
         }
-        return [_entry(r) for r in await self._all(LIST_ENTRIES, params)]
+        return [_entry(r) for r in await self._all(LIST_ENTRIES, params, deadline)]
 
     async def reservation(
-        self, account_id: str, reservation_id: uuid.UUID, now: datetime.datetime
+        self,
+        account_id: str,
+        reservation_id: uuid.UUID,
+        now: datetime.datetime,
+        *,
+        deadline: Deadline,
     ) -> tuple[Reservation, tuple[Allocation, ...]]:
         params = {"account": account_id, "reservation": reservation_id, "now": now}
-        rows = await self._all(GET_RESERVATION, params)
+        rows = await self._all(GET_RESERVATION, params, deadline)
         if not rows:
             # A found reservation has allocations (its amount is positive and allocated).
             raise AssertionError("a reservation without allocations")
@@ -486,6 +540,8 @@ class PostgresStore:
         ttl: datetime.timedelta,
         lifetime_max: datetime.timedelta,
         now: datetime.datetime,
+        *,
+        deadline: Deadline,
     ) -> Reservation:
         params = {
             "account": account_id,
@@ -494,7 +550,7 @@ class PostgresStore:
             "lifetime_max": lifetime_max,
             "now": now,
         }
-        return _reservation(await self._one(EXTEND, params))
+        return _reservation(await self._one(EXTEND, params, deadline))
 
     async def ping(self) -> None:
         """Whether the database answers (through the pool, as the RPCs reach it)."""

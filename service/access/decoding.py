@@ -15,7 +15,7 @@ import grpc
 from google.protobuf import message, message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
-from service.failures import FieldViolation, InvalidRequest
+from service.ledger.failures import FieldViolation, InvalidRequest
 
 REQUEST_FIELD = "request"
 

@@ -1,0 +1,1 @@
+"""The gRPC face: the server, the servicer that translates, and health."""

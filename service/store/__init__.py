@@ -1,0 +1,1 @@
+"""PostgreSQL: the store behind the ledger, its schema, its SQL and its background work."""
