@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from chaos.cluster import WEBHOOK_SECRET, Cluster
 from chaos.report import Report
 from credits.v1 import credits_pb2 as pb
+from service.access import contract
 
 SERVICE = "/credits.v1.CreditsService/"
 CALL_TIMEOUT_SECONDS = 5.0
@@ -61,18 +62,9 @@ RESET_WHILE_SENDING = -1
 WEBHOOK_BODY_BYTES_MAX = 1024 * 1024
 WEBHOOK_TIMEOUT_SECONDS = 10.0
 SLOW_SEND_PAUSE_SECONDS = 0.05
+# Every RPC of the contract, with the message class its requests are fuzzed from.
 REQUEST_TYPES: dict[str, type[message.Message]] = {
-    "Reserve": pb.ReserveRequest,
-    "Confirm": pb.ConfirmRequest,
-    "Release": pb.ReleaseRequest,
-    "Grant": pb.GrantRequest,
-    "GetBalance": pb.GetBalanceRequest,
-    "Revoke": pb.RevokeRequest,
-    "ListUsage": pb.ListUsageRequest,
-    "ListGrants": pb.ListGrantsRequest,
-    "ListEntries": pb.ListEntriesRequest,
-    "GetReservation": pb.GetReservationRequest,
-    "ExtendReservation": pb.ExtendReservationRequest,
+    rpc: contract.request_type(rpc) for rpc in contract.RPC_NAMES
 }
 BOUNDARY_LENGTHS = (0, 1, 2, 63, 64, 65, 127, 128, 129, 255, 256, 257, 499, 500, 501, 5000)
 ODD_TEXT = (

@@ -31,10 +31,10 @@ from typing import Any
 import limits as ratelimits
 from limits import RateLimitItem
 
-from credits.v1 import credits_pb2
+from service.access import contract
 
 ANY_RPC = "*"
-RPC_NAMES = frozenset(credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].methods_by_name)
+RPC_NAMES = frozenset(contract.RPC_NAMES)
 # Caller names scope idempotency keys and appear in logs and rate-limit keys.
 CALLER_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 CERTIFICATE_NAME_CHARS_MAX = 253  # the longest DNS name a SAN can carry

@@ -19,24 +19,20 @@ from typing import Any, NoReturn
 
 import grpc
 
-from credits.v1 import credits_pb2
-from service.access import context, errors
+from service.access import context, contract, errors
 from service.ops import logs, metrics
 
 log = logging.getLogger("credits.rpc")
 
 REQUEST_ID_HEADER = "x-request-id"
-CREDITS_METHOD_PREFIX = (
-    "/" + credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].full_name + "/"
-)
 # Orchestrator probes cannot present a caller's credentials.
 HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
 
 
 def credits_rpc(method_name: str) -> str | None:
     """The CreditsService RPC a full method name calls ("Reserve"), else None."""
-    if method_name.startswith(CREDITS_METHOD_PREFIX):
-        return method_name.removeprefix(CREDITS_METHOD_PREFIX)
+    if method_name.startswith(contract.METHOD_PREFIX):
+        return method_name.removeprefix(contract.METHOD_PREFIX)
     return None
 
 

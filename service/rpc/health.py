@@ -18,17 +18,16 @@ from typing import NoReturn
 import grpc
 from grpc_health.v1 import health, health_pb2
 
-from credits.v1 import credits_pb2
 from service.access import authentication as auth
+from service.access import contract
 from service.access.callers import LiveCallers
 from service.ledger import failures
 from service.ops import metrics
 
 log = logging.getLogger("credits.health")
 
-SERVICE_NAME = credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].full_name
 # The overall server ("") and the credits service answer alike: both need the database.
-HEALTH_NAMES = ("", SERVICE_NAME)
+HEALTH_NAMES = ("", contract.SERVICE_NAME)
 # A probe (`SELECT 1`) slower than this counts as a database that cannot be reached: the
 # RPCs it stands for would be as slow.
 PROBE_TIMEOUT_SECONDS = 2.0

@@ -7,8 +7,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from credits.v1 import credits_pb2
-from service.access import decoding
+from service.access import contract, decoding
 from service.access.authentication import Authenticate
 from service.access.authorization import Authorize
 from service.access.callers import LiveCallers
@@ -21,7 +20,6 @@ from service.rpc import health as credits_health
 from service.rpc.servicer import CreditsServicer
 from service.settings import AuthMode, Settings
 
-SERVICE_NAME = credits_health.SERVICE_NAME
 # Clients reconnect at least this often, which rebalances them across instances and
 # picks up rotated certificates.
 MAX_CONNECTION_AGE_MS = 30 * 60 * 1000
@@ -89,15 +87,13 @@ def build_server(settings: Settings, ledger: Ledger, *, sharing: int = 1) -> Bui
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
-    decoding.add_servicer(
-        CreditsServicer(ledger), credits_pb2.DESCRIPTOR.services_by_name["CreditsService"], server
-    )
+    decoding.add_servicer(CreditsServicer(ledger), contract.SERVICE, server)
     health_servicer = credits_health.HealthServicer(
         credits_health.caller_check(callers, certificates=settings.auth_mode is AuthMode.MTLS)
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (contract.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     certificates = server_certificates(settings)
     if certificates is None:

@@ -2,7 +2,6 @@
 mTLS server and the development callers."""
 
 from pathlib import Path
-from typing import Any
 
 import grpc
 import httpx
@@ -14,7 +13,10 @@ from prometheus_client import REGISTRY
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
+from scripts.devcallers import DEV_RPCS
 from scripts.devpki import issue, make_ca
+from service.access import contract
+from service.access.callers import ANY_RPC
 from service.access.interceptors import REQUEST_ID_HEADER
 from service.ops import metrics
 from tests.access_support import dev_ca, tls_channel
@@ -24,19 +26,11 @@ from tests.support import RunningServer, error_details, free_port, new_id, open_
 
 # A handshake that is refused fails at once; no need to wait for the long test timeout.
 REFUSED_CALL_TIMEOUT_SECONDS = 5.0
-RPC_REQUESTS: dict[str, Any] = {
-    "Reserve": pb.ReserveRequest,
-    "Confirm": pb.ConfirmRequest,
-    "Release": pb.ReleaseRequest,
-    "Grant": pb.GrantRequest,
-    "Revoke": pb.RevokeRequest,
-    "GetBalance": pb.GetBalanceRequest,
-    "ListUsage": pb.ListUsageRequest,
-}
+# What each development caller may call, as scripts/devcallers.py writes it: "*" is every
+# RPC of the contract.
 DEV_PERMISSIONS = {
-    "backend": {"Reserve", "Confirm", "Release", "GetBalance", "ListUsage"},
-    "gateway": {"Grant", "Revoke", "GetBalance"},
-    "ops": set(RPC_REQUESTS),
+    caller: set(contract.RPC_NAMES) if rpcs == (ANY_RPC,) else set(rpcs)
+    for caller, rpcs in DEV_RPCS.items()
 }
 
 
@@ -139,7 +133,7 @@ async def test_an_unknown_caller_cannot_use_reflection(
 
 @pytest.mark.parametrize(
     ("caller", "rpc"),
-    [(caller, rpc) for caller in sorted(DEV_PERMISSIONS) for rpc in sorted(RPC_REQUESTS)],
+    [(caller, rpc) for caller in sorted(DEV_PERMISSIONS) for rpc in contract.RPC_NAMES],
 )
 async def test_development_callers_have_exactly_their_permissions(
     credits_server: RunningServer, pki: Path, caller: str, rpc: str
@@ -150,7 +144,7 @@ async def test_development_callers_have_exactly_their_permissions(
         try:
             # An empty request: an allowed call fails validation (or finds nothing),
             # a forbidden one is refused before any of that.
-            await method(RPC_REQUESTS[rpc](), timeout=T)
+            await method(contract.request_type(rpc)(), timeout=T)
             code = grpc.StatusCode.OK
         except grpc.aio.AioRpcError as err:
             code = err.code()

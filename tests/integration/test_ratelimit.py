@@ -13,7 +13,9 @@ from prometheus_client import REGISTRY
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
+from scripts.devcallers import DEV_RPCS
 from service import settings
+from service.access.callers import ANY_RPC
 from tests.access_support import caller_table, detail_of, write_callers
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import (
@@ -26,8 +28,8 @@ from tests.support import (
 )
 
 BURST_CALLS = 100
-ALL_RPCS = ["*"]
-BACKEND_RPCS = ["Reserve", "Confirm", "Release", "GetBalance", "ListUsage"]
+ALL_RPCS = [ANY_RPC]
+BACKEND_RPCS = list(DEV_RPCS["backend"])
 BALANCE_LIMIT = 5
 
 

@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
+from scripts.devcallers import DEV_RPCS
 from scripts.devpki import Issued, issue, make_ca
 from service import reload
 from service.ops import logs
@@ -29,7 +30,7 @@ from tests.support import RunningServer, error_details, free_port, new_id, start
 
 # A handshake that is refused fails at once; no need to wait for the long test timeout.
 REFUSED_CALL_TIMEOUT_SECONDS = 5.0
-BACKEND_RPCS = ["Reserve", "Confirm", "Release", "GetBalance", "ListUsage"]
+BACKEND_RPCS = list(DEV_RPCS["backend"])
 OLD_KEY = secrets.token_urlsafe(32)
 NEW_KEY = secrets.token_urlsafe(32)
 UNAUTHENTICATED = (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
