@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway.credits_client import Failure, Revoked, ServiceError
 from gateway.events import (
     Acknowledge,
     GrantCall,
@@ -21,6 +20,7 @@ from gateway.events import (
     Revocation,
     RevokeCall,
 )
+from gateway.service_calls import Failure, Revoked, ServiceError
 
 OK = 200
 INTERNAL_ERROR = 500

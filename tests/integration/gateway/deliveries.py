@@ -17,10 +17,10 @@ import stripe
 import uvicorn
 
 from gateway.app import Gateway, create_app
-from gateway.credits_client import CreditsClient, open_channel
 from gateway.metrics import GatewayMetrics
 from gateway.packages import DEVELOPMENT_TABLE_TOML, parse_table
 from gateway.server import uvicorn_config
+from gateway.service_calls import ServiceCalls, open_channel
 from gateway.settings import Address
 
 # Signed as stored: tests/fixtures/stripe/README.md says where they come from.
@@ -140,7 +140,7 @@ async def start_gateway(service_address: str, pki: Path) -> RunningGateway:
         secrets=(SECRET, ROTATED_SECRET),
         packages=parse_table(DEVELOPMENT_TABLE_TOML),
         account_metadata_key="",
-        credits=CreditsClient(channel, metrics),
+        credits=ServiceCalls(channel, metrics),
         metrics=metrics,
     )
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -10,10 +10,10 @@ import pytest
 import stripe
 
 from gateway.app import SECURITY_HEADERS, WEBHOOK_BODY_BYTES_MAX, Gateway, create_app
-from gateway.credits_client import Revoked
 from gateway.events import GrantCall, RevokeCall
 from gateway.metrics import GatewayMetrics
 from gateway.packages import PackageTable
+from gateway.service_calls import Revoked
 
 SECRET = "whsec_unit_test_secret_0123456789"
 

@@ -4,7 +4,6 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gateway.credits_client import Failure, Revoked, ServiceError
 from gateway.events import (
     Acknowledge,
     GrantCall,
@@ -14,6 +13,7 @@ from gateway.events import (
     RevokeCall,
 )
 from gateway.fulfilment import fulfil
+from gateway.service_calls import Failure, Revoked, ServiceError
 
 GRANT = GrantCall("acct_1", 1000, GrantSource.PURCHASE, "checkout:cs_1", "pi_1", "", ())
 REVOKE = RevokeCall("pi_1", 400, "refund:ch_1:400", "refund", "refund:ch_1")

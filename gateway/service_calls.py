@@ -1,4 +1,4 @@
-"""The gateway's use of `credits_client`: Grant and Revoke over mTLS as caller
+"""The gateway's calls to the service through `credits_client`: Grant and Revoke over mTLS as caller
 `gateway`, each with a deadline and no retry of its own (Stripe delivers again), every
 failure sorted into what the webhook answers."""
 
@@ -82,7 +82,7 @@ def _failure(code: grpc.StatusCode) -> Failure:
     return Failure.MISCONFIGURED
 
 
-class CreditsClient:
+class ServiceCalls:
     def __init__(
         self,
         channel: grpc.aio.Channel,
