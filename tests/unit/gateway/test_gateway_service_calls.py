@@ -61,7 +61,7 @@ for _method in credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].methods
 
 @pytest.fixture
 async def service() -> AsyncIterator[tuple[ScriptedService, str]]:
-    servicer = ScriptedService()
+    servicer = ScriptedService()  # type: ignore[abstract]  # the rest: set from the descriptor
     server = grpc.aio.server()
     credits_pb2_grpc.add_CreditsServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
