@@ -2,6 +2,7 @@
 ErrorInfo reason, against an in-process grpc.aio server that answers from a script."""
 
 import asyncio
+import datetime
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +15,7 @@ from grpc_status import rpc_status
 from credits.v1 import credits_pb2, credits_pb2_grpc
 from gateway.events import GrantCall, GrantSource, RevokeCall
 from gateway.metrics import GatewayMetrics
-from gateway.service_calls import Failure, ServiceCalls, ServiceError
+from gateway.service_calls import Failure, Granted, ServiceCalls, ServiceError
 
 GRANT = GrantCall(
     "acct_1", 1000, GrantSource.PURCHASE, "checkout:cs_1", "pi_1", "d", (("credit_package", "p"),)
@@ -27,6 +28,7 @@ class ScriptedService(credits_pb2_grpc.CreditsServiceServicer):
         self.requests: list[Any] = []
         self.abort: tuple[int, str] | None = None
         self.delay_seconds = 0.0
+        self.grant_age = datetime.timedelta(0)  # how long before the call the grant was made
 
     async def _answer(self, request: Any, context: Any) -> None:
         self.requests.append(request)
@@ -40,7 +42,9 @@ class ScriptedService(credits_pb2_grpc.CreditsServiceServicer):
 
     async def Grant(self, request: Any, context: Any) -> Any:
         await self._answer(request, context)
-        return credits_pb2.GrantResponse(grant=credits_pb2.Grant(grant_id="g-1"))
+        grant = credits_pb2.Grant(grant_id="g-1")
+        grant.created_at.FromDatetime(datetime.datetime.now(datetime.UTC) - self.grant_age)
+        return credits_pb2.GrantResponse(grant=grant)
 
     async def Revoke(self, request: Any, context: Any) -> Any:
         await self._answer(request, context)
@@ -75,7 +79,7 @@ async def test_requests_are_built_from_the_plan(service: tuple[ScriptedService, 
     metrics = GatewayMetrics()
     async with grpc.aio.insecure_channel(address) as channel:
         client = ServiceCalls(channel, metrics)
-        assert await client.grant(GRANT) == "g-1"
+        assert await client.grant(GRANT) == Granted("g-1", replayed=False)
         revoked = await client.revoke(REVOKE)
 
     assert (revoked.account_id, revoked.revoked_amount, revoked.unrecovered_amount) == (
@@ -103,6 +107,22 @@ async def test_requests_are_built_from_the_plan(service: tuple[ScriptedService, 
     ]
     assert servicer.requests[1].account_id == ""
     assert metrics.service_calls_total() == 2
+
+
+@pytest.mark.parametrize(
+    ("age_seconds", "replayed"), [(3600.0, True), (2.0, True), (0.5, False), (-0.5, False)]
+)
+async def test_a_grant_made_before_the_call_is_a_replay(
+    service: tuple[ScriptedService, str], age_seconds: float, replayed: bool
+) -> None:
+    """Made more than REPLAY_CLOCK_SKEW_SECONDS (1 s) before the call: the service answered
+    with the original grant. Less, or after it (the service's clock ahead): a new grant."""
+    servicer, address = service
+    servicer.grant_age = datetime.timedelta(seconds=age_seconds)
+    async with grpc.aio.insecure_channel(address) as channel:
+        granted = await ServiceCalls(channel, GatewayMetrics()).grant(GRANT)
+
+    assert granted == Granted("g-1", replayed=replayed)
 
 
 @pytest.mark.parametrize(
