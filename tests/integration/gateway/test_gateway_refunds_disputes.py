@@ -288,3 +288,23 @@ async def test_a_refund_and_a_won_dispute_converge_in_every_order(
     assert await deliver(gateway_server, http, *(bodies[name] for name in order)) == [200] * 3
     # Refunded 400 of 1000; the dispute on the rest was won: the customer keeps 600.
     assert await balance(purchase.account) == 600
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 23.6a, confirmed: a refund series keeps its highest claim, and a failed "
+    "refund's event carries neither the charge's amount nor its mark; lowering a claim "
+    "needs the service (see docs/gateway.md, 'Refunds that fail')",
+)
+async def test_a_refund_that_failed_gives_its_credits_back(
+    gateway_server: RunningGateway, http: httpx.AsyncClient, balance: BalanceReader
+) -> None:
+    """400 refunded, that refund fails (Stripe takes amount_refunded back to 0), then a
+    refund of 100: the charge's running total says 100, so 900 credits should remain."""
+    purchase = await bought(gateway_server, http)
+    assert await deliver(gateway_server, http, refunded(purchase, 400)) == [200]
+    assert await balance(purchase.account) == 600
+
+    assert await deliver(gateway_server, http, refunded(purchase, 100)) == [200]
+
+    assert await balance(purchase.account) == 900
