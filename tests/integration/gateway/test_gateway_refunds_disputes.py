@@ -294,7 +294,7 @@ async def test_a_refund_and_a_won_dispute_converge_in_every_order(
     strict=True,
     reason="issue 23.6a, confirmed: a refund series keeps its highest claim, and a failed "
     "refund's event carries neither the charge's amount nor its mark; lowering a claim "
-    "needs the service (see docs/gateway.md, 'Refunds that fail')",
+    "needs the service or a Stripe API key (docs/gateway.md, 'Known limits')",
 )
 async def test_a_refund_that_failed_gives_its_credits_back(
     gateway_server: RunningGateway, http: httpx.AsyncClient, balance: BalanceReader
