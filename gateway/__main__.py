@@ -14,9 +14,9 @@ from prometheus_client import start_http_server
 
 import jsonlog
 from gateway.app import Gateway, create_app
-from gateway.credits_client import CHANNEL_CLOSE_GRACE_SECONDS, CreditsClient, open_channel
 from gateway.metrics import GatewayMetrics
 from gateway.server import uvicorn_config
+from gateway.service_calls import CHANNEL_CLOSE_GRACE_SECONDS, ServiceCalls, open_channel
 from gateway.settings import Settings, SettingsError, load_settings
 
 EXIT_CANNOT_SERVE = 1
@@ -52,7 +52,7 @@ async def serve(settings: Settings) -> int:
         secrets=settings.webhook_secrets,
         packages=settings.packages,
         account_metadata_key=settings.account_metadata_key,
-        credits=CreditsClient(channel, metrics),
+        credits=ServiceCalls(channel, metrics),
         metrics=metrics,
     )
     server = uvicorn.Server(uvicorn_config(create_app(gateway), settings.listen))

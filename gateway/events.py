@@ -93,7 +93,8 @@ class Purchase:
 @dataclass(frozen=True)
 class Revocation:
     """One revoke. When no grant has the payment (NOT_FOUND): a payment `marked` as a
-    credits purchase is not granted yet (answer 5xx: Stripe delivers again); any other
+    credits purchase (a refund's charge with the mark, a dispute whose amount a package's
+    price can explain) is not granted yet (answer 5xx: Stripe delivers again); any other
     payment is not a credits purchase (answer 2xx)."""
 
     revoke: RevokeCall
@@ -162,9 +163,9 @@ def plan(envelope: Envelope, packages: PackageTable, account_metadata_key: str) 
     if event_type == REFUND_EVENT:
         return plan_refund(obj, packages)
     if event_type == DISPUTE_CREATED_EVENT:
-        return plan_dispute_created(obj)
+        return plan_dispute_created(obj, packages)
     if event_type == DISPUTE_CLOSED_EVENT:
-        return plan_dispute_closed(obj)
+        return plan_dispute_closed(obj, packages)
     # refund.* events are deliberately ignored: charge.refunded's running amount_refunded
     # is the one source of truth for refunds, and adding both up would revoke twice.
     # charge.dispute.funds_* and .updated carry nothing that created/closed do not.
@@ -258,14 +259,36 @@ def plan_refund(charge: Mapping[str, object], packages: PackageTable) -> Plan:
     return Revocation(revoke, "refund_revoked", refs, marked=marked)
 
 
-def dispute_revoke(dispute_id: str, payment_intent: str) -> RevokeCall:
-    """The dispute's claim on the purchase: everything it gave (amount 0), as a series of
-    its own, so that the claim stands beside a refund's and a win can withdraw it.
-    Opened and lost send exactly this request, so whichever comes first makes the claim."""
+def dispute_claim_units(packages: PackageTable, amount: int, currency: str) -> tuple[bool, int]:
+    """Whether a dispute of `amount` can be of a credits purchase, and what it claims: 0
+    (everything the purchase gave) when it disputes a package's whole price, or when
+    several packages could be the one partly disputed (a dispute does not say which);
+    else the disputed share of the one package it can be, rounded up (the money went
+    back), capped at its units."""
+    candidates = [
+        package
+        for package in packages.by_name.values()
+        if package.currency == currency and package.price_minor_units >= amount
+    ]
+    if not candidates:
+        return False, 0
+    if len(candidates) > 1 or candidates[0].price_minor_units == amount:
+        return True, 0
+    package = candidates[0]
+    share = -(-package.units * amount // package.price_minor_units)  # ceiling division
+    return True, min(package.units, share)
+
+
+def dispute_revoke(dispute_id: str, payment_intent: str, units: int = 0) -> RevokeCall:
+    """The dispute's claim on the purchase: `units`, or everything it gave (0), as a
+    series of its own, so that the claim stands beside a refund's and a win can withdraw
+    it. Opened and lost send exactly this request, so whichever comes first makes the
+    claim (and if their amounts differ, the series keeps the higher)."""
+    key = DISPUTE_KEY_PREFIX + dispute_id + (f":{units}" if units else "")
     return RevokeCall(
         external_ref=payment_intent,
-        amount=0,
-        idempotency_key=DISPUTE_KEY_PREFIX + dispute_id,
+        amount=units,
+        idempotency_key=key,
         reason="dispute",
         cumulative_series=DISPUTE_SERIES_PREFIX + dispute_id,
     )
@@ -291,9 +314,13 @@ class _Dispute:
     payment_intent: str
     status: str
     refs: dict[str, str]
+    # Its amount could be (part of) a package's price: when no grant has the payment,
+    # the purchase is not granted yet.
+    possible_purchase: bool
+    units: int
 
 
-def _dispute(dispute: Mapping[str, object]) -> _Dispute | Acknowledge:
+def _dispute(dispute: Mapping[str, object], packages: PackageTable) -> _Dispute | Acknowledge:
     """A dispute of a credits purchase, or the acknowledgement of one that needs
     nothing: malformed, an inquiry (which revokes nothing, so it never gives back
     anything either), or not on a payment intent."""
@@ -308,24 +335,33 @@ def _dispute(dispute: Mapping[str, object]) -> _Dispute | Acknowledge:
         return Acknowledge("inquiry_ignored", refs)
     if payment_intent is None:
         return Acknowledge("not_a_purchase", refs)
-    return _Dispute(dispute_id, payment_intent, status, refs)
+    amount, currency = _count(dispute, "amount"), _text(dispute, "currency")
+    if not amount or currency is None:
+        return Acknowledge("malformed", refs)
+    possible, units = dispute_claim_units(packages, amount, currency)
+    return _Dispute(dispute_id, payment_intent, status, refs, possible, units)
 
 
-def plan_dispute_created(dispute: Mapping[str, object]) -> Plan:
-    d = _dispute(dispute)
+def _claim(d: _Dispute, outcome: str) -> Revocation:
+    revoke = dispute_revoke(d.dispute_id, d.payment_intent, d.units)
+    return Revocation(revoke, outcome, d.refs, marked=d.possible_purchase)
+
+
+def plan_dispute_created(dispute: Mapping[str, object], packages: PackageTable) -> Plan:
+    d = _dispute(dispute, packages)
     if isinstance(d, Acknowledge):
         return d
-    return Revocation(dispute_revoke(d.dispute_id, d.payment_intent), "dispute_revoked", d.refs)
+    return _claim(d, "dispute_revoked")
 
 
-def plan_dispute_closed(dispute: Mapping[str, object]) -> Plan:
-    d = _dispute(dispute)
+def plan_dispute_closed(dispute: Mapping[str, object], packages: PackageTable) -> Plan:
+    d = _dispute(dispute, packages)
     if isinstance(d, Acknowledge):
         return d
     if d.status in DISPUTE_WON_STATUSES:
         withdrawal = dispute_withdrawal(d.dispute_id, d.payment_intent)
-        return Revocation(withdrawal, "dispute_won_restored", d.refs)
+        return Revocation(withdrawal, "dispute_won_restored", d.refs, marked=d.possible_purchase)
     if d.status == DISPUTE_LOST_STATUS:
         # The opening's request again: "lost before created" claims too, once.
-        return Revocation(dispute_revoke(d.dispute_id, d.payment_intent), "dispute_lost", d.refs)
+        return _claim(d, "dispute_lost")
     return Acknowledge("dispute_status_unexpected", d.refs)

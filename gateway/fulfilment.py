@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway.credits_client import Failure, Revoked, ServiceError
 from gateway.events import (
     Acknowledge,
     GrantCall,
@@ -21,6 +20,7 @@ from gateway.events import (
     Revocation,
     RevokeCall,
 )
+from gateway.service_calls import Failure, Granted, Revoked, ServiceError
 
 OK = 200
 INTERNAL_ERROR = 500
@@ -32,7 +32,7 @@ ATTENTION_OUTCOME_PREFIXES = ("unfulfillable", "malformed", "conflict", "refused
 
 
 class Credits(Protocol):
-    async def grant(self, call: GrantCall) -> str: ...
+    async def grant(self, call: GrantCall) -> Granted: ...
 
     async def revoke(self, call: RevokeCall) -> Revoked: ...
 
@@ -59,10 +59,12 @@ def _failed(error: ServiceError, *, not_found_status: int) -> Result:
 
 async def _purchase(plan: Purchase, credits: Credits) -> Result:
     try:
-        grant_id = await credits.grant(plan.grant)
+        granted = await credits.grant(plan.grant)
     except ServiceError as error:
         return _failed(error, not_found_status=INTERNAL_ERROR)
-    return Result(OK, "granted", {"grant_id": grant_id, "units": plan.grant.amount})
+    # A delivery of a purchase granted before: the service answered with that grant.
+    outcome = "replayed" if granted.replayed else "granted"
+    return Result(OK, outcome, {"grant_id": granted.grant_id, "units": plan.grant.amount})
 
 
 def _revoked_fields(revoked: Revoked) -> dict[str, object]:

@@ -17,10 +17,11 @@ import stripe
 import uvicorn
 
 from gateway.app import Gateway, create_app
-from gateway.credits_client import CreditsClient, open_channel
+from gateway.connections import ConnectionLimits
 from gateway.metrics import GatewayMetrics
 from gateway.packages import DEVELOPMENT_TABLE_TOML, parse_table
-from gateway.server import uvicorn_config
+from gateway.server import CONNECTION_LIMITS, uvicorn_config
+from gateway.service_calls import ServiceCalls, open_channel
 from gateway.settings import Address
 
 # Signed as stored: tests/fixtures/stripe/README.md says where they come from.
@@ -127,8 +128,11 @@ class RunningGateway:
         await self.channel.close()
 
 
-async def start_gateway(service_address: str, pki: Path) -> RunningGateway:
-    """The production app, client and uvicorn settings; only the port is ephemeral."""
+async def start_gateway(
+    service_address: str, pki: Path, limits: ConnectionLimits = CONNECTION_LIMITS
+) -> RunningGateway:
+    """The production app, client and uvicorn settings; only the port is ephemeral (and
+    the connection limits, for tests that wait for a deadline)."""
     metrics = GatewayMetrics()
     channel = open_channel(
         service_address,
@@ -140,14 +144,14 @@ async def start_gateway(service_address: str, pki: Path) -> RunningGateway:
         secrets=(SECRET, ROTATED_SECRET),
         packages=parse_table(DEVELOPMENT_TABLE_TOML),
         account_metadata_key="",
-        credits=CreditsClient(channel, metrics),
+        credits=ServiceCalls(channel, metrics),
         metrics=metrics,
     )
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(create_app(gateway), Address("127.0.0.1", port)))
+    server = uvicorn.Server(uvicorn_config(create_app(gateway), Address("127.0.0.1", port), limits))
     task = asyncio.create_task(server.serve(sockets=[listener]))
     for _ in range(int(STARTUP_SECONDS_MAX / 0.05)):
         if server.started or task.done():

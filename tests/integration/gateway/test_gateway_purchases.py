@@ -5,6 +5,7 @@ import asyncio
 
 import httpx
 
+from gateway.service_calls import REPLAY_CLOCK_SKEW_SECONDS
 from tests.integration.gateway.deliveries import (
     BalanceReader,
     Purchase,
@@ -38,6 +39,30 @@ async def test_the_fixture_scenario_signed_exactly_as_stored(
 
         assert response.status_code == 200, name
         assert await balance(ACCOUNT) == expected, name
+
+
+def purchases_counted(gateway: RunningGateway, outcome: str) -> float:
+    labels = {"event_type": "checkout.session.completed", "outcome": outcome, "status": "200"}
+    return gateway.metrics.registry.get_sample_value("credits_gateway_webhooks_total", labels) or 0
+
+
+async def test_a_purchase_delivered_again_later_is_counted_replayed_not_granted(
+    gateway_server: RunningGateway,
+    http: httpx.AsyncClient,
+    balance: BalanceReader,
+    purchase: Purchase,
+) -> None:
+    body = purchase.event("checkout.session.completed")
+    granted_before = purchases_counted(gateway_server, "granted")
+    replayed_before = purchases_counted(gateway_server, "replayed")
+
+    assert (await gateway_server.post(http, body)).status_code == 200
+    await asyncio.sleep(REPLAY_CLOCK_SKEW_SECONDS + 0.2)  # Stripe's retries come later
+    assert (await gateway_server.post(http, body)).status_code == 200
+
+    assert await balance(purchase.account) == 1000
+    assert purchases_counted(gateway_server, "granted") == granted_before + 1
+    assert purchases_counted(gateway_server, "replayed") == replayed_before + 1
 
 
 async def test_one_purchase_delivered_50_times_at_once_and_as_two_events_grants_once(

@@ -10,10 +10,10 @@ import pytest
 import stripe
 
 from gateway.app import SECURITY_HEADERS, WEBHOOK_BODY_BYTES_MAX, Gateway, create_app
-from gateway.credits_client import Revoked
 from gateway.events import GrantCall, RevokeCall
 from gateway.metrics import GatewayMetrics
 from gateway.packages import PackageTable
+from gateway.service_calls import Granted, Revoked
 
 SECRET = "whsec_unit_test_secret_0123456789"
 
@@ -22,9 +22,9 @@ class CountingCredits:
     def __init__(self) -> None:
         self.calls: list[GrantCall | RevokeCall] = []
 
-    async def grant(self, call: GrantCall) -> str:
+    async def grant(self, call: GrantCall) -> Granted:
         self.calls.append(call)
-        return "grant-1"
+        return Granted("grant-1")
 
     async def revoke(self, call: RevokeCall) -> Revoked:
         self.calls.append(call)

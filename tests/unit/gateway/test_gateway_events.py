@@ -282,6 +282,41 @@ def test_opened_and_lost_disputes_send_the_same_claim_and_won_withdraws_it(
     assert (created.revoke, created.outcome) == (claim, "dispute_revoked")
     assert (lost.revoke, lost.outcome) == (claim, "dispute_lost")
     assert (won.revoke, won.outcome) == (withdrawal, "dispute_won_restored")
+    # 600 usd is less than both packages' prices: it can be of either, so it claims all.
+    assert created.marked
+    assert lost.marked
+    assert won.marked
+
+
+@pytest.mark.parametrize(
+    ("disputed", "expected"),
+    [
+        ((1000, "usd"), (True, 0)),  # credits_1000's whole price: everything it gave
+        ((5000, "usd"), (True, 0)),  # credits_5000's whole price
+        ((600, "usd"), (True, 0)),  # part of either package: everything (cannot tell which)
+        ((3000, "usd"), (True, 3300)),  # part of credits_5000 only: 5500 x 3000/5000
+        ((4999, "usd"), (True, 5499)),  # rounded up: 5498.9
+        ((12000, "usd"), (False, 0)),  # more than any package costs
+        ((1000, "eur"), (False, 0)),  # no package in that currency
+    ],
+)
+def test_a_dispute_claims_what_its_amount_says_of_the_package_it_can_be(
+    fixture_event: Events,
+    packages: PackageTable,
+    disputed: tuple[int, str],
+    expected: tuple[bool, int],
+) -> None:
+    (amount, currency), (marked, units) = disputed, expected
+    document = fixture_event("charge.dispute.created")
+    document["data"]["object"].update(amount=amount, currency=currency)
+
+    created = planned(document, packages)
+
+    assert isinstance(created, Revocation)
+    assert (created.marked, created.revoke.amount) == (marked, units)
+    suffix = f":{units}" if units else ""
+    assert created.revoke.idempotency_key == f"dispute:{DISPUTE_ID}{suffix}"
+    assert created.revoke.cumulative_series == f"dispute:{DISPUTE_ID}"
 
 
 @pytest.mark.parametrize(

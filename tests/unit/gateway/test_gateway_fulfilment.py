@@ -4,7 +4,6 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gateway.credits_client import Failure, Revoked, ServiceError
 from gateway.events import (
     Acknowledge,
     GrantCall,
@@ -14,6 +13,7 @@ from gateway.events import (
     RevokeCall,
 )
 from gateway.fulfilment import fulfil
+from gateway.service_calls import Failure, Granted, Revoked, ServiceError
 
 GRANT = GrantCall("acct_1", 1000, GrantSource.PURCHASE, "checkout:cs_1", "pi_1", "", ())
 REVOKE = RevokeCall("pi_1", 400, "refund:ch_1:400", "refund", "refund:ch_1")
@@ -26,13 +26,14 @@ class FakeCredits:
     grant_error: ServiceError | None = None
     revoke_error: ServiceError | None = None
     revoked: Revoked = field(default_factory=lambda: Revoked("acct_1", 600, 0))
+    replayed: bool = False
     calls: list[GrantCall | RevokeCall] = field(default_factory=list)
 
-    async def grant(self, call: GrantCall) -> str:
+    async def grant(self, call: GrantCall) -> Granted:
         self.calls.append(call)
         if self.grant_error:
             raise self.grant_error
-        return "grant-1"
+        return Granted("grant-1", self.replayed)
 
     async def revoke(self, call: RevokeCall) -> Revoked:
         self.calls.append(call)
@@ -60,6 +61,15 @@ async def test_a_purchase_is_acknowledged_once_granted() -> None:
 
     assert (result.status_code, result.outcome) == (200, "granted")
     assert credits.calls == [GRANT]
+
+
+async def test_a_purchase_the_service_had_granted_before_is_replayed() -> None:
+    credits = FakeCredits(replayed=True)
+
+    result = await fulfil(Purchase(GRANT), credits)
+
+    assert (result.status_code, result.outcome) == (200, "replayed")
+    assert result.fields["grant_id"] == "grant-1"
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
-"""The gateway's use of `credits_client`: Grant and Revoke over mTLS as caller
+"""The gateway's calls to the service through `credits_client`: Grant and Revoke over mTLS as caller
 `gateway`, each with a deadline and no retry of its own (Stripe delivers again), every
 failure sorted into what the webhook answers."""
 
+import datetime
 from dataclasses import dataclass
 from enum import Enum
 
@@ -15,6 +16,9 @@ from gateway.metrics import GatewayMetrics
 # Two calls (a dispute won) must fit in the time Stripe waits for an answer.
 SERVICE_CALL_TIMEOUT_SECONDS = 5.0
 CHANNEL_CLOSE_GRACE_SECONDS = 5.0
+# The service does not say whether a Grant was a replay; a grant made before the call
+# began is one. This allows for the gateway's clock running ahead of the database's.
+REPLAY_CLOCK_SKEW_SECONDS = 1.0
 
 _SOURCES = {
     GrantSource.PURCHASE: credits_client.GrantSource.PURCHASE,
@@ -51,6 +55,13 @@ class ServiceError(Exception):
 
 
 @dataclass(frozen=True)
+class Granted:
+    grant_id: str
+    # The service answered with a grant made before this call: a delivery again.
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
 class Revoked:
     account_id: str
     revoked_amount: int
@@ -82,12 +93,13 @@ def _failure(code: grpc.StatusCode) -> Failure:
     return Failure.MISCONFIGURED
 
 
-class CreditsClient:
+class ServiceCalls:
     def __init__(
         self,
         channel: grpc.aio.Channel,
         metrics: GatewayMetrics,
         timeout_seconds: float = SERVICE_CALL_TIMEOUT_SECONDS,
+        replay_clock_skew_seconds: float = REPLAY_CLOCK_SKEW_SECONDS,
     ) -> None:
         # No retries: while the service is down, answer 503 at once instead of holding
         # Stripe's connection; Stripe delivers again.
@@ -95,13 +107,15 @@ class CreditsClient:
             channel, timeout_seconds=timeout_seconds, retry=credits_client.NO_RETRY
         )
         self._metrics = metrics
+        self._replay_skew = datetime.timedelta(seconds=replay_clock_skew_seconds)
 
     def _failed(self, rpc: str, error: CreditsError) -> ServiceError:
         self._metrics.service_call(rpc, error.code.name)
         return ServiceError(_failure(error.code), rpc, error.code.name, error.reason)
 
-    async def grant(self, call: GrantCall) -> str:
-        """The grant's id (the original one when the request is a replay)."""
+    async def grant(self, call: GrantCall) -> Granted:
+        """The grant (the original one when the request is a replay)."""
+        started = datetime.datetime.now(datetime.UTC)
         try:
             granted = await self._client.grant(
                 call.account_id,
@@ -115,7 +129,8 @@ class CreditsClient:
         except CreditsError as error:
             raise self._failed("Grant", error) from None
         self._metrics.service_call("Grant", "OK")
-        return granted.grant_id
+        replayed = granted.created_at < started - self._replay_skew
+        return Granted(granted.grant_id, replayed)
 
     async def revoke(self, call: RevokeCall) -> Revoked:
         try:

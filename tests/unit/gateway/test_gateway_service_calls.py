@@ -2,6 +2,7 @@
 ErrorInfo reason, against an in-process grpc.aio server that answers from a script."""
 
 import asyncio
+import datetime
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,9 +13,9 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from credits.v1 import credits_pb2, credits_pb2_grpc
-from gateway.credits_client import CreditsClient, Failure, ServiceError
 from gateway.events import GrantCall, GrantSource, RevokeCall
 from gateway.metrics import GatewayMetrics
+from gateway.service_calls import Failure, Granted, ServiceCalls, ServiceError
 
 GRANT = GrantCall(
     "acct_1", 1000, GrantSource.PURCHASE, "checkout:cs_1", "pi_1", "d", (("credit_package", "p"),)
@@ -27,6 +28,7 @@ class ScriptedService(credits_pb2_grpc.CreditsServiceServicer):
         self.requests: list[Any] = []
         self.abort: tuple[int, str] | None = None
         self.delay_seconds = 0.0
+        self.grant_age = datetime.timedelta(0)  # how long before the call the grant was made
 
     async def _answer(self, request: Any, context: Any) -> None:
         self.requests.append(request)
@@ -40,7 +42,9 @@ class ScriptedService(credits_pb2_grpc.CreditsServiceServicer):
 
     async def Grant(self, request: Any, context: Any) -> Any:
         await self._answer(request, context)
-        return credits_pb2.GrantResponse(grant=credits_pb2.Grant(grant_id="g-1"))
+        grant = credits_pb2.Grant(grant_id="g-1")
+        grant.created_at.FromDatetime(datetime.datetime.now(datetime.UTC) - self.grant_age)
+        return credits_pb2.GrantResponse(grant=grant)
 
     async def Revoke(self, request: Any, context: Any) -> Any:
         await self._answer(request, context)
@@ -48,16 +52,20 @@ class ScriptedService(credits_pb2_grpc.CreditsServiceServicer):
             grant=credits_pb2.Grant(account_id="acct_1"), revoked_amount=400
         )
 
-    async def _not_for_the_gateway(self, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by the gateway")
 
-    Reserve = Confirm = Release = GetBalance = ListUsage = _not_for_the_gateway
-    ListGrants = ListEntries = GetReservation = ExtendReservation = _not_for_the_gateway
+async def _not_for_the_gateway(self: ScriptedService, request: Any, context: Any) -> Any:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by the gateway")
+
+
+# Every other RPC of the contract, taken from its descriptor so a new RPC needs no edit here.
+for _method in credits_pb2.DESCRIPTOR.services_by_name["CreditsService"].methods:
+    if _method.name not in {"Grant", "Revoke"}:
+        setattr(ScriptedService, _method.name, _not_for_the_gateway)
 
 
 @pytest.fixture
 async def service() -> AsyncIterator[tuple[ScriptedService, str]]:
-    servicer = ScriptedService()
+    servicer = ScriptedService()  # type: ignore[abstract]  # the rest: set from the descriptor
     server = grpc.aio.server()
     credits_pb2_grpc.add_CreditsServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -70,8 +78,8 @@ async def test_requests_are_built_from_the_plan(service: tuple[ScriptedService, 
     servicer, address = service
     metrics = GatewayMetrics()
     async with grpc.aio.insecure_channel(address) as channel:
-        client = CreditsClient(channel, metrics)
-        assert await client.grant(GRANT) == "g-1"
+        client = ServiceCalls(channel, metrics)
+        assert await client.grant(GRANT) == Granted("g-1", replayed=False)
         revoked = await client.revoke(REVOKE)
 
     assert (revoked.account_id, revoked.revoked_amount, revoked.unrecovered_amount) == (
@@ -102,6 +110,22 @@ async def test_requests_are_built_from_the_plan(service: tuple[ScriptedService, 
 
 
 @pytest.mark.parametrize(
+    ("age_seconds", "replayed"), [(3600.0, True), (2.0, True), (0.5, False), (-0.5, False)]
+)
+async def test_a_grant_made_before_the_call_is_a_replay(
+    service: tuple[ScriptedService, str], age_seconds: float, replayed: bool
+) -> None:
+    """Made more than REPLAY_CLOCK_SKEW_SECONDS (1 s) before the call: the service answered
+    with the original grant. Less, or after it (the service's clock ahead): a new grant."""
+    servicer, address = service
+    servicer.grant_age = datetime.timedelta(seconds=age_seconds)
+    async with grpc.aio.insecure_channel(address) as channel:
+        granted = await ServiceCalls(channel, GatewayMetrics()).grant(GRANT)
+
+    assert granted == Granted("g-1", replayed=replayed)
+
+
+@pytest.mark.parametrize(
     ("code", "failure"),
     [
         (code_pb2.ALREADY_EXISTS, Failure.CONFLICT),
@@ -122,7 +146,7 @@ async def test_failures_are_sorted_by_code_with_their_reason(
     servicer.abort = (code, "SOME_REASON")
     async with grpc.aio.insecure_channel(address) as channel:
         with pytest.raises(ServiceError) as raised:
-            await CreditsClient(channel, GatewayMetrics()).grant(GRANT)
+            await ServiceCalls(channel, GatewayMetrics()).grant(GRANT)
 
     assert raised.value.failure is failure
     assert raised.value.reason == "SOME_REASON"
@@ -132,7 +156,7 @@ async def test_failures_are_sorted_by_code_with_their_reason(
 async def test_an_unreachable_service_is_retry_later() -> None:
     async with grpc.aio.insecure_channel("127.0.0.1:1") as channel:
         with pytest.raises(ServiceError) as raised:
-            await CreditsClient(channel, GatewayMetrics(), timeout_seconds=2).revoke(REVOKE)
+            await ServiceCalls(channel, GatewayMetrics(), timeout_seconds=2).revoke(REVOKE)
 
     assert raised.value.failure is Failure.RETRY_LATER
     assert raised.value.code == "UNAVAILABLE"
@@ -145,7 +169,7 @@ async def test_a_slow_service_is_cut_off_by_the_deadline(
     servicer.delay_seconds = 5.0
     async with grpc.aio.insecure_channel(address) as channel:
         with pytest.raises(ServiceError) as raised:
-            await CreditsClient(channel, GatewayMetrics(), timeout_seconds=0.2).grant(GRANT)
+            await ServiceCalls(channel, GatewayMetrics(), timeout_seconds=0.2).grant(GRANT)
 
     assert raised.value.code == "DEADLINE_EXCEEDED"
     assert raised.value.failure is Failure.RETRY_LATER
