@@ -8,6 +8,7 @@ from credits_client.channel import secure_channel
 from credits_client.client import CreditsClient, new_idempotency_key
 from credits_client.errors import (
     AccountCreditsLimit,
+    AccountFrozen,
     CaptureExceedsReservation,
     CreditsError,
     DatabaseUnavailable,
@@ -32,6 +33,8 @@ from credits_client.errors import (
 )
 from credits_client.hold import Hold
 from credits_client.results import (
+    Account,
+    AccountSettings,
     Allocation,
     Balance,
     EntryKind,
@@ -52,7 +55,10 @@ from credits_client.sync import SyncCreditsClient
 
 __all__ = [
     "NO_RETRY",
+    "Account",
     "AccountCreditsLimit",
+    "AccountFrozen",
+    "AccountSettings",
     "Allocation",
     "Balance",
     "CaptureExceedsReservation",

@@ -21,6 +21,7 @@ from credits_client.channel import read_pem, secure_channel
 from credits_client.errors import from_rpc_error
 from credits_client.hold import Hold
 from credits_client.results import (
+    Account,
     Balance,
     EntryKind,
     Extended,
@@ -387,6 +388,33 @@ class CreditsClient:
         request.ttl.FromTimedelta(ttl)
         response = await self._call("ExtendReservation", request, timeout_seconds)
         return Extended.from_message(response)
+
+    async def get_account(
+        self, account_id: str, *, timeout_seconds: float | None = None
+    ) -> Account:
+        """The account's settings (the defaults when nobody has set any)."""
+        request = pb.GetAccountRequest(account_id=account_id)
+        response = await self._call("GetAccount", request, timeout_seconds)
+        return Account.from_message(response.account)
+
+    async def update_account_settings(
+        self,
+        account_id: str,
+        *,
+        frozen: bool | None = None,
+        reason: str = "",
+        timeout_seconds: float | None = None,
+    ) -> Account:
+        """Changes the settings given (None leaves a setting as it is), audited with
+        `reason`. Setting a value again changes nothing, so a retry is harmless."""
+        changes = {"frozen": frozen}
+        request = pb.UpdateAccountSettingsRequest(account_id=account_id, reason=reason)
+        for name, value in changes.items():
+            if value is not None:
+                setattr(request.settings, name, value)
+                request.update_mask.paths.append(name)
+        response = await self._call("UpdateAccountSettings", request, timeout_seconds)
+        return Account.from_message(response.account)
 
     def hold(
         self,

@@ -100,6 +100,10 @@ class AccountCreditsLimit(CreditsError):
     REASON = "ACCOUNT_CREDITS_LIMIT"
 
 
+class AccountFrozen(CreditsError):
+    REASON = "ACCOUNT_FROZEN"
+
+
 class ReservationNotFound(CreditsError):
     REASON = "RESERVATION_NOT_FOUND"
 
@@ -175,6 +179,7 @@ BY_REASON: Mapping[str, type[CreditsError]] = {
         ReservationLifetimeExceeded,
         CaptureExceedsReservation,
         AccountCreditsLimit,
+        AccountFrozen,
         ReservationNotFound,
         GrantNotFound,
         IdempotencyKeyReused,

@@ -276,3 +276,39 @@ class Extended:
             reservation=Reservation.from_message(message.reservation),
             extendable_until=_time(message.extendable_until),
         )
+
+
+@dataclass(frozen=True)
+class AccountSettings:
+    """How one account is run; an account nobody has configured has these defaults."""
+
+    frozen: bool = False  # no new holds; confirms and releases of what it holds still work
+
+    @classmethod
+    def from_message(cls, message: pb.AccountSettings) -> "AccountSettings":
+        return cls(frozen=message.frozen)
+
+
+@dataclass(frozen=True)
+class Account:
+    """An account's settings, and the latest step of their audit trail."""
+
+    account_id: str
+    settings: AccountSettings
+    settings_version: int  # how many audited changes; 0: never changed
+    settings_updated_at: datetime.datetime | None
+    settings_updated_by: str  # the caller of the latest change; "" when none
+
+    @classmethod
+    def from_message(cls, message: pb.Account) -> "Account":
+        return cls(
+            account_id=message.account_id,
+            settings=AccountSettings.from_message(message.settings),
+            settings_version=message.settings_version,
+            settings_updated_at=(
+                _time(message.settings_updated_at)
+                if message.HasField("settings_updated_at")
+                else None
+            ),
+            settings_updated_by=message.settings_updated_by,
+        )

@@ -202,4 +202,6 @@ class SyncCreditsClient:
     list_entries = _blocking_iterator(CreditsClient.list_entries)
     get_reservation = _blocking(CreditsClient.get_reservation)
     extend_reservation = _blocking(CreditsClient.extend_reservation)
+    get_account = _blocking(CreditsClient.get_account)
+    update_account_settings = _blocking(CreditsClient.update_account_settings)
     hold = _blocking_hold(CreditsClient.hold)

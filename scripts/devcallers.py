@@ -21,6 +21,7 @@ DEV_RPCS: Mapping[str, tuple[str, ...]] = {
         "ListUsage",
         "GetReservation",
         "ExtendReservation",
+        "GetAccount",
     ),
     "gateway": ("Grant", "Revoke", "GetBalance"),
     "ops": ("*",),

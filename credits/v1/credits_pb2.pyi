@@ -12,6 +12,7 @@ Every failure carries a google.rpc.Status with an ErrorInfo whose domain is
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -1073,6 +1074,186 @@ class ExtendReservationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExtendReservationResponse: _TypeAlias = ExtendReservationResponse  # noqa: Y015
+
+@_typing.final
+class AccountSettings(_message.Message):
+    """AccountSettings is how one account is run: every per-account setting lives here, read
+    by GetAccount and written by UpdateAccountSettings. A field nobody has set has its
+    default, which the comment of each field names.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROZEN_FIELD_NUMBER: _builtins.int
+    frozen: _builtins.bool
+    """A frozen account takes no new holds (Reserve is FAILED_PRECONDITION / ACCOUNT_FROZEN);
+    confirms and releases of what it already holds, grants and revocations still work.
+    Default: false.
+    """
+    def __init__(
+        self,
+        *,
+        frozen: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frozen", b"frozen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountSettings: _TypeAlias = AccountSettings  # noqa: Y015
+
+@_typing.final
+class Account(_message.Message):
+    """Account is one account's settings and their audit trail's latest step."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    SETTINGS_VERSION_FIELD_NUMBER: _builtins.int
+    SETTINGS_UPDATED_AT_FIELD_NUMBER: _builtins.int
+    SETTINGS_UPDATED_BY_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account."""
+    settings_version: _builtins.int
+    """How many changes the settings have had; 0 means none (the defaults)."""
+    settings_updated_by: _builtins.str
+    """The caller that last changed them; empty when nobody has."""
+    @_builtins.property
+    def settings(self) -> Global___AccountSettings:
+        """Its settings; the defaults when nobody has set any."""
+
+    @_builtins.property
+    def settings_updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the settings last changed; absent when they never have."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        settings: Global___AccountSettings | None = ...,
+        settings_version: _builtins.int = ...,
+        settings_updated_at: _timestamp_pb2.Timestamp | None = ...,
+        settings_updated_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "settings_updated_at", b"settings_updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "settings", b"settings", "settings_updated_at", b"settings_updated_at", "settings_updated_by", b"settings_updated_by", "settings_version", b"settings_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Account: _TypeAlias = Account  # noqa: Y015
+
+@_typing.final
+class GetAccountRequest(_message.Message):
+    """GetAccountRequest names the account to report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account: 1-128 characters of [A-Za-z0-9._:@-]."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccountRequest: _TypeAlias = GetAccountRequest  # noqa: Y015
+
+@_typing.final
+class GetAccountResponse(_message.Message):
+    """GetAccountResponse carries the account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account and its settings."""
+
+    def __init__(
+        self,
+        *,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccountResponse: _TypeAlias = GetAccountResponse  # noqa: Y015
+
+@_typing.final
+class UpdateAccountSettingsRequest(_message.Message):
+    """UpdateAccountSettingsRequest changes some of an account's settings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account: 1-128 characters of [A-Za-z0-9._:@-]. It need not have credits yet."""
+    reason: _builtins.str
+    """Why, for the audit trail (at most 500 characters)."""
+    @_builtins.property
+    def settings(self) -> Global___AccountSettings:
+        """The new values; only the fields update_mask names are read."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Required: the AccountSettings fields to change (e.g. "frozen"); an unknown path is
+        INVALID_ARGUMENT.
+        """
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        settings: Global___AccountSettings | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "reason", b"reason", "settings", b"settings", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateAccountSettingsRequest: _TypeAlias = UpdateAccountSettingsRequest  # noqa: Y015
+
+@_typing.final
+class UpdateAccountSettingsResponse(_message.Message):
+    """UpdateAccountSettingsResponse carries the account after the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account and its settings after the change."""
+
+    def __init__(
+        self,
+        *,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateAccountSettingsResponse: _TypeAlias = UpdateAccountSettingsResponse  # noqa: Y015
 
 @_typing.final
 class Reservation(_message.Message):

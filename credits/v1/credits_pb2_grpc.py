@@ -90,6 +90,16 @@ class CreditsServiceStub:
                 request_serializer=credits_dot_v1_dot_credits__pb2.ExtendReservationRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_credits__pb2.ExtendReservationResponse.FromString,
                 _registered_method=True)
+        self.GetAccount = channel.unary_unary(
+                '/credits.v1.CreditsService/GetAccount',
+                request_serializer=credits_dot_v1_dot_credits__pb2.GetAccountRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.GetAccountResponse.FromString,
+                _registered_method=True)
+        self.UpdateAccountSettings = channel.unary_unary(
+                '/credits.v1.CreditsService/UpdateAccountSettings',
+                request_serializer=credits_dot_v1_dot_credits__pb2.UpdateAccountSettingsRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.UpdateAccountSettingsResponse.FromString,
+                _registered_method=True)
 
 
 class CreditsServiceServicer:
@@ -177,6 +187,22 @@ class CreditsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAccount(self, request, context):
+        """GetAccount reports an account's settings and who changed them last, and when. An
+        account nobody has configured answers the defaults.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateAccountSettings(self, request, context):
+        """UpdateAccountSettings changes the settings its update_mask names, and only those; each
+        change that changes something is audited with its caller, time and reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -234,6 +260,16 @@ def add_CreditsServiceServicer_to_server(servicer, server):
                     servicer.ExtendReservation,
                     request_deserializer=credits_dot_v1_dot_credits__pb2.ExtendReservationRequest.FromString,
                     response_serializer=credits_dot_v1_dot_credits__pb2.ExtendReservationResponse.SerializeToString,
+            ),
+            'GetAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccount,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.GetAccountRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.GetAccountResponse.SerializeToString,
+            ),
+            'UpdateAccountSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAccountSettings,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.UpdateAccountSettingsRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.UpdateAccountSettingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -534,6 +570,60 @@ class CreditsService:
             '/credits.v1.CreditsService/ExtendReservation',
             credits_dot_v1_dot_credits__pb2.ExtendReservationRequest.SerializeToString,
             credits_dot_v1_dot_credits__pb2.ExtendReservationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/GetAccount',
+            credits_dot_v1_dot_credits__pb2.GetAccountRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.GetAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAccountSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/UpdateAccountSettings',
+            credits_dot_v1_dot_credits__pb2.UpdateAccountSettingsRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.UpdateAccountSettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

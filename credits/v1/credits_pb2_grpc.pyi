@@ -68,6 +68,14 @@ class CreditsServiceStub:
     """ExtendReservation moves an active reservation's expires_at to now + ttl, within the
     reservation's lifetime cap. Repeating it is harmless: it keeps a long job's hold alive.
     """
+    GetAccount: _grpc.UnaryUnaryMultiCallable[_credits_pb2.GetAccountRequest, _credits_pb2.GetAccountResponse]
+    """GetAccount reports an account's settings and who changed them last, and when. An
+    account nobody has configured answers the defaults.
+    """
+    UpdateAccountSettings: _grpc.UnaryUnaryMultiCallable[_credits_pb2.UpdateAccountSettingsRequest, _credits_pb2.UpdateAccountSettingsResponse]
+    """UpdateAccountSettings changes the settings its update_mask names, and only those; each
+    change that changes something is audited with its caller, time and reason.
+    """
 
 @_typing.type_check_only
 class CreditsServiceAsyncStub(CreditsServiceStub):
@@ -102,6 +110,14 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     ExtendReservation: _aio.UnaryUnaryMultiCallable[_credits_pb2.ExtendReservationRequest, _credits_pb2.ExtendReservationResponse]  # type: ignore[assignment]
     """ExtendReservation moves an active reservation's expires_at to now + ttl, within the
     reservation's lifetime cap. Repeating it is harmless: it keeps a long job's hold alive.
+    """
+    GetAccount: _aio.UnaryUnaryMultiCallable[_credits_pb2.GetAccountRequest, _credits_pb2.GetAccountResponse]  # type: ignore[assignment]
+    """GetAccount reports an account's settings and who changed them last, and when. An
+    account nobody has configured answers the defaults.
+    """
+    UpdateAccountSettings: _aio.UnaryUnaryMultiCallable[_credits_pb2.UpdateAccountSettingsRequest, _credits_pb2.UpdateAccountSettingsResponse]  # type: ignore[assignment]
+    """UpdateAccountSettings changes the settings its update_mask names, and only those; each
+    change that changes something is audited with its caller, time and reason.
     """
 
 class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -200,6 +216,26 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_credits_pb2.ExtendReservationResponse, _abc.Awaitable[_credits_pb2.ExtendReservationResponse]]:
         """ExtendReservation moves an active reservation's expires_at to now + ttl, within the
         reservation's lifetime cap. Repeating it is harmless: it keeps a long job's hold alive.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAccount(
+        self,
+        request: _credits_pb2.GetAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.GetAccountResponse, _abc.Awaitable[_credits_pb2.GetAccountResponse]]:
+        """GetAccount reports an account's settings and who changed them last, and when. An
+        account nobody has configured answers the defaults.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateAccountSettings(
+        self,
+        request: _credits_pb2.UpdateAccountSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.UpdateAccountSettingsResponse, _abc.Awaitable[_credits_pb2.UpdateAccountSettingsResponse]]:
+        """UpdateAccountSettings changes the settings its update_mask names, and only those; each
+        change that changes something is audited with its caller, time and reason.
         """
 
 def add_CreditsServiceServicer_to_server(servicer: CreditsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

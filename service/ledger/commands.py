@@ -7,6 +7,8 @@ name in the answer, not a crash while translating."""
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from service.ledger.model import AccountSettings
+
 
 @dataclass(frozen=True)
 class WireTime:
@@ -113,3 +115,18 @@ class UsageQuery:
     account_id: str
     page_size: int = 0
     page_token: str = ""
+
+
+@dataclass(frozen=True)
+class AccountQuery:
+    account_id: str
+
+
+@dataclass(frozen=True)
+class UpdateAccountSettingsCommand:
+    caller: str
+    account_id: str
+    settings: AccountSettings
+    # The wire's field mask paths: only these fields of `settings` are read.
+    update_mask: tuple[str, ...]
+    reason: str = ""

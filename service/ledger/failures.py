@@ -8,7 +8,7 @@ checks the SQLSTATEs against the SQL source.
 Messages are fixed sentences: never an amount, a balance, SQL, a path or a stack trace.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -126,6 +126,16 @@ class AccountCreditsLimit(Failure):
     sqlstate = "CR010"
 
 
+class AccountFrozen(Failure):
+    """Ops froze the account: no new holds; what it holds can still be confirmed or
+    released."""
+
+    reason = "ACCOUNT_FROZEN"
+    code = "FAILED_PRECONDITION"
+    message = "the account is frozen"
+    sqlstate = "CR012"
+
+
 class StoreUnavailable(Failure):
     """The database cannot be reached; the request did not happen (or will be replayed)."""
 
@@ -175,24 +185,12 @@ class RateLimitUnavailable(Failure):
     message = "the service is temporarily unavailable; retry later"
 
 
-ALL: tuple[type[Failure], ...] = (
-    InvalidRequest,
-    GrantExpiryPassed,
-    InsufficientCredits,
-    ReservationNotFound,
-    ReservationNotActive,
-    ReservationLifetimeExceeded,
-    IdempotencyKeyReused,
-    GrantNotFound,
-    CaptureExceedsReservation,
-    SignupBonusExists,
-    ExternalRefExists,
-    AccountCreditsLimit,
-    StoreUnavailable,
-    StoreTimeout,
-    Unauthenticated,
-    PermissionDenied,
-    RateLimited,
-    RateLimitUnavailable,
-)
+def _failures_below(cls: type[Failure]) -> Iterator[type[Failure]]:
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _failures_below(sub)
+
+
+# Every failure defined above: derived, so a new one cannot be left out of the maps.
+ALL: tuple[type[Failure], ...] = tuple(_failures_below(Failure))
 BY_SQLSTATE: Mapping[str, type[Failure]] = {f.sqlstate: f for f in ALL if f.sqlstate}

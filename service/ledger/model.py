@@ -5,7 +5,7 @@ library only. The enums' numbers are the contract's and the database's too
 import datetime
 import enum
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 class ReservationStatus(enum.IntEnum):
@@ -157,3 +157,25 @@ class ReservationDetail:
 class Extension:
     reservation: Reservation
     extendable_until: datetime.datetime
+
+
+@dataclass(frozen=True)
+class AccountSettings:
+    """How one account is run (AccountSettings in the contract). Each field's default is
+    what an account nobody has configured gets."""
+
+    frozen: bool = False
+
+
+# The field names an update_mask may name, in the contract's order.
+ACCOUNT_SETTINGS_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(AccountSettings))
+
+
+@dataclass(frozen=True)
+class Account:
+    account_id: str
+    settings: AccountSettings
+    # How many audited changes the settings have had; 0: none, the defaults.
+    settings_version: int = 0
+    settings_updated_at: datetime.datetime | None = None
+    settings_updated_by: str | None = None

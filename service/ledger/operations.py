@@ -15,6 +15,7 @@ from typing import Protocol, TypeVar
 
 from service.ledger import limits, paging
 from service.ledger.commands import (
+    AccountQuery,
     BalanceQuery,
     ConfirmCommand,
     EntriesQuery,
@@ -25,11 +26,15 @@ from service.ledger.commands import (
     ReservationQuery,
     ReserveCommand,
     RevokeCommand,
+    UpdateAccountSettingsCommand,
     UsageQuery,
 )
 from service.ledger.model import (
+    ACCOUNT_SETTINGS_FIELDS,
     GRANTABLE_SOURCES,
     LISTABLE_KINDS,
+    Account,
+    AccountSettings,
     Allocation,
     Balance,
     EntryKind,
@@ -102,6 +107,18 @@ class UsageCursor:
 
     created_at: datetime.datetime
     reservation_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class SettingsOrder:
+    """A validated UpdateAccountSettings: the fields `update_mask` names take their values
+    from `settings`; the others keep theirs."""
+
+    caller: str
+    account_id: str
+    settings: AccountSettings
+    update_mask: tuple[str, ...]
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -204,6 +221,14 @@ class Store(Protocol):
         *,
         deadline: Deadline,
     ) -> Reservation: ...
+
+    async def account(
+        self, account_id: str, now: datetime.datetime, *, deadline: Deadline
+    ) -> Account: ...
+
+    async def update_account_settings(
+        self, order: SettingsOrder, now: datetime.datetime, *, deadline: Deadline
+    ) -> Account: ...
 
 
 class Ledger:
@@ -417,6 +442,28 @@ class Ledger:
             deadline=deadline,
         )
         return Extension(reservation, self._extendable_until(reservation))
+
+    async def account(self, query: AccountQuery, *, deadline: Deadline) -> Account:
+        check = Check()
+        check.account_id(query.account_id)
+        check.done()
+        return await self._store.account(query.account_id, self._clock(), deadline=deadline)
+
+    async def update_account_settings(
+        self, cmd: UpdateAccountSettingsCommand, *, deadline: Deadline
+    ) -> Account:
+        check = Check()
+        check.account_id(cmd.account_id)
+        if not cmd.update_mask:
+            check.fail("update_mask", "must name at least one setting")
+        if not set(cmd.update_mask) <= set(ACCOUNT_SETTINGS_FIELDS):
+            check.fail("update_mask", "must name only AccountSettings fields")
+        check.text("reason", cmd.reason, limits.REASON_CHARS_MAX)
+        check.done()
+        # The mask in the contract's order, once each: the audit trail records it as given.
+        mask = tuple(f for f in ACCOUNT_SETTINGS_FIELDS if f in cmd.update_mask)
+        order = SettingsOrder(cmd.caller, cmd.account_id, cmd.settings, mask, cmd.reason)
+        return await self._store.update_account_settings(order, self._clock(), deadline=deadline)
 
     def _extendable_until(self, reservation: Reservation) -> datetime.datetime:
         return reservation.created_at + self._policy.reservation_lifetime_max

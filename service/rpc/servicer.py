@@ -50,6 +50,18 @@ def reservation_message(r: model.Reservation) -> pb.Reservation:
     )
 
 
+def account_message(a: model.Account) -> pb.Account:
+    message = pb.Account(
+        account_id=a.account_id,
+        settings=pb.AccountSettings(frozen=a.settings.frozen),
+        settings_version=a.settings_version,
+        settings_updated_by=a.settings_updated_by or "",
+    )
+    if a.settings_updated_at is not None:
+        message.settings_updated_at.CopyFrom(_timestamp(a.settings_updated_at))
+    return message
+
+
 def allocation_message(a: model.Allocation) -> pb.Allocation:
     return pb.Allocation(
         grant_id=str(a.grant_id), amount=a.amount, returned_amount=a.returned_amount
@@ -277,3 +289,26 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
             reservation=reservation_message(extension.reservation),
             extendable_until=_timestamp(extension.extendable_until),
         )
+
+    async def GetAccount(
+        self, request: pb.GetAccountRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetAccountResponse:
+        account = await self._ledger.account(
+            commands.AccountQuery(request.account_id), deadline=deadline_of(context)
+        )
+        return pb.GetAccountResponse(account=account_message(account))
+
+    async def UpdateAccountSettings(
+        self, request: pb.UpdateAccountSettingsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateAccountSettingsResponse:
+        account = await self._ledger.update_account_settings(
+            commands.UpdateAccountSettingsCommand(
+                caller=current_caller(),
+                account_id=request.account_id,
+                settings=model.AccountSettings(frozen=request.settings.frozen),
+                update_mask=tuple(request.update_mask.paths),
+                reason=request.reason,
+            ),
+            deadline=deadline_of(context),
+        )
+        return pb.UpdateAccountSettingsResponse(account=account_message(account))

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from typing import Any
 
 import asyncpg
@@ -28,6 +29,8 @@ from sqlalchemy.util import greenlet_spawn
 
 from service.ledger import failures, limits
 from service.ledger.model import (
+    Account,
+    AccountSettings,
     Allocation,
     Balance,
     EntryKind,
@@ -45,6 +48,7 @@ from service.ledger.operations import (
     GrantOrder,
     ReserveOrder,
     RevokeOrder,
+    SettingsOrder,
     UsageCursor,
 )
 from service.ops import metrics
@@ -108,6 +112,11 @@ GET_RESERVATION = text(
 EXTEND = text(
     "SELECT * FROM credits_extend(:account, :reservation, :ttl, :lifetime_max, :now, :lock_ms)"
 )
+GET_ACCOUNT = text("SELECT * FROM credits_get_account(:account, :now, :lock_ms)")
+UPDATE_ACCOUNT_SETTINGS = text(
+    "SELECT * FROM credits_update_account_settings(:caller, :account, :settings, :mask,"
+    " :reason, :now, :lock_ms)"
+)
 DUE_ACCOUNTS = text("SELECT credits_due_accounts(:now, :limit) AS account_id")
 PING = text("SELECT 1")
 SETTLE = text("SELECT credits_lock(:account, :now, NULL)")
@@ -160,6 +169,16 @@ class Row(asyncpg.Record):  # type: ignore[misc]
             return self[name]
         except KeyError:
             raise AttributeError(name) from None
+
+
+def _account(row: Row) -> Account:
+    return Account(
+        account_id=row.account_id,
+        settings=AccountSettings(frozen=row.frozen),
+        settings_version=row.settings_version,
+        settings_updated_at=row.settings_updated_at,
+        settings_updated_by=row.settings_updated_by,
+    )
 
 
 def _reservation(row: Row) -> Reservation:
@@ -551,6 +570,26 @@ class PostgresStore:
             "now": now,
         }
         return _reservation(await self._one(EXTEND, params, deadline))
+
+    async def account(
+        self, account_id: str, now: datetime.datetime, *, deadline: Deadline
+    ) -> Account:
+        rows = await self._all(GET_ACCOUNT, {"account": account_id, "now": now}, deadline)
+        # No row: neither credits nor settings yet, so every setting has its default.
+        return _account(rows[0]) if rows else Account(account_id, AccountSettings())
+
+    async def update_account_settings(
+        self, order: SettingsOrder, now: datetime.datetime, *, deadline: Deadline
+    ) -> Account:
+        params = {
+            "caller": order.caller,
+            "account": order.account_id,
+            "settings": json.dumps(asdict(order.settings)),
+            "mask": list(order.update_mask),
+            "reason": order.reason,
+            "now": now,
+        }
+        return _account(await self._one(UPDATE_ACCOUNT_SETTINGS, params, deadline))
 
     async def ping(self) -> None:
         """Whether the database answers (through the pool, as the RPCs reach it)."""

@@ -22,7 +22,7 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, UUID
 
 metadata = MetaData(
     naming_convention={
@@ -38,12 +38,41 @@ TIMESTAMPTZ = TIMESTAMP(timezone=True)
 
 # The lock anchor: every transaction that changes an account first locks its row, so
 # writers of one account serialize and never deadlock (one lock, always taken first).
+# The row also holds the account's settings (AccountSettings in the contract): every call
+# reads them under the lock it takes anyway.
 accounts = Table(
     "accounts",
     metadata,
     Column("account_id", Text, primary_key=True),
     Column("created_at", TIMESTAMPTZ, nullable=False, server_default=text("now()")),
+    Column("frozen", Boolean, nullable=False, server_default=text("false")),
+    # How many audited changes the settings have had (account_settings_changes).
+    Column("settings_version", BigInteger, nullable=False, server_default=text("0")),
+    Column("settings_updated_at", TIMESTAMPTZ, nullable=True),
+    Column("settings_updated_by", Text, nullable=True),
     CheckConstraint("account_id ~ '^[A-Za-z0-9._:@-]{1,128}$'", name="account_id_format"),
+    CheckConstraint("settings_version >= 0", name="settings_version_non_negative"),
+    CheckConstraint(
+        "(settings_version = 0) = (settings_updated_at IS NULL AND settings_updated_by IS NULL)",
+        name="settings_audit_complete",
+    ),
+)
+
+# The audit trail of account settings: one row per change that changed something, with
+# who, when, why and the settings before and after. Append-only like the ledger.
+account_settings_changes = Table(
+    "account_settings_changes",
+    metadata,
+    Column("account_id", Text, ForeignKey("accounts.account_id"), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("changed_at", TIMESTAMPTZ, nullable=False),
+    Column("changed_by", Text, nullable=False),
+    Column("update_mask", ARRAY(Text), nullable=False),
+    Column("before", JSONB, nullable=False),
+    Column("after", JSONB, nullable=False),
+    Column("reason", Text, nullable=False, server_default=text("''")),
+    PrimaryKeyConstraint("account_id", "version"),
+    CheckConstraint("version > 0", name="version_positive"),
 )
 
 grants = Table(

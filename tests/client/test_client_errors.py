@@ -14,6 +14,7 @@ import pytest
 from credits_client import (
     NO_RETRY,
     AccountCreditsLimit,
+    AccountFrozen,
     CaptureExceedsReservation,
     CreditsClient,
     CreditsError,
@@ -87,6 +88,23 @@ async def test_insufficient_credits(
         raised.value, grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_CREDITS"
     )
     assert raised.value.idempotency_key == "job-too-big"
+
+
+async def test_a_frozen_account_is_account_frozen_until_unfrozen(
+    ops_client: CreditsClient, backend_client: CreditsClient
+) -> None:
+    account = await funded(ops_client, 100)
+    frozen = await ops_client.update_account_settings(account, frozen=True, reason="fraud")
+    assert (frozen.settings.frozen, frozen.settings_version) == (True, 1)
+    assert (await backend_client.get_account(account)) == frozen
+
+    with pytest.raises(AccountFrozen) as raised:
+        await backend_client.reserve(account, 1)
+
+    assert_from_the_service(raised.value, grpc.StatusCode.FAILED_PRECONDITION, "ACCOUNT_FROZEN")
+    thawed = await ops_client.update_account_settings(account, frozen=False)
+    assert (thawed.settings.frozen, thawed.settings_updated_by) == (False, "ops")
+    assert (await backend_client.reserve(account, 1)).amount == 1
 
 
 async def test_reservation_failures(

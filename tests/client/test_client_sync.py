@@ -20,21 +20,6 @@ from credits_client import (
 from tests.client.conftest import funded, mtls_options
 from tests.support import RunningServer
 
-PUBLIC_METHODS = (
-    "reserve",
-    "confirm",
-    "release",
-    "grant",
-    "revoke",
-    "balance",
-    "usage",
-    "list_grants",
-    "list_entries",
-    "get_reservation",
-    "extend_reservation",
-    "hold",
-)
-
 
 class WorkFailed(Exception):
     pass
@@ -52,8 +37,9 @@ def test_every_method_of_the_async_client_has_its_blocking_twin_derived_from_it(
         for name, member in inspect.getmembers(CreditsClient)
         if not name.startswith("_") and callable(member) and name != "close"
     }
-    assert public == set(PUBLIC_METHODS)
-    for name in PUBLIC_METHODS:
+    # Every RPC has a method (tests/unit/test_contract_coverage.py), and hold() besides.
+    assert "hold" in public
+    for name in public:
         # Wrapped, not rewritten: the blocking method runs the asynchronous one.
         assert getattr(SyncCreditsClient, name).__wrapped__ is getattr(CreditsClient, name)
     # The constructor is the one written out twice: its parameters must not drift.

@@ -1,7 +1,8 @@
 """One list of RPCs, the contract's: every method of `credits.v1.CreditsService` has what a
-method needs everywhere else — a servicer method, a client method (async and blocking), a
-permission for the `ops` development caller, a fuzz entry and a documented place. A new RPC
-that forgets one fails here, by name, before any other test has to notice."""
+method needs everywhere else — a servicer method, a client method (which
+tests/client/test_client_sync.py gives its blocking twin), a permission for the `ops`
+development caller, a fuzz entry and a documented place. A new RPC that forgets one fails
+here, by name, before any other test has to notice."""
 
 import ast
 import inspect
@@ -13,7 +14,6 @@ import pytest
 from chaos import fuzz
 from credits.v1.credits_pb2_grpc import CreditsServiceServicer
 from credits_client.client import CreditsClient
-from credits_client.sync import SyncCreditsClient
 from scripts.devcallers import DEV_RPCS
 from service.access import contract
 from service.access.callers import ANY_RPC
@@ -52,15 +52,6 @@ def test_every_rpc_has_a_servicer_method(rpc: str) -> None:
 @pytest.mark.parametrize("rpc", contract.RPC_NAMES)
 def test_every_rpc_has_a_client_method(rpc: str) -> None:
     assert rpc in _rpcs_the_client_calls()
-
-
-def test_every_client_method_has_a_blocking_twin() -> None:
-    public = {
-        name
-        for name, member in inspect.getmembers(CreditsClient)
-        if not name.startswith("_") and callable(member) and name != "close"
-    }
-    assert public - set(dir(SyncCreditsClient)) == set()
 
 
 @pytest.mark.parametrize("rpc", contract.RPC_NAMES)

@@ -190,6 +190,10 @@ BEGIN
     RETURN QUERY SELECT * FROM reservations WHERE reservation_id = v_id;
     RETURN;
   END IF;
+  -- After the replay: a hold taken before the freeze is still answered as it was.
+  IF (SELECT frozen FROM accounts WHERE account_id = p_account) THEN
+    RAISE EXCEPTION 'account frozen' USING ERRCODE = 'CR012';
+  END IF;
 
   -- Burn-down order: lowest priority, then soonest expiry (never-expiring last), then
   -- oldest. Settling has already expired every grant past its expiry.
@@ -629,9 +633,59 @@ RETURNS SETOF text LANGUAGE sql STABLE AS $$
   GROUP BY account_id ORDER BY min(due_at), account_id LIMIT p_limit
 $$;
 
+-- An account's settings as one JSON object keyed by AccountSettings' field names: the
+-- shape the audit trail stores before and after each change.
+CREATE OR REPLACE FUNCTION credits_settings_json(a accounts) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT jsonb_build_object('frozen', a.frozen)
+$$;
+
+-- GetAccount: the account's row, settings included, after settling it like every read.
+-- No row when the account has neither credits nor settings (the defaults apply).
+CREATE OR REPLACE FUNCTION credits_get_account(p_account text, p_now timestamptz,
+                                               p_lock_timeout_ms integer)
+RETURNS SETOF accounts LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM credits_lock(p_account, p_now, p_lock_timeout_ms);
+  RETURN QUERY SELECT * FROM accounts WHERE account_id = p_account;
+END $$;
+
+-- UpdateAccountSettings: sets the fields p_mask names to their values in p_settings (keyed
+-- like credits_settings_json), creating the account when it has no row yet, so that an
+-- account can be configured (or frozen) before its first credits. A change that changes
+-- something is audited; one that changes nothing answers the account as it is.
+CREATE OR REPLACE FUNCTION credits_update_account_settings(
+  p_caller text, p_account text, p_settings jsonb, p_mask text[], p_reason text,
+  p_now timestamptz, p_lock_timeout_ms integer)
+RETURNS SETOF accounts LANGUAGE plpgsql AS $$
+DECLARE
+  a accounts;
+  v_before jsonb;
+BEGIN
+  INSERT INTO accounts (account_id, created_at) VALUES (p_account, p_now) ON CONFLICT DO NOTHING;
+  PERFORM credits_lock(p_account, p_now, p_lock_timeout_ms);
+  SELECT * INTO a FROM accounts WHERE account_id = p_account;
+  v_before := credits_settings_json(a);
+  IF 'frozen' = ANY (p_mask) THEN
+    a.frozen := (p_settings->>'frozen')::boolean;
+  END IF;
+  IF credits_settings_json(a) IS DISTINCT FROM v_before THEN
+    UPDATE accounts
+       SET frozen = a.frozen, settings_version = settings_version + 1,
+           settings_updated_at = p_now, settings_updated_by = p_caller
+     WHERE account_id = p_account
+    RETURNING * INTO a;
+    INSERT INTO account_settings_changes (account_id, version, changed_at, changed_by,
+                                          update_mask, before, after, reason)
+    VALUES (p_account, a.settings_version, p_now, p_caller, p_mask, v_before,
+            credits_settings_json(a), p_reason);
+  END IF;
+  RETURN NEXT a;
+END $$;
+
 CREATE OR REPLACE FUNCTION credits_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  RAISE EXCEPTION 'ledger_entries is append-only: % refused', TG_OP;
+  RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP;
 END $$;
 
 CREATE OR REPLACE TRIGGER ledger_entries_append_only
@@ -639,4 +693,10 @@ CREATE OR REPLACE TRIGGER ledger_entries_append_only
   FOR EACH ROW EXECUTE FUNCTION credits_refuse_change();
 CREATE OR REPLACE TRIGGER ledger_entries_no_truncate
   BEFORE TRUNCATE ON ledger_entries
+  FOR EACH STATEMENT EXECUTE FUNCTION credits_refuse_change();
+CREATE OR REPLACE TRIGGER account_settings_changes_append_only
+  BEFORE UPDATE OR DELETE ON account_settings_changes
+  FOR EACH ROW EXECUTE FUNCTION credits_refuse_change();
+CREATE OR REPLACE TRIGGER account_settings_changes_no_truncate
+  BEFORE TRUNCATE ON account_settings_changes
   FOR EACH STATEMENT EXECUTE FUNCTION credits_refuse_change();
