@@ -266,7 +266,11 @@ class CreditsClient:
         if expires_at is not None:
             request.expires_at.FromDatetime(_aware(expires_at, "expires_at"))
         response = await self._call("Grant", request, timeout_seconds, key)
-        return Granted(**vars(Grant.from_message(response.grant)), idempotency_key=key)
+        return Granted(
+            **vars(Grant.from_message(response.grant)),
+            idempotency_key=key,
+            replayed=response.replayed,
+        )
 
     async def revoke(
         self,

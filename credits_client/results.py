@@ -148,9 +148,11 @@ class Grant:
 
 @dataclass(frozen=True)
 class Granted(Grant):
-    """What `grant` returns: the grant and the idempotency key the call used."""
+    """What `grant` returns: the grant, the idempotency key the call used, and whether the
+    service answered a repeat of an earlier call (then nothing changed)."""
 
     idempotency_key: str
+    replayed: bool = False
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 `gateway`, each with a deadline and no retry of its own (Stripe delivers again), every
 failure sorted into what the webhook answers."""
 
-import datetime
 from dataclasses import dataclass
 from enum import Enum
 
@@ -16,9 +15,6 @@ from gateway.metrics import GatewayMetrics
 # Two calls (a dispute won) must fit in the time Stripe waits for an answer.
 SERVICE_CALL_TIMEOUT_SECONDS = 5.0
 CHANNEL_CLOSE_GRACE_SECONDS = 5.0
-# The service does not say whether a Grant was a replay; a grant made before the call
-# began is one. This allows for the gateway's clock running ahead of the database's.
-REPLAY_CLOCK_SKEW_SECONDS = 1.0
 
 _SOURCES = {
     GrantSource.PURCHASE: credits_client.GrantSource.PURCHASE,
@@ -99,7 +95,6 @@ class ServiceCalls:
         channel: grpc.aio.Channel,
         metrics: GatewayMetrics,
         timeout_seconds: float = SERVICE_CALL_TIMEOUT_SECONDS,
-        replay_clock_skew_seconds: float = REPLAY_CLOCK_SKEW_SECONDS,
     ) -> None:
         # No retries: while the service is down, answer 503 at once instead of holding
         # Stripe's connection; Stripe delivers again.
@@ -107,7 +102,6 @@ class ServiceCalls:
             channel, timeout_seconds=timeout_seconds, retry=credits_client.NO_RETRY
         )
         self._metrics = metrics
-        self._replay_skew = datetime.timedelta(seconds=replay_clock_skew_seconds)
 
     def _failed(self, rpc: str, error: CreditsError) -> ServiceError:
         self._metrics.service_call(rpc, error.code.name)
@@ -115,7 +109,6 @@ class ServiceCalls:
 
     async def grant(self, call: GrantCall) -> Granted:
         """The grant (the original one when the request is a replay)."""
-        started = datetime.datetime.now(datetime.UTC)
         try:
             granted = await self._client.grant(
                 call.account_id,
@@ -129,8 +122,7 @@ class ServiceCalls:
         except CreditsError as error:
             raise self._failed("Grant", error) from None
         self._metrics.service_call("Grant", "OK")
-        replayed = granted.created_at < started - self._replay_skew
-        return Granted(granted.grant_id, replayed)
+        return Granted(granted.grant_id, granted.replayed)
 
     async def revoke(self, call: RevokeCall) -> Revoked:
         try:

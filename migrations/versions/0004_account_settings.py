@@ -61,7 +61,9 @@ def upgrade() -> None:
         sa.Column("before", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column("after", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column("reason", sa.Text(), server_default=sa.text("''"), nullable=False),
-        sa.CheckConstraint("version > 0", name=op.f("ck_account_settings_changes_version_positive")),
+        sa.CheckConstraint(
+            "version > 0", name=op.f("ck_account_settings_changes_version_positive")
+        ),
         sa.ForeignKeyConstraint(
             ["account_id"],
             ["accounts.account_id"],
@@ -88,8 +90,7 @@ def downgrade() -> None:
         op.drop_column("accounts", column)
     # The 0003 versions of the two functions this migration replaced.
     await_only(
-        op.get_bind()
-        .connection.driver_connection.execute(
+        op.get_bind().connection.driver_connection.execute(
             Path(__file__).with_name("0003_ledger_functions.sql").read_text()
         )
     )

@@ -79,6 +79,15 @@ class Grant:
 
 
 @dataclass(frozen=True)
+class Granted:
+    """What a Grant did: the grant, and whether the request was a replay of an earlier
+    one (then nothing changed)."""
+
+    grant: Grant
+    replayed: bool
+
+
+@dataclass(frozen=True)
 class Revocation:
     """What one Revoke call did to its grant."""
 

@@ -40,7 +40,7 @@ from service.ledger.model import (
     EntryKind,
     EntryPage,
     Extension,
-    Grant,
+    Granted,
     GrantLot,
     GrantPage,
     LedgerEntry,
@@ -160,7 +160,7 @@ class Store(Protocol):
 
     async def grant(
         self, order: GrantOrder, now: datetime.datetime, *, deadline: Deadline
-    ) -> Grant: ...
+    ) -> Granted: ...
 
     async def revoke(
         self, order: RevokeOrder, now: datetime.datetime, *, deadline: Deadline
@@ -279,7 +279,7 @@ class Ledger:
             cmd.account_id, reservation_id, cmd.reason, self._clock(), deadline=deadline
         )
 
-    async def grant(self, cmd: GrantCommand, *, deadline: Deadline) -> Grant:
+    async def grant(self, cmd: GrantCommand, *, deadline: Deadline) -> Granted:
         check = Check()
         check.account_id(cmd.account_id)
         check.amount(cmd.amount, self._policy.amount_max)

@@ -152,7 +152,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
     async def Grant(
         self, request: pb.GrantRequest, context: grpc.aio.ServicerContext
     ) -> pb.GrantResponse:
-        grant = await self._ledger.grant(
+        granted = await self._ledger.grant(
             commands.GrantCommand(
                 caller=current_caller(),
                 account_id=request.account_id,
@@ -167,7 +167,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
             ),
             deadline=deadline_of(context),
         )
-        return pb.GrantResponse(grant=grant_message(grant))
+        return pb.GrantResponse(grant=grant_message(granted.grant), replayed=granted.replayed)
 
     async def Revoke(
         self, request: pb.RevokeRequest, context: grpc.aio.ServicerContext

@@ -35,6 +35,7 @@ from service.ledger.model import (
     Balance,
     EntryKind,
     Grant,
+    Granted,
     GrantLot,
     GrantSource,
     LedgerEntry,
@@ -407,7 +408,7 @@ class PostgresStore:
 
     async def grant(
         self, order: GrantOrder, now: datetime.datetime, *, deadline: Deadline
-    ) -> Grant:
+    ) -> Granted:
         cmd = order.command
         row = await self._one(
             GRANT,
@@ -427,7 +428,9 @@ class PostgresStore:
             },
             deadline,
         )
-        return _grant(row)
+        # A new grant is created at `now`; a replay answers one created by an earlier call,
+        # whose clock reading was earlier (each call reads the clock anew).
+        return Granted(_grant(row), replayed=row.created_at != now)
 
     async def revoke(
         self, order: RevokeOrder, now: datetime.datetime, *, deadline: Deadline

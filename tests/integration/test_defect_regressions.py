@@ -187,3 +187,18 @@ async def test_a_deadline_beyond_the_lock_timeouts_range_still_works(ops: Stub) 
         pb.GetBalanceRequest(account_id=account), timeout=DEADLINE_BEYOND_LOCK_TIMEOUT_SECONDS
     )
     assert response.available == 10
+
+
+async def test_a_replayed_grant_says_so_and_a_new_one_does_not(ops: Stub) -> None:
+    """The gateway counts a purchase delivered again as `replayed` from this flag (it used
+    to guess from the grant's age, which a moved or skewed clock fools)."""
+    request = pb.GrantRequest(
+        account_id=new_id(),
+        amount=10,
+        source=pb.GRANT_SOURCE_PURCHASE,
+        idempotency_key=new_id("grant"),
+    )
+    first: pb.GrantResponse = await ops.Grant(request, timeout=T)
+    again: pb.GrantResponse = await ops.Grant(request, timeout=T)
+    assert (first.replayed, again.replayed) == (False, True)
+    assert again.grant == first.grant
