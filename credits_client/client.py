@@ -433,9 +433,11 @@ class CreditsClient:
     ) -> Hold:
         """`async with client.hold(...) as hold:` reserves on entry; on a normal exit
         confirms what `hold.capture()` named (everything if it was never called), on an
-        exception or cancellation releases and re-raises. With `keepalive`, the
-        reservation is extended by its ttl every third of it while the work runs, for
-        jobs that may outlast it. See Hold."""
+        exception or cancellation releases and re-raises. `idempotency_key` names one
+        attempt: the key of an attempt that already ended raises JobAlreadySettled on
+        entry, before the body runs. With `keepalive`, the reservation is extended by
+        its ttl every third of it while the work runs, up to its lifetime cap. See Hold
+        and docs/client.md."""
         reserve = functools.partial(
             self.reserve,
             account_id,
