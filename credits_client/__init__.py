@@ -1,7 +1,7 @@
 """A typed Python client of the credits service (contract: protos/credits/v1).
 
-`CreditsClient` for asyncio code, `SyncCreditsClient` for synchronous code; the README's
-"Calling the service from Python" shows both.
+`CreditsClient` for asyncio code, `SyncCreditsClient` for synchronous code;
+docs/client.md describes the whole API, and `python -m credits_client.example` runs it.
 """
 
 from credits_client.channel import secure_channel
@@ -20,6 +20,7 @@ from credits_client.errors import (
     InsufficientCredits,
     InternalError,
     InvalidRequest,
+    JobAlreadySettled,
     PermissionDenied,
     RateLimited,
     RateLimitUnavailable,
@@ -80,6 +81,7 @@ __all__ = [
     "InsufficientCredits",
     "InternalError",
     "InvalidRequest",
+    "JobAlreadySettled",
     "LedgerEntry",
     "PermissionDenied",
     "RateLimitUnavailable",

@@ -18,7 +18,7 @@ from google.protobuf import message as protobuf_message
 from credits.v1 import credits_pb2 as pb
 from credits.v1 import credits_pb2_grpc
 from credits_client.channel import read_pem, secure_channel
-from credits_client.errors import from_rpc_error
+from credits_client.errors import CreditsError, from_rpc_error
 from credits_client.hold import Hold
 from credits_client.results import (
     Account,
@@ -170,10 +170,39 @@ class CreditsClient:
             wait_seconds = self._retry.wait_seconds(error, remaining)
             if wait_seconds is None:
                 raise error from cause
-            fields = {"rpc": rpc, "attempt": attempts, "code": error.code.name}
-            fields |= {"reason": error.reason, "idempotency_key": idempotency_key}
-            log.info("credits call retried", extra=fields)
+            self._log_retry(rpc, request, error, wait_seconds)
             await asyncio.sleep(wait_seconds)
+
+    @staticmethod
+    def _log_retry(
+        rpc: str, request: protobuf_message.Message, error: CreditsError, wait_seconds: float
+    ) -> None:
+        # The ids go into the message itself, so that a plain logging.basicConfig shows
+        # them; the same values are record attributes for structured handlers.
+        fields: dict[str, str | int] = {
+            name: getattr(request, name)
+            for name in ("account_id", "reservation_id", "grant_id", "external_ref")
+            if getattr(request, name, "")
+        }
+        if error.idempotency_key:
+            fields["idempotency_key"] = error.idempotency_key
+        ids = " ".join(f"{name}={value}" for name, value in fields.items())
+        log.info(
+            "credits call retried: %s attempt %d failed (%s %s), next in %.2f s; %s",
+            rpc,
+            error.attempts,
+            error.code.name,
+            error.reason or "no reason",
+            wait_seconds,
+            ids,
+            extra=fields
+            | {
+                "rpc": rpc,
+                "attempt": error.attempts,
+                "code": error.code.name,
+                "reason": error.reason,
+            },
+        )
 
     async def reserve(
         self,
@@ -436,9 +465,11 @@ class CreditsClient:
     ) -> Hold:
         """`async with client.hold(...) as hold:` reserves on entry; on a normal exit
         confirms what `hold.capture()` named (everything if it was never called), on an
-        exception or cancellation releases and re-raises. With `keepalive`, the
-        reservation is extended by its ttl every third of it while the work runs, for
-        jobs that may outlast it. See Hold."""
+        exception or cancellation releases and re-raises. `idempotency_key` names one
+        attempt: the key of an attempt that already ended raises JobAlreadySettled on
+        entry, before the body runs. With `keepalive`, the reservation is extended by
+        its ttl every third of it while the work runs, up to its lifetime cap. See Hold
+        and docs/client.md."""
         reserve = functools.partial(
             self.reserve,
             account_id,

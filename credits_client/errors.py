@@ -15,6 +15,8 @@ from google.protobuf import message as protobuf_message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from credits_client.results import ReservationStatus, Reserved
+
 DOMAIN = "credits.v1"
 REQUEST_ID_HEADER = "x-request-id"
 
@@ -84,6 +86,29 @@ class InsufficientCredits(CreditsError):
 
 class ReservationNotActive(CreditsError):
     REASON = "RESERVATION_NOT_ACTIVE"
+
+
+class JobAlreadySettled(ReservationNotActive):
+    """Raised by `hold()` on entry, before the body runs: the Reserve with this
+    idempotency key answered a reservation that is no longer active -- an earlier run
+    with the same key already confirmed it, released it or let it expire. The work is
+    not run again; `reservation` is that settled reservation (`.status` says how it
+    ended). A key names one attempt: retry a failed job with a new key. Detected by
+    the client, so `request_id` is empty."""
+
+    def __init__(self, reservation: Reserved, status: ReservationStatus) -> None:
+        super().__init__(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"job already settled: reservation {reservation.reservation_id} of account "
+            f"{reservation.account_id} (idempotency key {reservation.idempotency_key}) is "
+            f"{status.value}: the work was not run again (a key names one attempt; retry a "
+            "failed job with a new key)",
+            reason=self.REASON,
+            idempotency_key=reservation.idempotency_key,
+        )
+        self.reservation = reservation
+        # CONFIRMED, RELEASED or EXPIRED (also for one still active past its expires_at).
+        self.status = status
 
 
 class ReservationLifetimeExceeded(CreditsError):

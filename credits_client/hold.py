@@ -1,16 +1,26 @@
 """`hold()`: reserve, do the work, then confirm what it used -- or give everything back
 when the work fails or is cancelled. The one way out that leaves credits held is a
-failure of the Release itself; the reservation then expires at its `expires_at`."""
+failure of the Release itself; the reservation then expires at its `expires_at`.
+
+The work never runs without an active reservation: a Reserve replayed with the key of a
+finished attempt answers that attempt's settled reservation, and the hold refuses it
+(`JobAlreadySettled`) before the body runs."""
 
 import asyncio
 import datetime
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
-from credits_client.errors import CreditsError, ReservationLifetimeExceeded, ReservationNotActive
-from credits_client.results import Reservation, Reserved
+from credits_client.errors import (
+    CreditsError,
+    JobAlreadySettled,
+    ReservationLifetimeExceeded,
+    ReservationNotActive,
+)
+from credits_client.results import Reservation, ReservationStatus, Reserved
 
 if TYPE_CHECKING:
     from credits_client.client import CreditsClient
@@ -21,6 +31,17 @@ NOTHING_CAPTURED_REASON = "nothing captured"
 # With keepalive, the reservation is extended by its ttl each time this fraction of the
 # ttl has passed: two extensions in a row can fail before it expires.
 KEEPALIVE_INTERVAL_TTL_FRACTION = 1 / 3
+# The service's shortest ttl (limits.RESERVATION_TTL_MIN): no extension can be shorter.
+EXTENSION_TTL_MIN_SECONDS = 1.0
+# Once a full extension would pass `extendable_until`, the last one asks to end this long
+# before it: the client's reading of the service's clock lags it by about one answer's
+# network latency, and an extension past the cap is refused whole.
+FINAL_EXTENSION_MARGIN_SECONDS = 1.0
+# The last extension is done when it ends this close to its target, and a search for
+# the longest ttl the service grants stops when it knows the answer this precisely.
+FINAL_EXTENSION_PRECISION_SECONDS = 0.25
+# Asks for the last extension, at most: halving 24 h down to the precision takes 19.
+FINAL_EXTENSION_ASKS_MAX = 24
 
 log = logging.getLogger("credits_client.hold")
 # Releases that go on after their hold was cancelled once more: the event loop keeps
@@ -37,16 +58,22 @@ def release_reason(error: BaseException) -> str:
 class Hold:
     """A reservation held for the work inside `async with client.hold(...) as hold:`.
 
+    On entry it reserves; if the Reserve answers a reservation that is not active (its
+    idempotency key names an attempt that already confirmed, released or expired, or
+    its `expires_at` has passed), it raises `JobAlreadySettled` and the body never runs.
+
     On a normal exit it confirms `hold.capture(n)`'s amount, or the whole reservation
     when capture was never called (capture(0) releases instead). On any exception or
     cancellation it releases with a reason naming the exception's type, then lets the
     exception go on; if that Release fails, the failure is logged and the original
     exception still goes on. A failed Confirm raises (the reservation then still expires
-    at `expires_at`, giving the credits back).
+    at `expires_at`, giving the credits back). `settled` is the reservation as it ended.
 
     With `keepalive`, a background task extends the reservation by its ttl every third
-    of it (ExtendReservation) until the work ends or the reservation's lifetime cap is
-    reached; `expires_at` follows. A failed extension is logged and tried again.
+    of it (ExtendReservation); `expires_at` follows. When a full extension would pass the
+    reservation's `extendable_until` (the service's lifetime cap), it makes one last,
+    shorter extension up to just before it, then stops. A failed extension is logged
+    and tried again.
     """
 
     def __init__(
@@ -64,9 +91,14 @@ class Hold:
         self._timeout_seconds = timeout_seconds
         self._reservation: Reserved | None = None
         self._expires_at: datetime.datetime | None = None
+        self._extendable_until: datetime.datetime | None = None
+        # The service's time at a moment of this process's monotonic clock: the latest
+        # answer that says what time the service had.
+        self._service_clock: tuple[datetime.datetime, float] | None = None
         self._captured: int | None = None
-        # The reservation as confirmed or released on exit; None until then, and after
-        # a Release that failed.
+        # The reservation as it ended: confirmed or released on exit, or, when entry
+        # was refused with JobAlreadySettled, the settled one the Reserve answered.
+        # None until then, and after a Release that failed.
         self.settled: Reservation | None = None
 
     @property
@@ -96,10 +128,24 @@ class Hold:
         self._captured = amount
 
     async def __aenter__(self) -> Self:
-        self._reservation = await self._reserve()
+        reservation = await self._reserve()
+        self._refuse_unless_active(reservation)
+        self._reservation = reservation
+        self._service_clock = (reservation.created_at, time.monotonic())
         if self._keepalive:
             self._keeper = asyncio.create_task(self._keep_alive())
         return self
+
+    def _refuse_unless_active(self, reservation: Reserved) -> None:
+        status = reservation.status
+        # This machine's clock: a reservation the service has not yet marked expired
+        # still cannot be confirmed once its expires_at has passed.
+        now = datetime.datetime.now(datetime.UTC)
+        if status is ReservationStatus.RESERVED and reservation.expires_at <= now:
+            status = ReservationStatus.EXPIRED
+        if status is not ReservationStatus.RESERVED:
+            self.settled = reservation
+            raise JobAlreadySettled(reservation, status)
 
     async def __aexit__(
         self,
@@ -138,27 +184,111 @@ class Hold:
         while True:
             await asyncio.sleep(ttl.total_seconds() * KEEPALIVE_INTERVAL_TTL_FRACTION)
             try:
-                extended = await self._client.extend_reservation(
-                    reservation.account_id,
-                    reservation.reservation_id,
-                    ttl,
-                    timeout_seconds=self._timeout_seconds,
-                )
-            except (ReservationLifetimeExceeded, ReservationNotActive) as error:
-                self._log_extension(error, "reservation not extended any further")
+                await self._extend(ttl)
+            except ReservationLifetimeExceeded:
+                await self._extend_to_the_cap(ttl)
+                return
+            except ReservationNotActive as error:
+                self._log_extension(error, "not extended any further")
                 return
             except CreditsError as error:
-                self._log_extension(error, "reservation not extended; trying again")
-                continue
-            self._expires_at = extended.reservation.expires_at
+                self._log_extension(error, "not extended; trying again")
 
-    def _log_extension(self, error: CreditsError, message: str) -> None:
+    async def _extend(self, ttl: datetime.timedelta) -> None:
+        reservation = self.reservation
+        extended = await self._client.extend_reservation(
+            reservation.account_id,
+            reservation.reservation_id,
+            ttl,
+            timeout_seconds=self._timeout_seconds,
+        )
+        self._expires_at = extended.reservation.expires_at
+        self._extendable_until = extended.extendable_until
+        # The service set expires_at to its now + ttl.
+        self._service_clock = (self._expires_at - ttl, time.monotonic())
+
+    def _service_now(self) -> datetime.datetime:
+        if self._service_clock is None:
+            raise RuntimeError("the hold has no reservation before it is entered")
+        seen, at = self._service_clock
+        return seen + datetime.timedelta(seconds=time.monotonic() - at)
+
+    async def _extend_to_the_cap(self, refused: datetime.timedelta) -> None:
+        """The service refused a full extension (it would pass `extendable_until`): one
+        last, shorter one up to just before the cap, then no more.
+
+        It asks for what the reading of the service's clock says is left. Should the
+        service refuse that too (the reading ran behind, e.g. a replayed reservation),
+        it halves the gap between the longest ttl granted and the shortest refused;
+        after each extension granted, the reading is exact again. A refusal changes
+        nothing, so a wrong guess costs one call."""
+        try:
+            cap = self._extendable_until or await self._extendable_until_from_service()
+            target = cap - datetime.timedelta(seconds=FINAL_EXTENSION_MARGIN_SECONDS)
+            precision = datetime.timedelta(seconds=FINAL_EXTENSION_PRECISION_SECONDS)
+            granted, trust_reading = datetime.timedelta(), True
+            for _ in range(FINAL_EXTENSION_ASKS_MAX):
+                left = target - self._service_now()
+                if self.expires_at >= target - precision or refused - granted < precision:
+                    break
+                ask = (
+                    left if trust_reading and granted < left < refused else (granted + refused) / 2
+                )
+                if ask.total_seconds() < EXTENSION_TTL_MIN_SECONDS:
+                    break
+                try:
+                    await self._extend(ask)
+                    granted, trust_reading = ask, True
+                except ReservationLifetimeExceeded:
+                    refused, trust_reading = ask, False
+        except CreditsError as error:
+            self._log_extension(error, "not extended up to its lifetime cap")
+            return
+        self._log_extension(
+            None, f"not extended any further: it is at its lifetime cap ({cap.isoformat()})"
+        )
+
+    async def _extendable_until_from_service(self) -> datetime.datetime:
+        reservation = self.reservation
+        details = await self._client.get_reservation(
+            reservation.account_id,
+            reservation.reservation_id,
+            timeout_seconds=self._timeout_seconds,
+        )
+        return details.extendable_until
+
+    def _describe(self) -> str:
+        """The ids of this hold, for log messages (readable under any log format)."""
+        reservation = self.reservation
+        return (
+            f"reservation {reservation.reservation_id} of account {reservation.account_id} "
+            f"(idempotency key {reservation.idempotency_key}, expires at "
+            f"{self.expires_at.isoformat()})"
+        )
+
+    def _fields(self, error: BaseException | None) -> dict[str, str]:
+        reservation = self.reservation
         fields = {
-            "reservation_id": self.reservation.reservation_id,
+            "account_id": reservation.account_id,
+            "reservation_id": reservation.reservation_id,
+            "idempotency_key": reservation.idempotency_key,
             "expires_at": self.expires_at.isoformat(),
-            "error": type(error).__name__,
         }
-        log.warning(message, extra=fields)
+        if error is not None:
+            fields["error"] = type(error).__name__
+        return fields
+
+    def _log_extension(self, error: CreditsError | None, outcome: str) -> None:
+        if error is None:
+            log.info("keepalive: %s %s", self._describe(), outcome, extra=self._fields(None))
+            return
+        log.warning(
+            "keepalive: %s %s: %s",
+            self._describe(),
+            outcome,
+            error,
+            extra=self._fields(error),
+        )
 
     async def _release_after(self, error: BaseException) -> None:
         reservation = self.reservation
@@ -186,14 +316,10 @@ class Hold:
             self._log_failed_release(release.exception())
 
     def _log_failed_release(self, release_error: BaseException | None) -> None:
-        fields = {
-            "account_id": self.reservation.account_id,
-            "reservation_id": self.reservation.reservation_id,
-            "expires_at": self.expires_at.isoformat(),
-            "error": type(release_error).__name__,
-        }
         log.warning(
-            "release failed; the reservation expires at expires_at",
-            extra=fields,
+            "release of %s failed (%s): the credits come back when it expires",
+            self._describe(),
+            type(release_error).__name__,
+            extra=self._fields(release_error),
             exc_info=release_error,
         )

@@ -230,7 +230,7 @@ async def test_calls_over_a_rate_limit_wait_what_retry_info_says_and_succeed(
     finally:
         await server.stop()
 
-    retried = [r for r in caplog.records if r.getMessage() == "credits call retried"]
+    retried = [r for r in caplog.records if r.getMessage().startswith("credits call retried: ")]
     assert retried
     assert {r.__dict__["reason"] for r in retried} == {"RATE_LIMITED"}
     assert (await ops_client.balance(account)).reserved == 10 * RESERVES_OVER_THE_LIMIT

@@ -52,10 +52,14 @@ async def test_a_call_retried_across_a_restart_of_the_service_is_applied_once(
             server = await start_server(database_url, pki, port)
             reserved = await call
 
-        retried = [r for r in caplog.records if r.getMessage() == "credits call retried"]
+        retried = [r for r in caplog.records if r.getMessage().startswith("credits call retried: ")]
         assert retried, "the call failed while the service was away, and was sent again"
         keys = {r.__dict__["idempotency_key"] for r in retried}
         assert keys == {reserved.idempotency_key}
+        # The ids are in the message: a plain logging.basicConfig shows them.
+        for record in retried:
+            assert f"account_id={account}" in record.getMessage()
+            assert f"idempotency_key={reserved.idempotency_key}" in record.getMessage()
 
         # The response of an attempt that was applied can be lost on the way back: the
         # caller then sends the call again with the key, which is applied once.

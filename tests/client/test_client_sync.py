@@ -14,11 +14,12 @@ import pytest
 from credits_client import (
     CreditsClient,
     InsufficientCredits,
+    JobAlreadySettled,
     ReservationStatus,
     SyncCreditsClient,
 )
 from tests.client.conftest import funded, mtls_options
-from tests.support import RunningServer
+from tests.support import RunningServer, new_id
 
 
 class WorkFailed(Exception):
@@ -81,6 +82,27 @@ async def test_a_sync_hold_releases_on_an_exception_and_reraises_it(
 
     balance = await ops_client.balance(account)
     assert (balance.available, balance.reserved) == (1000, 0)
+
+
+async def test_a_sync_hold_refuses_the_key_of_a_finished_job_before_the_body_runs(
+    ops_client: CreditsClient, sync_backend: SyncCreditsClient
+) -> None:
+    account = await funded(ops_client, 1000)
+    key = new_id("image")
+    ran: list[str] = []
+
+    def job() -> None:
+        with sync_backend.hold(account, 300, idempotency_key=key):
+            ran.append(key)
+
+    await asyncio.to_thread(job)
+    with pytest.raises(JobAlreadySettled) as refused:
+        await asyncio.to_thread(job)
+
+    assert ran == [key], "the second run's body never ran"
+    assert refused.value.status is ReservationStatus.CONFIRMED
+    balance = await ops_client.balance(account)
+    assert (balance.available, balance.reserved) == (700, 0)
 
 
 async def test_sync_calls_from_several_threads_raise_typed_errors_and_iterate(
