@@ -142,3 +142,46 @@ async def test_a_request_over_the_size_limit_is_still_refused_by_grpc(
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await backend.GetBalance(request, timeout=T)
     assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_a_callers_half_open_calls_count_against_the_callers_budget_until_they_end(
+    database_url: str, pki: Path
+) -> None:
+    server = await start_server(
+        database_url, pki, CREDITS_MAX_CONCURRENT_RPCS="2", CREDITS_DB_POOL_SIZE="1"
+    )
+    probe = issue(dev_ca(pki), "kubelet")
+    gate = asyncio.Event()
+    try:
+        async with (
+            open_channel(pki, "backend", server.address) as caller,
+            tls_channel(pki, server.address, probe) as anonymous,
+        ):
+            held = [
+                caller.stream_stream(
+                    "/credits.v1.CreditsService/GetBalance",
+                    request_serializer=credits_pb2.GetBalanceRequest.SerializeToString,
+                    response_deserializer=credits_pb2.GetBalanceResponse.FromString,
+                )(never_sent(gate))
+                for _ in range(2)
+            ]
+            outcomes = [asyncio.ensure_future(outcome(call)) for call in held]
+            await asyncio.sleep(1.0)
+            request = credits_pb2.GetBalanceRequest(account_id=new_id())
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await CreditsServiceStub(caller).GetBalance(request, timeout=T)
+            assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert refused.value.details() == admission.CALLERS_OVER_BUDGET_MESSAGE
+            # Not a place of the non-callers' budget: a probe is answered meanwhile.
+            check = anonymous.unary_unary(
+                CHECK,
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+            await check(health_pb2.HealthCheckRequest(service=""), timeout=T)
+            ended = await asyncio.wait_for(asyncio.gather(*outcomes), ENDED_WITHIN_SECONDS)
+            assert ended == [grpc.StatusCode.DEADLINE_EXCEEDED] * 2
+            await CreditsServiceStub(caller).GetBalance(request, timeout=T)
+    finally:
+        gate.set()
+        await server.stop()
