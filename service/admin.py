@@ -27,10 +27,29 @@ from service.store import database, reconcile
 from service.store.postgres import PostgresStore, sqlalchemy_url
 
 RECENT_RESERVATIONS_MAX = 20
+BACKSLASH = "\\"
 # The account view lists every grant, fetched in pages of the API's largest size.
 GRANTS_PAGE_SIZE = limits.PAGE_SIZE_MAX
 # An operator's command waits as long as the database's statement timeout allows.
 NO_DEADLINE = None
+
+
+def escaped(text: str) -> str:
+    """`text` with every character a terminal would act on (C0, DEL, C1, Unicode's
+    format and separator characters) written as its Python escape (ESC as \\x1b), and
+    backslashes doubled so that an escape in the data cannot pass for one made here.
+    What callers sent reaches this output; it must never drive the operator's terminal."""
+    if text.isprintable() and BACKSLASH not in text:
+        return text
+    return "".join(
+        c if c.isprintable() and c != BACKSLASH else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
+
+
+def show(line: str) -> None:
+    """Print one line of operator output, escaped."""
+    print(escaped(line))
 
 
 def resolve_url(*names: str) -> tuple[str, database.Embedded | None]:
@@ -51,9 +70,9 @@ async def run_reconcile(url: str) -> int:
     finally:
         await engine.dispose()
     for d in found:
-        print(f"DISCREPANCY {d.invariant}: {d.subject}: {d.detail}")
+        show(f"DISCREPANCY {d.invariant}: {d.subject}: {d.detail}")
     checked = len(reconcile.INVARIANTS)
-    print(f"reconcile: {checked} invariants checked, {len(found)} discrepancies")
+    show(f"reconcile: {checked} invariants checked, {len(found)} discrepancies")
     return 1 if found else 0
 
 
@@ -73,20 +92,20 @@ async def show_account(url: str, account_id: str) -> int:
         )
     finally:
         await engine.dispose()
-    print(f"account {account_id}: available {balance.available}, reserved {balance.reserved}")
-    print(f"grants ({len(grants)}, in burn-down order):")
+    show(f"account {account_id}: available {balance.available}, reserved {balance.reserved}")
+    show(f"grants ({len(grants)}, in burn-down order):")
     for lot in grants:
         g = lot.grant
-        print(
+        show(
             f"  {g.grant_id} {GrantSource(g.source).name.lower():<12} original {g.original_amount}"
             f" remaining {g.remaining_amount} held {lot.held_amount} revoked {g.revoked_amount}"
             f" unrecovered {g.unrecovered_amount} expired {g.expired_amount}"
             f" priority {g.priority} expires {g.expires_at or 'never'}"
             f" ref {g.external_ref or '-'}"
         )
-    print(f"recent reservations ({len(reservations)}, newest first):")
+    show(f"recent reservations ({len(reservations)}, newest first):")
     for r in reservations:
-        print(
+        show(
             f"  {r.reservation_id} {ReservationStatus(r.status).name.lower():<9} amount {r.amount}"
             f" confirmed {r.confirmed_amount} {r.job_type or '-'}/{r.job_id or '-'}"
             f" created {r.created_at} expires {r.expires_at}"

@@ -187,9 +187,11 @@ class ReserveRequest(_message.Message):
     A repeat with the same request returns the original reservation.
     """
     job_id: _builtins.str
-    """The caller's id of the job the credits pay for."""
+    """The caller's id of the job the credits pay for: at most 128 characters, no control
+    characters (C0, DEL, C1).
+    """
     job_type: _builtins.str
-    """The caller's kind of job (e.g. "story", "image")."""
+    """The caller's kind of job (e.g. "story", "image"), as job_id."""
     description: _builtins.str
     """Free text for operators, at most 500 characters."""
     @_builtins.property
@@ -198,7 +200,9 @@ class ReserveRequest(_message.Message):
 
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
-        """How long the hold lasts before it expires: 1 s to 24 h; absent means 15 minutes."""
+        """How long the hold lasts before it expires: 1 s to 24 h; absent means 15 minutes.
+        nanos must have the sign of seconds (protobuf's rule), else INVALID_ARGUMENT.
+        """
 
     def __init__(
         self,

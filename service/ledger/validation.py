@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import json
 import re
+import unicodedata
 import uuid
 from collections.abc import Mapping
 
@@ -17,6 +18,9 @@ ACCOUNT_ID_PATTERN = re.compile(limits.ACCOUNT_ID_REGEX)
 PRINTABLE_ASCII_PATTERN = re.compile(r"[\x20-\x7e]+")
 # PostgreSQL's text cannot hold NUL; refusing it here keeps it a bad field, not a crash.
 NUL = "\x00"
+# Unicode's control characters: C0, DEL and C1. An id holding them could drive the
+# terminal of an operator who looks at it (ESC sequences, a newline that forges a line).
+CONTROL_CATEGORY = "Cc"
 NANOS_PER_SECOND = 1_000_000_000
 # The range of google.protobuf.Timestamp, which is also inside what datetime holds.
 TIMESTAMP_SECONDS_MIN = -62_135_596_800  # 0001-01-01T00:00:00Z
@@ -59,6 +63,15 @@ class Check:
         elif NUL in value:
             self.fail(name, "must not contain NUL characters")
 
+    def identifier(self, name: str, value: str, chars_max: int) -> None:
+        """Text that names something (a job, a kind of job): no control characters,
+        which no name needs. Free text (descriptions, reasons) may hold newlines and
+        tabs; whatever shows it must escape them."""
+        if len(value) > chars_max:
+            self.fail(name, f"must be at most {chars_max} characters")
+        elif any(unicodedata.category(c) == CONTROL_CATEGORY for c in value):
+            self.fail(name, "must not contain control characters")
+
     def metadata(self, value: Mapping[str, str], allowed: frozenset[str]) -> None:
         if len(value) > limits.METADATA_ENTRIES_MAX:
             self.fail("metadata", f"must have at most {limits.METADATA_ENTRIES_MAX} entries")
@@ -80,10 +93,13 @@ class Check:
         """The reservation's time to live (the default when absent)."""
         if value is None:
             return limits.RESERVATION_TTL_DEFAULT
+        if not duration_well_formed(value):
+            self.fail("ttl", "must have nanos of the sign of seconds and below one second")
+            return limits.RESERVATION_TTL_DEFAULT
         total_nanos = value.seconds * NANOS_PER_SECOND + value.nanos
         low = limits.RESERVATION_TTL_MIN // datetime.timedelta(microseconds=1) * 1000
         high = limits.RESERVATION_TTL_MAX // datetime.timedelta(microseconds=1) * 1000
-        if not (low <= total_nanos <= high and abs(value.nanos) < NANOS_PER_SECOND):
+        if not low <= total_nanos <= high:
             self.fail("ttl", "must be between 1 second and 24 hours")
             return limits.RESERVATION_TTL_DEFAULT
         return datetime.timedelta(microseconds=total_nanos // 1000)
@@ -91,10 +107,11 @@ class Check:
     def timestamp(self, name: str, value: WireTime | None) -> datetime.datetime | None:
         if value is None:
             return None
-        if not (
-            TIMESTAMP_SECONDS_MIN <= value.seconds <= TIMESTAMP_SECONDS_MAX
-            and 0 <= value.nanos < NANOS_PER_SECOND
-        ):
+        # protobuf's Timestamp rule: nanos count forward from the second, never back.
+        if not 0 <= value.nanos < NANOS_PER_SECOND:
+            self.fail(name, "must have nanos from 0 to 999999999")
+            return None
+        if not TIMESTAMP_SECONDS_MIN <= value.seconds <= TIMESTAMP_SECONDS_MAX:
             self.fail(name, "must be a time between the years 1 and 9999")
             return None
         epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
@@ -103,6 +120,15 @@ class Check:
     def done(self) -> None:
         if self.violations:
             raise InvalidRequest(self.violations)
+
+
+def duration_well_formed(value: WireTime) -> bool:
+    """protobuf's Duration rules: |nanos| below a second, and nanos of the same sign as
+    seconds (5 s and -999,999,999 ns is no duration, not 1 ns over 4 s)."""
+    if abs(value.nanos) >= NANOS_PER_SECOND:
+        return False
+    # Zero or the same sign, never opposite signs.
+    return value.seconds * value.nanos >= 0
 
 
 def request_hash(operation: str, fields: Mapping[str, object]) -> bytes:

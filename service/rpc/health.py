@@ -3,11 +3,11 @@ while it cannot be reached (so that a load balancer sends traffic elsewhere), an
 NOT_SERVING for good once the server is stopping.
 
 Health is open to anyone, since probes carry no caller's credentials. A `Watch` stream,
-though, stays open as long as its peer likes and takes one of the server's concurrent
-RPCs the whole time. Streams of peers that are no caller therefore get a small budget of
-their own, added on top of the callers' CREDITS_MAX_CONCURRENT_RPCS, so that no number
-of them can take a caller's place; beyond it they are refused with RESOURCE_EXHAUSTED.
-A caller's streams (gRPC's client-side health checking) count like its other RPCs.
+though, stays open as long as its peer likes; the streams of peers that are no caller
+therefore have a small budget of their own (service.rpc.admission counts it), so that no
+number of them can take a caller's place; beyond it they are refused with
+RESOURCE_EXHAUSTED. A caller's streams (gRPC's client-side health checking) count like
+its other RPCs.
 """
 
 import asyncio
@@ -21,7 +21,6 @@ from grpc_health.v1 import health, health_pb2
 from service.access import authentication as auth
 from service.access import contract
 from service.access.callers import LiveCallers
-from service.ledger import failures
 from service.ops import metrics
 
 log = logging.getLogger("credits.health")
@@ -31,7 +30,7 @@ HEALTH_NAMES = ("", contract.SERVICE_NAME)
 # A probe (`SELECT 1`) slower than this counts as a database that cannot be reached: the
 # RPCs it stands for would be as slow.
 PROBE_TIMEOUT_SECONDS = 2.0
-# Enough for the load balancers and probes of one instance; `Check` is never limited.
+# Enough for the load balancers and probes of one instance.
 ANONYMOUS_WATCHES_MAX = 16
 # A refused watcher should come back later, not at once.
 ANONYMOUS_WATCH_RETRY_SECONDS = 30.0
@@ -54,34 +53,6 @@ def caller_check(
         return key is not None and current.for_api_key(key) is not None
 
     return is_caller
-
-
-class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc]
-    """gRPC's health servicer with the budget of anonymous Watch streams."""
-
-    def __init__(self, is_caller: Callable[[grpc.aio.ServicerContext], bool]) -> None:
-        super().__init__()
-        self._is_caller = is_caller
-        self._anonymous_watches = 0
-
-    async def Watch(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
-    ) -> None:
-        if self._is_caller(context):
-            await super().Watch(request, context)
-            return
-        if self._anonymous_watches >= ANONYMOUS_WATCHES_MAX:
-            metrics.RATE_LIMITED.labels(ANONYMOUS, WATCH_METHOD).inc()
-            raise failures.RateLimited(
-                ANONYMOUS_WATCH_SUBJECT,
-                f"{ANONYMOUS_WATCHES_MAX} concurrent streams",
-                ANONYMOUS_WATCH_RETRY_SECONDS,
-            )
-        self._anonymous_watches += 1
-        try:
-            await super().Watch(request, context)
-        finally:
-            self._anonymous_watches -= 1
 
 
 async def set_serving(servicer: health.aio.HealthServicer, serving: bool) -> None:

@@ -16,6 +16,7 @@ from service.access.ratelimit import Limiter, RateLimit
 from service.access.tls import ServerCertificates
 from service.ledger import limits
 from service.ledger.operations import Ledger
+from service.rpc import admission
 from service.rpc import health as credits_health
 from service.rpc.servicer import CreditsServicer
 from service.settings import AuthMode, Settings
@@ -71,11 +72,19 @@ def build_server(settings: Settings, ledger: Ledger, *, sharing: int = 1) -> Bui
     """`sharing`: how many processes serve this address together (service.processes)."""
     limiter = Limiter(settings.redis_url, sharing=sharing)
     callers = LiveCallers(settings.callers)
+    admission.check_limits(settings, MAX_CONNECTION_AGE_GRACE_MS / 1000)
+    certificates_name_callers = settings.auth_mode is AuthMode.MTLS
     server = grpc.aio.server(
-        interceptors=interceptor_chain(settings, limiter, callers),
-        # Anonymous health Watch streams have a budget of their own (service.rpc.health).
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs + credits_health.ANONYMOUS_WATCHES_MAX,
+        # Admission comes first: it decides on a call before its request is read.
+        interceptors=[
+            admission.Admission(settings, callers, certificates=certificates_name_callers),
+            *interceptor_chain(settings, limiter, callers),
+        ],
+        # A backstop: callers and peers that are no caller have budgets of their own
+        # (service.rpc.admission), counted as soon as a call's headers arrive.
+        maximum_concurrent_rpcs=admission.grpc_calls_max(settings),
         options=[
+            ("grpc.max_concurrent_streams", admission.STREAMS_PER_CONNECTION_MAX),
             ("grpc.max_receive_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
             ("grpc.max_send_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
             # Only the workers of one supervisor share an address; otherwise a second
@@ -88,9 +97,7 @@ def build_server(settings: Settings, ledger: Ledger, *, sharing: int = 1) -> Bui
         ],
     )
     decoding.add_servicer(CreditsServicer(ledger), contract.SERVICE, server)
-    health_servicer = credits_health.HealthServicer(
-        credits_health.caller_check(callers, certificates=settings.auth_mode is AuthMode.MTLS)
-    )
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (contract.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

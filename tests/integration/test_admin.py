@@ -5,6 +5,9 @@ import os
 import subprocess
 import sys
 
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from tests.support import CALL_TIMEOUT_SECONDS as T
@@ -43,3 +46,31 @@ async def test_account_shows_balance_grants_and_reservations(ops: Stub, database
 async def test_account_refuses_a_malformed_id(database_url: str) -> None:
     shown = await admin(database_url, "account", "not an id")
     assert shown.returncode == 2
+
+
+async def test_account_shows_control_characters_escaped(
+    ops: Stub, database_url: str, admin_engine: AsyncEngine
+) -> None:
+    """A job id stored before Reserve refused control characters (or written by anything
+    that is not the API): set the window title, clear the screen, forge a line."""
+    account = await funded_account(ops, 500)
+    reservation = (
+        await ops.Reserve(
+            pb.ReserveRequest(account_id=account, amount=7, idempotency_key=new_id()),
+            timeout=T,
+        )
+    ).reservation
+    forged = "\x1b]0;owned\x07\x1b[2J\x9b1m\n  forged reserved amount 1\\x1b"
+    async with admin_engine.connect() as conn:
+        await conn.execute(
+            text("UPDATE reservations SET job_id = :j, job_type = :t WHERE reservation_id = :r"),
+            {"j": forged, "t": "a\tb\x7f", "r": reservation.reservation_id},
+        )
+    shown = await admin(database_url, "account", account)
+    assert shown.returncode == 0, shown.stderr
+    assert not any(c in shown.stdout for c in "\x1b\x07\x9b\x7f\t"), "a control character got out"
+    line = next(x for x in shown.stdout.splitlines() if reservation.reservation_id in x)
+    assert (
+        "a\\tb\\x7f/\\x1b]0;owned\\x07\\x1b[2J\\x9b1m\\n  forged reserved amount 1\\\\x1b" in line
+    )
+    assert not any(x.startswith("  forged") for x in shown.stdout.splitlines())

@@ -127,6 +127,53 @@ async def test_out_of_range_times_are_invalid_arguments(ops: Stub) -> None:
     assert await balance(ops, account) == (100, 0)
 
 
+async def test_mixed_sign_durations_and_backward_nanos_are_invalid_arguments(ops: Stub) -> None:
+    account = new_id()
+    await grant(ops, account, 100)
+    r = await reserve(ops, account, 10)
+    # 5 s and -999,999,999 ns used to be taken as a ttl of about 4 s.
+    mixed = duration_pb2.Duration(seconds=5, nanos=-999_999_999)
+    reserving = pb.ReserveRequest(account_id=account, amount=1, idempotency_key=new_id(), ttl=mixed)
+    extending = pb.ExtendReservationRequest(
+        account_id=account, reservation_id=r.reservation_id, ttl=mixed
+    )
+    backward = pb.GrantRequest(
+        account_id=account,
+        amount=1,
+        source=pb.GRANT_SOURCE_PROMOTION,
+        idempotency_key=new_id(),
+        expires_at=timestamp_pb2.Timestamp(seconds=4_000_000_000, nanos=-1),
+    )
+    for call, field in (
+        (ops.Reserve(reserving, timeout=T), "ttl"),
+        (ops.ExtendReservation(extending, timeout=T), "ttl"),
+        (ops.Grant(backward, timeout=T), "expires_at"),
+    ):
+        code, reason, fields, _ = await rejected(call)
+        assert (code, reason, fields) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_REQUEST",
+            [field],
+        )
+    assert await balance(ops, account) == (90, 10)
+
+
+async def test_control_characters_in_job_ids_are_invalid_arguments(ops: Stub) -> None:
+    account = new_id()
+    await grant(ops, account, 100)
+    forged = "\x1b]0;owned\x07\x1b[2J\n  00000000 reserved amount 1"
+    request = pb.ReserveRequest(
+        account_id=account, amount=1, idempotency_key=new_id(), job_id=forged, job_type="a\x9bb"
+    )
+    code, reason, fields, _ = await rejected(ops.Reserve(request, timeout=T))
+    assert (code, reason, sorted(fields)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_REQUEST",
+        ["job_id", "job_type"],
+    )
+    assert await balance(ops, account) == (100, 0)
+
+
 async def test_nul_characters_are_invalid_arguments(ops: Stub) -> None:
     account = new_id()
     g = await grant(ops, account, 100)

@@ -9,6 +9,8 @@ from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
 from service import settings
 from service.access import errors
+from service.rpc import admission, server
+from service.rpc.health import ANONYMOUS_WATCHES_MAX
 from service.settings import AuthMode, SettingsError
 
 
@@ -118,3 +120,17 @@ def test_a_rate_limit_refusal_carries_retry_info_and_quota_failure() -> None:
     assert [(v.subject, v.description) for v in quota.violations] == [
         ("account:a", "50 per 1 second")
     ]
+
+
+def test_admission_limits_are_checked_against_the_connection_grace(dev_dir: Path) -> None:
+    loaded = load(dev_dir)
+    admission.check_limits(loaded, server.MAX_CONNECTION_AGE_GRACE_MS / 1000)
+    with pytest.raises(ValueError, match="REQUEST_MESSAGE_WAIT_SECONDS"):
+        admission.check_limits(loaded, admission.REQUEST_MESSAGE_WAIT_SECONDS)
+
+
+def test_grpcs_own_cap_leaves_room_beyond_every_budget(dev_dir: Path) -> None:
+    loaded = load(dev_dir)
+    budgets = loaded.max_concurrent_rpcs + admission.ANONYMOUS_CALLS_MAX
+    budgets += ANONYMOUS_WATCHES_MAX
+    assert admission.grpc_calls_max(loaded) >= budgets + admission.STREAMS_PER_CONNECTION_MAX

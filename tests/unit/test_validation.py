@@ -25,6 +25,11 @@ def violations(check: Check) -> list[str]:
         (WireTime(10**15, 0), False),
         (WireTime(-(10**15), 0), False),
         (WireTime(60, 2 * 10**9), False),
+        # protobuf's Duration: nanos take the sign of seconds.
+        (WireTime(5, -999_999_999), False),
+        (WireTime(2, -1), False),
+        (WireTime(-5, 999_999_999), False),
+        (WireTime(1, 999_999_999), True),
     ],
 )
 def test_ttl_bounds(ttl: WireTime, valid: bool) -> None:
@@ -45,6 +50,8 @@ def test_an_absent_ttl_is_the_default() -> None:
         (WireTime(253_402_300_800, 0), False),
         (WireTime(2**62, 0), False),
         (WireTime(0, -1), False),
+        (WireTime(1_700_000_000, -999_999_999), False),
+        (WireTime(1_700_000_000, 10**9), False),
     ],
 )
 def test_timestamp_range(stamp: WireTime, valid: bool) -> None:
@@ -60,6 +67,20 @@ def test_text_refuses_nul_and_length() -> None:
     check.text("reason", "x" * 11, 10)
     check.text("job_id", "fine", 10)
     assert violations(check) == ["description", "reason"]
+
+
+@pytest.mark.parametrize("control", ["\x00", "\x1b", "\n", "\t", "\x7f", "\x9b", "\x85"])
+def test_identifiers_refuse_c0_del_and_c1_controls(control: str) -> None:
+    check = Check()
+    check.identifier("job_id", f"job{control}1", 128)
+    check.identifier("job_type", "story-é", 128)
+    assert violations(check) == ["job_id"]
+
+
+def test_free_text_may_hold_newlines_and_tabs() -> None:
+    check = Check()
+    check.text("description", "line one\n\tline two", 500)
+    assert violations(check) == []
 
 
 def test_metadata_names_each_bad_entry() -> None:
