@@ -21,7 +21,6 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import jsonlog
-
 from service.ledger import limits
 from service.ledger.model import GrantLot, GrantSource, ReservationStatus
 from service.ledger.operations import utc_now
