@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup proto proto-check lint test run reconcile bench chaos clean
+.PHONY: setup proto proto-check lint test run reload reconcile bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ test: $(STAMP) proto-check
 
 run: $(STAMP)
 	$(PY) -m scripts.devrun
+
+# The running `make run` service rereads its callers file and TLS files (SIGHUP to the
+# process named in .dev/service.pid).
+reload: $(STAMP)
+	$(PY) -m scripts.devrun --reload
 
 reconcile: $(STAMP)
 	$(PY) -m scripts.devrun --reconcile

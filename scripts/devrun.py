@@ -1,10 +1,13 @@
-"""`make run` and `make reconcile`: the development environment in one command.
+"""`make run`, `make reload` and `make reconcile`: the development environment in one
+command.
 
 Creates what is missing under `.dev/` (PKI, the gateway's Stripe signing secret, the
 callers file, the package table), starts the embedded PostgreSQL (or uses
 `CREDITS_DATABASE_URL`), migrates it, and runs the service and the gateway in the
 foreground until Ctrl-C, SIGTERM or SIGHUP, which stop all three. `CREDITS_…` variables
 from the environment pass through; the gateway calls the service at `CREDITS_GRPC_ADDR`.
+The service names the process to signal in `.dev/service.pid` (CREDITS_PID_FILE), which
+`make reload` sends SIGHUP: the service rereads its callers file and TLS files.
 
 It starts after any stop, `kill -9` of every process included: what a killed embedded
 PostgreSQL leaves behind is cleared (service.store.database), and the service and the gateway
@@ -26,6 +29,7 @@ from gateway.settings import LISTEN_ADDR_DEFAULT
 from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
 from service import admin
+from service.ops import pidfile
 from service.settings import DEV_DIR, DEV_GRPC_ADDR
 from service.store import database
 
@@ -37,6 +41,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # Linux's prctl(PR_SET_PDEATHSIG): the kernel signals the child when the runner dies,
 # however it dies.
 PR_SET_PDEATHSIG = 1
+DEV_PID_FILE_NAME = "service.pid"
 # A listen address on every interface is dialled on loopback.
 ANY_HOSTS = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}  # noqa: S104
 
@@ -114,18 +119,38 @@ class StopRequest:
         self.requested = True
 
 
+def pid_file(dev_dir: Path) -> Path:
+    """Where the service of `make run` names itself."""
+    return Path(os.environ.get("CREDITS_PID_FILE") or dev_dir / DEV_PID_FILE_NAME)
+
+
+def reload(dev_dir: Path) -> int:
+    """SIGHUP to the service of `make run`, through its pid file."""
+    try:
+        pid = pidfile.signal_service(pid_file(dev_dir), signal.SIGHUP)
+    except pidfile.PidFileError as exc:
+        print(f"reload: {exc} (is `make run` running?)", file=sys.stderr)
+        return 1
+    print(
+        f"reload: sent SIGHUP to the service (pid {pid}); its log says `reloaded` or"
+        " `reload refused` for each file",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def run(dev_dir: Path) -> int:
     stop = StopRequest()
     url, embedded = open_database(dev_dir)
     try:
-        return serve(url, stop)
+        return serve(url, stop, pid_file(dev_dir))
     finally:
         if embedded is not None:
             # Stops the server unless another process (an admin command) still uses it.
             embedded.server.cleanup()
 
 
-def serve(url: str, stop: StopRequest) -> int:
+def serve(url: str, stop: StopRequest, service_pid_file: Path) -> int:
     service_addr = os.environ.get("CREDITS_GRPC_ADDR") or DEV_GRPC_ADDR
     gateway_addr = os.environ.get("CREDITS_GATEWAY_ADDR") or LISTEN_ADDR_DEFAULT
     target = os.environ.get("CREDITS_GATEWAY_SERVICE_TARGET") or dialable(service_addr)
@@ -134,6 +159,7 @@ def serve(url: str, stop: StopRequest) -> int:
         "CREDITS_ENV": "development",
         "CREDITS_DATABASE_URL": url,
         "CREDITS_GATEWAY_SERVICE_TARGET": target,
+        "CREDITS_PID_FILE": str(service_pid_file),
     }
     children: list[subprocess.Popen[bytes]] = []
     try:
@@ -155,9 +181,13 @@ def serve(url: str, stop: StopRequest) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--reconcile", action="store_true", help="reconcile the dev database")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--reconcile", action="store_true", help="reconcile the dev database")
+    action.add_argument("--reload", action="store_true", help="SIGHUP the running service")
     args = parser.parse_args()
     dev_dir = Path(os.environ.get("CREDITS_DEV_DIR", str(DEV_DIR)))
+    if args.reload:
+        sys.exit(reload(dev_dir))
     if args.reconcile:
         url, _embedded = open_database(dev_dir)
         os.environ["CREDITS_DATABASE_URL"] = url

@@ -6,7 +6,8 @@
 
 The database is `CREDITS_DATABASE_URL` (for migrate: `CREDITS_MIGRATION_DATABASE_URL`,
 a role that owns the schema, else `CREDITS_DATABASE_URL`), or with
-`CREDITS_ENV=development` and neither set, the embedded database under `.dev/`.
+`CREDITS_ENV=development` and neither set, the embedded database under `.dev/`, which
+migrate brings to the newest revision as its owner (as `make run` does on every start).
 """
 
 import argparse
@@ -16,8 +17,10 @@ import os
 import sys
 from pathlib import Path
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
+import jsonlog
 from service.ledger import limits
 from service.ledger.model import GrantLot, GrantSource, ReservationStatus
 from service.ledger.operations import utc_now
@@ -32,6 +35,9 @@ BACKSLASH = "\\"
 GRANTS_PAGE_SIZE = limits.PAGE_SIZE_MAX
 # An operator's command waits as long as the database's statement timeout allows.
 NO_DEADLINE = None
+MIGRATION_URL_SETTINGS = ("CREDITS_MIGRATION_DATABASE_URL", "CREDITS_DATABASE_URL")
+# PostgreSQL's insufficient_privilege: the role may not change the schema.
+SQLSTATE_INSUFFICIENT_PRIVILEGE = "42501"
 
 
 def escaped(text: str) -> str:
@@ -60,6 +66,39 @@ def resolve_url(*names: str) -> tuple[str, database.Embedded | None]:
         embedded = database.prepare_embedded(Path(os.environ.get("CREDITS_DEV_DIR", str(DEV_DIR))))
         return embedded.service_url, embedded
     raise SystemExit(f"set {' or '.join(names)} (or CREDITS_ENV=development for .dev/)")
+
+
+def run_migrate() -> int:
+    """Migrate; a database that refuses is one line on stderr and exit 1, not a stack."""
+    url, embedded = resolve_url(*MIGRATION_URL_SETTINGS)
+    if embedded is not None:
+        # Starting the embedded database migrated it as its owner (the URL handed to the
+        # service is its restricted role's, which may not).
+        print("the development database is at the newest revision")
+        return 0
+    setting = next(name for name in MIGRATION_URL_SETTINGS if os.environ.get(name))
+    try:
+        database.migrate(url)
+    except DBAPIError as exc:
+        sqlstate = jsonlog.exception_fields(exc).get("sqlstate")
+        if sqlstate == SQLSTATE_INSUFFICIENT_PRIVILEGE:
+            print(
+                f"migrate: permission denied: the role of {setting} may not change the schema;"
+                " set CREDITS_MIGRATION_DATABASE_URL to the schema owner's URL",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"migrate: the database of {setting} refused: {type(exc.orig).__name__}"
+                f" (SQLSTATE {sqlstate or 'unknown'})",
+                file=sys.stderr,
+            )
+        return 1
+    except OSError as exc:
+        print(f"migrate: cannot reach the database of {setting}: {exc}", file=sys.stderr)
+        return 1
+    print("schema is at the newest revision")
+    return 0
 
 
 async def run_reconcile(url: str) -> int:
@@ -142,10 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "migrate":
-        url, _embedded = resolve_url("CREDITS_MIGRATION_DATABASE_URL", "CREDITS_DATABASE_URL")
-        database.migrate(url)
-        print("schema is at the newest revision")
-        return 0
+        return run_migrate()
     url, _embedded = resolve_url("CREDITS_DATABASE_URL")
     if args.command == "reconcile":
         return asyncio.run(run_reconcile(url))

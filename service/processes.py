@@ -5,27 +5,27 @@ SO_REUSEPORT: the kernel spreads incoming connections over them.
 
 The supervisor holds no gRPC object and no database connection (gRPC does not survive a
 fork once it has any, so workers are fresh interpreters). It forwards SIGTERM, SIGINT and
-SIGHUP to every worker, serves the workers' metrics as one `/metrics`, and stops them all
+SIGHUP to every worker (it names itself in CREDITS_PID_FILE, the one process to signal),
+serves the workers' metrics as one `/metrics`, and stops them all
 when one of them stops on its own, so that whatever supervises the service restarts it
 whole rather than leaving it short of a process.
 """
 
+import contextlib
 import ctypes
 import logging
 import os
 import select
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import NoReturn
 
 from service import settings
-from service.ops import logs, metrics
+from service.ops import logs, metrics, pidfile
 
 log = logging.getLogger("credits.processes")
 
@@ -177,23 +177,23 @@ def supervise(config: settings.Settings) -> int:
     url, _embedded = database_url(config)
     address, holder = claim_address(config.grpc_addr)
     env = {**os.environ, "CREDITS_DATABASE_URL": url, "CREDITS_GRPC_ADDR": address}
-    metrics_dir = None
-    if config.metrics_addr:
-        metrics_dir = tempfile.mkdtemp(prefix="credits-metrics-")
-        env[METRICS_DIR_ENV] = metrics_dir
-        metrics.serve_processes(config.metrics_addr, metrics_dir)
-    supervisor = Supervisor(config, env)
-    for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, supervisor.forward)
-    log.info("supervising", extra={"processes": config.processes, "address": address})
-    try:
-        supervisor.run()
-    finally:
-        stop_all(supervisor.workers, config.shutdown_grace_seconds + EXIT_MARGIN_SECONDS)
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+    with contextlib.ExitStack() as held:
         if holder is not None:
-            holder.close()
+            held.callback(holder.close)
+        if config.metrics_addr:
+            metrics_dir = held.enter_context(metrics.processes_directory())
+            env[METRICS_DIR_ENV] = metrics_dir
+            metrics.serve_processes(config.metrics_addr, metrics_dir)
+        supervisor = Supervisor(config, env)
+        for sig in FORWARDED_SIGNALS:
+            signal.signal(sig, supervisor.forward)
+        # Only now that a SIGHUP is handled (not fatal) may it be sent through the file.
+        held.enter_context(pidfile.held(config.pid_file))
+        log.info("supervising", extra={"processes": config.processes, "address": address})
+        try:
+            supervisor.run()
+        finally:
+            stop_all(supervisor.workers, config.shutdown_grace_seconds + EXIT_MARGIN_SECONDS)
     codes = [w.returncode for w in supervisor.workers]
     stopped_as_asked = all(code in (0, *(-s for s in STOP_SIGNALS)) for code in codes)
     return 0 if supervisor.stopping and stopped_as_asked else 1
@@ -220,7 +220,11 @@ def main() -> None:
     except settings.SettingsError as exc:
         print(f"credits service cannot start: {exc}", file=sys.stderr)
         sys.exit(2)
-    sys.exit(supervise(config))
+    try:
+        sys.exit(supervise(config))
+    except pidfile.PidFileError as exc:
+        print(f"credits service cannot start: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

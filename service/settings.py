@@ -70,6 +70,10 @@ RESERVATION_LIFETIME_MAX_SECONDS_DEFAULT = 7 * 24 * 3600.0
 # queue on the pool in front of other accounts.
 RESERVE_RATE_PER_ACCOUNT_DEFAULT = "50/second"
 REDIS_URL_SCHEMES = ("redis://", "rediss://")
+# CREDITS_ACCESS_LOG: one log line per RPC costs a formatted write on every call, so it is
+# off unless asked for.
+ACCESS_LOG_VALUES = {"on": True, "off": False}
+ACCESS_LOG_DEFAULT = "off"
 INSECURE_ALLOWED = "1"
 
 
@@ -127,6 +131,10 @@ class Settings:
     shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS_DEFAULT
     sweeper_interval_seconds: float = SWEEPER_INTERVAL_SECONDS_DEFAULT
     reservation_lifetime_max_seconds: float = RESERVATION_LIFETIME_MAX_SECONDS_DEFAULT
+    # Where the service writes the pid to signal (service.ops.pidfile); None: nowhere.
+    pid_file: Path | None = None
+    # One JSON line per RPC (logger credits.access).
+    access_log: bool = False
 
     @property
     def development(self) -> bool:
@@ -244,6 +252,13 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
     return url
 
 
+def _access_log(env: Mapping[str, str]) -> bool:
+    raw = env.get("CREDITS_ACCESS_LOG") or ACCESS_LOG_DEFAULT
+    if raw not in ACCESS_LOG_VALUES:
+        raise SettingsError("CREDITS_ACCESS_LOG must be on or off")
+    return ACCESS_LOG_VALUES[raw]
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read the settings, raising SettingsError naming every missing or bad one."""
     env = os.environ if env is None else env
@@ -324,6 +339,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             "CREDITS_RESERVATION_LIFETIME_MAX_SECONDS",
             RESERVATION_LIFETIME_MAX_SECONDS_DEFAULT,
         ),
+        pid_file=Path(env["CREDITS_PID_FILE"]) if env.get("CREDITS_PID_FILE") else None,
+        access_log=_access_log(env),
     )
     check(settings)
     _check_tls(settings)

@@ -31,10 +31,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def database_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def database_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of the session's embedded PostgreSQL, laid out as `make run`'s `.dev/`
+    (data in `pgdata`): a development command given it as CREDITS_DEV_DIR joins it."""
+    return tmp_path_factory.mktemp("db")
+
+
+@pytest.fixture(scope="session")
+def database_urls(database_dir: Path) -> Iterator[tuple[str, str]]:
     """(superuser URL, service URL) of a freshly migrated embedded PostgreSQL."""
-    directory = tmp_path_factory.mktemp("db")
-    server = pgserver.get_server(directory / "pgdata", cleanup_mode="stop")
+    server = pgserver.get_server(database_dir / "pgdata", cleanup_mode="stop")
     admin_url = str(server.get_uri())
     database.migrate(admin_url)
     service_url = asyncio.run(database.ensure_dev_login(admin_url))

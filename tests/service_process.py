@@ -104,6 +104,10 @@ class ServiceProcess:
                 raise AssertionError("no such log line: " + "\n".join(self.lines[-20:]))
             time.sleep(POLL_SECONDS)
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
     def signal(self, sig: signal.Signals) -> None:
         self._process.send_signal(sig)
 

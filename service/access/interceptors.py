@@ -27,6 +27,7 @@ log = logging.getLogger("credits.rpc")
 REQUEST_ID_HEADER = "x-request-id"
 # Orchestrator probes cannot present a caller's credentials.
 HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
+MILLISECONDS_PER_SECOND = 1000
 
 
 def credits_rpc(method_name: str) -> str | None:
@@ -126,7 +127,9 @@ class Interceptor(grpc.aio.ServerInterceptor, metaclass=abc.ABCMeta):  # type: i
 class SanitizeErrors(Interceptor):
     """Outermost: gives the RPC its request id (logs, `x-request-id` response header) and
     turns every exception into a status from service.access.errors. Anything unexpected is
-    INTERNAL with a fixed message that refers to the request id; its detail is logged."""
+    INTERNAL with a fixed message that refers to the request id; its detail is logged.
+    When the RPC ends (a stream: when its last message is sent) it is counted, timed and,
+    with CREDITS_ACCESS_LOG on, written to the access log."""
 
     async def intercept(
         self,
@@ -142,30 +145,41 @@ class SanitizeErrors(Interceptor):
         try:
             response = await call_next(method, request_or_iterator, ctx)
         except Exception as exc:
-            await self._abort(ctx, exc, method_name)
+            await self._abort(ctx, exc, method_name, started)
         except asyncio.CancelledError:
-            metrics.RPCS.labels(method_name, grpc.StatusCode.CANCELLED.name).inc()
+            finished(method_name, grpc.StatusCode.CANCELLED, started)
             raise
-        finally:
-            metrics.RPC_SECONDS.labels(method_name).observe(time.perf_counter() - started)
         if hasattr(response, "__aiter__"):
-            return self._sanitized_stream(response, ctx, method_name)
-        metrics.RPCS.labels(method_name, grpc.StatusCode.OK.name).inc()
+            return self._sanitized_stream(response, ctx, method_name, started)
+        finished(method_name, grpc.StatusCode.OK, started)
         return response
 
     async def _sanitized_stream(
-        self, stream: AsyncIterator[Any], ctx: grpc.aio.ServicerContext, method_name: str
+        self,
+        stream: AsyncIterator[Any],
+        ctx: grpc.aio.ServicerContext,
+        method_name: str,
+        started: float,
     ) -> AsyncIterator[Any]:
         try:
             async for item in stream:
                 yield item
         except Exception as exc:
-            await self._abort(ctx, exc, method_name)
+            await self._abort(ctx, exc, method_name, started)
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client went away (or the server stops) in the middle of the stream.
+            finished(method_name, grpc.StatusCode.CANCELLED, started)
+            raise
+        finished(method_name, grpc.StatusCode.OK, started)
 
     async def _abort(
-        self, ctx: grpc.aio.ServicerContext, exc: Exception, method_name: str
+        self, ctx: grpc.aio.ServicerContext, exc: Exception, method_name: str, started: float
     ) -> NoReturn:
         if isinstance(exc, grpc.aio.AbortError):
+            # Aborted further in, with the status the context now holds.
+            code = ctx.code()
+            known = isinstance(code, grpc.StatusCode)
+            finished(method_name, code if known else grpc.StatusCode.UNKNOWN, started)
             raise exc
         status = errors.for_known(exc)
         if status is None:
@@ -194,6 +208,24 @@ class SanitizeErrors(Interceptor):
                     "cause": type(cause).__name__ if cause is not None else None,
                 },
             )
-        metrics.RPCS.labels(method_name, status.code.name).inc()
+        finished(method_name, status.code, started)
         await ctx.abort_with_status(status)
         raise AssertionError("abort_with_status returned")
+
+
+def finished(method_name: str, code: grpc.StatusCode, started: float) -> None:
+    """Count and time an RPC that ended with `code`, and write its access log line (the
+    formatter adds its request id)."""
+    seconds = time.perf_counter() - started
+    metrics.RPCS.labels(method_name, code.name).inc()
+    metrics.RPC_SECONDS.labels(method_name).observe(seconds)
+    if logs.access.isEnabledFor(logging.INFO):
+        logs.access.info(
+            "rpc",
+            extra={
+                "method": method_name,
+                "caller": context.caller.get(),
+                "code": code.name,
+                "duration_ms": round(seconds * MILLISECONDS_PER_SECOND, 3),
+            },
+        )

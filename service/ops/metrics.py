@@ -3,6 +3,13 @@
 With several processes (service.processes) each worker writes its metrics to files that
 the supervisor serves summed; a gauge says how its processes' values combine."""
 
+import contextlib
+import fcntl
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -12,10 +19,11 @@ from prometheus_client import (
     start_http_server,
 )
 
+# Every RPC, streams (reflection, health Watch) included, is counted once when it ends.
 RPCS = Counter("credits_rpcs_total", "RPCs served, by method and status code", ["method", "code"])
 RPC_SECONDS = Histogram(
     "credits_rpc_duration_seconds",
-    "Time to serve an RPC, by method",
+    "Time to serve an RPC (a stream: until it ends), by method",
     ["method"],
     # From sub-millisecond reads to the slowest acceptable write.
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
@@ -79,3 +87,45 @@ def serve_processes(address: str, directory: str) -> None:
     multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
     host, _, port = address.rpartition(":")
     start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+
+
+# The workers' metrics files live in a folder of tempfile's (TMPDIR, else /tmp) named so;
+# its supervisor holds a lock on the file LOCK_FILE_NAME in it for as long as it lives.
+PROCESSES_DIRECTORY_PREFIX = "credits-metrics-"
+# The name a folder has until its lock is held, which no sweep matches.
+PROCESSES_DIRECTORY_STARTING_PREFIX = ".credits-metrics-starting-"
+LOCK_FILE_NAME = ".supervisor.lock"
+
+
+@contextlib.contextmanager
+def processes_directory() -> Iterator[str]:
+    """A folder for the metrics files of a supervisor's workers, removed when the block
+    ends. A supervisor killed outright cannot remove its folder, so each call first
+    removes the folders whose supervisor is gone (their lock is free)."""
+    remove_abandoned_directories()
+    starting = Path(tempfile.mkdtemp(prefix=PROCESSES_DIRECTORY_STARTING_PREFIX))
+    directory = starting.with_name(
+        PROCESSES_DIRECTORY_PREFIX + starting.name.removeprefix(PROCESSES_DIRECTORY_STARTING_PREFIX)
+    )
+    try:
+        with (starting / LOCK_FILE_NAME).open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            starting.rename(directory)
+            yield str(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(starting, ignore_errors=True)
+
+
+def remove_abandoned_directories() -> None:
+    """Remove the metrics folders of supervisors that are gone. A folder without a lock
+    file (another program's, or one of an older version that may be running) is left
+    alone, and so is one this user may not open."""
+    for directory in Path(tempfile.gettempdir()).glob(PROCESSES_DIRECTORY_PREFIX + "*"):
+        try:
+            with (directory / LOCK_FILE_NAME).open("r") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(directory, ignore_errors=True)
+        except OSError:
+            # Held (BlockingIOError), no lock file, or not ours to open.
+            continue

@@ -1,13 +1,20 @@
 """The README's promise, checked as a user would: `make run`'s runner serves over mTLS
 with the development certificates, grpcurl finds the service by reflection, the
 documented Grant → Reserve → Confirm → GetBalance flow gives the documented balance,
-the data survives a restart, and reconcile is clean."""
+the data survives a restart, reconcile is clean, and `make reload` reaches the service
+through `.dev/service.pid`."""
 
+import json
 import subprocess
 import sys
+import time
 
 from gateway.devsend import deliver
+from service.ops import pidfile
 from tests.e2e.runner import REPO, SERVICE, DevRun
+
+RELOAD_SECONDS_MAX = 30.0
+RELOAD_POLL_SECONDS = 0.2
 
 
 def test_the_readme_flow_against_make_run(devrun: DevRun) -> None:
@@ -55,6 +62,40 @@ def test_the_readme_flow_against_make_run(devrun: DevRun) -> None:
     )
     assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
     assert "0 discrepancies" in reconciled.stdout
+
+
+def reloaded_lines(devrun: DevRun) -> list[dict[str, object]]:
+    found = []
+    for line in devrun.log().splitlines():
+        if line.startswith("{") and '"reloaded"' in line:
+            entry = json.loads(line)
+            if entry.get("msg") == "reloaded" and entry.get("file") == "CREDITS_CALLERS_FILE":
+                found.append(entry)
+    return found
+
+
+def test_make_reload_reaches_the_service_of_make_run(devrun: DevRun) -> None:
+    devrun.start()
+    pid_file = devrun.dev_dir / "service.pid"
+    assert pidfile.is_service(pidfile.read(pid_file) or 0)
+    reloaded = subprocess.run(
+        ["make", "--no-print-directory", "reload"],
+        cwd=REPO,
+        env=devrun.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
+    deadline = time.monotonic() + RELOAD_SECONDS_MAX
+    while not reloaded_lines(devrun):
+        assert time.monotonic() < deadline, devrun.log()[-3000:]
+        time.sleep(RELOAD_POLL_SECONDS)
+    # Reloaded, not stopped.
+    assert SERVICE in devrun.grpcurl("list").stdout.split()
+    assert devrun.stop() == 0
+    assert not pid_file.exists()
 
 
 FIXTURES = REPO / "tests" / "fixtures" / "stripe"

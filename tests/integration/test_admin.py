@@ -4,6 +4,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -74,3 +75,37 @@ async def test_account_shows_control_characters_escaped(
         "a\\tb\\x7f/\\x1b]0;owned\\x07\\x1b[2J\\x9b1m\\n  forged reserved amount 1\\\\x1b" in line
     )
     assert not any(x.startswith("  forged") for x in shown.stdout.splitlines())
+
+
+async def migrate(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m service.admin migrate` with only `env` of the CREDITS_ settings."""
+    scrubbed = {k: v for k, v in os.environ.items() if not k.startswith("CREDITS_")}
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "service.admin", "migrate"],
+        env={**scrubbed, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_development_migrate_runs_as_the_owner_of_the_embedded_database(
+    database_dir: Path, database_url: str
+) -> None:
+    """As the README prints it: the embedded database of CREDITS_DEV_DIR, joined, not the
+    service's restricted role (which may not even read alembic_version)."""
+    done = await migrate({"CREDITS_ENV": "development", "CREDITS_DEV_DIR": str(database_dir)})
+    assert done.returncode == 0, done.stderr
+    assert "the development database is at the newest revision" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+async def test_migrate_as_a_role_that_may_not_is_one_line(database_url: str) -> None:
+    done = await migrate({"CREDITS_DATABASE_URL": database_url})
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "migrate: permission denied: the role of CREDITS_DATABASE_URL may not change the"
+        " schema; set CREDITS_MIGRATION_DATABASE_URL to the schema owner's URL"
+    ]

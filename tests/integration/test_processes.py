@@ -2,7 +2,8 @@
 CREDITS_PROCESSES=2 starts two workers that listen on the same address and whose metrics
 are served as one; SIGTERM stops them all cleanly; a worker that dies takes the service
 down with it; no worker outlives a killed supervisor; pools that PostgreSQL cannot hold
-refuse the start."""
+refuse the start. The supervisor is the process CREDITS_PID_FILE names, and its workers'
+metrics folder (under TMPDIR, one per test here) does not outlive it."""
 
 import asyncio
 import contextlib
@@ -22,6 +23,8 @@ import pytest
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from scripts.devcallers import ensure_dev_callers
+from service.ops import metrics, pidfile
+from tests.service_process import ServiceProcess, production_env
 from tests.support import CALL_TIMEOUT_SECONDS, free_port, new_id
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -42,8 +45,14 @@ class Supervised:
         self.port = free_port()
         self.metrics_port = free_port()
         self.log = log
+        # The test's own: what the service leaves in it is this test's alone to see.
+        self.tmpdir = log.parent / "tmp"
+        self.tmpdir.mkdir(exist_ok=True)
+        self.pid_file = log.parent / "service.pid"
         self.env = {
             "PATH": os.environ["PATH"],
+            "TMPDIR": str(self.tmpdir),
+            "CREDITS_PID_FILE": str(self.pid_file),
             "CREDITS_ENV": "production",
             "CREDITS_DATABASE_URL": database_url,
             "CREDITS_GRPC_ADDR": f"127.0.0.1:{self.port}",
@@ -106,6 +115,9 @@ class Supervised:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.process.wait()
+
+    def metrics_folders(self) -> list[Path]:
+        return sorted(self.tmpdir.glob(metrics.PROCESSES_DIRECTORY_PREFIX + "*"))
 
 
 @pytest.fixture
@@ -245,3 +257,107 @@ def test_pools_larger_than_postgresql_allows_refuse_the_start(
         assert "Traceback" not in printed
     finally:
         supervised.kill()
+
+
+def test_the_pid_file_names_the_supervisor_until_it_stops(service: Supervised) -> None:
+    service.start()
+    service.wait_serving()
+    assert service.process is not None
+    assert pidfile.read(service.pid_file) == service.process.pid
+    service.process.send_signal(signal.SIGTERM)
+    assert service.wait() == 0
+    assert not service.pid_file.exists()
+
+
+def test_a_reload_through_the_pid_file_reaches_every_worker_which_names_itself(
+    service: Supervised,
+) -> None:
+    service.start()
+    service.wait_serving()
+    pidfile.signal_service(service.pid_file, signal.SIGHUP)
+    deadline = time.monotonic() + STOP_SECONDS_MAX
+    while True:
+        reloaded = [
+            e for e in service.entries() if e.get("msg") == "reloaded" and e.get("file") == "tls"
+        ]
+        if len(reloaded) == PROCESSES:
+            break
+        assert time.monotonic() < deadline, service.log.read_text()
+        time.sleep(POLL_SECONDS)
+    assert {e.get("worker") for e in reloaded} == set(range(PROCESSES))
+    assert len(service.workers()) == PROCESSES
+
+
+def test_a_second_service_on_the_same_pid_file_is_refused(
+    service: Supervised, database_url: str, pki: Path
+) -> None:
+    service.start()
+    service.wait_serving()
+    second = subprocess.run(
+        [sys.executable, "-m", "service"],
+        cwd=REPOSITORY,
+        env={
+            **service.env,
+            "CREDITS_PROCESSES": "1",
+            "CREDITS_GRPC_ADDR": f"127.0.0.1:{free_port()}",
+        },
+        capture_output=True,
+        text=True,
+        timeout=START_SECONDS_MAX,
+        check=False,
+    )
+    assert second.returncode == 2
+    assert "CREDITS_PID_FILE names a service that is running" in second.stderr
+    assert service.process is not None
+    assert pidfile.read(service.pid_file) == service.process.pid
+
+
+def test_one_process_alone_names_itself_in_the_pid_file(
+    database_url: str, pki: Path, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "service.pid"
+    env = production_env(
+        database_url, pki, free_port(), CREDITS_PROCESSES="1", CREDITS_PID_FILE=str(pid_file)
+    )
+    with ServiceProcess(env) as alone:
+        assert pidfile.read(pid_file) == alone.pid
+        alone.signal(signal.SIGHUP)
+        reloaded = alone.wait_for_log(lambda e: e.get("msg") == "reloaded")
+        assert "worker" not in reloaded
+        assert alone.stop() == 0
+    assert not pid_file.exists()
+
+
+def test_the_metrics_folder_is_removed_when_the_service_stops(service: Supervised) -> None:
+    assert service.metrics_folders() == []
+    service.start()
+    service.wait_serving()
+    assert len(service.metrics_folders()) == 1
+    assert service.process is not None
+    service.process.send_signal(signal.SIGTERM)
+    assert service.wait() == 0
+    assert service.metrics_folders() == []
+    assert list(service.tmpdir.iterdir()) == []
+
+
+def test_the_metrics_folder_of_a_killed_supervisor_is_removed_by_the_next_start(
+    service: Supervised, database_url: str, pki: Path, tmp_path: Path
+) -> None:
+    service.start()
+    service.wait_serving()
+    workers = service.workers()
+    service.kill()
+    assert wait_gone(workers)
+    [abandoned] = service.metrics_folders()
+    following = Supervised(database_url, pki, tmp_path / "following.log")
+    try:
+        following.start()
+        following.wait_serving()
+        [in_use] = following.metrics_folders()
+        assert in_use != abandoned
+        assert following.process is not None
+        following.process.send_signal(signal.SIGTERM)
+        assert following.wait() == 0
+    finally:
+        following.kill()
+    assert following.metrics_folders() == []

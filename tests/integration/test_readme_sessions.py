@@ -3,22 +3,26 @@ server, with only what points at `make run` (its address, `.dev/`) and the accou
 replaced, so that a renamed field or a changed output breaks this test."""
 
 import asyncio
+import os
 import re
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
-from service import reload
-from tests.support import RunningServer, new_id, start_server
+from tests.service_process import ServiceProcess, production_env
+from tests.support import RunningServer, free_port, new_id, start_server
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 README = REPOSITORY / "README.md"
 MAKE_RUN_ADDRESS = "127.0.0.1:50051"
 SESSION_TIMEOUT_SECONDS = 120.0
+# The default on a machine of several cores: a supervisor and its workers.
+PROCESSES = 2
 
 
 def shell_block(heading: str) -> str:
@@ -30,14 +34,19 @@ def shell_block(heading: str) -> str:
     return found.group(1)
 
 
-async def run(script: str, replacements: dict[str, str]) -> str:
-    """Run `script` with bash -e (any failing command fails it); its stdout."""
+async def run(
+    script: str, replacements: dict[str, str], env: Mapping[str, str] | None = None
+) -> str:
+    """Run `script` with bash -e (any failing command fails it); its stdout. `env`: the
+    CREDITS_ settings it runs with, instead of the test's."""
     for old, new in replacements.items():
         script = script.replace(old, new)
+    scrubbed = {k: v for k, v in os.environ.items() if not k.startswith("CREDITS_")}
     done = await asyncio.to_thread(
         subprocess.run,
         ["bash", "-euo", "pipefail", "-c", script],
         cwd=REPOSITORY,
+        env=None if env is None else {**scrubbed, **env},
         capture_output=True,
         text=True,
         timeout=SESSION_TIMEOUT_SECONDS,
@@ -92,16 +101,59 @@ async def test_the_grpcurl_session_in_tls_mode(database_url: str, dev_dir: Path)
     assert "credits.v1.CreditsService" in output
 
 
-async def test_adding_a_caller(mtls_server: RunningServer, dev_dir: Path) -> None:
-    """`scripts.devpki issue`, then the call with the new certificate. The `pkill` line is
-    left out (it would signal every service on the machine); this in-process server is
-    reloaded directly, as SIGHUP does (tests/integration/test_rotation.py)."""
+def callers_reloaded_by(worker: int) -> Callable[[dict[str, Any]], bool]:
+    def matches(entry: dict[str, Any]) -> bool:
+        return (
+            entry.get("msg") == "reloaded"
+            and entry.get("file") == "CREDITS_CALLERS_FILE"
+            and entry.get("worker") == worker
+        )
+
+    return matches
+
+
+async def test_adding_a_caller(database_url: str, dev_dir: Path) -> None:
+    """`scripts.devpki issue`, `make reload` and the call with the new certificate, against
+    `python -m service` as `make run` starts it: a supervisor and its workers, the
+    supervisor named in `.dev/service.pid`."""
     script = shell_block("### Add a caller").replace(
         "scripts.devpki issue billing", f"scripts.devpki issue billing --dev-dir {dev_dir}"
     )
-    issue, _, call = script.partition("pkill -HUP")
-    issued = await run(issue, replacements(mtls_server, dev_dir))
-    assert f"{dev_dir}/pki/billing.pem" in issued
-    assert reload.reload_callers(mtls_server.settings, mtls_server.built)
+    issue_and_reload, reload_line, call = script.partition("make reload")
     _, _, call = call.partition("\n")
-    assert '"account_id":' in await run(call, replacements(mtls_server, dev_dir))
+    env = production_env(
+        database_url,
+        dev_dir / "pki",
+        free_port(),
+        CREDITS_CALLERS_FILE=str(dev_dir / "callers.toml"),
+        CREDITS_PID_FILE=str(dev_dir / "service.pid"),
+        CREDITS_PROCESSES=str(PROCESSES),
+    )
+    with ServiceProcess(env) as service:
+        where = {MAKE_RUN_ADDRESS: service.address, ".dev/": f"{dev_dir}/", "acct_42": new_id()}
+        issued = await run(
+            issue_and_reload + reload_line, where, env={"CREDITS_DEV_DIR": str(dev_dir)}
+        )
+        assert f"{dev_dir}/pki/billing.pem" in issued
+        # The signal is sent when `make reload` returns; each worker rereads the file soon
+        # after, and says so.
+        for worker in range(PROCESSES):
+            service.wait_for_log(callers_reloaded_by(worker))
+        # Every worker: each new connection of grpcurl may land on any of them.
+        for _ in range(PROCESSES * 2):
+            assert '"account_id":' in await run(call, where)
+
+
+async def test_the_admin_commands(database_dir: Path) -> None:
+    """On the database of CREDITS_DEV_DIR, as on `make run`'s: account, reconcile, migrate."""
+    output = await run(
+        shell_block(
+            "Admin CLI (`CREDITS_ENV=development` uses the `make run` database, migrate as its"
+            " owner;"
+        ),
+        {"acct_42": new_id()},
+        env={"CREDITS_DEV_DIR": str(database_dir)},
+    )
+    assert "available 0, reserved 0" in output
+    assert "discrepancies" in output
+    assert "the development database is at the newest revision" in output
