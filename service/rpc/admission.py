@@ -54,9 +54,12 @@ ANONYMOUS_CALL_RETRY_SECONDS = 1.0
 # the event loop. Room for this many such calls on top of the budgets: a connection's
 # whole burst (grpc.max_concurrent_streams) and then some.
 CALLS_BEING_REFUSED_MAX = 1024
-# A stream of HTTP/2 per call: how many calls one connection may have open. HTTP/2's
-# advice is not to go below 100, which is also about what one process serves usefully.
-STREAMS_PER_CONNECTION_MAX = 100
+# A stream of HTTP/2 per call: how many calls one connection may have open. A caller's
+# client keeps one connection and may have its whole budget (CREDITS_MAX_CONCURRENT_RPCS)
+# in flight on it: a call past this cap is refused by HTTP/2 itself (REFUSED_STREAM, seen
+# by the client as UNAVAILABLE), so the cap must not be below that budget (checked at
+# start-up). Strangers' streams beyond their budgets are refused at once by this layer.
+STREAMS_PER_CONNECTION_MAX = 1024
 # What gRPC's own concurrency limit answers: a caller over its budget gets the same
 # answer as before this layer counted it (RESOURCE_EXHAUSTED without details, "overloaded").
 CALLERS_OVER_BUDGET_MESSAGE = "Concurrent RPC limit exceeded!"
@@ -83,6 +86,11 @@ def check_limits(settings: Settings, connection_grace_seconds: float) -> None:
         raise ValueError("REQUEST_MESSAGE_WAIT_SECONDS must be below the connection age grace")
     if settings.max_concurrent_rpcs < 1:
         raise ValueError("CREDITS_MAX_CONCURRENT_RPCS must be at least 1")
+    if settings.max_concurrent_rpcs > STREAMS_PER_CONNECTION_MAX:
+        raise ValueError(
+            "CREDITS_MAX_CONCURRENT_RPCS must be at most STREAMS_PER_CONNECTION_MAX, so that"
+            " one caller's connection can carry its whole budget"
+        )
 
 
 class Budget:

@@ -1,5 +1,6 @@
 """The access settings: authentication modes, the callers file, rate limits, Redis."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,15 @@ def test_grpcs_own_cap_leaves_room_beyond_every_budget(dev_dir: Path) -> None:
     budgets = loaded.max_concurrent_rpcs + admission.ANONYMOUS_CALLS_MAX
     budgets += ANONYMOUS_WATCHES_MAX
     assert admission.grpc_calls_max(loaded) >= budgets + admission.STREAMS_PER_CONNECTION_MAX
+
+
+def test_one_connection_may_carry_a_callers_whole_budget(dev_dir: Path) -> None:
+    """A caller's client keeps one connection: a budget above what one connection may
+    carry would have HTTP/2 refuse the calls past it (UNAVAILABLE) instead."""
+    loaded = load(dev_dir)
+    grace_seconds = server.MAX_CONNECTION_AGE_GRACE_MS / 1000
+    too_many = dataclasses.replace(
+        loaded, max_concurrent_rpcs=admission.STREAMS_PER_CONNECTION_MAX + 1
+    )
+    with pytest.raises(ValueError, match="STREAMS_PER_CONNECTION_MAX"):
+        admission.check_limits(too_many, grace_seconds)
