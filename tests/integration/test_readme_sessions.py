@@ -1,6 +1,7 @@
-"""The README's shell sessions work as written: each block is run by bash against a real
-server, with only what points at `make run` (its address, `.dev/`) and the account id
-replaced, so that a renamed field or a changed output breaks this test."""
+"""The shell sessions of the README and the operator's guide (docs/operations.md) work as
+written: each block is run by bash against a real server, with only what points at
+`make run` (its address, `.dev/`) and the account id replaced, so that a renamed field or
+a changed output breaks this test."""
 
 import asyncio
 import re
@@ -17,16 +18,17 @@ from tests.support import RunningServer, new_id, start_server
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 README = REPOSITORY / "README.md"
+OPERATIONS = REPOSITORY / "docs" / "operations.md"
 MAKE_RUN_ADDRESS = "127.0.0.1:50051"
 SESSION_TIMEOUT_SECONDS = 120.0
 
 
-def shell_block(heading: str) -> str:
-    """The first ```sh block under the README heading `heading`."""
-    text = README.read_text(encoding="utf-8")
+def shell_block(document: Path, heading: str) -> str:
+    """The first ```sh block under the heading `heading` of `document`."""
+    text = document.read_text(encoding="utf-8")
     section = text[text.index(f"\n{heading}\n") :]
     found = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
-    assert found is not None, f"no sh block under {heading}"
+    assert found is not None, f"no sh block under {heading} in {document.name}"
     return found.group(1)
 
 
@@ -71,7 +73,7 @@ async def mtls_server(database_url: str, dev_dir: Path) -> AsyncIterator[Running
 
 
 async def test_the_grpcurl_session(mtls_server: RunningServer, dev_dir: Path) -> None:
-    output = await run(shell_block("## Try it with grpcurl"), replacements(mtls_server, dev_dir))
+    output = await run(shell_block(README, "## Try it with grpcurl"), replacements(mtls_server, dev_dir))
     assert '"reservation_id":' in output
     assert '"status": "RESERVATION_STATUS_CONFIRMED"' in output
     assert '"available": "800"' in output
@@ -86,7 +88,9 @@ async def test_the_grpcurl_session_in_tls_mode(database_url: str, dev_dir: Path)
         CREDITS_CALLERS_FILE=str(dev_dir / "callers.toml"),
     )
     try:
-        output = await run(shell_block("### grpcurl in tls mode"), replacements(server, dev_dir))
+        output = await run(
+            shell_block(OPERATIONS, "### grpcurl in tls mode"), replacements(server, dev_dir)
+        )
     finally:
         await server.stop()
     assert "credits.v1.CreditsService" in output
@@ -96,7 +100,7 @@ async def test_adding_a_caller(mtls_server: RunningServer, dev_dir: Path) -> Non
     """`scripts.devpki issue`, then the call with the new certificate. The `pkill` line is
     left out (it would signal every service on the machine); this in-process server is
     reloaded directly, as SIGHUP does (tests/integration/test_rotation.py)."""
-    script = shell_block("### Add a caller").replace(
+    script = shell_block(OPERATIONS, "### Add a caller").replace(
         "scripts.devpki issue billing", f"scripts.devpki issue billing --dev-dir {dev_dir}"
     )
     issue, _, call = script.partition("pkill -HUP")
