@@ -73,7 +73,9 @@ async def mtls_server(database_url: str, dev_dir: Path) -> AsyncIterator[Running
 
 
 async def test_the_grpcurl_session(mtls_server: RunningServer, dev_dir: Path) -> None:
-    output = await run(shell_block(README, "## Try it with grpcurl"), replacements(mtls_server, dev_dir))
+    output = await run(
+        shell_block(README, "## Try it with grpcurl"), replacements(mtls_server, dev_dir)
+    )
     assert '"reservation_id":' in output
     assert '"status": "RESERVATION_STATUS_CONFIRMED"' in output
     assert '"available": "800"' in output

@@ -50,9 +50,7 @@ def settings_section(text: str) -> str:
 
 def documented() -> set[str]:
     section = settings_section(SETTINGS_DOC.read_text(encoding="utf-8"))
-    return {
-        name for cell in ROW_NAMES.findall(section) for name in SETTING_NAME.findall(cell)
-    }
+    return {name for cell in ROW_NAMES.findall(section) for name in SETTING_NAME.findall(cell)}
 
 
 def test_the_scan_finds_the_settings_of_both_processes() -> None:
