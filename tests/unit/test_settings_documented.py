@@ -54,7 +54,10 @@ def documented() -> set[str]:
 
 
 def test_the_scan_finds_the_settings_of_both_processes() -> None:
-    """The scan itself works: names each reader is known to read are found."""
+    """The scan itself works: its folders exist (a renamed one would silently drop out) and
+    names each reader is known to read are found."""
+    gone = [folder for folder in READERS if not (REPO / folder).is_dir()]
+    assert gone == [], f"READERS names folders that no longer exist: {gone}"
     assert {"CREDITS_GRPC_ADDR", "CREDITS_GATEWAY_ADDR", "CREDITS_DEV_DIR"} <= read_by_the_code()
 
 
