@@ -54,7 +54,7 @@ reconcile: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
 
-# Load, faults and fuzzing against processes of its own, then the checks (README "Proof").
+# Load, faults and fuzzing against processes of its own, then the checks (docs/proof.md).
 # Options: make chaos CHAOS_ARGS="--duration 1200 --clients 16".
 CHAOS_ARGS ?=
 chaos: $(STAMP) proto-check

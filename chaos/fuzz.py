@@ -34,7 +34,7 @@ from service.access import contract
 
 SERVICE = "/credits.v1.CreditsService/"
 CALL_TIMEOUT_SECONDS = 5.0
-# Codes a caller may get (README "Errors", plus what gRPC itself answers for an unknown
+# Codes a caller may get (docs/contract.md "Errors", plus what gRPC itself answers for an unknown
 # method or an oversized message, and CANCELLED/DEADLINE_EXCEEDED during faults).
 ALLOWED_CODES = {
     "OK",
@@ -50,7 +50,7 @@ ALLOWED_CODES = {
     "CANCELLED",
     "UNIMPLEMENTED",
 }
-# Answers that say nothing about whether the request was done (README "Errors"): CANCELLED
+# Answers that say nothing about whether the request was done (docs/contract.md "Errors"): CANCELLED
 # is gRPC's answer to a call still in flight when its instance's shutdown grace ran out.
 UNANSWERED = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"}
 WEBHOOK_ALLOWED = {200, 202, 204, 400, 404, 405, 413, 503}

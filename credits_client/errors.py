@@ -1,5 +1,5 @@
 """Every failure of a call, as an exception: one class per ErrorInfo reason of the
-service's error table (README, "Errors"), all under `CreditsError`.
+service's error table (docs/contract.md, "Errors"), all under `CreditsError`.
 
 A failure is recognized by its `google.rpc.Status` (ErrorInfo of domain `credits.v1`),
 never by its message. Failures that carry no ErrorInfo (the service unreachable, a

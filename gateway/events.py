@@ -17,7 +17,7 @@ from gateway.packages import PackageTable
 # Stripe ids are short [A-Za-z0-9_] strings; bounding them bounds every key built from
 # them well under the service's 128-character idempotency keys and 256-character values.
 STRIPE_ID_PATTERN = re.compile(r"[A-Za-z0-9_]{1,100}")
-# The service's rule for account ids (README, "The contract"), checked here so that a bad
+# The service's rule for account ids (docs/contract.md), checked here so that a bad
 # client_reference_id is an unfulfillable purchase, not a retried 500.
 ACCOUNT_ID_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 

@@ -26,8 +26,8 @@ GRANT_UNITS_MAX = 10**15
 PACKAGES_MAX = 1000
 TABLE_FILE_BYTES_MAX = 256 * 1024
 
-# What `make run` writes to `.dev/credit-packages.toml` (README, "Settings"). Never a fallback:
-# the gateway reads its table only from the file its settings name.
+# What `make run` writes to `.dev/credit-packages.toml` (docs/operations.md, "Settings").
+# Never a fallback: the gateway reads its table only from the file its settings name.
 DEVELOPMENT_TABLE_TOML = """\
 # Credit packages sold through Stripe Checkout.
 # price: what the customer pays, in the currency's smallest unit (cents for usd);

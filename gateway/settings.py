@@ -1,7 +1,7 @@
 """The gateway's settings: read once from `CREDITS_…` environment variables, frozen.
 
 `CREDITS_ENV=development` (what `make run` sets) fills in the development conventions of
-the README's "Settings" (files under `.dev/`, loopback addresses). Anything else is
+docs/operations.md "Settings" (files under `.dev/`, loopback addresses). Anything else is
 production, where a missing setting stops the start with a message naming it -- never its
 value, and there is no default or fallback secret anywhere.
 """

@@ -23,7 +23,7 @@ from service.ledger import limits
 
 DEVELOPMENT = "development"
 
-# Development conventions shared with `make run` and the tools (README, "Settings").
+# Development conventions shared with `make run` and the tools (docs/operations.md, "Settings").
 DEV_DIR = Path(".dev")
 DEV_GRPC_ADDR = "127.0.0.1:50051"
 DEV_METRICS_ADDR = "127.0.0.1:9464"
@@ -78,7 +78,7 @@ INSECURE_ALLOWED = "1"
 
 
 class AuthMode(StrEnum):
-    """How callers prove who they are (README, "Authentication modes")."""
+    """How callers prove who they are (docs/operations.md, "Authentication modes")."""
 
     MTLS = "mtls"  # client certificates signed by the configured CA
     TLS = "tls"  # server-side TLS; each caller sends its secret as `x-api-key`

@@ -1,4 +1,4 @@
-"""The ledger's invariants (README "The contract"), checked against the whole database. Each query
+"""The ledger's invariants (docs/contract.md), checked against the whole database. Each query
 returns the rows that break one invariant; healthy means every query returns nothing."""
 
 from dataclasses import dataclass

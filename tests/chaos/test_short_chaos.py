@@ -1,4 +1,4 @@
-"""A short `make chaos` (README "Proof"): its own PostgreSQL, Redis, two service
+"""A short `make chaos` (docs/proof.md): its own PostgreSQL, Redis, two service
 instances and the gateway, clients under every kind of fault, fuzzing, then the checks.
 The full run is `make chaos`; this one proves in tens of seconds that the machinery
 works and that a short run finds nothing."""

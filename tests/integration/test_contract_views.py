@@ -1,4 +1,4 @@
-"""What operators and long jobs read and extend (README "The contract"): ListGrants,
+"""What operators and long jobs read and extend (docs/contract.md): ListGrants,
 ListEntries, GetReservation and ExtendReservation through the real server over mTLS on
 real PostgreSQL. Time moves with the suite's clock, or with a server's own clock where
 it must move by days."""

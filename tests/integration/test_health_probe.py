@@ -1,7 +1,7 @@
-"""The README's health probe works verbatim: its commands, run as written from a folder
-laid out like a checkout after `make run` (`.venv`, `.dev/pki`), against a real server
-whose address replaces the default one, say SERVING with exit 0, and NOT_SERVING with
-exit 1 when the service cannot serve."""
+"""The health probe of the operator's guide (docs/operations.md) works verbatim: its
+commands, run as written from a folder laid out like a checkout after `make run` (`.venv`,
+`.dev/pki`), against a real server whose address replaces the default one, say SERVING
+with exit 0, and NOT_SERVING with exit 1 when the service cannot serve."""
 
 import asyncio
 import os
@@ -13,14 +13,15 @@ from service.rpc import health
 from tests.support import RunningServer, child_process
 
 REPO = Path(__file__).resolve().parents[2]
-README_SECTION = "### Health probes"
+GUIDE = REPO / "docs" / "operations.md"
+GUIDE_SECTION = "\n## Health probes\n"
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 PROBE_SECONDS_MAX = 60.0
 
 
-def readme_probe_commands() -> list[str]:
-    """The shell commands of the README's health-probe section, continuations joined."""
-    section = (REPO / "README.md").read_text().split(README_SECTION, 1)[1]
+def guide_probe_commands() -> list[str]:
+    """The shell commands of the guide's health-probe section, continuations joined."""
+    section = GUIDE.read_text(encoding="utf-8").split(GUIDE_SECTION, 1)[1]
     block = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
     assert block is not None, "the section shows its commands"
     joined = block.group(1).replace("\\\n", " ")
@@ -35,8 +36,8 @@ def checkout_like(folder: Path, pki: Path) -> Path:
     return folder
 
 
-async def run_readme(commands: list[str], folder: Path, address: str) -> tuple[int, str]:
-    """Each command in turn as the README writes it, only the default address replaced;
+async def run_guide(commands: list[str], folder: Path, address: str) -> tuple[int, str]:
+    """Each command in turn as the guide writes it, only the default address replaced;
     the exit code and output of the last one."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     code, output = -1, b""
@@ -56,21 +57,21 @@ async def run_readme(commands: list[str], folder: Path, address: str) -> tuple[i
     return code, output.decode()
 
 
-async def test_the_readme_probe_with_a_certificate_naming_no_caller(
+async def test_the_guide_probe_with_a_certificate_naming_no_caller(
     credits_server: RunningServer, pki: Path, tmp_path: Path
 ) -> None:
-    commands = readme_probe_commands()
+    commands = guide_probe_commands()
     assert any("service.probe" in command for command in commands)
     folder = checkout_like(tmp_path, pki)
 
-    code, output = await run_readme(commands, folder, credits_server.address)
+    code, output = await run_guide(commands, folder, credits_server.address)
     assert (code, output.split()[-1]) == (0, "SERVING"), output
     probe_cert = folder / ".dev" / "pki" / "probe.pem"
     assert probe_cert.exists(), "the probe used a certificate of its own"
 
     await health.set_serving(credits_server.built.health, False)
     try:
-        code, output = await run_readme(commands[-1:], folder, credits_server.address)
+        code, output = await run_guide(commands[-1:], folder, credits_server.address)
     finally:
         await health.set_serving(credits_server.built.health, True)
     assert (code, output.split()[-1]) == (1, "NOT_SERVING"), output

@@ -1,4 +1,4 @@
-"""The rules of the ledger and its errors (README "The contract", "Errors"), through the real
+"""The rules of the ledger and its errors (docs/contract.md), through the real
 server over mTLS on real PostgreSQL."""
 
 import asyncio

@@ -1,6 +1,7 @@
-"""The README's shell sessions work as written: each block is run by bash against a real
-server, with only what points at `make run` (its address, `.dev/`) and the account id
-replaced, so that a renamed field or a changed output breaks this test."""
+"""The shell sessions of the README and the operator's guide (docs/operations.md) work as
+written: each block is run by bash against a real server, with only what points at
+`make run` (its address, `.dev/`) and the account id replaced, so that a renamed field or
+a changed output breaks this test."""
 
 import asyncio
 import os
@@ -19,18 +20,19 @@ from tests.support import RunningServer, free_port, new_id, start_server
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 README = REPOSITORY / "README.md"
+OPERATIONS = REPOSITORY / "docs" / "operations.md"
 MAKE_RUN_ADDRESS = "127.0.0.1:50051"
 SESSION_TIMEOUT_SECONDS = 120.0
 # The default on a machine of several cores: a supervisor and its workers.
 PROCESSES = 2
 
 
-def shell_block(heading: str) -> str:
-    """The first ```sh block under the README heading `heading`."""
-    text = README.read_text(encoding="utf-8")
+def shell_block(document: Path, heading: str) -> str:
+    """The first ```sh block under the heading `heading` of `document`."""
+    text = document.read_text(encoding="utf-8")
     section = text[text.index(f"\n{heading}\n") :]
     found = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
-    assert found is not None, f"no sh block under {heading}"
+    assert found is not None, f"no sh block under {heading} in {document.name}"
     return found.group(1)
 
 
@@ -80,7 +82,9 @@ async def mtls_server(database_url: str, dev_dir: Path) -> AsyncIterator[Running
 
 
 async def test_the_grpcurl_session(mtls_server: RunningServer, dev_dir: Path) -> None:
-    output = await run(shell_block("## Try it with grpcurl"), replacements(mtls_server, dev_dir))
+    output = await run(
+        shell_block(README, "## Try it with grpcurl"), replacements(mtls_server, dev_dir)
+    )
     assert '"reservation_id":' in output
     assert '"status": "RESERVATION_STATUS_CONFIRMED"' in output
     assert '"available": "800"' in output
@@ -95,7 +99,9 @@ async def test_the_grpcurl_session_in_tls_mode(database_url: str, dev_dir: Path)
         CREDITS_CALLERS_FILE=str(dev_dir / "callers.toml"),
     )
     try:
-        output = await run(shell_block("### grpcurl in tls mode"), replacements(server, dev_dir))
+        output = await run(
+            shell_block(OPERATIONS, "### grpcurl in tls mode"), replacements(server, dev_dir)
+        )
     finally:
         await server.stop()
     assert "credits.v1.CreditsService" in output
@@ -116,7 +122,7 @@ async def test_adding_a_caller(database_url: str, dev_dir: Path) -> None:
     """`scripts.devpki issue`, `make reload` and the call with the new certificate, against
     `python -m service` as `make run` starts it: a supervisor and its workers, the
     supervisor named in `.dev/service.pid`."""
-    script = shell_block("### Add a caller").replace(
+    script = shell_block(OPERATIONS, "### Add a caller").replace(
         "scripts.devpki issue billing", f"scripts.devpki issue billing --dev-dir {dev_dir}"
     )
     issue_and_reload, reload_line, call = script.partition("make reload")
@@ -147,10 +153,7 @@ async def test_adding_a_caller(database_url: str, dev_dir: Path) -> None:
 async def test_the_admin_commands(database_dir: Path) -> None:
     """On the database of CREDITS_DEV_DIR, as on `make run`'s: account, reconcile, migrate."""
     output = await run(
-        shell_block(
-            "Admin CLI (`CREDITS_ENV=development` uses the `make run` database, migrate as its"
-            " owner;"
-        ),
+        shell_block(OPERATIONS, "## The admin CLI"),
         {"acct_42": new_id()},
         env={"CREDITS_DEV_DIR": str(database_dir)},
     )

@@ -1,5 +1,5 @@
-"""A small pure-Python model of the money rules (service/store/sql/ledger.sql, README "The
-contract"): burn-down order, allocations, partial capture, expiry of holds and grants,
+"""A small pure-Python model of the money rules (service/store/sql/ledger.sql,
+docs/contract.md): burn-down order, allocations, partial capture, expiry of holds and grants,
 revocations as claims with debt collection, and idempotency keys. The model-based test
 runs the same operations against it and against the real server, and every answer must
 agree. It knows nothing of SQL or gRPC: failures are (code name, reason) pairs.

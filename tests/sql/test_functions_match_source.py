@@ -1,6 +1,7 @@
 """The ledger's functions in a migrated database are exactly those of
 service/store/sql/ledger.sql. A rule changed in the source without a migration that applies
-it (or a migration edited after the fact) fails here: see README "Changing a rule"."""
+it (or a migration edited after the fact) fails here: see docs/architecture.md,
+"Changing a rule"."""
 
 import re
 from pathlib import Path

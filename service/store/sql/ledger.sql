@@ -1,7 +1,7 @@
 -- The money rules of the credits ledger: the one current source of its server-side
 -- functions. Migrations apply frozen snapshots of this file (migrations/versions/
 -- NNNN_ledger_functions.sql); tests/sql/test_functions_match_source.py fails when a
--- migrated database and this file disagree. README "Changing a rule" shows the steps.
+-- migrated database and this file disagree. docs/architecture.md "Changing a rule" shows the steps.
 --
 -- Each RPC that reads or changes an account is one call, one transaction, under one lock
 -- (the account's row, always taken first, so writers of one account serialize and cannot
