@@ -117,6 +117,7 @@ class Settings:
     amount_max: int = AMOUNT_MAX_DEFAULT
     metadata_keys: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_METADATA_KEYS))
     # Service processes sharing the gRPC port; each has its own pool of db_pool_size.
+    # Above 1 only with redis_url: processes count rate limits in Redis together.
     processes: int = 1
     db_pool_size: int = DB_CONNECTIONS_DEFAULT
     db_pool_timeout_seconds: float = DB_POOL_TIMEOUT_SECONDS_DEFAULT
@@ -277,7 +278,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         return Path(str(get(name))) if name in tls_files else None
 
     callers_file = Path(str(get("CREDITS_CALLERS_FILE")))
-    processes = _int(env, "CREDITS_PROCESSES", cores())
+    redis_url = _redis_url(env)
+    # Without Redis one process is the only one that can count a limit exactly.
+    processes = _int(env, "CREDITS_PROCESSES", cores() if redis_url is not None else 1)
     settings = Settings(
         env=DEVELOPMENT if development else "production",
         database_url=get("CREDITS_DATABASE_URL"),
@@ -293,7 +296,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         reserve_rate_per_account=_rates(
             env, "CREDITS_RESERVE_RATE_PER_ACCOUNT", RESERVE_RATE_PER_ACCOUNT_DEFAULT
         ),
-        redis_url=_redis_url(env),
+        redis_url=redis_url,
         amount_max=_int(env, "CREDITS_AMOUNT_MAX", AMOUNT_MAX_DEFAULT),
         metadata_keys=_metadata_keys(env),
         processes=processes,
@@ -348,6 +351,13 @@ def check(settings: Settings) -> None:
         raise SettingsError(f"CREDITS_AMOUNT_MAX must be between 1 and {limits.AMOUNT_MAX_LIMIT}")
     if not 1 <= settings.processes <= PROCESSES_MAX:
         raise SettingsError(f"CREDITS_PROCESSES must be between 1 and {PROCESSES_MAX}")
+    # Each process would count alone, and a client's one connection reaches one process:
+    # no split of a limit between processes is the limit for that client.
+    if settings.processes > 1 and settings.redis_url is None:
+        raise SettingsError(
+            "CREDITS_PROCESSES above 1 needs CREDITS_REDIS_URL, so that the processes count"
+            " rate limits together; set CREDITS_REDIS_URL or CREDITS_PROCESSES=1"
+        )
     if settings.db_pool_size < 1:
         raise SettingsError("CREDITS_DB_POOL_SIZE must be at least 1")
     # More RPCs in flight than pool connections only queue on the pool; far more means

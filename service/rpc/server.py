@@ -71,7 +71,7 @@ def interceptor_chain(
 
 def build_server(settings: Settings, ledger: Ledger, *, sharing: int = 1) -> Built:
     """`sharing`: how many processes serve this address together (service.processes)."""
-    limiter = Limiter(settings.redis_url, sharing=sharing)
+    limiter = Limiter(settings.redis_url)
     callers = LiveCallers(settings.callers)
     server = grpc.aio.server(
         interceptors=interceptor_chain(settings, limiter, callers),

@@ -2,7 +2,9 @@
 CREDITS_PROCESSES=2 starts two workers that listen on the same address and whose metrics
 are served as one; SIGTERM stops them all cleanly; a worker that dies takes the service
 down with it; no worker outlives a killed supervisor; pools that PostgreSQL cannot hold
-refuse the start."""
+refuse the start. The workers count rate limits in one Redis (settings refuse several
+processes without one), so that a limit is the limit for a client whose one connection
+reaches one worker, with the default process count."""
 
 import asyncio
 import contextlib
@@ -22,7 +24,9 @@ import pytest
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from scripts.devcallers import ensure_dev_callers
-from tests.support import CALL_TIMEOUT_SECONDS, free_port, new_id
+from service import settings
+from tests.integration.test_ratelimit_redis import RedisProcess
+from tests.support import CALL_TIMEOUT_SECONDS, free_port, new_id, open_channel
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 PROCESSES = 2
@@ -32,12 +36,14 @@ POLL_SECONDS = 0.1
 # Separate connections, as separate clients would have: each lands on one worker.
 CONNECTIONS = 8
 TCP_LISTEN_STATE = "0A"  # in /proc/net/tcp
+# The per-account Reserve limit of the exactness test, sent all at once on one connection.
+EXACT_LIMIT = 50
 
 
 class Supervised:
     """`python -m service` as production runs it, with CREDITS_PROCESSES workers."""
 
-    def __init__(self, database_url: str, pki: Path, log: Path, **env: str) -> None:
+    def __init__(self, database_url: str, pki: Path, log: Path, redis_url: str, **env: str) -> None:
         ensure_dev_callers(pki / "callers.toml")
         self.port = free_port()
         self.metrics_port = free_port()
@@ -54,6 +60,7 @@ class Supervised:
             "CREDITS_CALLERS_FILE": str(pki / "callers.toml"),
             "CREDITS_PROCESSES": str(PROCESSES),
             "CREDITS_DB_POOL_SIZE": "2",
+            "CREDITS_REDIS_URL": redis_url,
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None
@@ -108,9 +115,19 @@ class Supervised:
         self.process.wait()
 
 
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisProcess]:
+    server = RedisProcess(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def service(database_url: str, pki: Path, tmp_path: Path) -> Iterator[Supervised]:
-    supervised = Supervised(database_url, pki, tmp_path / "service.log")
+def service(
+    database_url: str, pki: Path, tmp_path: Path, redis: RedisProcess
+) -> Iterator[Supervised]:
+    supervised = Supervised(database_url, pki, tmp_path / "service.log", redis.url)
     try:
         yield supervised
     finally:
@@ -233,15 +250,60 @@ def test_no_worker_outlives_a_killed_supervisor(service: Supervised) -> None:
 
 
 def test_pools_larger_than_postgresql_allows_refuse_the_start(
-    database_url: str, pki: Path, tmp_path: Path
+    database_url: str, pki: Path, tmp_path: Path, redis: RedisProcess
 ) -> None:
-    supervised = Supervised(database_url, pki, tmp_path / "service.log", CREDITS_DB_POOL_SIZE="200")
+    supervised = Supervised(
+        database_url, pki, tmp_path / "service.log", redis.url, CREDITS_DB_POOL_SIZE="200"
+    )
     try:
         supervised.start()
         assert supervised.wait() == 1
         printed = supervised.log.read_text()
         # The first worker to refuse stops the service; the other may not get to say so.
         assert "credits service cannot start: CREDITS_PROCESSES times" in printed
+        assert "Traceback" not in printed
+    finally:
+        supervised.kill()
+
+
+async def reserve_code(stub: Stub, account: str) -> grpc.StatusCode:
+    request = pb.ReserveRequest(account_id=account, amount=1, idempotency_key=new_id())
+    try:
+        await stub.Reserve(request, timeout=CALL_TIMEOUT_SECONDS)
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+async def test_one_connection_gets_the_whole_limit_with_the_default_process_count(
+    service: Supervised, pki: Path
+) -> None:
+    del service.env["CREDITS_PROCESSES"]
+    service.env["CREDITS_RESERVE_RATE_PER_ACCOUNT"] = f"{EXACT_LIMIT}/second"
+    service.start()
+    service.wait_serving()
+    assert len(service.workers()) == settings.cores()
+    account = new_id()
+    async with open_channel(pki, "backend", f"127.0.0.1:{service.port}") as channel:
+        stub = Stub(channel)
+        codes = await asyncio.gather(*(reserve_code(stub, account) for _ in range(EXACT_LIMIT)))
+    # The account holds no credits: every call the limiter let in is refused by the ledger.
+    assert codes == [grpc.StatusCode.FAILED_PRECONDITION] * EXACT_LIMIT
+
+
+def test_several_processes_without_redis_refuse_the_start(
+    database_url: str, pki: Path, tmp_path: Path, redis: RedisProcess
+) -> None:
+    supervised = Supervised(database_url, pki, tmp_path / "service.log", redis.url)
+    del supervised.env["CREDITS_REDIS_URL"]
+    try:
+        supervised.start()
+        assert supervised.wait() == 2
+        printed = supervised.log.read_text()
+        assert (
+            "credits service cannot start: CREDITS_PROCESSES above 1 needs CREDITS_REDIS_URL"
+            in printed
+        )
         assert "Traceback" not in printed
     finally:
         supervised.kill()
