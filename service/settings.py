@@ -69,6 +69,16 @@ RESERVATION_LIFETIME_MAX_SECONDS_DEFAULT = 7 * 24 * 3600.0
 # work, and since one account's transactions serialise on its row, more would only
 # queue on the pool in front of other accounts.
 RESERVE_RATE_PER_ACCOUNT_DEFAULT = "50/second"
+# How often each instance measures its offset to PostgreSQL's clock (the ledger's time,
+# docs/architecture.md "Time"): a clock slewed by NTP drifts at most 0.5 ms a second,
+# 5 ms between two measurements.
+CLOCK_SYNC_INTERVAL_SECONDS_DEFAULT = 10.0
+# The most an instance's clock may be off PostgreSQL's after a measurement: half the
+# round trip of `SELECT clock_timestamp()`; slower measurements are discarded. A
+# database on the same network answers in well under 10 ms.
+CLOCK_ERROR_MAX_SECONDS_DEFAULT = 0.05
+# Tests only: honoured with CREDITS_ENV=development, refused otherwise.
+TEST_CLOCK_SKEW_SETTING = "CREDITS_TEST_CLOCK_SKEW_SECONDS"
 REDIS_URL_SCHEMES = ("redis://", "rediss://")
 INSECURE_ALLOWED = "1"
 
@@ -128,6 +138,10 @@ class Settings:
     shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS_DEFAULT
     sweeper_interval_seconds: float = SWEEPER_INTERVAL_SECONDS_DEFAULT
     reservation_lifetime_max_seconds: float = RESERVATION_LIFETIME_MAX_SECONDS_DEFAULT
+    clock_sync_interval_seconds: float = CLOCK_SYNC_INTERVAL_SECONDS_DEFAULT
+    clock_error_max_seconds: float = CLOCK_ERROR_MAX_SECONDS_DEFAULT
+    # How far this instance's own clock is moved (development only: tests of skew).
+    test_clock_skew_seconds: float = 0.0
 
     @property
     def development(self) -> bool:
@@ -238,6 +252,18 @@ def _callers(path: Path, mode: AuthMode) -> Callers:
         raise SettingsError(f"CREDITS_CALLERS_FILE: {exc}") from None
 
 
+def _test_clock_skew(env: Mapping[str, str], development: bool) -> float:
+    raw = env.get(TEST_CLOCK_SKEW_SETTING)
+    if raw is None:
+        return 0.0
+    if not development:
+        raise SettingsError(f"{TEST_CLOCK_SKEW_SETTING} is for tests: CREDITS_ENV=development only")
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{TEST_CLOCK_SKEW_SETTING} must be a number of seconds") from None
+
+
 def _redis_url(env: Mapping[str, str]) -> str | None:
     url = env.get("CREDITS_REDIS_URL") or None
     if url is not None and not url.startswith(REDIS_URL_SCHEMES):
@@ -327,6 +353,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             "CREDITS_RESERVATION_LIFETIME_MAX_SECONDS",
             RESERVATION_LIFETIME_MAX_SECONDS_DEFAULT,
         ),
+        clock_sync_interval_seconds=_seconds(
+            env, "CREDITS_CLOCK_SYNC_INTERVAL_SECONDS", CLOCK_SYNC_INTERVAL_SECONDS_DEFAULT
+        ),
+        clock_error_max_seconds=_seconds(
+            env, "CREDITS_CLOCK_ERROR_MAX_SECONDS", CLOCK_ERROR_MAX_SECONDS_DEFAULT
+        ),
+        test_clock_skew_seconds=_test_clock_skew(env, development),
     )
     check(settings)
     _check_tls(settings)
