@@ -39,9 +39,9 @@ AGREEMENT_SECONDS = 2 * 0.05 + 1.0
 
 
 async def started(database_url: str, pki: Path, skew: float) -> tuple[RunningServer, DatabaseClock]:
-    env = {"CREDITS_ENV": "development", "CREDITS_TEST_CLOCK_SKEW_SECONDS": str(skew)}
-    clock = database_clock(server_settings(database_url, pki, **env))
-    server = await start_server(database_url, pki, clock=clock, **env)
+    skewed = {"CREDITS_ENV": "development", "CREDITS_TEST_CLOCK_SKEW_SECONDS": str(skew)}
+    clock = database_clock(server_settings(database_url, pki, 0, **skewed))
+    server = await start_server(database_url, pki, 0, clock, **skewed)
     assert await clock.measure(server.engine)
     return server, clock
 
