@@ -38,7 +38,10 @@ test: $(STAMP) proto-check
 	scripts/ensure-redis-server.sh
 	$(PY) -m pytest
 
+# The runner starts a Redis for the rate limits when redis-server is there (one service
+# process without it); a machine where it cannot be installed still runs.
 run: $(STAMP)
+	-scripts/ensure-redis-server.sh
 	$(PY) -m scripts.devrun
 
 # The running `make run` service rereads its callers file and TLS files (SIGHUP to the

@@ -3,9 +3,15 @@ command.
 
 Creates what is missing under `.dev/` (PKI, the gateway's Stripe signing secret, the
 callers file, the package table), starts the embedded PostgreSQL (or uses
-`CREDITS_DATABASE_URL`), migrates it, and runs the service and the gateway in the
-foreground until Ctrl-C, SIGTERM or SIGHUP, which stop all three. `CREDITS_…` variables
-from the environment pass through; the gateway calls the service at `CREDITS_GRPC_ADDR`.
+`CREDITS_DATABASE_URL`), migrates it, starts a Redis of its own for the rate limits (or
+uses `CREDITS_REDIS_URL`), and runs the service and the gateway in the foreground until
+Ctrl-C, SIGTERM or SIGHUP, which stop them all. `CREDITS_…` variables from the
+environment pass through; the gateway calls the service at `CREDITS_GRPC_ADDR`.
+
+The service runs one process per core, and processes count rate limits exactly only
+together, in one Redis (service.settings refuses several without one). Without
+redis-server on PATH the service runs one process, which counts them exactly alone.
+
 The service names the process to signal in `.dev/service.pid` (CREDITS_PID_FILE), which
 `make reload` sends SIGHUP: the service rereads its callers file and TLS files.
 
@@ -18,11 +24,15 @@ import argparse
 import ctypes
 import os
 import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import redis
 
 from gateway.packages import write_development_table
 from gateway.settings import LISTEN_ADDR_DEFAULT
@@ -42,6 +52,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # however it dies.
 PR_SET_PDEATHSIG = 1
 DEV_PID_FILE_NAME = "service.pid"
+# A redis-server that has not answered a PING by then is not going to.
+REDIS_START_SECONDS = 10.0
+REDIS_PASSWORD_BYTES = 32
+# A Redis that only counts rate limits: nothing is kept on disk.
+REDIS_CONFIG = 'bind 127.0.0.1\nport {port}\nrequirepass {password}\nsave ""\nappendonly no\n'
 # A listen address on every interface is dialled on loopback.
 ANY_HOSTS = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}  # noqa: S104
 
@@ -97,6 +112,49 @@ def start_child(module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
         process_group=0,
         preexec_fn=_die_with_runner,  # noqa: PLW1509
     )
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def start_redis(executable: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server on a free loopback port with a password of this run, and its URL.
+    The configuration goes in on stdin, so that no command line shows the password."""
+    port = free_loopback_port()
+    password = secrets.token_urlsafe(REDIS_PASSWORD_BYTES)
+    process = subprocess.Popen(  # noqa: S603 (redis-server from PATH, our configuration)
+        [executable, "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        process_group=0,
+        preexec_fn=_die_with_runner,  # noqa: PLW1509
+    )
+    assert process.stdin is not None
+    process.stdin.write(REDIS_CONFIG.format(port=port, password=password).encode())
+    process.stdin.close()
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    deadline = time.monotonic() + REDIS_START_SECONDS
+    try:
+        while not _answers(client):
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop_all([process])
+                raise RuntimeError("redis-server did not start")
+            time.sleep(CHILD_POLL_SECONDS)
+    finally:
+        client.close()
+    return process, url
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
 
 
 def dialable(listen_addr: str) -> str:
@@ -162,20 +220,35 @@ def serve(url: str, stop: StopRequest, service_pid_file: Path) -> int:
         "CREDITS_PID_FILE": str(service_pid_file),
     }
     children: list[subprocess.Popen[bytes]] = []
+    helpers: list[subprocess.Popen[bytes]] = []
     try:
         if stop.requested:
             return 0
+        redis_server = shutil.which("redis-server")
+        if not env.get("CREDITS_REDIS_URL") and redis_server is not None:
+            redis_process, env["CREDITS_REDIS_URL"] = start_redis(redis_server)
+            helpers.append(redis_process)
+        elif not env.get("CREDITS_REDIS_URL"):
+            print(
+                "no redis-server on PATH: the service runs one process"
+                " (scripts/ensure-redis-server.sh installs it)",
+                file=sys.stderr,
+            )
         children = [start_child("service", env), start_child("gateway", env)]
         print(
             f"credits service on {service_addr}, gateway on {gateway_addr} calling it at"
             f" {target}; Ctrl-C stops both",
             file=sys.stderr,
         )
-        while not stop.requested and all(child.poll() is None for child in children):
+        while not stop.requested and all(
+            process.poll() is None for process in [*children, *helpers]
+        ):
             time.sleep(CHILD_POLL_SECONDS)
     finally:
         stop_all(children)
-    failed = [c for c in children if c.returncode not in (0, -signal.SIGTERM)]
+        # After the service, whose calls it counts until the last one.
+        stop_all(helpers)
+    failed = [c for c in [*children, *helpers] if c.returncode not in (0, -signal.SIGTERM)]
     return 1 if failed and not stop.requested else 0
 
 

@@ -1,7 +1,8 @@
 """`python -m service`: reads the settings and serves (service.app) until SIGTERM or
 SIGINT.
 
-With CREDITS_PROCESSES above 1 (the default on a machine of several cores) this process
+With CREDITS_PROCESSES above 1 (the default on a machine of several cores when
+CREDITS_REDIS_URL is set; never without it, see service.settings) this process
 becomes the supervisor of service.processes, which runs this module again as each of
 its workers. Alone, it names itself in CREDITS_PID_FILE while it serves.
 """

@@ -23,10 +23,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 import jsonlog
 from service.ledger import limits
 from service.ledger.model import GrantLot, GrantSource, ReservationStatus
-from service.ledger.operations import utc_now
 from service.ledger.validation import ACCOUNT_ID_PATTERN
-from service.settings import DEV_DIR, DEVELOPMENT
+from service.settings import CLOCK_ERROR_MAX_SECONDS_DEFAULT, DEV_DIR, DEVELOPMENT
 from service.store import database, reconcile
+from service.store.clock import DatabaseClock
 from service.store.postgres import PostgresStore, sqlalchemy_url
 
 RECENT_RESERVATIONS_MAX = 20
@@ -123,7 +123,13 @@ async def show_account(url: str, account_id: str) -> int:
     try:
         # The reads GetBalance, ListGrants and ListUsage answer with, at one moment: the
         # account settled first, expiry decided by expires_at.
-        store, now = PostgresStore(engine), utc_now()
+        # Reading settles the account: by PostgreSQL's clock, as the service's instances
+        # do, never by this machine's.
+        clock = DatabaseClock(CLOCK_ERROR_MAX_SECONDS_DEFAULT)
+        if not await clock.measure(engine):
+            print("cannot read the database's clock", file=sys.stderr)
+            return 1
+        store, now = PostgresStore(engine), clock()
         balance = await store.balance(account_id, now, deadline=NO_DEADLINE)
         grants = await _all_grants(store, account_id, now)
         reservations = await store.usage(

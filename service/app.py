@@ -16,11 +16,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import processes, reload, settings
-from service.ledger.operations import Clock, Ledger, Policy, utc_now
+from service.ledger.operations import Clock, Ledger, Policy
 from service.ops import metrics
 from service.rpc import health
 from service.rpc.server import Built, build_server, mark_serving
 from service.store import sweeper
+from service.store.clock import DatabaseClock, skewed
 from service.store.postgres import PostgresStore, create_engine
 
 log = logging.getLogger("credits.service")
@@ -62,6 +63,12 @@ async def check_connections(engine: AsyncEngine, config: settings.Settings) -> N
         )
 
 
+def database_clock(config: settings.Settings) -> DatabaseClock:
+    """The ledger's clock: PostgreSQL's, as this instance measures it (docs/architecture.md,
+    "Time"); its `measure` and `run` need the engine."""
+    return DatabaseClock(config.clock_error_max_seconds, skewed(config.test_clock_skew_seconds))
+
+
 class Assembled(NamedTuple):
     engine: AsyncEngine
     store: PostgresStore
@@ -89,8 +96,12 @@ async def serve(
 ) -> None:
     """Serve alone (`worker` None), or as one of config.processes workers."""
     sharing = 1 if worker is None else config.processes
-    engine, store, built = assemble(config, url, utc_now, sharing=sharing)
+    clock = database_clock(config)
+    engine, store, built = assemble(config, url, clock, sharing=sharing)
     await check_connections(engine, config)
+    # Before serving, so that the first calls have the database's time; a database that
+    # is down now is measured when it is back (calls are UNAVAILABLE until then).
+    await clock.measure(engine)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -104,12 +115,13 @@ async def serve(
     tasks: list[asyncio.Task[Any]] = [
         asyncio.create_task(
             health.watch_database(store.ping, built.health, config.health_check_interval_seconds)
-        )
+        ),
+        asyncio.create_task(clock.run(engine, config.clock_sync_interval_seconds)),
     ]
     # One sweeper is enough (each account it settles is locked, whoever else runs).
     if worker is None or worker.index == 0:
         tasks.append(
-            asyncio.create_task(sweeper.run(store, config.sweeper_interval_seconds, utc_now))
+            asyncio.create_task(sweeper.run(store, config.sweeper_interval_seconds, clock))
         )
     where = {"address": config.grpc_addr, "env": config.env}
     if worker is None:

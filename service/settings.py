@@ -69,6 +69,16 @@ RESERVATION_LIFETIME_MAX_SECONDS_DEFAULT = 7 * 24 * 3600.0
 # work, and since one account's transactions serialise on its row, more would only
 # queue on the pool in front of other accounts.
 RESERVE_RATE_PER_ACCOUNT_DEFAULT = "50/second"
+# How often each instance measures its offset to PostgreSQL's clock (the ledger's time,
+# docs/architecture.md "Time"): a clock slewed by NTP drifts at most 0.5 ms a second,
+# 5 ms between two measurements.
+CLOCK_SYNC_INTERVAL_SECONDS_DEFAULT = 10.0
+# The most an instance's clock may be off PostgreSQL's after a measurement: half the
+# round trip of `SELECT clock_timestamp()`; slower measurements are discarded. A
+# database on the same network answers in well under 10 ms.
+CLOCK_ERROR_MAX_SECONDS_DEFAULT = 0.05
+# Tests only: honoured with CREDITS_ENV=development, refused otherwise.
+TEST_CLOCK_SKEW_SETTING = "CREDITS_TEST_CLOCK_SKEW_SECONDS"
 REDIS_URL_SCHEMES = ("redis://", "rediss://")
 # CREDITS_ACCESS_LOG: one log line per RPC costs a formatted write on every call, so it is
 # off unless asked for.
@@ -121,6 +131,7 @@ class Settings:
     amount_max: int = AMOUNT_MAX_DEFAULT
     metadata_keys: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_METADATA_KEYS))
     # Service processes sharing the gRPC port; each has its own pool of db_pool_size.
+    # Above 1 only with redis_url: processes count rate limits in Redis together.
     processes: int = 1
     db_pool_size: int = DB_CONNECTIONS_DEFAULT
     db_pool_timeout_seconds: float = DB_POOL_TIMEOUT_SECONDS_DEFAULT
@@ -135,6 +146,10 @@ class Settings:
     pid_file: Path | None = None
     # One JSON line per RPC (logger credits.access).
     access_log: bool = False
+    clock_sync_interval_seconds: float = CLOCK_SYNC_INTERVAL_SECONDS_DEFAULT
+    clock_error_max_seconds: float = CLOCK_ERROR_MAX_SECONDS_DEFAULT
+    # How far this instance's own clock is moved (development only: tests of skew).
+    test_clock_skew_seconds: float = 0.0
 
     @property
     def development(self) -> bool:
@@ -245,6 +260,18 @@ def _callers(path: Path, mode: AuthMode) -> Callers:
         raise SettingsError(f"CREDITS_CALLERS_FILE: {exc}") from None
 
 
+def _test_clock_skew(env: Mapping[str, str], development: bool) -> float:
+    raw = env.get(TEST_CLOCK_SKEW_SETTING)
+    if raw is None:
+        return 0.0
+    if not development:
+        raise SettingsError(f"{TEST_CLOCK_SKEW_SETTING} is for tests: CREDITS_ENV=development only")
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{TEST_CLOCK_SKEW_SETTING} must be a number of seconds") from None
+
+
 def _redis_url(env: Mapping[str, str]) -> str | None:
     url = env.get("CREDITS_REDIS_URL") or None
     if url is not None and not url.startswith(REDIS_URL_SCHEMES):
@@ -292,7 +319,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         return Path(str(get(name))) if name in tls_files else None
 
     callers_file = Path(str(get("CREDITS_CALLERS_FILE")))
-    processes = _int(env, "CREDITS_PROCESSES", cores())
+    redis_url = _redis_url(env)
+    # Without Redis one process is the only one that can count a limit exactly.
+    processes = _int(env, "CREDITS_PROCESSES", cores() if redis_url is not None else 1)
     settings = Settings(
         env=DEVELOPMENT if development else "production",
         database_url=get("CREDITS_DATABASE_URL"),
@@ -308,7 +337,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         reserve_rate_per_account=_rates(
             env, "CREDITS_RESERVE_RATE_PER_ACCOUNT", RESERVE_RATE_PER_ACCOUNT_DEFAULT
         ),
-        redis_url=_redis_url(env),
+        redis_url=redis_url,
         amount_max=_int(env, "CREDITS_AMOUNT_MAX", AMOUNT_MAX_DEFAULT),
         metadata_keys=_metadata_keys(env),
         processes=processes,
@@ -341,6 +370,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ),
         pid_file=Path(env["CREDITS_PID_FILE"]) if env.get("CREDITS_PID_FILE") else None,
         access_log=_access_log(env),
+        clock_sync_interval_seconds=_seconds(
+            env, "CREDITS_CLOCK_SYNC_INTERVAL_SECONDS", CLOCK_SYNC_INTERVAL_SECONDS_DEFAULT
+        ),
+        clock_error_max_seconds=_seconds(
+            env, "CREDITS_CLOCK_ERROR_MAX_SECONDS", CLOCK_ERROR_MAX_SECONDS_DEFAULT
+        ),
+        test_clock_skew_seconds=_test_clock_skew(env, development),
     )
     check(settings)
     _check_tls(settings)
@@ -365,6 +401,13 @@ def check(settings: Settings) -> None:
         raise SettingsError(f"CREDITS_AMOUNT_MAX must be between 1 and {limits.AMOUNT_MAX_LIMIT}")
     if not 1 <= settings.processes <= PROCESSES_MAX:
         raise SettingsError(f"CREDITS_PROCESSES must be between 1 and {PROCESSES_MAX}")
+    # Each process would count alone, and a client's one connection reaches one process:
+    # no split of a limit between processes is the limit for that client.
+    if settings.processes > 1 and settings.redis_url is None:
+        raise SettingsError(
+            "CREDITS_PROCESSES above 1 needs CREDITS_REDIS_URL, so that the processes count"
+            " rate limits together; set CREDITS_REDIS_URL or CREDITS_PROCESSES=1"
+        )
     if settings.db_pool_size < 1:
         raise SettingsError("CREDITS_DB_POOL_SIZE must be at least 1")
     # More RPCs in flight than pool connections only queue on the pool; far more means

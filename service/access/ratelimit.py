@@ -1,11 +1,11 @@
-"""Rate limits per caller and RPC (from the callers file) and per account on Reserve,
-counted by the `limits` library: in this process by default, or in Redis
-(`CREDITS_REDIS_URL`) so that every instance shares one count.
+"""Rate limits per caller and RPC (from the callers file) and per caller and account on
+Reserve, counted by the `limits` library: in this process, or in Redis
+(`CREDITS_REDIS_URL`) so that every process and instance counts in one place. Settings
+refuse several processes without Redis (service.settings): each would count alone, and a
+client's one connection reaches one process, so no split of a limit is exact for it.
 
-Without Redis, the processes of one service (service.processes) cannot share a count:
-each enforces its share of every limit (the limit divided by the number of processes,
-rounded down, at least 1), so that together they never allow more than the limit. A
-caller whose calls all reach one process (one connection) gets that share only.
+A call is counted against all of its limits or none: every limit is tested before any is
+hit, so that a call refused by its last limit has not spent its first ones.
 
 Sliding-window counters: two counters per key whatever the limit, where a moving window
 would keep one entry per allowed call (20 000 for "20000/second"). A store that cannot
@@ -16,7 +16,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from limits import RateLimitItem
@@ -68,14 +69,20 @@ def _redis_storage(redis_url: str) -> "tuple[redis.asyncio.ConnectionPool, Stora
     return pool, storage
 
 
+@dataclass(frozen=True)
+class Check:
+    """One call's limits under one key; `subject` names them to the client."""
+
+    items: tuple[RateLimitItem, ...]
+    subject: str
+    key: tuple[str, ...]
+
+
 class Limiter:
     """Counts calls against limits; raises RateLimited or RateLimitUnavailable."""
 
-    def __init__(self, redis_url: str | None, *, sharing: int = 1) -> None:
+    def __init__(self, redis_url: str | None) -> None:
         self._pool: redis.asyncio.ConnectionPool | None = None
-        # Counted here alone, with (sharing - 1) other processes counting the same calls.
-        self._sharing = sharing if redis_url is None else 1
-        self._shares: dict[RateLimitItem, RateLimitItem] = {}
         storage: Storage
         if redis_url is None:
             storage = MemoryStorage()
@@ -83,29 +90,27 @@ class Limiter:
             self._pool, storage = _redis_storage(redis_url)
         self._strategy = SlidingWindowCounterRateLimiter(storage)
 
-    async def hit(self, items: tuple[RateLimitItem, ...], subject: str, *key: str) -> None:
-        """Count one call against each limit of `key`; `subject` names it to the client."""
+    async def hit(self, *checks: Check) -> None:
+        """Count one call against every limit of `checks`, or against none if one of
+        them is spent."""
         try:
             async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
-                for item in map(self._share, items):
-                    if not await self._strategy.hit(item, *key):
-                        stats = await self._strategy.get_window_stats(item, *key)
-                        delay = max(RETRY_DELAY_MIN_SECONDS, stats.reset_time - time.time())
-                        raise errors.RateLimited(subject, str(item), delay)
+                for check in checks:
+                    for item in check.items:
+                        if not await self._strategy.test(item, *check.key):
+                            await self._refuse(check, item)
+                for check in checks:
+                    for item in check.items:
+                        # Another call may have taken the last unit since the test.
+                        if not await self._strategy.hit(item, *check.key):
+                            await self._refuse(check, item)
         except (StorageError, TimeoutError, OSError) as exc:
             raise errors.RateLimitUnavailable() from exc
 
-    def _share(self, item: RateLimitItem) -> RateLimitItem:
-        """What this process enforces of `item` (all of it unless processes share it)."""
-        if self._sharing == 1:
-            return item
-        share = self._shares.get(item)
-        if share is None:
-            amount = max(1, item.amount // self._sharing)
-            share = type(item)(amount, item.multiples, item.namespace)
-            # Bounded: the items come from the settings and the callers file.
-            self._shares[item] = share
-        return share
+    async def _refuse(self, check: Check, item: RateLimitItem) -> NoReturn:
+        stats = await self._strategy.get_window_stats(item, *check.key)
+        delay = max(RETRY_DELAY_MIN_SECONDS, stats.reset_time - time.time())
+        raise errors.RateLimited(check.subject, str(item), delay)
 
     async def aclose(self) -> None:
         if self._pool is not None:
@@ -129,22 +134,24 @@ class RateLimit(Interceptor):
         rpc = credits_rpc(method_name)
         if rpc is not None:
             caller = current_caller()
-            try:
-                await self._limiter.hit(
+            checks = [
+                Check(
                     authenticated_caller().limits_for(rpc),
                     f"caller:{caller}/{rpc}",
-                    "caller",
-                    caller,
-                    rpc,
+                    ("caller", caller, rpc),
                 )
-                if rpc == PER_ACCOUNT_RPC and not isinstance(request_or_iterator, Undecodable):
-                    # Longer ids are invalid and refused later; cutting them keeps the
-                    # key bounded while they are still counted. An undecodable request
-                    # names no account: its handler refuses it.
-                    account = request_or_iterator.account_id[: limits.ACCOUNT_ID_CHARS_MAX]
-                    await self._limiter.hit(
-                        self._per_account, f"account:{account}", "account", account
-                    )
+            ]
+            if rpc == PER_ACCOUNT_RPC and not isinstance(request_or_iterator, Undecodable):
+                # Longer ids are invalid and refused later; cutting them keeps the key
+                # bounded while they are still counted. An undecodable request names no
+                # account: its handler refuses it. Keyed by caller too, so that one
+                # caller's runaway loop on an account cannot stop another's work on it.
+                account = request_or_iterator.account_id[: limits.ACCOUNT_ID_CHARS_MAX]
+                checks.append(
+                    Check(self._per_account, f"account:{account}", ("account", caller, account))
+                )
+            try:
+                await self._limiter.hit(*checks)
             except errors.RateLimited as exc:
                 log.info("rate limited", extra={"method": method_name, "subject": exc.subject})
                 metrics.RATE_LIMITED.labels(caller=caller, method=rpc).inc()

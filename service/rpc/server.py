@@ -70,7 +70,7 @@ def interceptor_chain(
 
 def build_server(settings: Settings, ledger: Ledger, *, sharing: int = 1) -> Built:
     """`sharing`: how many processes serve this address together (service.processes)."""
-    limiter = Limiter(settings.redis_url, sharing=sharing)
+    limiter = Limiter(settings.redis_url)
     callers = LiveCallers(settings.callers)
     admission.check_limits(settings, MAX_CONNECTION_AGE_GRACE_MS / 1000)
     certificates_name_callers = settings.auth_mode is AuthMode.MTLS

@@ -74,12 +74,14 @@ def test_kill_9_of_everything_then_start_serves(devrun: DevRun) -> None:
 
 
 def test_kill_9_of_the_runner_alone(devrun: DevRun) -> None:
-    """The service and the gateway die with the runner (they would hold its ports); the
-    next start joins the PostgreSQL that is still up, and its stop stops that too."""
+    """The service, the gateway and the runner's Redis die with the runner (they would
+    hold its ports); the next start joins the PostgreSQL that is still up, and its stop
+    stops that too."""
     devrun.start()
     assert devrun.process is not None
     children = psutil.Process(devrun.process.pid).children()
-    assert len(children) == 2
+    assert [c.name() for c in children].count("redis-server") == 1
+    assert len(children) == 3
     devrun.process.kill()
     devrun.process.wait()
     _gone, alive = psutil.wait_procs(children, timeout=STOP_SECONDS_MAX)

@@ -3,7 +3,10 @@ CREDITS_PROCESSES=2 starts two workers that listen on the same address and whose
 are served as one; SIGTERM stops them all cleanly; a worker that dies takes the service
 down with it; no worker outlives a killed supervisor; pools that PostgreSQL cannot hold
 refuse the start. The supervisor is the process CREDITS_PID_FILE names, and its workers'
-metrics folder (under TMPDIR, one per test here) does not outlive it."""
+metrics folder (under TMPDIR, one per test here) does not outlive it. The workers count
+rate limits in one Redis (settings refuse several processes without one), so that a limit
+is the limit for a client whose one connection reaches one worker, with the default
+process count."""
 
 import asyncio
 import contextlib
@@ -23,9 +26,11 @@ import pytest
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from scripts.devcallers import ensure_dev_callers
+from service import settings
 from service.ops import metrics, pidfile
+from tests.integration.test_ratelimit_redis import RedisProcess
 from tests.service_process import ServiceProcess, production_env
-from tests.support import CALL_TIMEOUT_SECONDS, free_port, new_id
+from tests.support import CALL_TIMEOUT_SECONDS, free_port, new_id, open_channel
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 PROCESSES = 2
@@ -35,12 +40,14 @@ POLL_SECONDS = 0.1
 # Separate connections, as separate clients would have: each lands on one worker.
 CONNECTIONS = 8
 TCP_LISTEN_STATE = "0A"  # in /proc/net/tcp
+# The per-account Reserve limit of the exactness test, sent all at once on one connection.
+EXACT_LIMIT = 50
 
 
 class Supervised:
     """`python -m service` as production runs it, with CREDITS_PROCESSES workers."""
 
-    def __init__(self, database_url: str, pki: Path, log: Path, **env: str) -> None:
+    def __init__(self, database_url: str, pki: Path, log: Path, redis_url: str, **env: str) -> None:
         ensure_dev_callers(pki / "callers.toml")
         self.port = free_port()
         self.metrics_port = free_port()
@@ -63,6 +70,7 @@ class Supervised:
             "CREDITS_CALLERS_FILE": str(pki / "callers.toml"),
             "CREDITS_PROCESSES": str(PROCESSES),
             "CREDITS_DB_POOL_SIZE": "2",
+            "CREDITS_REDIS_URL": redis_url,
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None
@@ -120,9 +128,19 @@ class Supervised:
         return sorted(self.tmpdir.glob(metrics.PROCESSES_DIRECTORY_PREFIX + "*"))
 
 
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisProcess]:
+    server = RedisProcess(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def service(database_url: str, pki: Path, tmp_path: Path) -> Iterator[Supervised]:
-    supervised = Supervised(database_url, pki, tmp_path / "service.log")
+def service(
+    database_url: str, pki: Path, tmp_path: Path, redis: RedisProcess
+) -> Iterator[Supervised]:
+    supervised = Supervised(database_url, pki, tmp_path / "service.log", redis.url)
     try:
         yield supervised
     finally:
@@ -245,9 +263,11 @@ def test_no_worker_outlives_a_killed_supervisor(service: Supervised) -> None:
 
 
 def test_pools_larger_than_postgresql_allows_refuse_the_start(
-    database_url: str, pki: Path, tmp_path: Path
+    database_url: str, pki: Path, tmp_path: Path, redis: RedisProcess
 ) -> None:
-    supervised = Supervised(database_url, pki, tmp_path / "service.log", CREDITS_DB_POOL_SIZE="200")
+    supervised = Supervised(
+        database_url, pki, tmp_path / "service.log", redis.url, CREDITS_DB_POOL_SIZE="200"
+    )
     try:
         supervised.start()
         assert supervised.wait() == 1
@@ -341,7 +361,7 @@ def test_the_metrics_folder_is_removed_when_the_service_stops(service: Supervise
 
 
 def test_the_metrics_folder_of_a_killed_supervisor_is_removed_by_the_next_start(
-    service: Supervised, database_url: str, pki: Path, tmp_path: Path
+    service: Supervised, database_url: str, pki: Path, tmp_path: Path, redis: RedisProcess
 ) -> None:
     service.start()
     service.wait_serving()
@@ -349,7 +369,7 @@ def test_the_metrics_folder_of_a_killed_supervisor_is_removed_by_the_next_start(
     service.kill()
     assert wait_gone(workers)
     [abandoned] = service.metrics_folders()
-    following = Supervised(database_url, pki, tmp_path / "following.log")
+    following = Supervised(database_url, pki, tmp_path / "following.log", redis.url)
     try:
         following.start()
         following.wait_serving()
@@ -361,3 +381,44 @@ def test_the_metrics_folder_of_a_killed_supervisor_is_removed_by_the_next_start(
     finally:
         following.kill()
     assert following.metrics_folders() == []
+async def reserve_code(stub: Stub, account: str) -> grpc.StatusCode:
+    request = pb.ReserveRequest(account_id=account, amount=1, idempotency_key=new_id())
+    try:
+        await stub.Reserve(request, timeout=CALL_TIMEOUT_SECONDS)
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+async def test_one_connection_gets_the_whole_limit_with_the_default_process_count(
+    service: Supervised, pki: Path
+) -> None:
+    del service.env["CREDITS_PROCESSES"]
+    service.env["CREDITS_RESERVE_RATE_PER_ACCOUNT"] = f"{EXACT_LIMIT}/second"
+    service.start()
+    service.wait_serving()
+    assert len(service.workers()) == settings.cores()
+    account = new_id()
+    async with open_channel(pki, "backend", f"127.0.0.1:{service.port}") as channel:
+        stub = Stub(channel)
+        codes = await asyncio.gather(*(reserve_code(stub, account) for _ in range(EXACT_LIMIT)))
+    # The account holds no credits: every call the limiter let in is refused by the ledger.
+    assert codes == [grpc.StatusCode.FAILED_PRECONDITION] * EXACT_LIMIT
+
+
+def test_several_processes_without_redis_refuse_the_start(
+    database_url: str, pki: Path, tmp_path: Path, redis: RedisProcess
+) -> None:
+    supervised = Supervised(database_url, pki, tmp_path / "service.log", redis.url)
+    del supervised.env["CREDITS_REDIS_URL"]
+    try:
+        supervised.start()
+        assert supervised.wait() == 2
+        printed = supervised.log.read_text()
+        assert (
+            "credits service cannot start: CREDITS_PROCESSES above 1 needs CREDITS_REDIS_URL"
+            in printed
+        )
+        assert "Traceback" not in printed
+    finally:
+        supervised.kill()

@@ -1,6 +1,6 @@
-"""Rate limits in one process: per account on Reserve (the 50/second default) and per
-caller and RPC (from the callers file), answered with RESOURCE_EXHAUSTED, RetryInfo and
-QuotaFailure."""
+"""Rate limits in one process: per caller and account on Reserve (the 50/second default)
+and per caller and RPC (from the callers file), answered with RESOURCE_EXHAUSTED,
+RetryInfo and QuotaFailure."""
 
 import asyncio
 from collections.abc import AsyncIterator
@@ -112,6 +112,15 @@ async def test_a_burst_on_one_account_is_limited_and_others_are_not(
     # The delay is honest: after it, the hot account may reserve again.
     await asyncio.sleep(delay)
     assert await reserve(backend, hot) is None
+
+
+async def test_one_caller_spending_an_accounts_limit_leaves_another_callers_alone(
+    backend: Stub, ops: Stub
+) -> None:
+    hot = await funded(ops)
+    results = await asyncio.gather(*(reserve(backend, hot) for _ in range(BURST_CALLS)))
+    assert any(r is not None for r in results), "the burst did not reach the limit"
+    assert await reserve(ops, hot) is None
 
 
 def rate_limited_count(caller: str, rpc: str) -> float:
