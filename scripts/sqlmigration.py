@@ -2,7 +2,7 @@
 service/store/sql/ledger.sql differs from what the newest migration leaves in a database
 (docs/architecture.md, "Changing a rule").
 
-Usage: python -m scripts.sqlmigration NAME
+Usage: python -m scripts.sqlmigration NAME [--message TEXT] [--source FILE] [--versions DIR]
 
 It starts a scratch embedded PostgreSQL, migrates it to head, and compares each
 function's `pg_get_functiondef` there with the one the source defines (the source is
@@ -252,6 +252,13 @@ def write_migration(
     return paths
 
 
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).get_current_head()
+    if head is None:
+        raise SystemExit("no migrations to start from")
+    return head
+
+
 def next_revision(head: str) -> str:
     return str(int(head) + 1).zfill(REVISION_DIGITS)
 
@@ -268,25 +275,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", help="what the change does, lowercase_with_underscores")
     parser.add_argument("--message", default="", help="the migration's first docstring line")
+    parser.add_argument("--source", type=Path, default=SOURCE, help="the SQL source to compare")
+    parser.add_argument("--versions", type=Path, default=VERSIONS, help="where to write it")
     args = parser.parse_args(argv)
-    head = ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).get_current_head()
-    if head is None:
-        raise SystemExit("no migrations to start from")
+    head = head_revision()
     with tempfile.TemporaryDirectory(prefix="sqlmigration-") as scratch:
         server = pgserver.get_server(Path(scratch) / "pgdata", cleanup_mode="delete")
         try:
             url = str(server.get_uri())
             migrate(url)
-            changes = asyncio.run(_plan_at(url, SOURCE.read_text()))
+            changes = asyncio.run(_plan_at(url, args.source.read_text()))
         finally:
             server.cleanup()
     if not changes.changes:
         print(f"the source's functions are those of revision {head}: nothing to write")
         return 0
     for path in write_migration(
-        changes, args.name, next_revision(head), head, VERSIONS, message=args.message
+        changes, args.name, next_revision(head), head, args.versions, message=args.message
     ):
-        print(f"wrote {path.relative_to(ROOT)}")
+        print(f"wrote {path}")
     return 0
 
 

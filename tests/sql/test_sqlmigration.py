@@ -3,7 +3,10 @@ changed in the source. Each test edits a copy of the source, plans against the s
 migrated database, applies what the tool wrote inside a transaction that is rolled back,
 and checks with the drift test's own comparison."""
 
+import asyncio
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -107,3 +110,27 @@ async def test_new_removed_and_retyped_functions_are_created_dropped_and_recreat
     due = "credits_due_accounts(timestamptz, integer)"
     assert await may_execute(conn, "credits_service", due)
     assert not await may_execute(conn, "public", due)
+
+
+async def test_the_tool_migrates_a_scratch_database_and_writes_the_next_revision(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "ledger.sql"
+    source.write_text(edited("'reservation lifetime exceeded'", "'lifetime cap exceeded'"))
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    command = [sys.executable, "-m", "scripts.sqlmigration", "extend_message"]
+    paths = ["--source", str(source), "--versions", str(versions)]
+    ran = await asyncio.to_thread(
+        subprocess.run, command + paths, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert ran.returncode == 0, ran.stderr
+    head = sqlmigration.head_revision()
+    stem = f"{sqlmigration.next_revision(head)}_extend_message"
+    assert sorted(p.name for p in versions.iterdir()) == [
+        f"{stem}.down.sql",
+        f"{stem}.py",
+        f"{stem}.sql",
+    ]
+    assert CREATED.findall((versions / f"{stem}.sql").read_text()) == ["credits_extend"]
+    assert f'down_revision: str | None = "{head}"' in (versions / f"{stem}.py").read_text()
