@@ -121,11 +121,6 @@ class Plan:
             lines.append(f"{function.signature.split('(')[0]} ({kind})")
         return sorted(lines)
 
-    @property
-    def signatures(self) -> list[str]:
-        """The functions the migration touches."""
-        return sorted({f.signature for c in self.changes for f in (c.old, c.new) if f})
-
     def upgrade_sql(self) -> str:
         return _script(self._steps(self.changes, to_new=True))
 
