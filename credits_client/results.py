@@ -87,6 +87,9 @@ class Reservation:
     created_at: datetime.datetime
     expires_at: datetime.datetime
     returned_amount: int  # went back to the grants (released, expired, not captured)
+    # The reason given to Release, as given (any character but NUL: escape it before
+    # showing it on a terminal); empty unless released by Release.
+    release_reason: str
 
     @classmethod
     def from_message(cls, message: pb.Reservation) -> "Reservation":
@@ -102,6 +105,7 @@ class Reservation:
             created_at=_time(message.created_at),
             expires_at=_time(message.expires_at),
             returned_amount=message.returned_amount,
+            release_reason=message.release_reason,
         )
 
 

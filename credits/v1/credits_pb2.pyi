@@ -1282,6 +1282,7 @@ class Reservation(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     RETURNED_AMOUNT_FIELD_NUMBER: _builtins.int
+    RELEASE_REASON_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """The reservation's id (a UUID)."""
     account_id: _builtins.str
@@ -1300,6 +1301,10 @@ class Reservation(_message.Message):
     """Free text for operators."""
     returned_amount: _builtins.int
     """How much went back to the grants (released, expired, or not captured by Confirm)."""
+    release_reason: _builtins.str
+    """The reason the Release that released it gave (e.g. "failed: WorkFailed"), as sent:
+    free text, which may hold any character but NUL. Empty unless released by Release.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the reservation was made."""
@@ -1322,10 +1327,11 @@ class Reservation(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         returned_amount: _builtins.int = ...,
+        release_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "confirmed_amount", b"confirmed_amount", "created_at", b"created_at", "description", b"description", "expires_at", b"expires_at", "job_id", b"job_id", "job_type", b"job_type", "reservation_id", b"reservation_id", "returned_amount", b"returned_amount", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "confirmed_amount", b"confirmed_amount", "created_at", b"created_at", "description", b"description", "expires_at", b"expires_at", "job_id", b"job_id", "job_type", b"job_type", "release_reason", b"release_reason", "reservation_id", b"reservation_id", "returned_amount", b"returned_amount", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

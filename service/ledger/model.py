@@ -60,6 +60,7 @@ class Reservation:
     created_at: datetime.datetime
     expires_at: datetime.datetime
     returned_amount: int
+    release_reason: str  # what Release gave, as given; empty unless released by Release
 
 
 @dataclass(frozen=True)

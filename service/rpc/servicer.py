@@ -47,6 +47,7 @@ def reservation_message(r: model.Reservation) -> pb.Reservation:
         created_at=_timestamp(r.created_at),
         expires_at=_timestamp(r.expires_at),
         returned_amount=r.returned_amount,
+        release_reason=r.release_reason,
     )
 
 

@@ -195,6 +195,7 @@ def _reservation(row: Row) -> Reservation:
         created_at=row.created_at,
         expires_at=row.expires_at,
         returned_amount=row.returned_amount,
+        release_reason=row.release_reason,
     )
 
 

@@ -240,3 +240,37 @@ async def test_get_and_extend_a_reservation(
     assert extended.reservation.expires_at > reserved.expires_at + datetime.timedelta(minutes=58)
     assert extended.extendable_until == details.extendable_until
     assert_aware(details.extendable_until)
+
+
+async def test_the_release_reason_is_on_the_released_reservation_wherever_it_is_read(
+    ops_client: CreditsClient, backend_client: CreditsClient
+) -> None:
+    account = await funded(ops_client, 1000)
+    released = await backend_client.reserve(account, 100)
+    kept = await backend_client.reserve(account, 50)
+    reason = "failed: WorkFailed\x1b[0m"  # as sent: escaping is the reader's job
+
+    settled = await backend_client.release(account, released.reservation_id, reason=reason)
+    details = await backend_client.get_reservation(account, released.reservation_id)
+    listed = {r.reservation_id: r async for r in backend_client.usage(account)}
+
+    assert settled.release_reason == reason
+    assert details.reservation.release_reason == reason
+    assert listed[released.reservation_id].release_reason == reason
+    assert listed[kept.reservation_id].release_reason == ""
+    assert kept.release_reason == ""
+
+
+async def test_a_failed_holds_reason_is_read_back_through_the_client(
+    ops_client: CreditsClient, backend_client: CreditsClient
+) -> None:
+    account = await funded(ops_client, 1000)
+
+    with pytest.raises(LookupError):
+        async with backend_client.hold(account, 300) as hold:
+            raise LookupError
+
+    assert hold.settled is not None
+    assert hold.settled.release_reason == "failed: LookupError"
+    details = await backend_client.get_reservation(account, hold.reservation_id)
+    assert details.reservation.release_reason == "failed: LookupError"

@@ -44,6 +44,32 @@ async def test_account_shows_balance_grants_and_reservations(ops: Stub, database
     assert f"{reservation.reservation_id} reserved" in shown.stdout
 
 
+async def test_account_shows_the_release_reason_with_control_characters_escaped(
+    ops: Stub, database_url: str
+) -> None:
+    account = await funded_account(ops, 500)
+    reserved = await ops.Reserve(
+        pb.ReserveRequest(account_id=account, amount=50, idempotency_key=new_id()), timeout=T
+    )
+    reason = "failed: WorkFailed\x1b[2J\u202e\nforged line"
+    await ops.Release(
+        pb.ReleaseRequest(
+            account_id=account, reservation_id=reserved.reservation.reservation_id, reason=reason
+        ),
+        timeout=T,
+    )
+    shown = await admin(database_url, "account", account)
+    assert shown.returncode == 0, shown.stderr
+    (line,) = (
+        line for line in shown.stdout.splitlines() if reserved.reservation.reservation_id in line
+    )
+    # One line, ending with the reason as stored, escaped: nothing reaches the terminal raw.
+    assert line.endswith(r" reason failed: WorkFailed\x1b[2J\u202e\nforged line")
+    assert shown.stdout.count("forged line") == 1
+    assert "\x1b" not in shown.stdout
+    assert "\u202e" not in shown.stdout
+
+
 async def test_account_refuses_a_malformed_id(database_url: str) -> None:
     shown = await admin(database_url, "account", "not an id")
     assert shown.returncode == 2

@@ -286,6 +286,30 @@ async def test_a_reservation_shows_the_grants_it_came_from(backend: Stub, ops: S
     assert got.extendable_until.ToDatetime(datetime.UTC) == created + LIFETIME_MAX_DEFAULT
 
 
+async def test_get_reservation_and_list_usage_answer_the_release_reason_as_sent(
+    backend: Stub, ops: Stub
+) -> None:
+    account = await funded_account(ops, 100)
+    released = await _reserve(backend, account, 30)
+    kept = await _reserve(backend, account, 20)
+    reason = "failed: WorkFailed\u202e\x07"
+    await backend.Release(
+        pb.ReleaseRequest(account_id=account, reservation_id=released, reason=reason), timeout=T
+    )
+    got: pb.GetReservationResponse = await backend.GetReservation(
+        pb.GetReservationRequest(account_id=account, reservation_id=released), timeout=T
+    )
+    usage: pb.ListUsageResponse = await backend.ListUsage(
+        pb.ListUsageRequest(account_id=account), timeout=T
+    )
+    assert got.reservation.status == pb.RESERVATION_STATUS_RELEASED
+    assert got.reservation.release_reason == reason
+    assert {r.reservation_id: r.release_reason for r in usage.reservations} == {
+        released: reason,
+        kept: "",
+    }
+
+
 async def test_another_accounts_reservation_is_not_found(backend: Stub, ops: Stub) -> None:
     account = await funded_account(ops, 10)
     other = await funded_account(ops, 10)

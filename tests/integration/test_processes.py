@@ -381,6 +381,8 @@ def test_the_metrics_folder_of_a_killed_supervisor_is_removed_by_the_next_start(
     finally:
         following.kill()
     assert following.metrics_folders() == []
+
+
 async def reserve_code(stub: Stub, account: str) -> grpc.StatusCode:
     request = pb.ReserveRequest(account_id=account, amount=1, idempotency_key=new_id())
     try:

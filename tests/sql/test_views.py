@@ -2,6 +2,7 @@
 grants as listed, called directly in SQL at chosen moments (seconds after T0)."""
 
 import datetime
+import uuid
 
 from service.ledger import failures
 from tests.sql.conftest import Ledger, at
@@ -138,3 +139,31 @@ async def test_grants_are_listed_in_burn_down_order_with_what_is_held(sql: Ledge
     assert listed == [(sooner, 5, 0), (later, 5, 0), (never, 10, 0)]
     everything = await sql.listed_grants(now=905, include_finished=True)
     assert [g for g, _, _ in everything] == [urgent, sooner, later, never]
+
+
+async def test_grant_pages_continue_after_the_last_listed_grant_whatever_was_granted_since(
+    sql: Ledger,
+) -> None:
+    async def page(after: uuid.UUID | None, now: float) -> list[uuid.UUID]:
+        rows = await sql.rows(
+            "SELECT (r.out_grant).grant_id FROM credits_list_grants(:account, false, 2, :after,"
+            " :now, NULL) AS r",
+            account=sql.account,
+            after=after,
+            now=at(now),
+        )
+        return [uuid.UUID(str(r.grant_id)) for r in rows]
+
+    never = await sql.grant(10, now=0)
+    expiring = await sql.grant(10, now=1, expires=5000)
+    urgent = await sql.grant(10, now=2, priority=-1)
+    newest = await sql.grant(10, now=3)
+    assert await page(None, now=4) == [urgent, expiring]
+    # Granted after the first page: one sorts before where it ended, one after.
+    await sql.grant(10, now=5, expires=4000)
+    last = await sql.grant(10, now=6)
+    assert await page(expiring, now=7) == [never, newest]
+    assert await page(newest, now=7) == [last]
+    assert await page(last, now=7) == []
+    # Another account's grant says nowhere in this account's order.
+    assert await page(await Ledger(sql.conn).grant(10, now=7), now=7) == []

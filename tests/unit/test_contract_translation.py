@@ -27,6 +27,7 @@ RESERVATION = model.Reservation(
     NOW,
     NOW + datetime.timedelta(minutes=15),
     4,
+    "",
 )
 ENTRY = model.LedgerEntry(
     7, model.EntryKind.CONFIRM_RETURN, 4, GRANT_ID, uuid.UUID(int=2), None, NOW, 90

@@ -1,7 +1,8 @@
 -- The money rules of the credits ledger: the one current source of its server-side
--- functions. Migrations apply frozen snapshots of this file (migrations/versions/
--- NNNN_ledger_functions.sql); tests/sql/test_functions_match_source.py fails when a
--- migrated database and this file disagree. docs/architecture.md "Changing a rule" shows the steps.
+-- functions. A change here ships as a migration of only the functions that changed,
+-- written by `python -m scripts.sqlmigration NAME`; tests/sql/test_functions_match_source.py
+-- fails when a migrated database and this file disagree. docs/architecture.md
+-- "Changing a rule" shows the steps.
 --
 -- Each RPC that reads or changes an account is one call, one transaction, under one lock
 -- (the account's row, always taken first, so writers of one account serialize and cannot
@@ -173,6 +174,23 @@ BEGIN
   END IF;
 END $$;
 
+-- The burn-down order, written only here: an account's grants, lowest priority first,
+-- then soonest expiry (never-expiring last), then oldest; the grant id makes the order
+-- total. burn_rank counts from 1; running is what remains in this grant and every one
+-- before it. Only the grants with credits remaining unless p_with_finished.
+-- credits_reserve spends in this order, credits_list_grants lists and pages in it. A
+-- STABLE, non-STRICT SQL function of one SELECT: the planner inlines it into the query
+-- that calls it, so it costs no call, the account's condition reaches the grants' scan
+-- as if written there, and both window columns come from one sort.
+CREATE OR REPLACE FUNCTION credits_burn_order(p_account text, p_with_finished boolean)
+RETURNS TABLE (grant_id uuid, remaining_amount bigint, burn_rank bigint, running numeric)
+LANGUAGE sql STABLE AS $$
+  SELECT g.grant_id, g.remaining_amount, row_number() OVER w, sum(g.remaining_amount) OVER w
+    FROM grants g
+   WHERE g.account_id = p_account AND (p_with_finished OR g.remaining_amount > 0)
+  WINDOW w AS (ORDER BY g.priority, g.expires_at NULLS LAST, g.created_at, g.grant_id)
+$$;
+
 CREATE OR REPLACE FUNCTION credits_reserve(
   p_caller text, p_key text, p_hash bytea, p_account text, p_amount bigint, p_ttl interval,
   p_job_id text, p_job_type text, p_description text, p_metadata jsonb, p_now timestamptz,
@@ -195,21 +213,14 @@ BEGIN
     RAISE EXCEPTION 'account frozen' USING ERRCODE = 'CR012';
   END IF;
 
-  -- Burn-down order: lowest priority, then soonest expiry (never-expiring last), then
-  -- oldest. Settling has already expired every grant past its expiry.
-  WITH ranked AS (
-    SELECT grant_id, remaining_amount,
-           sum(remaining_amount) OVER w AS running, row_number() OVER w AS burn_rank
-      FROM grants
-     WHERE account_id = p_account AND remaining_amount > 0
-    WINDOW w AS (ORDER BY priority, expires_at NULLS LAST, created_at, grant_id)
-  )
+  -- In burn-down order, as far as it takes to cover p_amount. Settling has already
+  -- expired every grant past its expiry.
   SELECT array_agg(grant_id ORDER BY burn_rank),
          array_agg(least(remaining_amount, p_amount - (running - remaining_amount))
                    ORDER BY burn_rank),
          sum(least(remaining_amount, p_amount - (running - remaining_amount)))
     INTO v_grants, v_amounts, v_total
-    FROM ranked WHERE running - remaining_amount < p_amount;
+    FROM credits_burn_order(p_account, false) WHERE running - remaining_amount < p_amount;
   IF coalesce(v_total, 0) < p_amount THEN
     RAISE EXCEPTION 'insufficient credits' USING ERRCODE = 'CR001';
   END IF;
@@ -515,8 +526,10 @@ END $$;
 -- One page of an account's grants in burn-down order (the order credits_reserve spends
 -- them in), each with what active reservations hold of it, after settling the account.
 -- Unless p_include_finished, only grants with credits remaining or held. p_after is the
--- last grant of the previous page: the sort key of a grant never changes, so the grant
--- alone says where the page ended.
+-- last grant of the previous page: a grant's place among the account's grants never
+-- changes (its sort key does not; new grants only come between), so the grants ranked
+-- after it now are exactly those after it then. A p_after of another account ends the
+-- listing.
 CREATE OR REPLACE FUNCTION credits_list_grants(p_account text, p_include_finished boolean,
                                                p_limit integer, p_after uuid,
                                                p_now timestamptz, p_lock_timeout_ms integer)
@@ -530,19 +543,16 @@ BEGIN
         FROM reservations r JOIN allocations al ON al.reservation_id = r.reservation_id
        WHERE r.account_id = p_account AND r.status = credits_status_reserved()
        GROUP BY al.grant_id
-    ), last_listed AS (
-      SELECT g.priority, coalesce(g.expires_at, 'infinity') AS expires_at, g.created_at,
-             g.grant_id
-        FROM grants g WHERE g.grant_id = p_after AND g.account_id = p_account
+    ), ordered AS (
+      SELECT o.grant_id, o.burn_rank FROM credits_burn_order(p_account, true) o
     )
     SELECT g, coalesce(h.amount, 0)::bigint
-      FROM grants g LEFT JOIN held h ON h.grant_id = g.grant_id
-     WHERE g.account_id = p_account
-       AND (p_include_finished OR g.remaining_amount > 0 OR h.amount > 0)
+      FROM ordered o JOIN grants g ON g.grant_id = o.grant_id
+      LEFT JOIN held h ON h.grant_id = g.grant_id
+     WHERE (p_include_finished OR g.remaining_amount > 0 OR h.amount > 0)
        AND (p_after IS NULL
-            OR (g.priority, coalesce(g.expires_at, 'infinity'), g.created_at, g.grant_id)
-               > (SELECT l.priority, l.expires_at, l.created_at, l.grant_id FROM last_listed l))
-     ORDER BY g.priority, g.expires_at NULLS LAST, g.created_at, g.grant_id
+            OR o.burn_rank > (SELECT l.burn_rank FROM ordered l WHERE l.grant_id = p_after))
+     ORDER BY o.burn_rank
      LIMIT p_limit;
 END $$;
 
