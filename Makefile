@@ -22,12 +22,18 @@ $(STAMP): requirements.lock pyproject.toml client/pyproject.toml
 setup: $(STAMP)
 
 # Resolves requirements.in (both local distributions and the dev tools) again, for every
-# platform, with hashes; commit requirements.lock with the pyproject.toml change that needed it.
+# platform, with hashes, then deploy/requirements.in (what production installs) at the same
+# versions. Pins already in a lock are kept unless a range excludes them; `make lock
+# LOCK_ARGS=--upgrade` moves everything to the newest allowed. Commit both locks with the
+# pyproject.toml change that needed them.
+LOCK_ARGS ?=
+LOCK_FLAGS = $(LOCK_ARGS) --universal --python-version 3.11 --generate-hashes --quiet \
+	--no-emit-package credits-client --no-emit-package credits-service
 lock: $(STAMP)
 	UV_CUSTOM_COMPILE_COMMAND='make lock' $(VENV)/bin/uv pip compile requirements.in \
-		--universal --python-version 3.11 --generate-hashes --quiet \
-		--no-emit-package credits-client --no-emit-package credits-service \
-		--output-file requirements.lock
+		$(LOCK_FLAGS) --output-file requirements.lock
+	UV_CUSTOM_COMPILE_COMMAND='make lock' $(VENV)/bin/uv pip compile deploy/requirements.in \
+		-c requirements.lock $(LOCK_FLAGS) --output-file deploy/requirements.lock
 
 # Generated code is committed; `proto-check` fails when it no longer matches protos/.
 proto: $(STAMP)
