@@ -154,16 +154,9 @@ async def show_account(url: str, account_id: str) -> int:
             f"  {r.reservation_id} {ReservationStatus(r.status).name.lower():<9} amount {r.amount}"
             f" confirmed {r.confirmed_amount} {r.job_type or '-'}/{r.job_id or '-'}"
             f" created {r.created_at} expires {r.expires_at}"
-            + (f" reason {_escaped(r.release_reason)}" if r.release_reason else "")
+            + (f" reason {r.release_reason}" if r.release_reason else "")
         )
     return 0
-
-
-def _escaped(text: str) -> str:
-    """Caller-supplied text made safe for a terminal: every character that does not print
-    (control characters, escape sequences, bidirectional overrides) is shown as its
-    Python escape, so what the operator reads is exactly what is stored."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 async def _all_grants(

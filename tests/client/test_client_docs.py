@@ -18,7 +18,7 @@ from tests.support import RunningServer, new_id
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs" / "client.md"
 README = REPO / "README.md"
-EXAMPLE = REPO / "credits_client" / "example.py"
+EXAMPLE = REPO / "client" / "credits_client" / "example.py"
 README_SECTION = "## Calling the service from Python"
 EXAMPLE_SECONDS_MAX = 60.0
 # Rows of the docs' error table: | `Class` | REASON | CODE | when |

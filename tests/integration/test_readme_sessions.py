@@ -7,7 +7,7 @@ import asyncio
 import os
 import re
 import subprocess
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import pytest
 
 from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
+from tests.integration.test_ratelimit_redis import RedisProcess
 from tests.service_process import ServiceProcess, production_env
 from tests.support import RunningServer, free_port, new_id, start_server
 
@@ -118,7 +119,15 @@ def callers_reloaded_by(worker: int) -> Callable[[dict[str, Any]], bool]:
     return matches
 
 
-async def test_adding_a_caller(database_url: str, dev_dir: Path) -> None:
+@pytest.fixture
+def redis() -> Iterator[RedisProcess]:
+    server = RedisProcess(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_adding_a_caller(database_url: str, dev_dir: Path, redis: RedisProcess) -> None:
     """`scripts.devpki issue`, `make reload` and the call with the new certificate, against
     `python -m service` as `make run` starts it: a supervisor and its workers, the
     supervisor named in `.dev/service.pid`."""
@@ -134,6 +143,8 @@ async def test_adding_a_caller(database_url: str, dev_dir: Path) -> None:
         CREDITS_CALLERS_FILE=str(dev_dir / "callers.toml"),
         CREDITS_PID_FILE=str(dev_dir / "service.pid"),
         CREDITS_PROCESSES=str(PROCESSES),
+        # Like make run's: several processes count rate limits together, in one Redis.
+        CREDITS_REDIS_URL=redis.url,
     )
     with ServiceProcess(env) as service:
         where = {MAKE_RUN_ADDRESS: service.address, ".dev/": f"{dev_dir}/", "acct_42": new_id()}
