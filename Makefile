@@ -73,6 +73,7 @@ reconcile: $(STAMP)
 # Not part of `make test`: a few minutes of load (docs/performance.md). Options go in
 # BENCH_ARGS, e.g. `make bench BENCH_ARGS=--quick`.
 bench: $(STAMP)
+	scripts/ensure-redis-server.sh
 	$(PY) -m bench $(BENCH_ARGS)
 
 # Load, faults and fuzzing against processes of its own, then the checks (docs/proof.md).

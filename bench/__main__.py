@@ -18,6 +18,7 @@ ports; never `.dev/` or the ports of `make run`):
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import pgfloor, processes
+from scripts import devrun
 from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
 from service.store import database
@@ -174,7 +176,9 @@ def load(
     )
 
 
-def service_env(dev: Path, address: str, url: str, args: argparse.Namespace) -> dict[str, str]:
+def service_env(
+    dev: Path, address: str, url: str, redis_url: str, args: argparse.Namespace
+) -> dict[str, str]:
     env = {
         **os.environ,
         "CREDITS_ENV": "development",
@@ -183,6 +187,9 @@ def service_env(dev: Path, address: str, url: str, args: argparse.Namespace) -> 
         "CREDITS_GRPC_ADDR": address,
         "CREDITS_METRICS_ADDR": f"127.0.0.1:{free_port()}",
         "CREDITS_RESERVE_RATE_PER_ACCOUNT": PERMISSIVE_RESERVE_RATE_PER_ACCOUNT,
+        # As under `make run`: the processes count rate limits together in a Redis of their
+        # own (several processes are refused without one).
+        "CREDITS_REDIS_URL": redis_url,
     }
     if args.processes is not None:
         env["CREDITS_PROCESSES"] = str(args.processes)
@@ -198,11 +205,15 @@ def bench_service(dev: Path, url: str, args: argparse.Namespace) -> list[Result]
     port = free_port()
     address = f"127.0.0.1:{port}"
     log = dev.parent / "service.log"
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        raise SystemExit("make bench needs redis-server: run scripts/ensure-redis-server.sh")
+    redis_process, redis_url = devrun.start_redis(redis_server)
     with log.open("wb") as out:
         service = subprocess.Popen(
             [sys.executable, "-m", "service"],
             cwd=REPO,
-            env=service_env(dev, address, url, args),
+            env=service_env(dev, address, url, redis_url, args),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -237,6 +248,7 @@ def bench_service(dev: Path, url: str, args: argparse.Namespace) -> list[Result]
         ]
     finally:
         stop(service)
+        devrun.stop_all([redis_process])
 
 
 def bench_transport(dev: Path, args: argparse.Namespace) -> Result:
