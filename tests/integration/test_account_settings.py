@@ -14,7 +14,6 @@ from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import error_details, funded_account, new_id
 
-
 # Every setting, as the audit trail stores them, at its default.
 DEFAULTS = {
     "frozen": False,

@@ -228,7 +228,7 @@ async def test_the_first_limit_that_fails_is_named_day_then_month_then_rolling(
     )
     assert (await _refusal(_reserve(backend, account, 301)))[2]["limit"] == "day"
     assert (await _refusal(_reserve(backend, account, 201)))[2]["limit"] == "month"
-    code, reason, metadata = await _refusal(_reserve(backend, account, 101))
+    _, reason, metadata = await _refusal(_reserve(backend, account, 101))
     assert (reason, metadata["limit"]) == ("SPEND_LIMIT_EXCEEDED", "rolling")
     # The spend limits come before the balance.
     empty = new_id()
