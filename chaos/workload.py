@@ -1,9 +1,10 @@
-"""Concurrent clients doing random Reserve, Confirm, Release, ExtendReservation, Grant,
-Revoke and GetBalance on a few shared accounts (so that they contend), through both
-instances. Some calls get deadlines that cut them short; every call is retried with the
-same request (the same idempotency key) until it is acknowledged or definitively
-refused, and every acknowledgement goes into the log that chaos/checks.py holds against
-the database afterwards."""
+"""Concurrent clients doing random Reserve, Confirm (some above the hold, into the
+overdraft of the accounts that have one), Release, ExtendReservation, Grant, Revoke and
+GetBalance on a few shared accounts (so that they contend), through both instances.
+Some calls get deadlines that cut them short; every call is retried with the same
+request (the same idempotency key) until it is acknowledged or definitively refused,
+and every acknowledgement goes into the log that chaos/checks.py holds against the
+database afterwards."""
 
 import asyncio
 import datetime
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -39,6 +40,11 @@ GRANT_AMOUNT_MAX = 1000
 RESERVE_AMOUNT_MAX = 300
 RESERVATION_TTL_SECONDS_MAX = 60
 GRANT_EXPIRY_SECONDS_MAX = 120
+# Every other account may go this far into debt by confirming above its holds.
+OVERDRAFT_LIMIT = 500
+# One Confirm in OVERRUN_SHARE asks for up to OVERRUN_EXTRA_MAX more than was held.
+OVERRUN_SHARE = 0.2
+OVERRUN_EXTRA_MAX = 200
 # Answers that settle a call: anything else is retried (UNAVAILABLE, DEADLINE_EXCEEDED,
 # RESOURCE_EXHAUSTED) or is unexpected (INTERNAL, UNKNOWN, …).
 DEFINITIVE = {
@@ -58,7 +64,9 @@ RETRYABLE = {
 # violation.
 EXPECTED_REFUSALS = {
     "Reserve": {"INSUFFICIENT_CREDITS"},
-    "Confirm": {"RESERVATION_NOT_ACTIVE"},
+    # INSUFFICIENT_CREDITS: an overrun beyond the available credits and the overdraft.
+    "Confirm": {"RESERVATION_NOT_ACTIVE", "INSUFFICIENT_CREDITS"},
+    "UpdateAccountSettings": set(),
     "Release": {"RESERVATION_NOT_ACTIVE"},
     "ExtendReservation": {"RESERVATION_NOT_ACTIVE"},
     "Grant": set(),
@@ -184,6 +192,19 @@ class Workload:
             self.report.unacknowledged += 1
         return Ack(method, account, key, text, outcome.attempts)
 
+    async def configure(self) -> None:
+        """Gives every other account an overdraft, before the clients start."""
+        rng = random.Random(f"{self.seed}-settings")
+        for account in self.accounts[::2]:
+            request = pb.UpdateAccountSettingsRequest(
+                account_id=account,
+                settings=pb.AccountSettings(overdraft_limit=OVERDRAFT_LIMIT),
+                update_mask=field_mask_pb2.FieldMask(paths=["overdraft_limit"]),
+                reason="chaos",
+            )
+            outcome = await self.call(rng, "ops", "UpdateAccountSettings", request)
+            self.record(self.settle("UpdateAccountSettings", account, None, outcome))
+
     async def client(self, index: int) -> None:
         rng = random.Random(f"{self.seed}-{index}")
         open_reservations: list[tuple[str, str, int]] = []
@@ -233,7 +254,10 @@ class Workload:
         request: Any
         if op == "Confirm":
             request = pb.ConfirmRequest(account_id=account, reservation_id=rid)
-            if rng.random() < 0.5:
+            if rng.random() < OVERRUN_SHARE:
+                request.amount = amount + rng.randint(1, OVERRUN_EXTRA_MAX)
+                request.allow_overrun = True
+            elif rng.random() < 0.5:
                 request.amount = rng.randint(1, amount)
         elif op == "Release":
             request = pb.ReleaseRequest(account_id=account, reservation_id=rid, reason="chaos")
@@ -243,7 +267,11 @@ class Workload:
         outcome = await self.call(rng, "backend", op, request)
         ack = self.settle(op, account, None, outcome)
         ack.result = {"reservation_id": rid}
-        if op != "ExtendReservation" and outcome.acknowledged:
+        refused_overrun = outcome.refusal is not None and outcome.refusal.endswith(
+            "/INSUFFICIENT_CREDITS"
+        )
+        # A refused overrun leaves the reservation active: it may be confirmed again.
+        if op != "ExtendReservation" and outcome.acknowledged and not refused_overrun:
             open_reservations.remove((account, rid, amount))
         if outcome.response is not None:
             r = outcome.response.reservation
