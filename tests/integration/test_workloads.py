@@ -2,18 +2,25 @@
 hold (allow_overrun) from the available credits and then an overdraft debt that the next
 grant pays first, and spend limits per UTC day, month and rolling window."""
 
+import asyncio
 import datetime
+import uuid
 
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
+from service.store import database, reconcile
+from service.store.postgres import sqlalchemy_url
 from tests.support import CALL_TIMEOUT_SECONDS as T
-from tests.support import MovableClock, error_details, funded_account, new_id
+from tests.support import MovableClock, error_details, funded_account, new_id, other_database
 
 
 async def _settings(ops: Stub, account: str, **settings: int | bool) -> pb.Account:
@@ -279,3 +286,79 @@ async def test_bad_limits_are_refused_by_field(
         await _settings(ops, new_id(), **settings)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_details(raised.value) == ("INVALID_REQUEST", bad)
+
+
+async def test_concurrent_overruns_never_borrow_past_the_overdraft(
+    ops: Stub, backend: Stub
+) -> None:
+    account = await funded_account(ops, 200)
+    await _settings(ops, account, overdraft_limit=50)
+    holds = [await _reserve(backend, account, 10) for _ in range(20)]
+    # Each asks for 20 above its hold: the 0 left available and 50 of overdraft cover
+    # two and a half of them, whatever the order.
+    outcomes = await asyncio.gather(
+        *(_confirm(backend, account, h, 30) for h in holds), return_exceptions=True
+    )
+    done = [o for o in outcomes if isinstance(o, pb.Reservation)]
+    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(done) + len(refused) == len(holds)
+    assert all(error_details(e)[0] == "INSUFFICIENT_CREDITS" for e in refused)
+    balance = await _balance(backend, account)
+    # Every overrun came from the debt (nothing else was available).
+    assert balance.debt == sum(o.overrun_amount for o in done) == 40
+    assert balance.available == 0
+
+
+async def test_the_database_refuses_a_negative_debt_and_an_overrun_borrowing_more_than_itself(
+    ops: Stub, backend: Stub, admin_engine: AsyncEngine
+) -> None:
+    account = await funded_account(ops, 100)
+    confirmed = await _confirm(backend, account, await _reserve(backend, account, 50), 60)
+    async with admin_engine.connect() as conn:
+        with pytest.raises(DBAPIError, match="ck_accounts_limits_non_negative"):
+            await conn.execute(
+                text("UPDATE accounts SET debt = -1 WHERE account_id = :a"), {"a": account}
+            )
+        with pytest.raises(DBAPIError, match="ck_reservations_settled_bounded"):
+            await conn.execute(
+                text(
+                    "UPDATE reservations SET overrun_debt_amount = overrun_amount + 1"
+                    " WHERE reservation_id = :r"
+                ),
+                {"r": confirmed.reservation_id},
+            )
+
+
+async def test_reconcile_finds_a_debt_nobody_borrowed_and_an_unrecorded_repayment(
+    admin_url: str, admin_engine: AsyncEngine
+) -> None:
+    name = f"broken_{uuid.uuid4().hex[:8]}"
+    async with admin_engine.connect() as conn:
+        await conn.execute(text(f"CREATE DATABASE {name}"))
+    broken_url = other_database(admin_url, name)
+    # Alembic runs its own event loop: give it a thread of its own.
+    await asyncio.to_thread(database.migrate, broken_url)
+    engine = create_async_engine(sqlalchemy_url(broken_url), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(
+                text("INSERT INTO accounts (account_id, debt) VALUES ('owes', 30), ('paid', 0)")
+            )
+            # A grant that says it paid 10 of a debt, with no repayment in the ledger.
+            await conn.execute(
+                text(
+                    "WITH g AS (INSERT INTO grants (grant_id, account_id, source,"
+                    " original_amount, remaining_amount, debt_paid_amount)"
+                    " VALUES (gen_random_uuid(), 'paid', 1, 100, 90, 10) RETURNING grant_id)"
+                    " INSERT INTO ledger_entries (account_id, grant_id, kind, amount)"
+                    " SELECT 'paid', grant_id, 'grant', 100 FROM g"
+                )
+            )
+        async with engine.connect() as conn:
+            found = await reconcile.reconcile(conn)
+    finally:
+        await engine.dispose()
+    details = {(d.subject, d.detail) for d in found}
+    assert ("owes", "debt 30 <> borrowed 0 - paid 0") in details
+    assert ("paid", "debt 0 <> borrowed 0 - paid 10") in details
+    assert any(d.detail == "debt paid 10, repayment entries 0" for d in found)
