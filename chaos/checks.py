@@ -190,9 +190,20 @@ async def check_accounts(engine: AsyncEngine, accounts: list[str], report: Repor
                 report.violation(f"{account}: a negative balance or remaining amount")
             if not 0 <= balance.debt <= sums.overdraft_limit:
                 report.violation(f"{account}: debt outside 0 to its overdraft limit")
+            # Spend only grows by the calls that check it; the rest gives room back.
+            over = await conn.execute(
+                text(
+                    "SELECT s.limit_name FROM accounts a, credits_spend(a, now()) s"
+                    " WHERE a.account_id = :a AND s.used > s.limit_amount"
+                ),
+                {"a": account},
+            )
+            for (limit,) in over:
+                report.violation(f"{account}: its {limit} spend is past its limit")
     report.checks.append(
         f"{len(accounts)} accounts: available + reserved - debt = granted - captured - revoked"
-        " - expired, nothing negative, debt within the overdraft limit"
+        " - expired, nothing negative, debt within the overdraft limit, spend within its"
+        " limits"
     )
 
 

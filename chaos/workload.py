@@ -42,6 +42,10 @@ RESERVATION_TTL_SECONDS_MAX = 60
 GRANT_EXPIRY_SECONDS_MAX = 120
 # Every other account may go this far into debt by confirming above its holds.
 OVERDRAFT_LIMIT = 500
+# Every other account, the others, has a rolling spend limit of SPEND_LIMIT per
+# SPEND_WINDOW_HOURS: a run's first minutes reach it.
+SPEND_LIMIT = 20_000
+SPEND_WINDOW_HOURS = 1
 # One Confirm in OVERRUN_SHARE asks for up to OVERRUN_EXTRA_MAX more than was held.
 OVERRUN_SHARE = 0.2
 OVERRUN_EXTRA_MAX = 200
@@ -63,9 +67,9 @@ RETRYABLE = {
 # Refusals the workload can meet with valid requests on shared accounts; any other is a
 # violation.
 EXPECTED_REFUSALS = {
-    "Reserve": {"INSUFFICIENT_CREDITS"},
-    # INSUFFICIENT_CREDITS: an overrun beyond the available credits and the overdraft.
-    "Confirm": {"RESERVATION_NOT_ACTIVE", "INSUFFICIENT_CREDITS"},
+    "Reserve": {"INSUFFICIENT_CREDITS", "SPEND_LIMIT_EXCEEDED"},
+    # An overrun beyond the available credits and the overdraft, or past the spend limit.
+    "Confirm": {"RESERVATION_NOT_ACTIVE", "INSUFFICIENT_CREDITS", "SPEND_LIMIT_EXCEEDED"},
     "UpdateAccountSettings": set(),
     "Release": {"RESERVATION_NOT_ACTIVE"},
     "ExtendReservation": {"RESERVATION_NOT_ACTIVE"},
@@ -193,13 +197,22 @@ class Workload:
         return Ack(method, account, key, text, outcome.attempts)
 
     async def configure(self) -> None:
-        """Gives every other account an overdraft, before the clients start."""
+        """Gives every other account an overdraft and the others a spend limit, before
+        the clients start."""
         rng = random.Random(f"{self.seed}-settings")
-        for account in self.accounts[::2]:
+        for index, account in enumerate(self.accounts):
+            if index % 2 == 0:
+                settings = pb.AccountSettings(overdraft_limit=OVERDRAFT_LIMIT)
+                paths = ["overdraft_limit"]
+            else:
+                settings = pb.AccountSettings(
+                    spend_limit_rolling=SPEND_LIMIT, spend_limit_rolling_hours=SPEND_WINDOW_HOURS
+                )
+                paths = ["spend_limit_rolling", "spend_limit_rolling_hours"]
             request = pb.UpdateAccountSettingsRequest(
                 account_id=account,
-                settings=pb.AccountSettings(overdraft_limit=OVERDRAFT_LIMIT),
-                update_mask=field_mask_pb2.FieldMask(paths=["overdraft_limit"]),
+                settings=settings,
+                update_mask=field_mask_pb2.FieldMask(paths=paths),
                 reason="chaos",
             )
             outcome = await self.call(rng, "ops", "UpdateAccountSettings", request)
@@ -268,7 +281,7 @@ class Workload:
         ack = self.settle(op, account, None, outcome)
         ack.result = {"reservation_id": rid}
         refused_overrun = outcome.refusal is not None and outcome.refusal.endswith(
-            "/INSUFFICIENT_CREDITS"
+            ("/INSUFFICIENT_CREDITS", "/SPEND_LIMIT_EXCEEDED")
         )
         # A refused overrun leaves the reservation active: it may be confirmed again.
         if op != "ExtendReservation" and outcome.acknowledged and not refused_overrun:
