@@ -452,6 +452,8 @@ END $$;
 
 -- Adds a grant. A replay answers from the stored result before anything that depends on
 -- time is checked: a grant whose expires_at has passed since is still the same grant.
+-- The account's overdraft debt (from overruns) is paid first, out of the new credits: the
+-- grant records it as debt_paid_amount, the ledger as a debt_repayment entry.
 CREATE OR REPLACE FUNCTION credits_grant(
   p_caller text, p_key text, p_hash bytea, p_account text, p_amount bigint, p_source smallint,
   p_external_ref text, p_expires_at timestamptz, p_priority integer, p_description text,
@@ -618,7 +620,8 @@ BEGIN
 END $$;
 
 -- An account's balance as of p_now, after settling what time has decided: the same rules
--- as every write, so a balance never shows credits a Reserve would refuse.
+-- as every write, so a balance never shows credits a Reserve would refuse. With the
+-- account's overdraft debt.
 CREATE OR REPLACE FUNCTION credits_balance(p_account text, p_now timestamptz,
                                            p_lock_timeout_ms integer)
 RETURNS TABLE (available bigint, reserved bigint, expiring_amount bigint,
