@@ -207,6 +207,18 @@ async def test_a_day_limit_refuses_the_reserve_that_would_pass_it_and_a_release_
     assert (await _reserve(backend, account, 101)).amount == 101
 
 
+async def test_a_day_limit_gives_its_room_back_at_the_next_utc_midnight(
+    ops: Stub, backend: Stub, clock: MovableClock
+) -> None:
+    account = await funded_account(ops, 5000)
+    await _settings(ops, account, spend_limit_day=100)
+    await _confirm(backend, account, await _reserve(backend, account, 100), 100)
+    _, _, metadata = await _refusal(_reserve(backend, account, 1))
+    resets_at = datetime.datetime.fromisoformat(metadata["resets_at"])
+    clock.advance((resets_at - clock()).total_seconds() + 1)
+    assert (await _reserve(backend, account, 100)).amount == 100
+
+
 async def test_an_overrun_counts_against_the_spend_limits(ops: Stub, backend: Stub) -> None:
     account = await funded_account(ops, 5000)
     await _settings(ops, account, spend_limit_day=1000, spend_limit_month=1100)
