@@ -233,7 +233,7 @@ async def test_an_overrun_counts_against_the_spend_limits(ops: Stub, backend: St
     assert (await _confirm(backend, account, held, 1000)).overrun_amount == 100
 
 
-async def test_the_first_limit_that_fails_is_named_day_then_month_then_rolling(
+async def test_the_refusal_names_the_first_check_that_fails_in_the_documented_order(
     ops: Stub, backend: Stub
 ) -> None:
     account = await funded_account(ops, 5000)
@@ -254,6 +254,9 @@ async def test_the_first_limit_that_fails_is_named_day_then_month_then_rolling(
     await _settings(ops, empty, spend_limit_day=10)
     assert (await _refusal(_reserve(backend, empty, 11)))[1] == "SPEND_LIMIT_EXCEEDED"
     assert (await _refusal(_reserve(backend, empty, 10)))[1] == "INSUFFICIENT_CREDITS"
+    # A frozen account comes before every limit.
+    await _settings(ops, empty, frozen=True)
+    assert (await _refusal(_reserve(backend, empty, 11)))[1] == "ACCOUNT_FROZEN"
 
 
 async def test_a_rolling_window_resets_when_its_oldest_spend_leaves_it(
