@@ -23,7 +23,7 @@ SCRIPT = """\
 SELECT reservation_id AS rid FROM credits_reserve('pgbench', :k::text, '\\x00'::bytea,
   '{prefix}' || :a::text, 1, interval '15 minutes', '', '', '', '{{}}'::jsonb, now(),
   {lock_ms}) \\gset
-SELECT status FROM credits_confirm('{prefix}' || :a::text, :rid::uuid, 1, now(), {lock_ms});
+SELECT status FROM credits_confirm('{prefix}' || :a::text, :rid::uuid, 1, false, now(), {lock_ms});
 """
 
 

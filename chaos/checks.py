@@ -93,7 +93,11 @@ class Stored:
 
 
 def _check_ack(ack: Ack, stored: Stored, report: Report) -> None:
-    if ack.outcome == "unacknowledged" or ack.op in ("GetBalance", "ExtendReservation"):
+    if ack.outcome == "unacknowledged" or ack.op in (
+        "GetBalance",
+        "ExtendReservation",
+        "UpdateAccountSettings",
+    ):
         return
     key = stored.keys.get((CALLER_OF.get(ack.op, ""), ack.key or ""))
     if ack.key is not None and ack.outcome != "ok":
@@ -165,25 +169,41 @@ async def check_accounts(engine: AsyncEngine, accounts: list[str], report: Repor
                         " coalesce(sum(expired_amount), 0) AS expired,"
                         " coalesce(min(remaining_amount), 0) AS lowest,"
                         " (SELECT coalesce(sum(confirmed_amount), 0) FROM reservations"
-                        "   WHERE account_id = :a AND status = :confirmed) AS captured"
+                        "   WHERE account_id = :a AND status = :confirmed) AS captured,"
+                        " (SELECT coalesce(max(overdraft_limit), 0) FROM accounts"
+                        "   WHERE account_id = :a) AS overdraft_limit"
                         " FROM grants WHERE account_id = :a"
                     ),
                     {"a": account, "confirmed": STATUS_CONFIRMED},
                 )
             ).one()
-            left = balance.available + balance.reserved
+            # Captured includes overruns; the part of them that became debt is owed.
+            left = balance.available + balance.reserved - balance.debt
             right = sums.granted - sums.captured - sums.revoked - sums.expired
             if left != right:
                 report.violation(
                     f"{account}: available {balance.available} + reserved {balance.reserved}"
-                    f" <> granted {sums.granted} - captured {sums.captured}"
-                    f" - revoked {sums.revoked} - expired {sums.expired}"
+                    f" - debt {balance.debt} <> granted {sums.granted} - captured"
+                    f" {sums.captured} - revoked {sums.revoked} - expired {sums.expired}"
                 )
             if balance.available < 0 or balance.reserved < 0 or sums.lowest < 0:
                 report.violation(f"{account}: a negative balance or remaining amount")
+            if not 0 <= balance.debt <= sums.overdraft_limit:
+                report.violation(f"{account}: debt outside 0 to its overdraft limit")
+            # Spend only grows by the calls that check it; the rest gives room back.
+            over = await conn.execute(
+                text(
+                    "SELECT s.limit_name FROM accounts a, credits_spend(a, now()) s"
+                    " WHERE a.account_id = :a AND s.used > s.limit_amount"
+                ),
+                {"a": account},
+            )
+            for (limit,) in over:
+                report.violation(f"{account}: its {limit} spend is past its limit")
     report.checks.append(
-        f"{len(accounts)} accounts: available + reserved = granted - captured - revoked -"
-        " expired, nothing negative"
+        f"{len(accounts)} accounts: available + reserved - debt = granted - captured - revoked"
+        " - expired, nothing negative, debt within the overdraft limit, spend within its"
+        " limits"
     )
 
 

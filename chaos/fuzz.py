@@ -137,6 +137,8 @@ def fill_message(rng: random.Random, field: Any, type_name: str) -> None:
     if type_name in ("Duration", "Timestamp"):
         field.seconds = rng.choice([0, -1, 1, 86400, 86401, 2**40, -(2**40), 253402300800])
         field.nanos = rng.choice([0, -1, 999_999_999, 10**9, -(10**9)])
+    elif isinstance(field, message.Message):  # AccountSettings, FieldMask: their fields
+        fill(rng, field)
     else:  # a map<string, string>
         for _ in range(rng.choice([1, 3, 16, 17, 200])):
             field[random_text(rng) or "k"] = random_text(rng)

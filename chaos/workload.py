@@ -1,9 +1,10 @@
-"""Concurrent clients doing random Reserve, Confirm, Release, ExtendReservation, Grant,
-Revoke and GetBalance on a few shared accounts (so that they contend), through both
-instances. Some calls get deadlines that cut them short; every call is retried with the
-same request (the same idempotency key) until it is acknowledged or definitively
-refused, and every acknowledgement goes into the log that chaos/checks.py holds against
-the database afterwards."""
+"""Concurrent clients doing random Reserve, Confirm (some above the hold, into the
+overdraft of the accounts that have one), Release, ExtendReservation, Grant, Revoke and
+GetBalance on a few shared accounts (so that they contend), through both instances.
+Some calls get deadlines that cut them short; every call is retried with the same
+request (the same idempotency key) until it is acknowledged or definitively refused,
+and every acknowledgement goes into the log that chaos/checks.py holds against the
+database afterwards."""
 
 import asyncio
 import datetime
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -39,6 +40,15 @@ GRANT_AMOUNT_MAX = 1000
 RESERVE_AMOUNT_MAX = 300
 RESERVATION_TTL_SECONDS_MAX = 60
 GRANT_EXPIRY_SECONDS_MAX = 120
+# Every other account may go this far into debt by confirming above its holds.
+OVERDRAFT_LIMIT = 500
+# Every other account, the others, has a rolling spend limit of SPEND_LIMIT per
+# SPEND_WINDOW_HOURS: a run's first minutes reach it.
+SPEND_LIMIT = 20_000
+SPEND_WINDOW_HOURS = 1
+# One Confirm in OVERRUN_SHARE asks for up to OVERRUN_EXTRA_MAX more than was held.
+OVERRUN_SHARE = 0.2
+OVERRUN_EXTRA_MAX = 200
 # Answers that settle a call: anything else is retried (UNAVAILABLE, DEADLINE_EXCEEDED,
 # RESOURCE_EXHAUSTED) or is unexpected (INTERNAL, UNKNOWN, …).
 DEFINITIVE = {
@@ -57,8 +67,10 @@ RETRYABLE = {
 # Refusals the workload can meet with valid requests on shared accounts; any other is a
 # violation.
 EXPECTED_REFUSALS = {
-    "Reserve": {"INSUFFICIENT_CREDITS"},
-    "Confirm": {"RESERVATION_NOT_ACTIVE"},
+    "Reserve": {"INSUFFICIENT_CREDITS", "SPEND_LIMIT_EXCEEDED"},
+    # An overrun beyond the available credits and the overdraft, or past the spend limit.
+    "Confirm": {"RESERVATION_NOT_ACTIVE", "INSUFFICIENT_CREDITS", "SPEND_LIMIT_EXCEEDED"},
+    "UpdateAccountSettings": set(),
     "Release": {"RESERVATION_NOT_ACTIVE"},
     "ExtendReservation": {"RESERVATION_NOT_ACTIVE"},
     "Grant": set(),
@@ -184,6 +196,28 @@ class Workload:
             self.report.unacknowledged += 1
         return Ack(method, account, key, text, outcome.attempts)
 
+    async def configure(self) -> None:
+        """Gives every other account an overdraft and the others a spend limit, before
+        the clients start."""
+        rng = random.Random(f"{self.seed}-settings")
+        for index, account in enumerate(self.accounts):
+            if index % 2 == 0:
+                settings = pb.AccountSettings(overdraft_limit=OVERDRAFT_LIMIT)
+                paths = ["overdraft_limit"]
+            else:
+                settings = pb.AccountSettings(
+                    spend_limit_rolling=SPEND_LIMIT, spend_limit_rolling_hours=SPEND_WINDOW_HOURS
+                )
+                paths = ["spend_limit_rolling", "spend_limit_rolling_hours"]
+            request = pb.UpdateAccountSettingsRequest(
+                account_id=account,
+                settings=settings,
+                update_mask=field_mask_pb2.FieldMask(paths=paths),
+                reason="chaos",
+            )
+            outcome = await self.call(rng, "ops", "UpdateAccountSettings", request)
+            self.record(self.settle("UpdateAccountSettings", account, None, outcome))
+
     async def client(self, index: int) -> None:
         rng = random.Random(f"{self.seed}-{index}")
         open_reservations: list[tuple[str, str, int]] = []
@@ -233,7 +267,10 @@ class Workload:
         request: Any
         if op == "Confirm":
             request = pb.ConfirmRequest(account_id=account, reservation_id=rid)
-            if rng.random() < 0.5:
+            if rng.random() < OVERRUN_SHARE:
+                request.amount = amount + rng.randint(1, OVERRUN_EXTRA_MAX)
+                request.allow_overrun = True
+            elif rng.random() < 0.5:
                 request.amount = rng.randint(1, amount)
         elif op == "Release":
             request = pb.ReleaseRequest(account_id=account, reservation_id=rid, reason="chaos")
@@ -243,7 +280,11 @@ class Workload:
         outcome = await self.call(rng, "backend", op, request)
         ack = self.settle(op, account, None, outcome)
         ack.result = {"reservation_id": rid}
-        if op != "ExtendReservation" and outcome.acknowledged:
+        refused_overrun = outcome.refusal is not None and outcome.refusal.endswith(
+            ("/INSUFFICIENT_CREDITS", "/SPEND_LIMIT_EXCEEDED")
+        )
+        # A refused overrun leaves the reservation active: it may be confirmed again.
+        if op != "ExtendReservation" and outcome.acknowledged and not refused_overrun:
             open_reservations.remove((account, rid, amount))
         if outcome.response is not None:
             r = outcome.response.reservation

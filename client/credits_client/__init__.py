@@ -29,6 +29,7 @@ from credits_client.errors import (
     ReservationNotFound,
     ResourceExhausted,
     SignupBonusExists,
+    SpendLimitExceeded,
     Unauthenticated,
     Unavailable,
 )
@@ -50,6 +51,7 @@ from credits_client.results import (
     ReservationStatus,
     Reserved,
     Revocation,
+    SpendLimitUse,
 )
 from credits_client.retry import NO_RETRY, RetryPolicy
 from credits_client.sync import SyncCreditsClient
@@ -97,6 +99,8 @@ __all__ = [
     "RetryPolicy",
     "Revocation",
     "SignupBonusExists",
+    "SpendLimitExceeded",
+    "SpendLimitUse",
     "SyncCreditsClient",
     "Unauthenticated",
     "Unavailable",

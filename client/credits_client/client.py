@@ -241,10 +241,17 @@ class CreditsClient:
         reservation_id: str,
         amount: int | None = None,
         *,
+        allow_overrun: bool = False,
         timeout_seconds: float | None = None,
     ) -> Reservation:
-        """Captures `amount` of the reservation (all when None); the rest goes back."""
-        request = pb.ConfirmRequest(account_id=account_id, reservation_id=reservation_id)
+        """Captures `amount` of the reservation (all when None); the rest goes back.
+        With `allow_overrun`, `amount` may exceed the reservation: the extra comes from
+        the available credits, then as debt up to the account's overdraft limit
+        (InsufficientCredits beyond it, SpendLimitExceeded or AccountFrozen before it;
+        then nothing changed and the reservation is still active)."""
+        request = pb.ConfirmRequest(
+            account_id=account_id, reservation_id=reservation_id, allow_overrun=allow_overrun
+        )
         if amount is not None:
             request.amount = amount
         response = await self._call("Confirm", request, timeout_seconds)
@@ -435,12 +442,26 @@ class CreditsClient:
         account_id: str,
         *,
         frozen: bool | None = None,
+        overdraft_limit: int | None = None,
+        spend_limit_day: int | None = None,
+        spend_limit_month: int | None = None,
+        spend_limit_rolling: int | None = None,
+        spend_limit_rolling_hours: int | None = None,
         reason: str = "",
         timeout_seconds: float | None = None,
     ) -> Account:
         """Changes the settings given (None leaves a setting as it is), audited with
-        `reason`. Setting a value again changes nothing, so a retry is harmless."""
-        changes = {"frozen": frozen}
+        `reason`. Setting a value again changes nothing, so a retry is harmless. A limit
+        of 0 means none; a rolling limit needs its window (`spend_limit_rolling_hours`)
+        in the same call."""
+        changes: dict[str, bool | int | None] = {
+            "frozen": frozen,
+            "overdraft_limit": overdraft_limit,
+            "spend_limit_day": spend_limit_day,
+            "spend_limit_month": spend_limit_month,
+            "spend_limit_rolling": spend_limit_rolling,
+            "spend_limit_rolling_hours": spend_limit_rolling_hours,
+        }
         request = pb.UpdateAccountSettingsRequest(account_id=account_id, reason=reason)
         for name, value in changes.items():
             if value is not None:

@@ -6,6 +6,7 @@ never by its message. Failures that carry no ErrorInfo (the service unreachable,
 deadline that ran out on the client, an overloaded server) are sorted by their code.
 """
 
+import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -49,8 +50,11 @@ class CreditsError(Exception):
         field_violations: tuple[FieldViolation, ...] = (),
         retry_delay_seconds: float | None = None,
         attempts: int = 1,
+        info_metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
+        # ErrorInfo's metadata as the service sent it (e.g. which spend limit).
+        self.info_metadata: Mapping[str, str] = dict(info_metadata or {})
         self.code = code
         self.message = message
         self.reason = reason
@@ -129,6 +133,23 @@ class AccountFrozen(CreditsError):
     REASON = "ACCOUNT_FROZEN"
 
 
+class SpendLimitExceeded(CreditsError):
+    """A Reserve or an overrun would pass one of the account's spend limits; nothing
+    changed. `limit` names the first that would ("day", "month" or "rolling") and
+    `resets_at` when its period resets (None if the service did not say)."""
+
+    REASON = "SPEND_LIMIT_EXCEEDED"
+
+    @property
+    def limit(self) -> str:
+        return self.info_metadata.get("limit", "")
+
+    @property
+    def resets_at(self) -> datetime.datetime | None:
+        text = self.info_metadata.get("resets_at", "")
+        return datetime.datetime.fromisoformat(text) if text else None
+
+
 class ReservationNotFound(CreditsError):
     REASON = "RESERVATION_NOT_FOUND"
 
@@ -205,6 +226,7 @@ BY_REASON: Mapping[str, type[CreditsError]] = {
         CaptureExceedsReservation,
         AccountCreditsLimit,
         AccountFrozen,
+        SpendLimitExceeded,
         ReservationNotFound,
         GrantNotFound,
         IdempotencyKeyReused,
@@ -295,4 +317,5 @@ def from_rpc_error(
         field_violations=details.field_violations,
         retry_delay_seconds=details.retry_delay_seconds,
         attempts=attempts,
+        info_metadata=details.info_metadata,
     )

@@ -96,6 +96,7 @@ class Hold:
         # answer that says what time the service had.
         self._service_clock: tuple[datetime.datetime, float] | None = None
         self._captured: int | None = None
+        self._allow_overrun = False
         # The reservation as it ended: confirmed or released on exit, or, when entry
         # was refused with JobAlreadySettled, the settled one the Reserve answered.
         # None until then, and after a Release that failed.
@@ -120,12 +121,17 @@ class Hold:
     def idempotency_key(self) -> str:
         return self.reservation.idempotency_key
 
-    def capture(self, amount: int) -> None:
-        """Confirm `amount` (at most the reserved amount) on a normal exit, instead of
-        everything; the rest goes back. The last call counts."""
-        if not 0 <= amount <= self.reservation.amount:
+    def capture(self, amount: int, *, allow_overrun: bool = False) -> None:
+        """Confirm `amount` on a normal exit, instead of everything; the rest goes back.
+        At most the reserved amount, unless `allow_overrun`: then the final cost may be
+        more, the extra taken as confirm(..., allow_overrun=True) takes it. A refused
+        overrun raises on exit and leaves the reservation active: confirm what may be
+        taken with client.confirm(hold.reservation_id, ...), or it expires. The last call
+        counts."""
+        if amount < 0 or (amount > self.reservation.amount and not allow_overrun):
             raise ValueError(f"capture must be between 0 and {self.reservation.amount}")
         self._captured = amount
+        self._allow_overrun = allow_overrun
 
     async def __aenter__(self) -> Self:
         reservation = await self._reserve()
@@ -175,6 +181,7 @@ class Hold:
             reservation.account_id,
             reservation.reservation_id,
             self._captured,
+            allow_overrun=self._allow_overrun,
             timeout_seconds=self._timeout_seconds,
         )
 

@@ -47,6 +47,8 @@ class EntryKind(enum.StrEnum):
     GRANT_EXPIRY = "grant_expiry"
     REVOKE = "revoke"
     REVOKE_REVERSAL = "revoke_reversal"
+    OVERRUN = "overrun"  # available credits a Confirm took beyond the hold
+    DEBT_REPAYMENT = "debt_repayment"  # credits of a new grant that paid the debt
 
 
 _STATUS_OF_NUMBER = {
@@ -90,6 +92,8 @@ class Reservation:
     # The reason given to Release, as given (any character but NUL: escape it before
     # showing it on a terminal); empty unless released by Release.
     release_reason: str
+    # What Confirm(allow_overrun=True) captured beyond `amount`; part of confirmed_amount.
+    overrun_amount: int
 
     @classmethod
     def from_message(cls, message: pb.Reservation) -> "Reservation":
@@ -106,6 +110,7 @@ class Reservation:
             expires_at=_time(message.expires_at),
             returned_amount=message.returned_amount,
             release_reason=message.release_reason,
+            overrun_amount=message.overrun_amount,
         )
 
 
@@ -189,6 +194,7 @@ class Balance:
     reserved: int  # held by active reservations
     expiring_amount: int  # of `available`, credits that have an expiry
     next_expiry: datetime.datetime | None  # the soonest expiry among them
+    debt: int = 0  # what overruns borrowed and grants have not paid back; the next pay it
 
     @classmethod
     def from_message(cls, message: pb.GetBalanceResponse) -> "Balance":
@@ -198,6 +204,7 @@ class Balance:
             reserved=message.reserved,
             expiring_amount=message.expiring_amount,
             next_expiry=_time(message.next_expiry) if message.HasField("next_expiry") else None,
+            debt=message.debt,
         )
 
 
@@ -289,10 +296,42 @@ class AccountSettings:
     """How one account is run; an account nobody has configured has these defaults."""
 
     frozen: bool = False  # no new holds; confirms and releases of what it holds still work
+    overdraft_limit: int = 0  # debt an overrun may leave; 0: none
+    spend_limit_day: int = 0  # per UTC day; 0: no limit
+    spend_limit_month: int = 0  # per UTC calendar month; 0: no limit
+    spend_limit_rolling: int = 0  # per rolling window; 0: no limit
+    spend_limit_rolling_hours: int = 0  # the rolling window, 1-744 hours
 
     @classmethod
     def from_message(cls, message: pb.AccountSettings) -> "AccountSettings":
-        return cls(frozen=message.frozen)
+        return cls(
+            frozen=message.frozen,
+            overdraft_limit=message.overdraft_limit,
+            spend_limit_day=message.spend_limit_day,
+            spend_limit_month=message.spend_limit_month,
+            spend_limit_rolling=message.spend_limit_rolling,
+            spend_limit_rolling_hours=message.spend_limit_rolling_hours,
+        )
+
+
+@dataclass(frozen=True)
+class SpendLimitUse:
+    """One spend limit that is set, with what its current period has used."""
+
+    limit: str  # "day", "month" or "rolling"
+    limit_amount: int
+    used: int
+    # When the period resets; None for a rolling window with nothing counted.
+    resets_at: datetime.datetime | None
+
+    @classmethod
+    def from_message(cls, message: pb.SpendLimitUse) -> "SpendLimitUse":
+        return cls(
+            limit=message.limit,
+            limit_amount=message.limit_amount,
+            used=message.used,
+            resets_at=_time(message.resets_at) if message.HasField("resets_at") else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -304,6 +343,9 @@ class Account:
     settings_version: int  # how many audited changes; 0: never changed
     settings_updated_at: datetime.datetime | None
     settings_updated_by: str  # the caller of the latest change; "" when none
+    # Each spend limit that is set (day, month, rolling), with its period's use.
+    spend_limits: tuple[SpendLimitUse, ...] = ()
+    debt: int = 0  # the overdraft debt, as Balance.debt
 
     @classmethod
     def from_message(cls, message: pb.Account) -> "Account":
@@ -317,4 +359,6 @@ class Account:
                 else None
             ),
             settings_updated_by=message.settings_updated_by,
+            spend_limits=tuple(SpendLimitUse.from_message(u) for u in message.spend_limits),
+            debt=message.debt,
         )

@@ -90,7 +90,7 @@ def for_known(exc: Exception) -> grpc.Status | None:
         return build(mapped.code, mapped.reason, exc.message, details=[bad_request])
     if isinstance(exc, RateLimited):
         return _rate_limited(exc, mapped)
-    return build(mapped.code, mapped.reason, exc.message)
+    return build(mapped.code, mapped.reason, exc.message, metadata=exc.metadata)
 
 
 def _rate_limited(exc: RateLimited, mapped: Mapped) -> grpc.Status:

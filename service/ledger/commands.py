@@ -36,6 +36,8 @@ class ConfirmCommand:
     account_id: str
     reservation_id: str
     amount: int | None = None
+    # Lets amount exceed the reservation (an overrun).
+    allow_overrun: bool = False
 
 
 @dataclass(frozen=True)

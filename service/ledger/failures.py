@@ -8,6 +8,7 @@ checks the SQLSTATEs against the SQL source.
 Messages are fixed sentences: never an amount, a balance, SQL, a path or a stack trace.
 """
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -30,6 +31,16 @@ class Failure(Exception):
 
     def __init__(self) -> None:
         super().__init__(self.message)
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        """What ErrorInfo's metadata carries besides the reason: never an amount."""
+        return {}
+
+    @classmethod
+    def from_database(cls, detail: str | None) -> "Failure":
+        """The failure for its SQLSTATE, given the error's DETAIL (which most ignore)."""
+        return cls()
 
 
 class InvalidRequest(Failure):
@@ -134,6 +145,32 @@ class AccountFrozen(Failure):
     code = "FAILED_PRECONDITION"
     message = "the account is frozen"
     sqlstate = "CR012"
+
+
+class SpendLimitExceeded(Failure):
+    """A Reserve or an overrun would pass one of the account's spend limits. The refusal
+    names the limit (`day`, `month`, `rolling`) and when it resets (RFC 3339, UTC) in
+    ErrorInfo metadata; never an amount."""
+
+    reason = "SPEND_LIMIT_EXCEEDED"
+    code = "FAILED_PRECONDITION"
+    message = "the request would pass one of the account's spend limits"
+    sqlstate = "CR030"
+
+    def __init__(self, limit: str = "", resets_at: str = "") -> None:
+        super().__init__()
+        self.limit = limit
+        self.resets_at = resets_at
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        return {"limit": self.limit, "resets_at": self.resets_at}
+
+    @classmethod
+    def from_database(cls, detail: str | None) -> "SpendLimitExceeded":
+        """From the JSON DETAIL credits_check_spend raises with."""
+        named = json.loads(detail or "{}")
+        return cls(str(named.get("limit", "")), str(named.get("resets_at", "")))
 
 
 class StoreUnavailable(Failure):

@@ -36,6 +36,9 @@ ACCOUNT_CREDITS_MAX = 10**18
 # The highest CREDITS_AMOUNT_MAX an operator may set: a thousandth of what an account may
 # hold, so that one amount never comes near any sum's limit.
 AMOUNT_MAX_LIMIT = ACCOUNT_CREDITS_MAX // 1000
+# The longest rolling spend window (AccountSettings.spend_limit_rolling_hours): 31 days;
+# credits_spend_window_hours_max() in the SQL source.
+SPEND_WINDOW_HOURS_MAX = 31 * 24
 # PostgreSQL's lock_timeout is an int32 of milliseconds (about 24.8 days); a client
 # deadline further out than that is no limit at all in practice.
 LOCK_TIMEOUT_MS_MAX = 2**31 - 1

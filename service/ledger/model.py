@@ -38,6 +38,8 @@ class EntryKind(enum.IntEnum):
     GRANT_EXPIRY = 6
     REVOKE = 7
     REVOKE_REVERSAL = 8
+    OVERRUN = 9
+    DEBT_REPAYMENT = 12
 
     @property
     def stored(self) -> str:
@@ -61,6 +63,7 @@ class Reservation:
     expires_at: datetime.datetime
     returned_amount: int
     release_reason: str  # what Release gave, as given; empty unless released by Release
+    overrun_amount: int = 0  # captured beyond `amount` (part of confirmed_amount)
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class Balance:
     reserved: int
     expiring_amount: int
     next_expiry: datetime.datetime | None
+    debt: int = 0  # overdraft debt the next grants pay first
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,23 @@ class AccountSettings:
     what an account nobody has configured gets."""
 
     frozen: bool = False
+    # Debt overruns may leave (0: no overdraft).
+    overdraft_limit: int = 0
+    # Spend limits (0: none): per UTC day, UTC calendar month, rolling window of hours.
+    spend_limit_day: int = 0
+    spend_limit_month: int = 0
+    spend_limit_rolling: int = 0
+    spend_limit_rolling_hours: int = 0
+
+
+@dataclass(frozen=True)
+class SpendLimitUse:
+    """One spend limit that is set, with what its current period has used."""
+
+    limit: str  # "day", "month" or "rolling"
+    limit_amount: int
+    used: int
+    resets_at: datetime.datetime | None  # None: a rolling window with nothing counted
 
 
 # The field names an update_mask may name, in the contract's order.
@@ -189,3 +210,5 @@ class Account:
     settings_version: int = 0
     settings_updated_at: datetime.datetime | None = None
     settings_updated_by: str | None = None
+    spend_limits: tuple[SpendLimitUse, ...] = ()
+    debt: int = 0

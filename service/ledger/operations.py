@@ -143,6 +143,7 @@ class Store(Protocol):
         account_id: str,
         reservation_id: uuid.UUID,
         amount: int | None,
+        allow_overrun: bool,
         now: datetime.datetime,
         *,
         deadline: Deadline,
@@ -264,7 +265,12 @@ class Ledger:
         if reservation_id is None:
             raise AssertionError("a request with a bad reservation_id passed validation")
         return await self._store.confirm(
-            cmd.account_id, reservation_id, cmd.amount, self._clock(), deadline=deadline
+            cmd.account_id,
+            reservation_id,
+            cmd.amount,
+            cmd.allow_overrun,
+            self._clock(),
+            deadline=deadline,
         )
 
     async def release(self, cmd: ReleaseCommand, *, deadline: Deadline) -> Reservation:
@@ -459,6 +465,7 @@ class Ledger:
         if not set(cmd.update_mask) <= set(ACCOUNT_SETTINGS_FIELDS):
             check.fail("update_mask", "must name only AccountSettings fields")
         check.text("reason", cmd.reason, limits.REASON_CHARS_MAX)
+        _check_limits(check, cmd)
         check.done()
         # The mask in the contract's order, once each: the audit trail records it as given.
         mask = tuple(f for f in ACCOUNT_SETTINGS_FIELDS if f in cmd.update_mask)
@@ -506,3 +513,27 @@ def _grant_keys(lot: GrantLot) -> list[str]:
 
 def _entry_keys(entry: LedgerEntry) -> list[str]:
     return [str(entry.entry_id)]
+
+
+def _check_limits(check: Check, cmd: UpdateAccountSettingsCommand) -> None:
+    """The overdraft and spend limits the mask names: amounts from 0 (none) to what an
+    account may hold, and a rolling limit only with its window."""
+    settings, mask = cmd.settings, set(cmd.update_mask)
+    for name in ("overdraft_limit", "spend_limit_day", "spend_limit_month", "spend_limit_rolling"):
+        value = getattr(settings, name)
+        if name in mask and not 0 <= value <= limits.ACCOUNT_CREDITS_MAX:
+            check.fail(name, "must be between 0 and the most an account may hold")
+    hours = settings.spend_limit_rolling_hours
+    if "spend_limit_rolling_hours" in mask:
+        if not 0 <= hours <= limits.SPEND_WINDOW_HOURS_MAX:
+            check.fail("spend_limit_rolling_hours", "must be between 0 and 744 (31 days)")
+        elif hours == 0 and not (
+            "spend_limit_rolling" in mask and settings.spend_limit_rolling == 0
+        ):
+            check.fail("spend_limit_rolling_hours", "0 only together with spend_limit_rolling 0")
+    if (
+        "spend_limit_rolling" in mask
+        and settings.spend_limit_rolling > 0
+        and not ("spend_limit_rolling_hours" in mask and hours > 0)
+    ):
+        check.fail("spend_limit_rolling", "needs spend_limit_rolling_hours in the same update")

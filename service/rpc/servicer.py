@@ -48,15 +48,47 @@ def reservation_message(r: model.Reservation) -> pb.Reservation:
         expires_at=_timestamp(r.expires_at),
         returned_amount=r.returned_amount,
         release_reason=r.release_reason,
+        overrun_amount=r.overrun_amount,
     )
+
+
+def settings_message(s: model.AccountSettings) -> pb.AccountSettings:
+    return pb.AccountSettings(
+        frozen=s.frozen,
+        overdraft_limit=s.overdraft_limit,
+        spend_limit_day=s.spend_limit_day,
+        spend_limit_month=s.spend_limit_month,
+        spend_limit_rolling=s.spend_limit_rolling,
+        spend_limit_rolling_hours=s.spend_limit_rolling_hours,
+    )
+
+
+def settings_of(m: pb.AccountSettings) -> model.AccountSettings:
+    return model.AccountSettings(
+        frozen=m.frozen,
+        overdraft_limit=m.overdraft_limit,
+        spend_limit_day=m.spend_limit_day,
+        spend_limit_month=m.spend_limit_month,
+        spend_limit_rolling=m.spend_limit_rolling,
+        spend_limit_rolling_hours=m.spend_limit_rolling_hours,
+    )
+
+
+def spend_limit_message(u: model.SpendLimitUse) -> pb.SpendLimitUse:
+    message = pb.SpendLimitUse(limit=u.limit, limit_amount=u.limit_amount, used=u.used)
+    if u.resets_at is not None:
+        message.resets_at.CopyFrom(_timestamp(u.resets_at))
+    return message
 
 
 def account_message(a: model.Account) -> pb.Account:
     message = pb.Account(
         account_id=a.account_id,
-        settings=pb.AccountSettings(frozen=a.settings.frozen),
+        settings=settings_message(a.settings),
         settings_version=a.settings_version,
         settings_updated_by=a.settings_updated_by or "",
+        spend_limits=[spend_limit_message(u) for u in a.spend_limits],
+        debt=a.debt,
     )
     if a.settings_updated_at is not None:
         message.settings_updated_at.CopyFrom(_timestamp(a.settings_updated_at))
@@ -132,6 +164,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
                 account_id=request.account_id,
                 reservation_id=request.reservation_id,
                 amount=request.amount if request.HasField("amount") else None,
+                allow_overrun=request.allow_overrun,
             ),
             deadline=deadline_of(context),
         )
@@ -206,6 +239,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
             available=balance.available,
             reserved=balance.reserved,
             expiring_amount=balance.expiring_amount,
+            debt=balance.debt,
         )
         if balance.next_expiry is not None:
             response.next_expiry.CopyFrom(_timestamp(balance.next_expiry))
@@ -306,7 +340,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
             commands.UpdateAccountSettingsCommand(
                 caller=current_caller(),
                 account_id=request.account_id,
-                settings=model.AccountSettings(frozen=request.settings.frozen),
+                settings=settings_of(request.settings),
                 update_mask=tuple(request.update_mask.paths),
                 reason=request.reason,
             ),

@@ -42,6 +42,7 @@ from service.ledger.model import (
     Reservation,
     ReservationStatus,
     Revocation,
+    SpendLimitUse,
 )
 from service.ledger.operations import (
     Deadline,
@@ -82,7 +83,9 @@ RESERVE = text(
     "SELECT * FROM credits_reserve(:caller, :key, :hash, :account, :amount, :ttl,"
     " :job_id, :job_type, :description, CAST(:metadata AS jsonb), :now, :lock_ms)"
 )
-CONFIRM = text("SELECT * FROM credits_confirm(:account, :reservation, :amount, :now, :lock_ms)")
+CONFIRM = text(
+    "SELECT * FROM credits_confirm(:account, :reservation, :amount, :allow_overrun, :now, :lock_ms)"
+)
 RELEASE = text("SELECT * FROM credits_release(:account, :reservation, :reason, :now, :lock_ms)")
 GRANT = text(
     "SELECT * FROM credits_grant(:caller, :key, :hash, :account, :amount,"
@@ -113,10 +116,12 @@ GET_RESERVATION = text(
 EXTEND = text(
     "SELECT * FROM credits_extend(:account, :reservation, :ttl, :lifetime_max, :now, :lock_ms)"
 )
-GET_ACCOUNT = text("SELECT * FROM credits_get_account(:account, :now, :lock_ms)")
+GET_ACCOUNT = text(
+    "SELECT (r.out_account).*, r.out_spend FROM credits_get_account(:account, :now, :lock_ms) AS r"
+)
 UPDATE_ACCOUNT_SETTINGS = text(
-    "SELECT * FROM credits_update_account_settings(:caller, :account, :settings, :mask,"
-    " :reason, :now, :lock_ms)"
+    "SELECT (r.out_account).*, r.out_spend FROM credits_update_account_settings(:caller,"
+    " :account, :settings, :mask, :reason, :now, :lock_ms) AS r"
 )
 DUE_ACCOUNTS = text("SELECT credits_due_accounts(:now, :limit) AS account_id")
 PING = text("SELECT 1")
@@ -175,10 +180,29 @@ class Row(asyncpg.Record):  # type: ignore[misc]
 def _account(row: Row) -> Account:
     return Account(
         account_id=row.account_id,
-        settings=AccountSettings(frozen=row.frozen),
+        settings=AccountSettings(
+            frozen=row.frozen,
+            overdraft_limit=row.overdraft_limit,
+            spend_limit_day=row.spend_limit_day,
+            spend_limit_month=row.spend_limit_month,
+            spend_limit_rolling=row.spend_limit_rolling,
+            spend_limit_rolling_hours=row.spend_limit_rolling_hours,
+        ),
         settings_version=row.settings_version,
         settings_updated_at=row.settings_updated_at,
         settings_updated_by=row.settings_updated_by,
+        spend_limits=tuple(
+            SpendLimitUse(
+                limit=s["limit"],
+                limit_amount=s["limit_amount"],
+                used=s["used"],
+                resets_at=(
+                    datetime.datetime.fromisoformat(s["resets_at"]) if s["resets_at"] else None
+                ),
+            )
+            for s in row.out_spend
+        ),
+        debt=row.debt,
     )
 
 
@@ -196,6 +220,7 @@ def _reservation(row: Row) -> Reservation:
         expires_at=row.expires_at,
         returned_amount=row.returned_amount,
         release_reason=row.release_reason,
+        overrun_amount=row.overrun_amount,
     )
 
 
@@ -242,10 +267,12 @@ def _lock_timeout_ms(deadline: Deadline) -> int | None:
     return max(1, min(limits.LOCK_TIMEOUT_MS_MAX, int(left * 1000)))
 
 
-def _failure(sqlstate: str, constraint: str | None) -> failures.Failure | None:
+def _failure(
+    sqlstate: str, constraint: str | None, detail: str | None = None
+) -> failures.Failure | None:
     """The ledger's error for a database error, or None when it is a bug."""
     if sqlstate in failures.BY_SQLSTATE:
-        return failures.BY_SQLSTATE[sqlstate]()
+        return failures.BY_SQLSTATE[sqlstate].from_database(detail)
     if sqlstate == UNIQUE_VIOLATION and constraint is not None and constraint in CONSTRAINT_ERRORS:
         return CONSTRAINT_ERRORS[constraint]()
     if sqlstate in TIMEOUT_SQLSTATES:
@@ -329,7 +356,11 @@ class PostgresStore:
             reusable = True
             raise
         except asyncpg.PostgresError as exc:
-            failure = _failure(exc.sqlstate or "", getattr(exc, "constraint_name", None))
+            failure = _failure(
+                exc.sqlstate or "",
+                getattr(exc, "constraint_name", None),
+                getattr(exc, "detail", None),
+            )
             reusable = failure is not None and not isinstance(failure, failures.StoreUnavailable)
             if failure is None:
                 raise
@@ -388,11 +419,17 @@ class PostgresStore:
         account_id: str,
         reservation_id: uuid.UUID,
         amount: int | None,
+        allow_overrun: bool,
         now: datetime.datetime,
         *,
         deadline: Deadline,
     ) -> Reservation:
-        params = {"account": account_id, "reservation": reservation_id, "amount": amount}
+        params = {
+            "account": account_id,
+            "reservation": reservation_id,
+            "amount": amount,
+            "allow_overrun": allow_overrun,
+        }
         return _reservation(await self._one(CONFIRM, {**params, "now": now}, deadline))
 
     async def release(
@@ -468,6 +505,7 @@ class PostgresStore:
             reserved=row.reserved,
             expiring_amount=row.expiring_amount,
             next_expiry=row.next_expiry,
+            debt=row.debt,
         )
 
     async def _all(

@@ -58,12 +58,15 @@ INVARIANTS = (
         """,
     ),
     Invariant(
-        "every credit of a grant is remaining, held, spent, revoked or expired",
+        "every credit of a grant is remaining, held, spent, overrun, revoked, expired or"
+        " paid to the account's debt",
         """
         SELECT g.grant_id::text,
-               format('original %s <> remaining %s + held %s + spent %s + revoked %s + expired %s',
+               format('original %s <> remaining %s + held %s + spent %s + overrun %s'
+                      ' + revoked %s + expired %s + debt paid %s',
                       g.original_amount, g.remaining_amount, coalesce(u.held, 0),
-                      coalesce(u.spent, 0), g.revoked_amount, g.expired_amount)
+                      coalesce(u.spent, 0), coalesce(o.overrun, 0), g.revoked_amount,
+                      g.expired_amount, g.debt_paid_amount)
           FROM grants g
           LEFT JOIN (
             SELECT a.grant_id,
@@ -71,8 +74,50 @@ INVARIANTS = (
                    sum(a.amount - a.returned_amount) FILTER (WHERE r.status = 2) AS spent
               FROM allocations a JOIN reservations r ON r.reservation_id = a.reservation_id
              GROUP BY 1) u ON u.grant_id = g.grant_id
+          LEFT JOIN (SELECT grant_id, -sum(amount) AS overrun FROM ledger_entries
+                      WHERE kind = 'overrun' GROUP BY 1) o ON o.grant_id = g.grant_id
          WHERE g.original_amount <> g.remaining_amount + coalesce(u.held, 0) + coalesce(u.spent, 0)
-                                    + g.revoked_amount + g.expired_amount
+                                    + coalesce(o.overrun, 0) + g.revoked_amount
+                                    + g.expired_amount + g.debt_paid_amount
+        """,
+    ),
+    Invariant(
+        "an overrun took from credits what it did not borrow as debt",
+        """
+        SELECT r.reservation_id::text,
+               format('overrun %s - debt %s <> overrun entries %s', r.overrun_amount,
+                      r.overrun_debt_amount, coalesce(o.taken, 0))
+          FROM reservations r
+          LEFT JOIN (SELECT reservation_id, -sum(amount) AS taken FROM ledger_entries
+                      WHERE kind = 'overrun' GROUP BY 1) o ON o.reservation_id = r.reservation_id
+         WHERE r.overrun_amount - r.overrun_debt_amount <> coalesce(o.taken, 0)
+        """,
+    ),
+    Invariant(
+        "a grant's debt repayment entries add up to what it paid of the debt",
+        """
+        SELECT g.grant_id::text,
+               format('debt paid %s, repayment entries %s', g.debt_paid_amount,
+                      coalesce(e.paid, 0))
+          FROM grants g
+          LEFT JOIN (SELECT grant_id, -sum(amount) AS paid FROM ledger_entries
+                      WHERE kind = 'debt_repayment' GROUP BY 1) e ON e.grant_id = g.grant_id
+         WHERE g.debt_paid_amount <> coalesce(e.paid, 0)
+        """,
+    ),
+    Invariant(
+        "an account's debt is what its overruns borrowed less what its grants paid back,"
+        " and never negative",
+        """
+        SELECT a.account_id,
+               format('debt %s <> borrowed %s - paid %s', a.debt, coalesce(b.borrowed, 0),
+                      coalesce(p.paid, 0))
+          FROM accounts a
+          LEFT JOIN (SELECT account_id, sum(overrun_debt_amount) AS borrowed FROM reservations
+                      GROUP BY 1) b ON b.account_id = a.account_id
+          LEFT JOIN (SELECT account_id, sum(debt_paid_amount) AS paid FROM grants
+                      GROUP BY 1) p ON p.account_id = a.account_id
+         WHERE a.debt < 0 OR a.debt <> coalesce(b.borrowed, 0) - coalesce(p.paid, 0)
         """,
     ),
     Invariant(
@@ -107,11 +152,11 @@ INVARIANTS = (
         "a settled reservation captured and gave back exactly its amount",
         """
         SELECT reservation_id::text,
-               format('status %s: confirmed %s + returned %s of %s', status, confirmed_amount,
-                      returned_amount, amount)
+               format('status %s: confirmed %s + returned %s of %s + overrun %s', status,
+                      confirmed_amount, returned_amount, amount, overrun_amount)
           FROM reservations
-         WHERE (status = 1 AND confirmed_amount + returned_amount <> 0)
-            OR (status <> 1 AND confirmed_amount + returned_amount <> amount)
+         WHERE (status = 1 AND confirmed_amount + returned_amount + overrun_amount <> 0)
+            OR (status <> 1 AND confirmed_amount + returned_amount <> amount + overrun_amount)
         """,
     ),
 )

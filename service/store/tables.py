@@ -46,12 +46,33 @@ accounts = Table(
     Column("account_id", Text, primary_key=True),
     Column("created_at", TIMESTAMPTZ, nullable=False, server_default=text("now()")),
     Column("frozen", Boolean, nullable=False, server_default=text("false")),
+    # Overruns may leave the account owing up to this much (0: no overdraft).
+    Column("overdraft_limit", BigInteger, nullable=False, server_default=text("0")),
+    # What overruns borrowed beyond the available credits and no grant has paid back yet:
+    # the next grants pay it first.
+    Column("debt", BigInteger, nullable=False, server_default=text("0")),
+    # Spend limits (0: none): per UTC day, per UTC calendar month, per rolling window of
+    # spend_limit_rolling_hours hours.
+    Column("spend_limit_day", BigInteger, nullable=False, server_default=text("0")),
+    Column("spend_limit_month", BigInteger, nullable=False, server_default=text("0")),
+    Column("spend_limit_rolling", BigInteger, nullable=False, server_default=text("0")),
+    Column("spend_limit_rolling_hours", Integer, nullable=False, server_default=text("0")),
     # How many audited changes the settings have had (account_settings_changes).
     Column("settings_version", BigInteger, nullable=False, server_default=text("0")),
     Column("settings_updated_at", TIMESTAMPTZ, nullable=True),
     Column("settings_updated_by", Text, nullable=True),
     CheckConstraint("account_id ~ '^[A-Za-z0-9._:@-]{1,128}$'", name="account_id_format"),
     CheckConstraint("settings_version >= 0", name="settings_version_non_negative"),
+    CheckConstraint(
+        "overdraft_limit BETWEEN 0 AND 1000000000000000000 AND debt >= 0"
+        " AND spend_limit_day >= 0 AND spend_limit_month >= 0 AND spend_limit_rolling >= 0",
+        name="limits_non_negative",
+    ),
+    CheckConstraint(
+        "spend_limit_rolling_hours BETWEEN 0 AND 744"
+        " AND (spend_limit_rolling = 0 OR spend_limit_rolling_hours > 0)",
+        name="rolling_window_set",
+    ),
     CheckConstraint(
         "(settings_version = 0) = (settings_updated_at IS NULL AND settings_updated_by IS NULL)",
         name="settings_audit_complete",
@@ -87,6 +108,8 @@ grants = Table(
     # What a revocation asked for but could not take back (already spent or held).
     Column("unrecovered_amount", BigInteger, nullable=False, server_default=text("0")),
     Column("expired_amount", BigInteger, nullable=False, server_default=text("0")),
+    # What this grant paid of the account's overdraft debt when it arrived.
+    Column("debt_paid_amount", BigInteger, nullable=False, server_default=text("0")),
     Column("priority", Integer, nullable=False, server_default=text("0")),
     Column("external_ref", Text, nullable=True, unique=True),
     Column("expires_at", TIMESTAMPTZ, nullable=True),
@@ -97,11 +120,12 @@ grants = Table(
     CheckConstraint("original_amount > 0", name="original_positive"),
     CheckConstraint("remaining_amount BETWEEN 0 AND original_amount", name="remaining_bounded"),
     CheckConstraint(
-        "revoked_amount >= 0 AND unrecovered_amount >= 0 AND expired_amount >= 0",
+        "revoked_amount >= 0 AND unrecovered_amount >= 0 AND expired_amount >= 0"
+        " AND debt_paid_amount >= 0",
         name="counters_non_negative",
     ),
     CheckConstraint(
-        "remaining_amount + revoked_amount + expired_amount <= original_amount",
+        "remaining_amount + revoked_amount + expired_amount + debt_paid_amount <= original_amount",
         name="taken_bounded",
     ),
     Index(
@@ -139,21 +163,44 @@ reservations = Table(
     Column("created_at", TIMESTAMPTZ, nullable=False, server_default=text("now()")),
     Column("expires_at", TIMESTAMPTZ, nullable=False),
     Column("settled_at", TIMESTAMPTZ, nullable=True),
+    # What Confirm captured beyond the hold (included in confirmed_amount), and the part
+    # of it that became the account's debt rather than coming from available credits.
+    Column("overrun_amount", BigInteger, nullable=False, server_default=text("0")),
+    Column("overrun_debt_amount", BigInteger, nullable=False, server_default=text("0")),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint(
-        "confirmed_amount >= 0 AND returned_amount >= 0"
-        " AND confirmed_amount + returned_amount <= amount",
+        "confirmed_amount >= 0 AND returned_amount >= 0 AND overrun_amount >= 0"
+        " AND overrun_debt_amount BETWEEN 0 AND overrun_amount"
+        " AND confirmed_amount + returned_amount <= amount + overrun_amount",
         name="settled_bounded",
     ),
     CheckConstraint(
-        "(status = 1 AND confirmed_amount = 0 AND returned_amount = 0 AND settled_at IS NULL)"
+        "(status = 1 AND confirmed_amount = 0 AND returned_amount = 0 AND overrun_amount = 0"
+        " AND settled_at IS NULL)"
         " OR (status = 2 AND confirmed_amount > 0"
-        " AND confirmed_amount + returned_amount = amount AND settled_at IS NOT NULL)"
+        " AND confirmed_amount + returned_amount = amount + overrun_amount"
+        " AND (overrun_amount = 0 OR returned_amount = 0) AND settled_at IS NOT NULL)"
         " OR (status IN (3, 4) AND confirmed_amount = 0 AND returned_amount = amount"
-        " AND settled_at IS NOT NULL)",
+        " AND overrun_amount = 0 AND settled_at IS NOT NULL)",
         name="status_consistent",
     ),
-    Index("ix_reservations_usage", "account_id", "created_at", "reservation_id"),
+    # Paging through usage, and the spend limits' sums over a period (index-only: it
+    # carries what they add up).
+    Index(
+        "ix_reservations_usage",
+        "account_id",
+        "created_at",
+        "reservation_id",
+        postgresql_include=["status", "amount", "confirmed_amount", "overrun_amount"],
+    ),
+    # The overruns settled in a spend period.
+    Index(
+        "ix_reservations_overrun",
+        "account_id",
+        "settled_at",
+        postgresql_include=["overrun_amount"],
+        postgresql_where=text("overrun_amount > 0"),
+    ),
     Index(
         "ix_reservations_active_expiry",
         "account_id",
@@ -246,7 +293,7 @@ ledger_entries = Table(
     CheckConstraint("amount <> 0", name="amount_non_zero"),
     CheckConstraint(
         "kind IN ('grant', 'reserve', 'release', 'confirm_return', 'reservation_expiry',"
-        " 'grant_expiry', 'revoke', 'revoke_reversal')",
+        " 'grant_expiry', 'revoke', 'revoke_reversal', 'overrun', 'debt_repayment')",
         name="kind_known",
     ),
     Index("ix_ledger_entries_account_id", "account_id"),

@@ -89,6 +89,7 @@ async def test_the_grpcurl_session(mtls_server: RunningServer, dev_dir: Path) ->
     assert '"reservation_id":' in output
     assert '"status": "RESERVATION_STATUS_CONFIRMED"' in output
     assert '"available": "800"' in output
+    assert '"overrun_amount": "30"' in output
     assert '"status": "SERVING"' in output
 
 

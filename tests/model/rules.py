@@ -1,6 +1,9 @@
 """A small pure-Python model of the money rules (service/store/sql/ledger.sql,
 docs/contract.md): burn-down order, allocations, partial capture, expiry of holds and grants,
-revocations as claims with debt collection, and idempotency keys. The model-based test
+revocations as claims with debt collection, confirms above the hold (overruns) into an
+overdraft debt that the next grant pays first, a rolling spend limit (the test's
+sequences are shorter than its window, so nothing leaves it), and idempotency keys. The
+model-based test
 runs the same operations against it and against the real server, and every answer must
 agree. It knows nothing of SQL or gRPC: failures are (code name, reason) pairs.
 
@@ -39,6 +42,7 @@ SIGNUP_BONUS_EXISTS = Refused("ALREADY_EXISTS", "SIGNUP_BONUS_EXISTS")
 EXTERNAL_REF_EXISTS = Refused("ALREADY_EXISTS", "EXTERNAL_REF_EXISTS")
 EXPIRY_PASSED = Refused("INVALID_ARGUMENT", "INVALID_REQUEST")
 LIFETIME_EXCEEDED = Refused("FAILED_PRECONDITION", "RESERVATION_LIFETIME_EXCEEDED")
+SPEND_LIMIT = Refused("FAILED_PRECONDITION", "SPEND_LIMIT_EXCEEDED")
 
 
 @dataclass
@@ -55,6 +59,7 @@ class Grant:
     revoked: int = 0
     unrecovered: int = 0
     expired: int = 0
+    debt_paid: int = 0
     # claim key → (claimed amount, withdrawn)
     claims: dict[str, tuple[int, bool]] = field(default_factory=dict)
 
@@ -84,6 +89,8 @@ class Reservation:
     status: int = RESERVED
     confirmed: int = 0
     returned: int = 0
+    overrun: int = 0
+    overrun_debt: int = 0
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,7 @@ class Balance:
     reserved: int
     expiring: int
     next_expiry: datetime.datetime | None
+    debt: int
 
 
 @dataclass
@@ -112,6 +120,10 @@ class State:
     keys: dict[str, tuple[str, object, str]] = field(default_factory=dict)
     # revocation id → its amounts (revoked, unrecovered, restored, cancelled)
     revocations: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+    # per account: its overdraft limit, its debt, its rolling spend limit (0: none)
+    overdraft: dict[str, int] = field(default_factory=dict)
+    debt: dict[str, int] = field(default_factory=dict)
+    spend_limit: dict[str, int] = field(default_factory=dict)
 
 
 class Model:
@@ -167,6 +179,26 @@ class Model:
                 g.expired += g.remaining
                 g.remaining = 0
 
+    def _spendable(self, s: State, account: str) -> list[Grant]:
+        return sorted(
+            (g for g in s.grants.values() if g.account == account and g.remaining > 0),
+            key=Grant.burn_key,
+        )
+
+    def _check_spend(self, s: State, account: str, extra: int) -> None:
+        """Every reservation of a sequence is inside the rolling window: its spend is what
+        active ones hold plus what confirmed ones captured (overruns included)."""
+        limit = s.spend_limit.get(account, 0)
+        if limit == 0:
+            return
+        spent = sum(
+            r.amount if r.status == RESERVED else r.confirmed
+            for r in s.reservations.values()
+            if r.account == account and r.status in (RESERVED, CONFIRMED)
+        )
+        if spent + extra > limit:
+            raise SPEND_LIMIT
+
     def _run(self, operation: Callable[["State"], T]) -> T:
         trial = copy.deepcopy(self.state)
         result = operation(trial)
@@ -202,6 +234,8 @@ class Model:
                 g.external_ref == external_ref for g in s.grants.values()
             ):
                 raise EXTERNAL_REF_EXISTS
+            repaid = min(s.debt.get(account, 0), amount)
+            s.debt[account] = s.debt.get(account, 0) - repaid
             g = Grant(
                 new_id,
                 account,
@@ -211,7 +245,8 @@ class Model:
                 expires_at,
                 external_ref,
                 next(self._seq),
-                remaining=amount,
+                remaining=amount - repaid,
+                debt_paid=repaid,
             )
             s.grants[new_id] = g
             s.keys[key] = ("grant", request, new_id)
@@ -236,12 +271,9 @@ class Model:
             replayed = self._replayed(s, key, "reserve", request)
             if replayed is not None:
                 return s.reservations[replayed]
-            spendable = sorted(
-                (g for g in s.grants.values() if g.account == account and g.remaining > 0),
-                key=Grant.burn_key,
-            )
+            self._check_spend(s, account, amount)
             allocations, left = [], amount
-            for g in spendable:
+            for g in self._spendable(s, account):
                 if left == 0:
                     break
                 take = min(g.remaining, left)
@@ -270,7 +302,12 @@ class Model:
         return r
 
     def confirm(
-        self, account: str, reservation_id: str, amount: int | None, now: datetime.datetime
+        self,
+        account: str,
+        reservation_id: str,
+        amount: int | None,
+        now: datetime.datetime,
+        allow_overrun: bool = False,
     ) -> Reservation:
         def run(s: State) -> Reservation:
             r = self._locked_reservation(s, account, reservation_id, now)
@@ -280,13 +317,44 @@ class Model:
                 raise NOT_ACTIVE
             capture = r.amount if amount is None else amount
             if capture > r.amount:
-                raise CAPTURE_EXCEEDS
-            if capture < r.amount:
+                if not allow_overrun:
+                    raise CAPTURE_EXCEEDS
+                self._overrun(s, r, capture - r.amount)
+            elif capture < r.amount:
                 self._return(s, r, r.amount - capture, now)
-            r.status, r.confirmed, r.returned = CONFIRMED, capture, r.amount - capture
+            r.status, r.confirmed = CONFIRMED, capture
+            r.returned = max(r.amount - capture, 0)
             return r
 
         return self._run(run)
+
+    def _overrun(self, s: State, r: Reservation, extra: int) -> None:
+        """The extra from the available credits in burn-down order, the rest as debt up
+        to the overdraft limit."""
+        self._check_spend(s, r.account, extra)
+        left = extra
+        for g in self._spendable(s, r.account):
+            if left == 0:
+                break
+            take = min(g.remaining, left)
+            g.remaining -= take
+            left -= take
+        debt = s.debt.get(r.account, 0) + left
+        if debt > s.overdraft.get(r.account, 0):
+            raise INSUFFICIENT
+        s.debt[r.account] = debt
+        r.overrun, r.overrun_debt = extra, left
+
+    def update_limits(
+        self, account: str, overdraft: int, spend_limit: int, now: datetime.datetime
+    ) -> None:
+        def run(s: State) -> None:
+            s.accounts.add(account)
+            self._settle(s, account, now)
+            s.overdraft[account] = overdraft
+            s.spend_limit[account] = spend_limit
+
+        self._run(run)
 
     def release(self, account: str, reservation_id: str, now: datetime.datetime) -> Reservation:
         def run(s: State) -> Reservation:
@@ -378,7 +446,7 @@ class Model:
     def balance(self, account: str, now: datetime.datetime) -> Balance:
         def run(s: State) -> Balance:
             if account not in s.accounts:
-                return Balance(0, 0, 0, None)
+                return Balance(0, 0, 0, None, 0)
             self._settle(s, account, now)
             holding = [g for g in s.grants.values() if g.account == account and g.remaining > 0]
             expiring = [g for g in holding if g.expires_at is not None]
@@ -391,6 +459,7 @@ class Model:
                 ),
                 sum(g.remaining for g in expiring),
                 min((g.expires_at for g in expiring if g.expires_at), default=None),
+                s.debt.get(account, 0),
             )
 
         return self._run(run)

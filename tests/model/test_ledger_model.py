@@ -1,5 +1,6 @@
-"""Model-based test: random sequences of Grant, Reserve, Confirm, Release,
-ExtendReservation, Revoke, GetBalance, replays and the passage of time, run against the
+"""Model-based test: random sequences of Grant, Reserve, Confirm (above the hold too),
+Release, ExtendReservation, Revoke, GetBalance, UpdateAccountSettings (overdraft and a
+rolling spend limit), replays and the passage of time, run against the
 real server (the suite's production server and its movable clock) and against the
 pure-Python model in tests/model/rules.py. Every answer must agree — status, reason,
 amounts, balances — and after every step the stored grants, reservations and the
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2, message, timestamp_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, message, timestamp_pb2
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -73,6 +74,10 @@ Keyed = pb.GrantRequest | pb.ReserveRequest | pb.RevokeRequest
 amounts = st.integers(min_value=1, max_value=100)
 picks = st.integers(min_value=0, max_value=1000)
 steps = st.integers(min_value=1, max_value=4)
+# The rolling spend window: longer than any sequence's time (its steps times the longest
+# time step), so that nothing leaves it and the model need not know when the server's
+# clock reading falls.
+SPEND_WINDOW_HOURS = 24
 
 
 @dataclass
@@ -164,10 +169,11 @@ class LedgerMachine(RuleBasedStateMachine):
     def check_reservation(self, got: pb.Reservation, want: rules.Reservation) -> None:
         assert got.reservation_id == want.reservation_id
         assert got.account_id == want.account
-        assert (got.amount, got.confirmed_amount, got.status) == (
+        assert (got.amount, got.confirmed_amount, got.status, got.overrun_amount) == (
             want.amount,
             want.confirmed,
             want.status,
+            want.overrun,
         )
         assert abs(moment(got.expires_at) - want.expires_at) < CLOCK_READING_SLACK
 
@@ -305,14 +311,21 @@ class LedgerMachine(RuleBasedStateMachine):
         self.send_keyed("Reserve", request)
 
     @precondition(lambda self: self.reservations)
-    @rule(pick=picks, amount=st.none() | st.integers(1, 110), elsewhere=st.booleans())
-    def confirm(self, pick: int, amount: int | None, elsewhere: bool) -> None:
+    @rule(
+        pick=picks,
+        amount=st.none() | st.integers(1, 110),
+        elsewhere=st.booleans(),
+        overrun=st.booleans(),
+    )
+    def confirm(self, pick: int, amount: int | None, elsewhere: bool, overrun: bool) -> None:
         rid = self.reservations[pick % len(self.reservations)]
         account = self.owner_or_other(self.model.state.reservations[rid].account, elsewhere)
-        request = pb.ConfirmRequest(account_id=account, reservation_id=rid, amount=amount)
+        request = pb.ConfirmRequest(
+            account_id=account, reservation_id=rid, amount=amount, allow_overrun=overrun
+        )
         now = self.env.clock()
         answer = self.call("Confirm", request)
-        want = self.expect(answer, lambda _: self.model.confirm(account, rid, amount, now))
+        want = self.expect(answer, lambda _: self.model.confirm(account, rid, amount, now, overrun))
         if want is not None:
             self.check_reservation(answer.reservation, want)
 
@@ -347,6 +360,68 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         if want is not None:
             self.check_reservation(answer.reservation, want)
+
+    def active(self) -> list[str]:
+        now = self.env.clock()
+        return [
+            r.reservation_id
+            for r in self.model.state.reservations.values()
+            if r.status == rules.RESERVED and r.expires_at > now
+        ]
+
+    @precondition(lambda self: self.active())
+    @rule(pick=picks, extra=st.integers(1, 80))
+    def confirm_above_the_hold(self, pick: int, extra: int) -> None:
+        """An overrun of an active reservation: from the available credits, then debt."""
+        active = self.active()
+        self.overrun(active[pick % len(active)], extra)
+
+    @rule(which=st.integers(0, 1), amount=st.integers(1, 20), extra=st.integers(1, 150))
+    def job_above_the_hold(self, which: int, amount: int, extra: int) -> None:
+        """A small job whose final cost exceeds its hold: Reserve, then at once an
+        overrun (when the Reserve was taken)."""
+        before = len(self.reservations)
+        self.reserve(which, amount, ttl_steps=4)
+        if len(self.reservations) > before:
+            self.overrun(self.reservations[-1], extra)
+
+    def overrun(self, rid: str, extra: int) -> None:
+        r = self.model.state.reservations[rid]
+        account, amount = r.account, r.amount + extra
+        request = pb.ConfirmRequest(
+            account_id=account, reservation_id=rid, amount=amount, allow_overrun=True
+        )
+        now = self.env.clock()
+        answer = self.call("Confirm", request)
+        want = self.expect(answer, lambda _: self.model.confirm(account, rid, amount, now, True))
+        if want is not None:
+            self.check_reservation(answer.reservation, want)
+
+    @rule(
+        which=st.integers(0, 1),
+        overdraft=st.sampled_from([0, 30, 100, 100]),
+        spend_limit=st.sampled_from([0, 0, 150, 400]),
+    )
+    def limits(self, which: int, overdraft: int, spend_limit: int) -> None:
+        account = self.accounts[which]
+        request = pb.UpdateAccountSettingsRequest(
+            account_id=account,
+            settings=pb.AccountSettings(
+                overdraft_limit=overdraft,
+                spend_limit_rolling=spend_limit,
+                spend_limit_rolling_hours=SPEND_WINDOW_HOURS,
+            ),
+            update_mask=field_mask_pb2.FieldMask(
+                paths=["overdraft_limit", "spend_limit_rolling", "spend_limit_rolling_hours"]
+            ),
+            reason="model",
+        )
+        now = self.env.clock()
+        answer = self.call("UpdateAccountSettings", request)
+        self.expect(
+            answer, lambda _: self.model.update_limits(account, overdraft, spend_limit, now)
+        )
+        assert answer.account.settings.overdraft_limit == overdraft
 
     @rule(which=st.integers(0, 1), amount=st.none() | st.integers(1, 110))
     def confirm_unknown(self, which: int, amount: int | None) -> None:
@@ -428,10 +503,11 @@ class LedgerMachine(RuleBasedStateMachine):
         now = self.env.clock()
         answer = self.call("GetBalance", pb.GetBalanceRequest(account_id=account))
         want = self.expect(answer, lambda _: self.model.balance(account, now))
-        assert (answer.available, answer.reserved, answer.expiring_amount) == (
+        assert (answer.available, answer.reserved, answer.expiring_amount, answer.debt) == (
             want.available,
             want.reserved,
             want.expiring,
+            want.debt,
         )
         next_expiry = moment(answer.next_expiry) if answer.HasField("next_expiry") else None
         assert next_expiry == want.next_expiry
@@ -449,16 +525,24 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def stored_state_matches_the_model(self) -> None:
-        grants, reservations, allocations = self.env.run(self.stored())
+        grants, reservations, allocations, debts = self.env.run(self.stored())
         state = self.model.state
         assert grants == {
-            g.grant_id: (g.original, g.remaining, g.revoked, g.unrecovered, g.expired)
+            g.grant_id: (g.original, g.remaining, g.revoked, g.unrecovered, g.expired, g.debt_paid)
             for g in state.grants.values()
         }
         assert reservations == {
-            r.reservation_id: (r.amount, r.status, r.confirmed, r.returned)
+            r.reservation_id: (
+                r.amount,
+                r.status,
+                r.confirmed,
+                r.returned,
+                r.overrun,
+                r.overrun_debt,
+            )
             for r in state.reservations.values()
         }
+        assert debts == {a: state.debt.get(a, 0) for a in state.accounts}
         assert allocations == {
             r.reservation_id: [(a.grant_id, a.amount, a.returned) for a in r.allocations]
             for r in state.reservations.values()
@@ -467,14 +551,17 @@ class LedgerMachine(RuleBasedStateMachine):
     async def stored(
         self,
     ) -> tuple[
-        dict[str, tuple[int, ...]], dict[str, tuple[int, ...]], dict[str, list[tuple[Any, ...]]]
+        dict[str, tuple[int, ...]],
+        dict[str, tuple[int, ...]],
+        dict[str, list[tuple[Any, ...]]],
+        dict[str, int],
     ]:
         params = {"accounts": self.accounts}
         async with self.env.admin.connect() as conn:
             grant_rows = await conn.execute(
                 text(
                     "SELECT grant_id::text, original_amount, remaining_amount, revoked_amount,"
-                    " unrecovered_amount, expired_amount FROM grants"
+                    " unrecovered_amount, expired_amount, debt_paid_amount FROM grants"
                     " WHERE account_id = ANY(:accounts)"
                 ),
                 params,
@@ -482,7 +569,8 @@ class LedgerMachine(RuleBasedStateMachine):
             reservation_rows = await conn.execute(
                 text(
                     "SELECT reservation_id::text, amount, status, confirmed_amount,"
-                    " returned_amount FROM reservations WHERE account_id = ANY(:accounts)"
+                    " returned_amount, overrun_amount, overrun_debt_amount FROM reservations"
+                    " WHERE account_id = ANY(:accounts)"
                 ),
                 params,
             )
@@ -494,6 +582,10 @@ class LedgerMachine(RuleBasedStateMachine):
                 ),
                 params,
             )
+            debt_rows = await conn.execute(
+                text("SELECT account_id, debt FROM accounts WHERE account_id = ANY(:accounts)"),
+                params,
+            )
         allocations: dict[str, list[tuple[Any, ...]]] = {}
         for rid, gid, amount, returned in allocation_rows:
             allocations.setdefault(rid, []).append((gid, amount, returned))
@@ -501,6 +593,7 @@ class LedgerMachine(RuleBasedStateMachine):
             {row[0]: tuple(row[1:]) for row in grant_rows},
             {row[0]: tuple(row[1:]) for row in reservation_rows},
             allocations,
+            {row[0]: row[1] for row in debt_rows},
         )
 
 

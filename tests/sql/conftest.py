@@ -87,7 +87,7 @@ class Ledger:
 
     async def confirm(self, reservation: uuid.UUID, amount: int | None, now: float = 0) -> int:
         (row,) = await self.rows(
-            "SELECT status FROM credits_confirm(:account, :r, :amount, :now, NULL)",
+            "SELECT status FROM credits_confirm(:account, :r, :amount, false, :now, NULL)",
             account=self.account,
             r=reservation,
             amount=amount,

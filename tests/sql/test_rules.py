@@ -30,7 +30,7 @@ async def test_an_expired_reservation_returns_its_credits_at_its_expiry(sql: Led
     assert await sql.balance(now=29.9) == (60, 40)
     assert await sql.balance(now=30) == (100, 0)
     state = await sql.sqlstate_of(
-        "SELECT * FROM credits_confirm(:a, :r, NULL, '2030-01-01T00:00:31Z', NULL)",
+        "SELECT * FROM credits_confirm(:a, :r, NULL, false, '2030-01-01T00:00:31Z', NULL)",
         a=sql.account,
         r=r,
     )
@@ -45,7 +45,7 @@ async def test_confirming_again_with_another_amount_is_not_active(sql: Ledger) -
     assert await sql.confirm(r, 30) == CONFIRMED
     assert await sql.confirm(r, None) == CONFIRMED
     state = await sql.sqlstate_of(
-        "SELECT * FROM credits_confirm(:a, :r, 40, '2030-01-01Z', NULL)", a=sql.account, r=r
+        "SELECT * FROM credits_confirm(:a, :r, 40, false, '2030-01-01Z', NULL)", a=sql.account, r=r
     )
     assert state == failures.ReservationNotActive.sqlstate
     assert await sql.balance() == (70, 0)

@@ -118,6 +118,13 @@ class _EntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EntryKind.V
     """Credits taken back by a revocation, or paid to its debt (negative)."""
     ENTRY_KIND_REVOKE_REVERSAL: _EntryKind.ValueType  # 8
     """Revoked credits given back when a claim was withdrawn (positive)."""
+    ENTRY_KIND_OVERRUN: _EntryKind.ValueType  # 9
+    """Available credits a Confirm with allow_overrun captured beyond the hold (negative).
+    The part of an overrun that became debt moves no available credits: it shows in
+    GetBalanceResponse.debt until a grant pays it (ENTRY_KIND_DEBT_REPAYMENT).
+    """
+    ENTRY_KIND_DEBT_REPAYMENT: _EntryKind.ValueType  # 12
+    """Credits of a new grant that paid the account's overdraft debt (negative)."""
 
 class EntryKind(_EntryKind, metaclass=_EntryKindEnumTypeWrapper):
     """EntryKind says what moved credits in a ledger entry."""
@@ -142,6 +149,13 @@ ENTRY_KIND_REVOKE: EntryKind.ValueType  # 7
 """Credits taken back by a revocation, or paid to its debt (negative)."""
 ENTRY_KIND_REVOKE_REVERSAL: EntryKind.ValueType  # 8
 """Revoked credits given back when a claim was withdrawn (positive)."""
+ENTRY_KIND_OVERRUN: EntryKind.ValueType  # 9
+"""Available credits a Confirm with allow_overrun captured beyond the hold (negative).
+The part of an overrun that became debt moves no available credits: it shows in
+GetBalanceResponse.debt until a grant pays it (ENTRY_KIND_DEBT_REPAYMENT).
+"""
+ENTRY_KIND_DEBT_REPAYMENT: EntryKind.ValueType  # 12
+"""Credits of a new grant that paid the account's overdraft debt (negative)."""
 Global___EntryKind: _TypeAlias = EntryKind  # noqa: Y015
 
 @_typing.final
@@ -257,22 +271,34 @@ class ConfirmRequest(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
+    ALLOW_OVERRUN_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account that owns the reservation."""
     reservation_id: _builtins.str
     """The reservation to capture."""
     amount: _builtins.int
-    """How much to capture, at most the reserved amount; absent means the whole reservation."""
+    """How much to capture, at most the reserved amount unless allow_overrun; absent means
+    the whole reservation.
+    """
+    allow_overrun: _builtins.bool
+    """Lets `amount` exceed the reservation: the whole hold is captured and the extra (the
+    overrun) is taken now from the available credits in burn-down order, then as debt up
+    to the account's overdraft_limit. Refused, with nothing changed and the reservation
+    still active: frozen account (ACCOUNT_FROZEN), a spend limit (SPEND_LIMIT_EXCEEDED),
+    beyond the overdraft (INSUFFICIENT_CREDITS). Without it, more than the reservation is
+    CAPTURE_EXCEEDS_RESERVATION.
+    """
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
         reservation_id: _builtins.str = ...,
         amount: _builtins.int | None = ...,
+        allow_overrun: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_amount", b"_amount", "amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount", b"_amount", "account_id", b"account_id", "amount", b"amount", "reservation_id", b"reservation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount", b"_amount", "account_id", b"account_id", "allow_overrun", b"allow_overrun", "amount", b"amount", "reservation_id", b"reservation_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__amount: _TypeAlias = _typing.Literal["amount"]  # noqa: Y015
     _WhichOneofArgType__amount: _TypeAlias = _typing.Literal["_amount", b"_amount"]  # noqa: Y015
@@ -608,6 +634,7 @@ class GetBalanceResponse(_message.Message):
     RESERVED_FIELD_NUMBER: _builtins.int
     EXPIRING_AMOUNT_FIELD_NUMBER: _builtins.int
     NEXT_EXPIRY_FIELD_NUMBER: _builtins.int
+    DEBT_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account."""
     available: _builtins.int
@@ -616,6 +643,10 @@ class GetBalanceResponse(_message.Message):
     """Credits held by active reservations."""
     expiring_amount: _builtins.int
     """Available credits that have an expiry."""
+    debt: _builtins.int
+    """What overruns borrowed beyond the available credits (at most the overdraft limit
+    when taken) and grants have not paid back yet; the next grants pay it first.
+    """
     @_builtins.property
     def next_expiry(self) -> _timestamp_pb2.Timestamp:
         """The soonest expiry among the available credits; absent when none expire."""
@@ -628,10 +659,11 @@ class GetBalanceResponse(_message.Message):
         reserved: _builtins.int = ...,
         expiring_amount: _builtins.int = ...,
         next_expiry: _timestamp_pb2.Timestamp | None = ...,
+        debt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["next_expiry", b"next_expiry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "available", b"available", "expiring_amount", b"expiring_amount", "next_expiry", b"next_expiry", "reserved", b"reserved"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "available", b"available", "debt", b"debt", "expiring_amount", b"expiring_amount", "next_expiry", b"next_expiry", "reserved", b"reserved"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1095,23 +1127,91 @@ class AccountSettings(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FROZEN_FIELD_NUMBER: _builtins.int
+    OVERDRAFT_LIMIT_FIELD_NUMBER: _builtins.int
+    SPEND_LIMIT_DAY_FIELD_NUMBER: _builtins.int
+    SPEND_LIMIT_MONTH_FIELD_NUMBER: _builtins.int
+    SPEND_LIMIT_ROLLING_FIELD_NUMBER: _builtins.int
+    SPEND_LIMIT_ROLLING_HOURS_FIELD_NUMBER: _builtins.int
     frozen: _builtins.bool
     """A frozen account takes no new holds (Reserve is FAILED_PRECONDITION / ACCOUNT_FROZEN);
     confirms and releases of what it already holds, grants and revocations still work.
     Default: false.
     """
+    overdraft_limit: _builtins.int
+    """How much debt overruns may leave the account owing (Confirm's allow_overrun); 0, the
+    default, means no overdraft. Lowering it below the current debt stops further
+    overdraft and keeps the debt.
+    """
+    spend_limit_day: _builtins.int
+    """The most the account may spend per UTC day; 0 (default): no limit. Spend is credits
+    held by active reservations and captured by confirmed ones, of the reservations
+    created in the period, plus overruns settled in it; releases and expiries give it back.
+    """
+    spend_limit_month: _builtins.int
+    """The most per UTC calendar month, counted like spend_limit_day; 0: no limit."""
+    spend_limit_rolling: _builtins.int
+    """The most per rolling window of spend_limit_rolling_hours hours, counted like
+    spend_limit_day; 0: no limit.
+    """
+    spend_limit_rolling_hours: _builtins.int
+    """The rolling window's length in hours, 1-744; required (non-zero) when
+    spend_limit_rolling is set.
+    """
     def __init__(
         self,
         *,
         frozen: _builtins.bool = ...,
+        overdraft_limit: _builtins.int = ...,
+        spend_limit_day: _builtins.int = ...,
+        spend_limit_month: _builtins.int = ...,
+        spend_limit_rolling: _builtins.int = ...,
+        spend_limit_rolling_hours: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["frozen", b"frozen"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frozen", b"frozen", "overdraft_limit", b"overdraft_limit", "spend_limit_day", b"spend_limit_day", "spend_limit_month", b"spend_limit_month", "spend_limit_rolling", b"spend_limit_rolling", "spend_limit_rolling_hours", b"spend_limit_rolling_hours"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AccountSettings: _TypeAlias = AccountSettings  # noqa: Y015
+
+@_typing.final
+class SpendLimitUse(_message.Message):
+    """SpendLimitUse is one spend limit that is set, with what its current period has used."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    LIMIT_AMOUNT_FIELD_NUMBER: _builtins.int
+    USED_FIELD_NUMBER: _builtins.int
+    RESETS_AT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.str
+    """Which limit: "day", "month" or "rolling"."""
+    limit_amount: _builtins.int
+    """The limit as set."""
+    used: _builtins.int
+    """What the current period has spent (see AccountSettings.spend_limit_day)."""
+    @_builtins.property
+    def resets_at(self) -> _timestamp_pb2.Timestamp:
+        """When the period resets: the next UTC day or month; for the rolling window, when its
+        oldest counted spend leaves it (absent when nothing is counted).
+        """
+
+    def __init__(
+        self,
+        *,
+        limit: _builtins.str = ...,
+        limit_amount: _builtins.int = ...,
+        used: _builtins.int = ...,
+        resets_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resets_at", b"resets_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "limit_amount", b"limit_amount", "resets_at", b"resets_at", "used", b"used"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpendLimitUse: _TypeAlias = SpendLimitUse  # noqa: Y015
 
 @_typing.final
 class Account(_message.Message):
@@ -1124,12 +1224,16 @@ class Account(_message.Message):
     SETTINGS_VERSION_FIELD_NUMBER: _builtins.int
     SETTINGS_UPDATED_AT_FIELD_NUMBER: _builtins.int
     SETTINGS_UPDATED_BY_FIELD_NUMBER: _builtins.int
+    SPEND_LIMITS_FIELD_NUMBER: _builtins.int
+    DEBT_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account."""
     settings_version: _builtins.int
     """How many changes the settings have had; 0 means none (the defaults)."""
     settings_updated_by: _builtins.str
     """The caller that last changed them; empty when nobody has."""
+    debt: _builtins.int
+    """The account's overdraft debt (as GetBalanceResponse.debt)."""
     @_builtins.property
     def settings(self) -> Global___AccountSettings:
         """Its settings; the defaults when nobody has set any."""
@@ -1137,6 +1241,10 @@ class Account(_message.Message):
     @_builtins.property
     def settings_updated_at(self) -> _timestamp_pb2.Timestamp:
         """When the settings last changed; absent when they never have."""
+
+    @_builtins.property
+    def spend_limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpendLimitUse]:
+        """Each spend limit that is set, in the order they are checked (day, month, rolling)."""
 
     def __init__(
         self,
@@ -1146,10 +1254,12 @@ class Account(_message.Message):
         settings_version: _builtins.int = ...,
         settings_updated_at: _timestamp_pb2.Timestamp | None = ...,
         settings_updated_by: _builtins.str = ...,
+        spend_limits: _abc.Iterable[Global___SpendLimitUse] | None = ...,
+        debt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "settings_updated_at", b"settings_updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "settings", b"settings", "settings_updated_at", b"settings_updated_at", "settings_updated_by", b"settings_updated_by", "settings_version", b"settings_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "debt", b"debt", "settings", b"settings", "settings_updated_at", b"settings_updated_at", "settings_updated_by", b"settings_updated_by", "settings_version", b"settings_version", "spend_limits", b"spend_limits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1283,6 +1393,7 @@ class Reservation(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     RETURNED_AMOUNT_FIELD_NUMBER: _builtins.int
     RELEASE_REASON_FIELD_NUMBER: _builtins.int
+    OVERRUN_AMOUNT_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """The reservation's id (a UUID)."""
     account_id: _builtins.str
@@ -1290,7 +1401,7 @@ class Reservation(_message.Message):
     amount: _builtins.int
     """How much was reserved."""
     confirmed_amount: _builtins.int
-    """How much was captured by Confirm."""
+    """How much was captured by Confirm, an overrun included."""
     status: Global___ReservationStatus.ValueType
     """Where the reservation stands."""
     job_id: _builtins.str
@@ -1305,6 +1416,8 @@ class Reservation(_message.Message):
     """The reason the Release that released it gave (e.g. "failed: WorkFailed"), as sent:
     free text, which may hold any character but NUL. Empty unless released by Release.
     """
+    overrun_amount: _builtins.int
+    """What Confirm (with allow_overrun) captured beyond `amount`; part of confirmed_amount."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the reservation was made."""
@@ -1328,10 +1441,11 @@ class Reservation(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         returned_amount: _builtins.int = ...,
         release_reason: _builtins.str = ...,
+        overrun_amount: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "confirmed_amount", b"confirmed_amount", "created_at", b"created_at", "description", b"description", "expires_at", b"expires_at", "job_id", b"job_id", "job_type", b"job_type", "release_reason", b"release_reason", "reservation_id", b"reservation_id", "returned_amount", b"returned_amount", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "confirmed_amount", b"confirmed_amount", "created_at", b"created_at", "description", b"description", "expires_at", b"expires_at", "job_id", b"job_id", "job_type", b"job_type", "overrun_amount", b"overrun_amount", "release_reason", b"release_reason", "reservation_id", b"reservation_id", "returned_amount", b"returned_amount", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

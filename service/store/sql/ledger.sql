@@ -191,12 +191,100 @@ LANGUAGE sql STABLE AS $$
   WINDOW w AS (ORDER BY g.priority, g.expires_at NULLS LAST, g.created_at, g.grant_id)
 $$;
 
+-- What an account spent since p_since: the credits held or captured by its reservations
+-- created since then (an active one counts its amount, a confirmed one what it captured
+-- of its hold, a released or expired one nothing: giving credits back gives the room
+-- back), plus the overruns settled since then (counted when they happened, whenever
+-- their reservation was made). Both sums read covering indexes of reservations.
+CREATE OR REPLACE FUNCTION credits_spent_since(p_account text, p_since timestamptz)
+RETURNS TABLE (spent bigint, first_at timestamptz)
+LANGUAGE sql STABLE AS $$
+  SELECT (coalesce(h.spent, 0) + coalesce(o.spent, 0))::bigint,
+         least(h.first_at, o.first_at)
+    FROM (SELECT sum(CASE r.status WHEN credits_status_reserved() THEN r.amount
+                                   WHEN credits_status_confirmed()
+                                     THEN r.confirmed_amount - r.overrun_amount
+                                   ELSE 0 END) AS spent,
+                 min(r.created_at) FILTER (WHERE r.status IN (credits_status_reserved(),
+                                                              credits_status_confirmed()))
+                   AS first_at
+            FROM reservations r
+           WHERE r.account_id = p_account AND r.created_at >= p_since) h,
+         (SELECT sum(r.overrun_amount) AS spent, min(r.settled_at) AS first_at
+            FROM reservations r
+           WHERE r.account_id = p_account AND r.overrun_amount > 0
+             AND r.settled_at >= p_since) o
+$$;
+
+-- The account's spend limits that are set, in the order they are checked (day, month,
+-- rolling), each with what the period has used and when it resets: the next UTC day or
+-- month, and for the rolling window the moment its oldest counted spend leaves it
+-- (NULL when nothing is counted). All are whole seconds, as the refusal names them.
+CREATE OR REPLACE FUNCTION credits_spend(a accounts, p_now timestamptz)
+RETURNS TABLE (limit_name text, limit_amount bigint, used bigint, resets_at timestamptz)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  v_start timestamptz;
+  v_window interval;
+  s record;
+BEGIN
+  IF a.spend_limit_day > 0 THEN
+    v_start := date_trunc('day', p_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    SELECT * INTO s FROM credits_spent_since(a.account_id, v_start);
+    RETURN QUERY SELECT 'day'::text, a.spend_limit_day, s.spent, v_start + interval '1 day';
+  END IF;
+  IF a.spend_limit_month > 0 THEN
+    v_start := date_trunc('month', p_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    SELECT * INTO s FROM credits_spent_since(a.account_id, v_start);
+    RETURN QUERY SELECT 'month'::text, a.spend_limit_month, s.spent,
+                        v_start + interval '1 month';
+  END IF;
+  IF a.spend_limit_rolling > 0 THEN
+    v_window := make_interval(hours => a.spend_limit_rolling_hours);
+    SELECT * INTO s FROM credits_spent_since(a.account_id, p_now - v_window);
+    -- Whole seconds, rounded up: a caller that waits until then finds the room.
+    RETURN QUERY SELECT 'rolling'::text, a.spend_limit_rolling, s.spent,
+                        date_trunc('second', s.first_at + v_window + interval '0.999999 second');
+  END IF;
+END $$;
+
+-- CR030 when spending p_extra more now would pass one of the account's spend limits,
+-- naming the first that would (in credits_spend's order) and when it resets, as JSON in
+-- the error's DETAIL; never an amount.
+CREATE OR REPLACE FUNCTION credits_check_spend(a accounts, p_extra bigint, p_now timestamptz)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  s record;
+BEGIN
+  FOR s IN SELECT * FROM credits_spend(a, p_now) LOOP
+    IF s.used + p_extra > s.limit_amount THEN
+      RAISE EXCEPTION 'spend limit exceeded' USING ERRCODE = 'CR030',
+        DETAIL = jsonb_build_object(
+          'limit', s.limit_name,
+          'resets_at', to_char(coalesce(s.resets_at, p_now + make_interval(
+                                 hours => a.spend_limit_rolling_hours)) AT TIME ZONE 'UTC',
+                               'YYYY-MM-DD"T"HH24:MI:SS"Z"'))::text;
+    END IF;
+  END LOOP;
+END $$;
+
+-- An account's spend limits as GetAccount shows them: a JSON array of credits_spend's rows.
+CREATE OR REPLACE FUNCTION credits_spend_json(a accounts, p_now timestamptz) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+  SELECT coalesce(jsonb_agg(jsonb_build_object(
+           'limit', s.limit_name, 'limit_amount', s.limit_amount, 'used', s.used,
+           'resets_at', to_char(s.resets_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))),
+         '[]'::jsonb)
+    FROM credits_spend(a, p_now) s
+$$;
+
 CREATE OR REPLACE FUNCTION credits_reserve(
   p_caller text, p_key text, p_hash bytea, p_account text, p_amount bigint, p_ttl interval,
   p_job_id text, p_job_type text, p_description text, p_metadata jsonb, p_now timestamptz,
   p_lock_timeout_ms integer)
 RETURNS SETOF reservations LANGUAGE plpgsql AS $$
 DECLARE
+  a accounts;
   v_id uuid;
   v_grants uuid[];
   v_amounts bigint[];
@@ -208,10 +296,13 @@ BEGIN
     RETURN QUERY SELECT * FROM reservations WHERE reservation_id = v_id;
     RETURN;
   END IF;
-  -- After the replay: a hold taken before the freeze is still answered as it was.
-  IF (SELECT frozen FROM accounts WHERE account_id = p_account) THEN
+  -- After the replay: a hold taken before the freeze (or a limit) is still answered as
+  -- it was. Then in the documented order: frozen, the spend limits, the balance.
+  SELECT * INTO a FROM accounts WHERE account_id = p_account;
+  IF a.frozen THEN
     RAISE EXCEPTION 'account frozen' USING ERRCODE = 'CR012';
   END IF;
+  PERFORM credits_check_spend(a, p_amount, p_now);
 
   -- In burn-down order, as far as it takes to cover p_amount. Settling has already
   -- expired every grant past its expiry.
@@ -265,13 +356,24 @@ END $$;
 -- Captures p_amount (NULL: all) of a reservation; the rest goes back at once. Confirming
 -- a confirmed reservation again returns it when the request is the same (no amount, or
 -- the amount it captured); another amount is CR003, so the caller learns it was not done.
+-- More than the reservation is CR006 unless p_allow_overrun: then the whole hold is
+-- captured and the extra (the overrun) is taken now, in the documented order: a frozen
+-- account refuses (CR012), then the spend limits (CR030); the extra comes from the
+-- available credits in burn-down order, and what they do not cover becomes the account's
+-- debt, as far as its overdraft limit allows (beyond: CR001, and nothing changes).
 CREATE OR REPLACE FUNCTION credits_confirm(p_account text, p_reservation uuid,
-                                           p_amount bigint, p_now timestamptz,
-                                           p_lock_timeout_ms integer)
+                                           p_amount bigint, p_allow_overrun boolean,
+                                           p_now timestamptz, p_lock_timeout_ms integer)
 RETURNS SETOF reservations LANGUAGE plpgsql AS $$
 DECLARE
   r reservations;
+  a accounts;
   v_capture bigint;
+  v_extra bigint := 0;
+  v_debt bigint := 0;
+  v_grants uuid[];
+  v_amounts bigint[];
+  v_taken bigint;
 BEGIN
   r := credits_locked_reservation(p_account, p_reservation, p_now, p_lock_timeout_ms);
   IF r.status = credits_status_confirmed()
@@ -284,14 +386,41 @@ BEGIN
   END IF;
   v_capture := coalesce(p_amount, r.amount);
   IF v_capture > r.amount THEN
-    RAISE EXCEPTION 'capture exceeds the reservation' USING ERRCODE = 'CR006';
-  END IF;
-  IF v_capture < r.amount THEN
+    IF NOT p_allow_overrun THEN
+      RAISE EXCEPTION 'capture exceeds the reservation' USING ERRCODE = 'CR006';
+    END IF;
+    v_extra := v_capture - r.amount;
+    SELECT * INTO a FROM accounts WHERE account_id = p_account;
+    IF a.frozen THEN
+      RAISE EXCEPTION 'account frozen' USING ERRCODE = 'CR012';
+    END IF;
+    PERFORM credits_check_spend(a, v_extra, p_now);
+    SELECT array_agg(grant_id ORDER BY burn_rank),
+           array_agg(least(remaining_amount, v_extra - (running - remaining_amount))
+                     ORDER BY burn_rank),
+           sum(least(remaining_amount, v_extra - (running - remaining_amount)))
+      INTO v_grants, v_amounts, v_taken
+      FROM credits_burn_order(p_account, false) WHERE running - remaining_amount < v_extra;
+    v_debt := v_extra - coalesce(v_taken, 0);
+    IF a.debt + v_debt > a.overdraft_limit THEN
+      RAISE EXCEPTION 'insufficient credits' USING ERRCODE = 'CR001';
+    END IF;
+    UPDATE grants g SET remaining_amount = g.remaining_amount - t.amount
+      FROM unnest(v_grants, v_amounts) AS t(grant_id, amount)
+     WHERE g.grant_id = t.grant_id;
+    INSERT INTO ledger_entries (account_id, grant_id, reservation_id, kind, amount, created_at)
+    SELECT p_account, t.grant_id, p_reservation, 'overrun', -t.amount, p_now
+      FROM unnest(v_grants, v_amounts) AS t(grant_id, amount);
+    IF v_debt > 0 THEN
+      UPDATE accounts SET debt = debt + v_debt WHERE account_id = p_account;
+    END IF;
+  ELSIF v_capture < r.amount THEN
     PERFORM credits_return(p_reservation, r.amount - v_capture, 'confirm_return', p_now);
   END IF;
   UPDATE reservations
      SET status = credits_status_confirmed(), confirmed_amount = v_capture,
-         returned_amount = amount - v_capture, settled_at = p_now
+         returned_amount = greatest(amount - v_capture, 0), overrun_amount = v_extra,
+         overrun_debt_amount = v_debt, settled_at = p_now
    WHERE reservation_id = p_reservation
   RETURNING * INTO r;
   RETURN NEXT r;
@@ -323,6 +452,8 @@ END $$;
 
 -- Adds a grant. A replay answers from the stored result before anything that depends on
 -- time is checked: a grant whose expires_at has passed since is still the same grant.
+-- The account's overdraft debt (from overruns) is paid first, out of the new credits: the
+-- grant records it as debt_paid_amount, the ledger as a debt_repayment entry.
 CREATE OR REPLACE FUNCTION credits_grant(
   p_caller text, p_key text, p_hash bytea, p_account text, p_amount bigint, p_source smallint,
   p_external_ref text, p_expires_at timestamptz, p_priority integer, p_description text,
@@ -331,6 +462,7 @@ RETURNS SETOF grants LANGUAGE plpgsql AS $$
 DECLARE
   v_id uuid;
   v_held numeric;
+  v_repaid bigint;
 BEGIN
   INSERT INTO accounts (account_id, created_at) VALUES (p_account, p_now) ON CONFLICT DO NOTHING;
   PERFORM credits_lock(p_account, p_now, p_lock_timeout_ms);
@@ -357,13 +489,21 @@ BEGIN
   IF v_held + p_amount > credits_account_credits_max() THEN
     RAISE EXCEPTION 'account credits limit' USING ERRCODE = 'CR010';
   END IF;
+  -- The account's overdraft debt is paid first, from the new credits.
+  SELECT least(debt, p_amount) INTO v_repaid FROM accounts WHERE account_id = p_account;
   v_id := gen_random_uuid();
   INSERT INTO grants (grant_id, account_id, source, original_amount, remaining_amount, priority,
-                      external_ref, expires_at, description, metadata, created_at)
-  VALUES (v_id, p_account, p_source, p_amount, p_amount, p_priority, p_external_ref,
-          p_expires_at, p_description, p_metadata, p_now);
+                      external_ref, expires_at, description, metadata, created_at,
+                      debt_paid_amount)
+  VALUES (v_id, p_account, p_source, p_amount, p_amount - v_repaid, p_priority, p_external_ref,
+          p_expires_at, p_description, p_metadata, p_now, v_repaid);
   INSERT INTO ledger_entries (account_id, grant_id, kind, amount, created_at)
   VALUES (p_account, v_id, 'grant', p_amount, p_now);
+  IF v_repaid > 0 THEN
+    UPDATE accounts SET debt = debt - v_repaid WHERE account_id = p_account;
+    INSERT INTO ledger_entries (account_id, grant_id, kind, amount, created_at)
+    VALUES (p_account, v_id, 'debt_repayment', -v_repaid, p_now);
+  END IF;
   PERFORM credits_remember(p_caller, p_key, 'grant', p_hash, p_account, v_id, p_now);
   RETURN QUERY SELECT * FROM grants WHERE grant_id = v_id;
 END $$;
@@ -480,15 +620,16 @@ BEGIN
 END $$;
 
 -- An account's balance as of p_now, after settling what time has decided: the same rules
--- as every write, so a balance never shows credits a Reserve would refuse.
+-- as every write, so a balance never shows credits a Reserve would refuse. With the
+-- account's overdraft debt.
 CREATE OR REPLACE FUNCTION credits_balance(p_account text, p_now timestamptz,
                                            p_lock_timeout_ms integer)
 RETURNS TABLE (available bigint, reserved bigint, expiring_amount bigint,
-               next_expiry timestamptz)
+               next_expiry timestamptz, debt bigint)
 LANGUAGE plpgsql AS $$
 BEGIN
   IF NOT credits_lock(p_account, p_now, p_lock_timeout_ms) THEN
-    RETURN QUERY SELECT 0::bigint, 0::bigint, 0::bigint, NULL::timestamptz;
+    RETURN QUERY SELECT 0::bigint, 0::bigint, 0::bigint, NULL::timestamptz, 0::bigint;
     RETURN;
   END IF;
   RETURN QUERY
@@ -496,7 +637,8 @@ BEGIN
            (SELECT coalesce(sum(r.amount), 0)::bigint FROM reservations r
              WHERE r.account_id = p_account AND r.status = credits_status_reserved()),
            coalesce(sum(g.remaining_amount) FILTER (WHERE g.expires_at IS NOT NULL), 0)::bigint,
-           min(g.expires_at)
+           min(g.expires_at),
+           (SELECT a.debt FROM accounts a WHERE a.account_id = p_account)
       FROM grants g
      WHERE g.account_id = p_account AND g.remaining_amount > 0;
 END $$;
@@ -647,17 +789,23 @@ $$;
 -- shape the audit trail stores before and after each change.
 CREATE OR REPLACE FUNCTION credits_settings_json(a accounts) RETURNS jsonb
 LANGUAGE sql IMMUTABLE AS $$
-  SELECT jsonb_build_object('frozen', a.frozen)
+  SELECT jsonb_build_object('frozen', a.frozen, 'overdraft_limit', a.overdraft_limit,
+                            'spend_limit_day', a.spend_limit_day,
+                            'spend_limit_month', a.spend_limit_month,
+                            'spend_limit_rolling', a.spend_limit_rolling,
+                            'spend_limit_rolling_hours', a.spend_limit_rolling_hours)
 $$;
 
--- GetAccount: the account's row, settings included, after settling it like every read.
--- No row when the account has neither credits nor settings (the defaults apply).
+-- GetAccount: the account's row, settings included, with its spend limits' use
+-- (credits_spend_json), after settling it like every read. No row when the account has
+-- neither credits nor settings (the defaults apply).
 CREATE OR REPLACE FUNCTION credits_get_account(p_account text, p_now timestamptz,
                                                p_lock_timeout_ms integer)
-RETURNS SETOF accounts LANGUAGE plpgsql AS $$
+RETURNS TABLE (out_account accounts, out_spend jsonb) LANGUAGE plpgsql AS $$
 BEGIN
   PERFORM credits_lock(p_account, p_now, p_lock_timeout_ms);
-  RETURN QUERY SELECT * FROM accounts WHERE account_id = p_account;
+  RETURN QUERY SELECT a, credits_spend_json(a, p_now) FROM accounts a
+                WHERE a.account_id = p_account;
 END $$;
 
 -- UpdateAccountSettings: sets the fields p_mask names to their values in p_settings (keyed
@@ -667,7 +815,7 @@ END $$;
 CREATE OR REPLACE FUNCTION credits_update_account_settings(
   p_caller text, p_account text, p_settings jsonb, p_mask text[], p_reason text,
   p_now timestamptz, p_lock_timeout_ms integer)
-RETURNS SETOF accounts LANGUAGE plpgsql AS $$
+RETURNS TABLE (out_account accounts, out_spend jsonb) LANGUAGE plpgsql AS $$
 DECLARE
   a accounts;
   v_before jsonb;
@@ -679,9 +827,28 @@ BEGIN
   IF 'frozen' = ANY (p_mask) THEN
     a.frozen := (p_settings->>'frozen')::boolean;
   END IF;
+  IF 'overdraft_limit' = ANY (p_mask) THEN
+    a.overdraft_limit := (p_settings->>'overdraft_limit')::bigint;
+  END IF;
+  IF 'spend_limit_day' = ANY (p_mask) THEN
+    a.spend_limit_day := (p_settings->>'spend_limit_day')::bigint;
+  END IF;
+  IF 'spend_limit_month' = ANY (p_mask) THEN
+    a.spend_limit_month := (p_settings->>'spend_limit_month')::bigint;
+  END IF;
+  IF 'spend_limit_rolling' = ANY (p_mask) THEN
+    a.spend_limit_rolling := (p_settings->>'spend_limit_rolling')::bigint;
+  END IF;
+  IF 'spend_limit_rolling_hours' = ANY (p_mask) THEN
+    a.spend_limit_rolling_hours := (p_settings->>'spend_limit_rolling_hours')::integer;
+  END IF;
   IF credits_settings_json(a) IS DISTINCT FROM v_before THEN
     UPDATE accounts
-       SET frozen = a.frozen, settings_version = settings_version + 1,
+       SET frozen = a.frozen, overdraft_limit = a.overdraft_limit,
+           spend_limit_day = a.spend_limit_day, spend_limit_month = a.spend_limit_month,
+           spend_limit_rolling = a.spend_limit_rolling,
+           spend_limit_rolling_hours = a.spend_limit_rolling_hours,
+           settings_version = settings_version + 1,
            settings_updated_at = p_now, settings_updated_by = p_caller
      WHERE account_id = p_account
     RETURNING * INTO a;
@@ -690,7 +857,7 @@ BEGIN
     VALUES (p_account, a.settings_version, p_now, p_caller, p_mask, v_before,
             credits_settings_json(a), p_reason);
   END IF;
-  RETURN NEXT a;
+  RETURN QUERY SELECT a, credits_spend_json(a, p_now);
 END $$;
 
 CREATE OR REPLACE FUNCTION credits_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
