@@ -50,6 +50,8 @@ from credits_client.results import (
     ReservationStatus,
     Reserved,
     Revocation,
+    Transfer,
+    TransferLot,
 )
 from credits_client.retry import NO_RETRY, RetryPolicy
 from credits_client.sync import SyncCreditsClient
@@ -98,6 +100,8 @@ __all__ = [
     "Revocation",
     "SignupBonusExists",
     "SyncCreditsClient",
+    "Transfer",
+    "TransferLot",
     "Unauthenticated",
     "Unavailable",
     "new_idempotency_key",
