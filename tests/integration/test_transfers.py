@@ -199,9 +199,7 @@ async def test_an_account_without_credits_is_insufficient(ops: Stub) -> None:
 async def test_a_frozen_source_refuses_and_a_frozen_destination_receives(ops: Stub) -> None:
     frozen_source = await funded_account(ops, 100)
     await _freeze(ops, frozen_source)
-    code, reason, _ = await _refusal(
-        ops.Transfer(_request(frozen_source, new_id(), 10), timeout=T)
-    )
+    code, reason, _ = await _refusal(ops.Transfer(_request(frozen_source, new_id(), 10), timeout=T))
     assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ACCOUNT_FROZEN")
     assert await _available(ops, frozen_source) == 100
 
@@ -213,9 +211,7 @@ async def test_a_frozen_source_refuses_and_a_frozen_destination_receives(ops: St
 
 async def test_the_same_account_on_both_sides_is_invalid(ops: Stub) -> None:
     account = await funded_account(ops, 100)
-    code, reason, fields = await _refusal(
-        ops.Transfer(_request(account, account, 10), timeout=T)
-    )
+    code, reason, fields = await _refusal(ops.Transfer(_request(account, account, 10), timeout=T))
     assert (code, reason, fields) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_REQUEST",
@@ -273,9 +269,7 @@ async def test_revoking_a_purchase_transferred_away_records_debt_on_the_source_g
     # The transferred grant is a grant of its own, which ops can revoke by its id.
     arrived = moved.lots[0].destination_grant_id
     again: pb.RevokeResponse = await ops.Revoke(
-        pb.RevokeRequest(
-            account_id=destination, grant_id=arrived, idempotency_key=new_id("rev")
-        ),
+        pb.RevokeRequest(account_id=destination, grant_id=arrived, idempotency_key=new_id("rev")),
         timeout=T,
     )
     assert (again.revoked_amount, again.unrecovered_amount) == (80, 0)
