@@ -253,9 +253,7 @@ transfers = Table(
 transfer_lots = Table(
     "transfer_lots",
     metadata,
-    Column(
-        "transfer_id", UUID(as_uuid=True), ForeignKey("transfers.transfer_id"), nullable=False
-    ),
+    Column("transfer_id", UUID(as_uuid=True), ForeignKey("transfers.transfer_id"), nullable=False),
     Column("burn_rank", Integer, nullable=False),
     Column("source_grant_id", UUID(as_uuid=True), ForeignKey("grants.grant_id"), nullable=False),
     Column(
@@ -286,9 +284,7 @@ ledger_entries = Table(
     Column("amount", BigInteger, nullable=False),
     Column("created_at", TIMESTAMPTZ, nullable=False, server_default=text("now()")),
     # The transfer that moved the credits: set exactly on its two kinds of entries.
-    Column(
-        "transfer_id", UUID(as_uuid=True), ForeignKey("transfers.transfer_id"), nullable=True
-    ),
+    Column("transfer_id", UUID(as_uuid=True), ForeignKey("transfers.transfer_id"), nullable=True),
     CheckConstraint("amount <> 0", name="amount_non_zero"),
     CheckConstraint(
         "kind IN ('grant', 'reserve', 'release', 'confirm_return', 'reservation_expiry',"
