@@ -71,7 +71,7 @@ async def exercise(args: argparse.Namespace, cluster: Cluster, report: Report, s
     accounts = [f"{run_id}-acct{i}" for i in range(args.accounts)]
     channels = {
         caller: [cluster.channel(caller, a) for a in cluster.addresses]
-        for caller in ("backend", "gateway")
+        for caller in ("backend", "gateway", "ops")
     }
     stubs = {caller: [CreditsServiceStub(c) for c in cs] for caller, cs in channels.items()}
     workload = Workload(
@@ -108,7 +108,7 @@ async def exercise(args: argparse.Namespace, cluster: Cluster, report: Report, s
         await checks.check_log(engine, workload.acks, accounts, report)
         await checks.check_accounts(engine, accounts, report)
         await checks.check_reconcile(engine, report)
-        await fuzzer.check(engine)
+        await fuzzer.check(engine, accounts)
     finally:
         stop_faults.set()
         workload.stopping.set()

@@ -1,5 +1,5 @@
 """Concurrent clients doing random Reserve, Confirm, Release, ExtendReservation, Grant,
-Revoke and GetBalance on a few shared accounts (so that they contend), through both
+Revoke, Transfer and GetBalance on a few shared accounts (so that they contend), through both
 instances. Some calls get deadlines that cut them short; every call is retried with the
 same request (the same idempotency key) until it is acknowledged or definitively
 refused, and every acknowledgement goes into the log that chaos/checks.py holds against
@@ -39,6 +39,7 @@ GRANT_AMOUNT_MAX = 1000
 RESERVE_AMOUNT_MAX = 300
 RESERVATION_TTL_SECONDS_MAX = 60
 GRANT_EXPIRY_SECONDS_MAX = 120
+TRANSFER_AMOUNT_MAX = 300
 # Answers that settle a call: anything else is retried (UNAVAILABLE, DEADLINE_EXCEEDED,
 # RESOURCE_EXHAUSTED) or is unexpected (INTERNAL, UNKNOWN, …).
 DEFINITIVE = {
@@ -63,8 +64,12 @@ EXPECTED_REFUSALS = {
     "ExtendReservation": {"RESERVATION_NOT_ACTIVE"},
     "Grant": set(),
     "Revoke": set(),
+    # The workload freezes no account; a frozen source is still an answer, not a fault.
+    "Transfer": {"INSUFFICIENT_CREDITS", "ACCOUNT_FROZEN"},
     "GetBalance": set(),
 }
+# Who sends each keyed RPC (and replays it): Transfer is for operators only.
+CALLER_OF = {"Grant": "gateway", "Reserve": "backend", "Revoke": "gateway", "Transfer": "ops"}
 OPERATIONS = (
     ("Reserve", 30),
     ("Confirm", 18),
@@ -72,6 +77,7 @@ OPERATIONS = (
     ("ExtendReservation", 4),
     ("Grant", 14),
     ("Revoke", 8),
+    ("Transfer", 4),
     ("GetBalance", 10),
     ("replay", 8),
 )
@@ -200,6 +206,8 @@ class Workload:
                 await self.grant(rng, account)
             elif op == "Revoke" and self.grants[account]:
                 await self.revoke(rng, account)
+            elif op == "Transfer" and len(self.accounts) > 1:
+                await self.transfer(rng, account)
             elif op == "replay" and self.keyed:
                 await self.replay(rng)
             else:
@@ -312,6 +320,25 @@ class Workload:
             self.keyed.append(("Revoke", request, r))
         self.record(ack)
 
+    async def transfer(self, rng: random.Random, account: str) -> None:
+        destination = rng.choice([a for a in self.accounts if a != account])
+        key = self.next_key("transfer")
+        request = pb.TransferRequest(
+            from_account_id=account,
+            to_account_id=destination,
+            amount=rng.randint(1, TRANSFER_AMOUNT_MAX),
+            idempotency_key=key,
+            description="chaos",
+        )
+        outcome = await self.call(rng, CALLER_OF["Transfer"], "Transfer", request)
+        ack = self.settle("Transfer", account, key, outcome)
+        ack.result = {"amount": request.amount, "to": destination}
+        if outcome.response is not None:
+            t = outcome.response.transfer
+            ack.result["transfer_id"] = t.transfer_id
+            self.keyed.append(("Transfer", request, outcome.response))
+        self.record(ack)
+
     async def balance(self, rng: random.Random, account: str) -> None:
         request = pb.GetBalanceRequest(account_id=account)
         outcome = await self.call(rng, "backend", "GetBalance", request)
@@ -326,8 +353,7 @@ class Workload:
     async def replay(self, rng: random.Random) -> None:
         """An acknowledged request sent again: the same answer, nothing new."""
         method, request, first = rng.choice(self.keyed)
-        caller = "backend" if method == "Reserve" else "gateway"
-        outcome = await self.call(rng, caller, method, request)
+        outcome = await self.call(rng, CALLER_OF[method], method, request)
         self.report.replays += 1
         if outcome.response is None:
             if outcome.refusal is not None:
@@ -338,6 +364,8 @@ class Workload:
             same = again.reservation.reservation_id == first.reservation.reservation_id
         elif method == "Grant":
             same = again.grant.grant_id == first.grant.grant_id
+        elif method == "Transfer":
+            same = again.transfer == first.transfer
         else:
             same = (again.grant.grant_id, again.revoked_amount, again.unrecovered_amount) == (
                 first.grant.grant_id,
