@@ -27,6 +27,8 @@ CONCURRENT_AMOUNT_MAX = 40
 # take several lots.
 CONCURRENT_START_GRANTS = 5
 DAY = datetime.timedelta(days=1)
+# Long enough to make the grant and transfer it before it expires, on a loaded machine.
+TRANSFERRED_LOT_LIFETIME_SECONDS = 30
 
 
 async def _grant(
@@ -147,10 +149,12 @@ async def test_transferred_credits_expire_when_their_lot_would_have(
     ops: Stub, clock: MovableClock
 ) -> None:
     source, destination = new_id(), new_id()
-    await _grant(ops, source, 70, expires_at=clock() + datetime.timedelta(hours=1))
+    lifetime = datetime.timedelta(seconds=TRANSFERRED_LOT_LIFETIME_SECONDS)
+    await _grant(ops, source, 70, expires_at=clock() + lifetime)
     await _grant(ops, source, 30)
     await _transfer(ops, _request(source, destination, 100))
-    clock.advance(datetime.timedelta(hours=2).total_seconds())
+    # Just past the lot's expiry: the session's clock is shared, so it moves no further.
+    clock.advance(TRANSFERRED_LOT_LIFETIME_SECONDS + 1)
     assert await _available(ops, destination) == 30
 
 
