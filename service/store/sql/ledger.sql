@@ -6,8 +6,9 @@
 --
 -- Each RPC that reads or changes an account is one call, one transaction, under one lock
 -- (the account's row, always taken first, so writers of one account serialize and cannot
--- deadlock). Every function takes the time as `p_now`, from the service's one clock, so
--- that expiry is decided by expires_at and tests can move time instead of sleeping.
+-- deadlock). A transfer alone takes two, both first, the lower account id first. Every
+-- function takes the time as `p_now`, from the service's one clock, so that expiry is
+-- decided by expires_at and tests can move time instead of sleeping.
 -- Errors the caller must see are raised with SQLSTATEs of class 'CR', listed once in
 -- service/ledger/failures.py; anything else is a bug and becomes INTERNAL.
 
