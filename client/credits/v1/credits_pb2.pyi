@@ -414,7 +414,9 @@ class GrantRequest(_message.Message):
     amount: _builtins.int
     """How many credit units to add: greater than 0 and at most the configured maximum."""
     source: Global___GrantSource.ValueType
-    """Why the credits are granted; must not be UNSPECIFIED."""
+    """Why the credits are granted; must not be UNSPECIFIED or TRANSFER (only Transfer makes
+    those).
+    """
     idempotency_key: _builtins.str
     """Required, 1-128 printable ASCII characters, scoped to the calling service."""
     external_ref: _builtins.str
