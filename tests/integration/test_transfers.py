@@ -324,3 +324,15 @@ async def test_the_database_refuses_a_transfer_that_does_not_balance(
                 ),
                 {"s": source, "d": destination},
             )
+
+
+async def test_an_expired_grant_of_the_source_gives_nothing(ops: Stub, clock: MovableClock) -> None:
+    source, destination = new_id(), new_id()
+    lifetime = datetime.timedelta(seconds=TRANSFERRED_LOT_LIFETIME_SECONDS)
+    await _grant(ops, source, 50, expires_at=clock() + lifetime)
+    lasting = await _grant(ops, source, 20)
+    clock.advance(TRANSFERRED_LOT_LIFETIME_SECONDS + 1)
+    code, reason, _ = await _refusal(ops.Transfer(_request(source, destination, 21), timeout=T))
+    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_CREDITS")
+    moved = await _transfer(ops, _request(source, destination, 20))
+    assert [(lot.source_grant_id, lot.amount) for lot in moved.lots] == [(lasting.grant_id, 20)]
