@@ -109,7 +109,7 @@ async def exercise(args: argparse.Namespace, cluster: Cluster, report: Report, s
         await checks.check_log(engine, workload.acks, accounts, report)
         await checks.check_accounts(engine, accounts, report)
         await checks.check_reconcile(engine, report)
-        await fuzzer.check(engine)
+        await fuzzer.check(engine, accounts)
     finally:
         stop_faults.set()
         workload.stopping.set()

@@ -2,10 +2,13 @@
 
 - every acknowledged operation is there exactly once, with the outcome it was
   acknowledged with, and a refused one left nothing (no idempotency key);
-- every grant, reservation and revocation of the run has exactly one idempotency key of
-  a request the clients sent (replays and retries created nothing new);
-- per account: available + reserved = granted - captured - revoked - expired, and
-  nothing is negative;
+- every grant (but those a transfer made), reservation, revocation and transfer of the
+  run has exactly one idempotency key of a request the clients sent (replays and retries
+  created nothing new);
+- per account: available + reserved - debt = granted - captured - transferred out -
+  revoked - expired (captured includes overruns; transfers in arrive as grants), nothing
+  is negative, debt stays within the overdraft limit and spend within its limits; over
+  all accounts, the transfers moved as much out as in (reconcile checks each transfer);
 - `reconcile` (service/store/reconcile.py) finds nothing.
 """
 
@@ -17,12 +20,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chaos.report import Report
-from chaos.workload import Ack
+from chaos.workload import CALLER_OF, Ack
 from service.store.reconcile import reconcile
 
-OPERATIONS_OF_KEYS = {"Grant": "grant", "Reserve": "reserve", "Revoke": "revoke"}
-CALLER_OF = {"Grant": "gateway", "Reserve": "backend", "Revoke": "gateway"}
 STATUS_CONFIRMED = 2
+SOURCE_TRANSFER = 5
 
 
 async def check_log(
@@ -60,15 +62,28 @@ async def check_log(
                 {"accounts": accounts},
             )
         }
+        transfers = {
+            str(row.transfer_id): row
+            for row in await conn.execute(
+                text("SELECT * FROM transfers WHERE from_account_id = ANY(:accounts)"),
+                {"accounts": accounts},
+            )
+        }
     sent = {(CALLER_OF[a.op], a.key) for a in acks if a.key is not None}
-    stored = Stored(keys, grants, reservations, revocations)
+    stored = Stored(keys, grants, reservations, revocations, transfers)
     for ack in acks:
         _check_ack(ack, stored, report)
     stray = [k for k in keys if k not in sent]
     if stray:
         report.violation(f"{len(stray)} idempotency keys no client sent, e.g. {stray[0]}")
     results = Counter(result for _, result in keys.values())
-    for table, rows in (("grant", grants), ("reserve", reservations), ("revoke", revocations)):
+    granted = {i: g for i, g in grants.items() if g.source != SOURCE_TRANSFER}
+    for table, rows in (
+        ("grant", granted),
+        ("reserve", reservations),
+        ("revoke", revocations),
+        ("transfer", transfers),
+    ):
         keyed = {result for (op, result) in keys.values() if op == table}
         unkeyed = [r for r in rows if r not in keyed]
         if unkeyed:
@@ -78,7 +93,8 @@ async def check_log(
         report.violation(f"{len(twice)} results recorded under two keys, e.g. {twice[0]}")
     report.checks.append(
         f"{len(acks)} acknowledgements against {len(grants)} grants, {len(reservations)}"
-        f" reservations, {len(revocations)} revocations and {len(keys)} keys"
+        f" reservations, {len(revocations)} revocations, {len(transfers)} transfers and"
+        f" {len(keys)} keys"
     )
 
 
@@ -90,6 +106,7 @@ class Stored:
     grants: dict[str, Any]
     reservations: dict[str, Any]
     revocations: dict[str, Any]
+    transfers: dict[str, Any]
 
 
 def _check_ack(ack: Ack, stored: Stored, report: Report) -> None:
@@ -110,6 +127,8 @@ def _check_ack(ack: Ack, stored: Stored, report: Report) -> None:
         _check_reserve(ack, key, stored, report)
     elif ack.op == "Revoke":
         _check_revoke(ack, key, stored, report)
+    elif ack.op == "Transfer":
+        _check_transfer(ack, key, stored, report)
     elif ack.outcome == "ok":
         _check_settled(ack, stored, report)
 
@@ -142,6 +161,18 @@ def _check_revoke(ack: Ack, key: tuple[str, str] | None, stored: Stored, report:
         report.violation(f"revocation {ack.key} stored with other amounts")
 
 
+def _check_transfer(ack: Ack, key: tuple[str, str] | None, stored: Stored, report: Report) -> None:
+    t = stored.transfers.get(ack.result["transfer_id"])
+    if key != ("transfer", ack.result["transfer_id"]) or t is None:
+        report.violation(f"acknowledged transfer {ack.key} is not stored under its key")
+    elif (t.from_account_id, t.to_account_id, t.amount) != (
+        ack.account,
+        ack.result["to"],
+        ack.result["amount"],
+    ):
+        report.violation(f"transfer {ack.key} stored with other accounts or amount")
+
+
 def _check_settled(ack: Ack, stored: Stored, report: Report) -> None:
     """A Confirm or Release is stored as it was answered."""
     rid = ack.result["reservation_id"]
@@ -171,7 +202,10 @@ async def check_accounts(engine: AsyncEngine, accounts: list[str], report: Repor
                         " (SELECT coalesce(sum(confirmed_amount), 0) FROM reservations"
                         "   WHERE account_id = :a AND status = :confirmed) AS captured,"
                         " (SELECT coalesce(max(overdraft_limit), 0) FROM accounts"
-                        "   WHERE account_id = :a) AS overdraft_limit"
+                        "   WHERE account_id = :a) AS overdraft_limit,"
+                        " (SELECT coalesce(sum(l.amount), 0) FROM transfer_lots l"
+                        "   JOIN grants s ON s.grant_id = l.source_grant_id"
+                        "   WHERE s.account_id = :a) AS transferred"
                         " FROM grants WHERE account_id = :a"
                     ),
                     {"a": account, "confirmed": STATUS_CONFIRMED},
@@ -179,12 +213,13 @@ async def check_accounts(engine: AsyncEngine, accounts: list[str], report: Repor
             ).one()
             # Captured includes overruns; the part of them that became debt is owed.
             left = balance.available + balance.reserved - balance.debt
-            right = sums.granted - sums.captured - sums.revoked - sums.expired
+            right = sums.granted - sums.captured - sums.transferred - sums.revoked - sums.expired
             if left != right:
                 report.violation(
                     f"{account}: available {balance.available} + reserved {balance.reserved}"
                     f" - debt {balance.debt} <> granted {sums.granted} - captured"
-                    f" {sums.captured} - revoked {sums.revoked} - expired {sums.expired}"
+                    f" {sums.captured} - transferred {sums.transferred} - revoked"
+                    f" {sums.revoked} - expired {sums.expired}"
                 )
             if balance.available < 0 or balance.reserved < 0 or sums.lowest < 0:
                 report.violation(f"{account}: a negative balance or remaining amount")
@@ -201,9 +236,9 @@ async def check_accounts(engine: AsyncEngine, accounts: list[str], report: Repor
             for (limit,) in over:
                 report.violation(f"{account}: its {limit} spend is past its limit")
     report.checks.append(
-        f"{len(accounts)} accounts: available + reserved - debt = granted - captured - revoked"
-        " - expired, nothing negative, debt within the overdraft limit, spend within its"
-        " limits"
+        f"{len(accounts)} accounts: available + reserved - debt = granted - captured"
+        " - transferred out - revoked - expired, nothing negative, debt within the overdraft"
+        " limit, spend within its limits"
     )
 
 

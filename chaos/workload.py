@@ -1,10 +1,10 @@
 """Concurrent clients doing random Reserve, Confirm (some above the hold, into the
-overdraft of the accounts that have one), Release, ExtendReservation, Grant, Revoke and
-GetBalance on a few shared accounts (so that they contend), through both instances.
-Some calls get deadlines that cut them short; every call is retried with the same
-request (the same idempotency key) until it is acknowledged or definitively refused,
-and every acknowledgement goes into the log that chaos/checks.py holds against the
-database afterwards."""
+overdraft of the accounts that have one), Release, ExtendReservation, Grant, Revoke,
+Transfer and GetBalance on a few shared accounts (so that they contend), through both
+instances. Some calls get deadlines that cut them short; every call is retried with the
+same request (the same idempotency key) until it is acknowledged or definitively
+refused, and every acknowledgement goes into the log that chaos/checks.py holds against
+the database afterwards."""
 
 import asyncio
 import datetime
@@ -49,6 +49,7 @@ SPEND_WINDOW_HOURS = 1
 # One Confirm in OVERRUN_SHARE asks for up to OVERRUN_EXTRA_MAX more than was held.
 OVERRUN_SHARE = 0.2
 OVERRUN_EXTRA_MAX = 200
+TRANSFER_AMOUNT_MAX = 300
 # Answers that settle a call: anything else is retried (UNAVAILABLE, DEADLINE_EXCEEDED,
 # RESOURCE_EXHAUSTED) or is unexpected (INTERNAL, UNKNOWN, …).
 DEFINITIVE = {
@@ -75,8 +76,12 @@ EXPECTED_REFUSALS = {
     "ExtendReservation": {"RESERVATION_NOT_ACTIVE"},
     "Grant": set(),
     "Revoke": set(),
+    # The workload freezes no account; a frozen source is still an answer, not a fault.
+    "Transfer": {"INSUFFICIENT_CREDITS", "ACCOUNT_FROZEN"},
     "GetBalance": set(),
 }
+# Who sends each keyed RPC (and replays it): Transfer is for operators only.
+CALLER_OF = {"Grant": "gateway", "Reserve": "backend", "Revoke": "gateway", "Transfer": "ops"}
 OPERATIONS = (
     ("Reserve", 30),
     ("Confirm", 18),
@@ -84,6 +89,7 @@ OPERATIONS = (
     ("ExtendReservation", 4),
     ("Grant", 14),
     ("Revoke", 8),
+    ("Transfer", 4),
     ("GetBalance", 10),
     ("replay", 8),
 )
@@ -234,6 +240,8 @@ class Workload:
                 await self.grant(rng, account)
             elif op == "Revoke" and self.grants[account]:
                 await self.revoke(rng, account)
+            elif op == "Transfer" and len(self.accounts) > 1:
+                await self.transfer(rng, account)
             elif op == "replay" and self.keyed:
                 await self.replay(rng)
             else:
@@ -353,6 +361,25 @@ class Workload:
             self.keyed.append(("Revoke", request, r))
         self.record(ack)
 
+    async def transfer(self, rng: random.Random, account: str) -> None:
+        destination = rng.choice([a for a in self.accounts if a != account])
+        key = self.next_key("transfer")
+        request = pb.TransferRequest(
+            from_account_id=account,
+            to_account_id=destination,
+            amount=rng.randint(1, TRANSFER_AMOUNT_MAX),
+            idempotency_key=key,
+            description="chaos",
+        )
+        outcome = await self.call(rng, CALLER_OF["Transfer"], "Transfer", request)
+        ack = self.settle("Transfer", account, key, outcome)
+        ack.result = {"amount": request.amount, "to": destination}
+        if outcome.response is not None:
+            t = outcome.response.transfer
+            ack.result["transfer_id"] = t.transfer_id
+            self.keyed.append(("Transfer", request, outcome.response))
+        self.record(ack)
+
     async def balance(self, rng: random.Random, account: str) -> None:
         request = pb.GetBalanceRequest(account_id=account)
         outcome = await self.call(rng, "backend", "GetBalance", request)
@@ -367,8 +394,7 @@ class Workload:
     async def replay(self, rng: random.Random) -> None:
         """An acknowledged request sent again: the same answer, nothing new."""
         method, request, first = rng.choice(self.keyed)
-        caller = "backend" if method == "Reserve" else "gateway"
-        outcome = await self.call(rng, caller, method, request)
+        outcome = await self.call(rng, CALLER_OF[method], method, request)
         self.report.replays += 1
         if outcome.response is None:
             if outcome.refusal is not None:
@@ -379,6 +405,8 @@ class Workload:
             same = again.reservation.reservation_id == first.reservation.reservation_id
         elif method == "Grant":
             same = again.grant.grant_id == first.grant.grant_id
+        elif method == "Transfer":
+            same = again.transfer == first.transfer
         else:
             same = (again.grant.grant_id, again.revoked_amount, again.unrecovered_amount) == (
                 first.grant.grant_id,

@@ -52,6 +52,8 @@ from credits_client.results import (
     Reserved,
     Revocation,
     SpendLimitUse,
+    Transfer,
+    TransferLot,
 )
 from credits_client.retry import NO_RETRY, RetryPolicy
 from credits_client.sync import SyncCreditsClient
@@ -102,6 +104,8 @@ __all__ = [
     "SpendLimitExceeded",
     "SpendLimitUse",
     "SyncCreditsClient",
+    "Transfer",
+    "TransferLot",
     "Unauthenticated",
     "Unavailable",
     "new_idempotency_key",

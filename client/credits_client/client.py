@@ -34,6 +34,7 @@ from credits_client.results import (
     ReservationDetails,
     Reserved,
     Revocation,
+    Transfer,
     kind_message,
     source_message,
 )
@@ -341,6 +342,31 @@ class CreditsClient:
             request.external_ref = external_ref or ""
         response = await self._call("Revoke", request, timeout_seconds, key)
         return Revocation.from_message(response, key)
+
+    async def transfer(
+        self,
+        from_account_id: str,
+        to_account_id: str,
+        amount: int,
+        *,
+        idempotency_key: str | None = None,
+        description: str = "",
+        timeout_seconds: float | None = None,
+    ) -> Transfer:
+        """Moves `amount` available credits from one account to another, all or nothing:
+        they leave the source in burn-down order and arrive as "transfer" grants that keep
+        each lot's expiry and priority. A repeat with the same `idempotency_key` returns
+        the original transfer."""
+        key = idempotency_key or new_idempotency_key()
+        request = pb.TransferRequest(
+            from_account_id=from_account_id,
+            to_account_id=to_account_id,
+            amount=amount,
+            idempotency_key=key,
+            description=description,
+        )
+        response = await self._call("Transfer", request, timeout_seconds, key)
+        return Transfer.from_message(response.transfer, key)
 
     async def balance(self, account_id: str, *, timeout_seconds: float | None = None) -> Balance:
         request = pb.GetBalanceRequest(account_id=account_id)

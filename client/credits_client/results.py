@@ -32,6 +32,7 @@ class GrantSource(enum.StrEnum):
     SIGNUP_BONUS = "signup_bonus"
     PROMOTION = "promotion"
     ADJUSTMENT = "adjustment"
+    TRANSFER = "transfer"  # arrived by a transfer; never accepted by `grant`
 
 
 class EntryKind(enum.StrEnum):
@@ -49,6 +50,8 @@ class EntryKind(enum.StrEnum):
     REVOKE_REVERSAL = "revoke_reversal"
     OVERRUN = "overrun"  # available credits a Confirm took beyond the hold
     DEBT_REPAYMENT = "debt_repayment"  # credits of a new grant that paid the debt
+    TRANSFER_OUT = "transfer_out"
+    TRANSFER_IN = "transfer_in"
 
 
 _STATUS_OF_NUMBER = {
@@ -232,6 +235,8 @@ class LedgerEntry:
     revocation_id: str  # "" when no revocation moved them
     created_at: datetime.datetime
     balance_after: int
+    # The transfer that moved them, "" when none: the same id on both accounts' entries.
+    transfer_id: str = ""
 
     @classmethod
     def from_message(cls, message: pb.LedgerEntry) -> "LedgerEntry":
@@ -244,6 +249,7 @@ class LedgerEntry:
             revocation_id=message.revocation_id,
             created_at=_time(message.created_at),
             balance_after=message.balance_after,
+            transfer_id=message.transfer_id,
         )
 
 
@@ -288,6 +294,57 @@ class Extended:
         return cls(
             reservation=Reservation.from_message(message.reservation),
             extendable_until=_time(message.extendable_until),
+        )
+
+
+@dataclass(frozen=True)
+class TransferLot:
+    """What one grant of the source gave to a transfer, and the grant it became on the
+    destination, which keeps the source grant's expiry and priority."""
+
+    source_grant_id: str
+    destination_grant_id: str
+    amount: int
+    expires_at: datetime.datetime | None  # None: the credits never expire
+    priority: int
+
+    @classmethod
+    def from_message(cls, message: pb.TransferLot) -> "TransferLot":
+        return cls(
+            source_grant_id=message.source_grant_id,
+            destination_grant_id=message.destination_grant_id,
+            amount=message.amount,
+            expires_at=_time(message.expires_at) if message.HasField("expires_at") else None,
+            priority=message.priority,
+        )
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """What `transfer` returns: the transfer as it was made (a repeat with the same
+    idempotency key returns the same one), its lots in the source's burn-down order, and
+    the idempotency key the call used."""
+
+    transfer_id: str
+    from_account_id: str
+    to_account_id: str
+    amount: int
+    description: str
+    created_at: datetime.datetime
+    lots: tuple[TransferLot, ...]
+    idempotency_key: str
+
+    @classmethod
+    def from_message(cls, message: pb.TransferRecord, idempotency_key: str) -> "Transfer":
+        return cls(
+            transfer_id=message.transfer_id,
+            from_account_id=message.from_account_id,
+            to_account_id=message.to_account_id,
+            amount=message.amount,
+            description=message.description,
+            created_at=_time(message.created_at),
+            lots=tuple(TransferLot.from_message(lot) for lot in message.lots),
+            idempotency_key=idempotency_key,
         )
 
 

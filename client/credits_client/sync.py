@@ -196,6 +196,7 @@ class SyncCreditsClient:
     release = _blocking(CreditsClient.release)
     grant = _blocking(CreditsClient.grant)
     revoke = _blocking(CreditsClient.revoke)
+    transfer = _blocking(CreditsClient.transfer)
     balance = _blocking(CreditsClient.balance)
     usage = _blocking_iterator(CreditsClient.usage)
     list_grants = _blocking_iterator(CreditsClient.list_grants)

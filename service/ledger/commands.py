@@ -76,6 +76,16 @@ class RevokeCommand:
 
 
 @dataclass(frozen=True)
+class TransferCommand:
+    caller: str
+    from_account_id: str
+    to_account_id: str
+    amount: int
+    idempotency_key: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class BalanceQuery:
     account_id: str
 

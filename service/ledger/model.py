@@ -21,9 +21,12 @@ class GrantSource(enum.IntEnum):
     SIGNUP_BONUS = 2
     PROMOTION = 3
     ADJUSTMENT = 4
+    TRANSFER = 5  # made only by a Transfer, never by a Grant request
 
 
-GRANTABLE_SOURCES = frozenset(int(s) for s in GrantSource if s is not GrantSource.UNSPECIFIED)
+GRANTABLE_SOURCES = frozenset(
+    int(s) for s in GrantSource if s not in (GrantSource.UNSPECIFIED, GrantSource.TRANSFER)
+)
 
 
 class EntryKind(enum.IntEnum):
@@ -40,6 +43,8 @@ class EntryKind(enum.IntEnum):
     REVOKE_REVERSAL = 8
     OVERRUN = 9
     DEBT_REPAYMENT = 12
+    TRANSFER_OUT = 10
+    TRANSFER_IN = 11
 
     @property
     def stored(self) -> str:
@@ -142,6 +147,8 @@ class LedgerEntry:
     revocation_id: uuid.UUID | None
     created_at: datetime.datetime
     balance_after: int  # the sum of this entry and every earlier one of the account
+    # The transfer that moved the credits: the same id on both accounts' entries.
+    transfer_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,29 @@ class ReservationDetail:
 class Extension:
     reservation: Reservation
     extendable_until: datetime.datetime
+
+
+@dataclass(frozen=True)
+class TransferLot:
+    """What one grant of a transfer's source gave, and the TRANSFER grant it became on the
+    destination, with the source grant's expiry and priority."""
+
+    source_grant_id: uuid.UUID
+    destination_grant_id: uuid.UUID
+    amount: int
+    expires_at: datetime.datetime | None
+    priority: int
+
+
+@dataclass(frozen=True)
+class Transfer:
+    transfer_id: uuid.UUID
+    from_account_id: str
+    to_account_id: str
+    amount: int
+    description: str
+    created_at: datetime.datetime
+    lots: tuple[TransferLot, ...]  # in the source's burn-down order
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from service.ledger.commands import (
     ReservationQuery,
     ReserveCommand,
     RevokeCommand,
+    TransferCommand,
     UpdateAccountSettingsCommand,
     UsageQuery,
 )
@@ -47,6 +48,7 @@ from service.ledger.model import (
     Reservation,
     ReservationDetail,
     Revocation,
+    Transfer,
     UsagePage,
 )
 from service.ledger.validation import Check, clamp_page_size, request_hash
@@ -98,6 +100,12 @@ class GrantOrder:
 class RevokeOrder:
     command: RevokeCommand
     grant_id: uuid.UUID | None
+    request_hash: bytes
+
+
+@dataclass(frozen=True)
+class TransferOrder:
+    command: TransferCommand
     request_hash: bytes
 
 
@@ -166,6 +174,12 @@ class Store(Protocol):
     async def revoke(
         self, order: RevokeOrder, now: datetime.datetime, *, deadline: Deadline
     ) -> Revocation: ...
+
+    async def transfer(
+        self, order: TransferOrder, now: datetime.datetime, *, deadline: Deadline
+    ) -> Transfer:
+        """One transaction on two accounts: both locked, the lower account id first."""
+        ...
 
     async def balance(
         self, account_id: str, now: datetime.datetime, *, deadline: Deadline
@@ -335,6 +349,20 @@ class Ledger:
             del fields["withdraw"]
         order = RevokeOrder(cmd, grant_id, request_hash("revoke", fields))
         return await self._store.revoke(order, self._clock(), deadline=deadline)
+
+    async def transfer(self, cmd: TransferCommand, *, deadline: Deadline) -> Transfer:
+        check = Check()
+        check.account_id(cmd.from_account_id, "from_account_id")
+        check.account_id(cmd.to_account_id, "to_account_id")
+        if cmd.from_account_id and cmd.from_account_id == cmd.to_account_id:
+            check.fail("to_account_id", "must differ from from_account_id")
+        check.amount(cmd.amount, self._policy.amount_max)
+        check.idempotency_key(cmd.idempotency_key)
+        check.text("description", cmd.description, limits.DESCRIPTION_CHARS_MAX)
+        check.done()
+        fields = {**asdict(cmd), "caller": None}
+        order = TransferOrder(cmd, request_hash("transfer", fields))
+        return await self._store.transfer(order, self._clock(), deadline=deadline)
 
     async def balance(self, query: BalanceQuery, *, deadline: Deadline) -> Balance:
         check = Check()

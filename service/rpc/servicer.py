@@ -111,6 +111,30 @@ def entry_message(e: model.LedgerEntry) -> pb.LedgerEntry:
         revocation_id=str(e.revocation_id) if e.revocation_id else "",
         created_at=_timestamp(e.created_at),
         balance_after=e.balance_after,
+        transfer_id=str(e.transfer_id) if e.transfer_id else "",
+    )
+
+
+def transfer_message(t: model.Transfer) -> pb.TransferRecord:
+    lots = []
+    for lot in t.lots:
+        message = pb.TransferLot(
+            source_grant_id=str(lot.source_grant_id),
+            destination_grant_id=str(lot.destination_grant_id),
+            amount=lot.amount,
+            priority=lot.priority,
+        )
+        if lot.expires_at is not None:
+            message.expires_at.CopyFrom(_timestamp(lot.expires_at))
+        lots.append(message)
+    return pb.TransferRecord(
+        transfer_id=str(t.transfer_id),
+        from_account_id=t.from_account_id,
+        to_account_id=t.to_account_id,
+        amount=t.amount,
+        description=t.description,
+        created_at=_timestamp(t.created_at),
+        lots=lots,
     )
 
 
@@ -227,6 +251,22 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
             restored_amount=revocation.restored_amount,
             cancelled_amount=revocation.cancelled_amount,
         )
+
+    async def Transfer(
+        self, request: pb.TransferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TransferResponse:
+        transfer = await self._ledger.transfer(
+            commands.TransferCommand(
+                caller=current_caller(),
+                from_account_id=request.from_account_id,
+                to_account_id=request.to_account_id,
+                amount=request.amount,
+                idempotency_key=request.idempotency_key,
+                description=request.description,
+            ),
+            deadline=deadline_of(context),
+        )
+        return pb.TransferResponse(transfer=transfer_message(transfer))
 
     async def GetBalance(
         self, request: pb.GetBalanceRequest, context: grpc.aio.ServicerContext

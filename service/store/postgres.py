@@ -43,6 +43,8 @@ from service.ledger.model import (
     ReservationStatus,
     Revocation,
     SpendLimitUse,
+    Transfer,
+    TransferLot,
 )
 from service.ledger.operations import (
     Deadline,
@@ -51,6 +53,7 @@ from service.ledger.operations import (
     ReserveOrder,
     RevokeOrder,
     SettingsOrder,
+    TransferOrder,
     UsageCursor,
 )
 from service.ops import metrics
@@ -96,6 +99,10 @@ REVOKE = text(
     "SELECT (r.out_grant).*, r.out_revoked, r.out_unrecovered, r.out_restored, r.out_cancelled"
     " FROM credits_revoke(:caller, :key, :hash, :account, :grant, :external_ref, :amount,"
     " :series, :withdraw, :reason, :now, :lock_ms) AS r"
+)
+TRANSFER = text(
+    "SELECT * FROM credits_transfer(:caller, :key, :hash, :from_account, :to_account, :amount,"
+    " :description, :now, :lock_ms)"
 )
 BALANCE = text("SELECT * FROM credits_balance(:account, :now, :lock_ms)")
 USAGE = text(
@@ -251,6 +258,7 @@ def _entry(row: Row) -> LedgerEntry:
         revocation_id=row.revocation_id,
         created_at=row.created_at,
         balance_after=row.balance_after,
+        transfer_id=row.transfer_id,
     )
 
 
@@ -493,6 +501,44 @@ class PostgresStore:
         )
         return Revocation(
             _grant(row), row.out_revoked, row.out_unrecovered, row.out_restored, row.out_cancelled
+        )
+
+    async def transfer(
+        self, order: TransferOrder, now: datetime.datetime, *, deadline: Deadline
+    ) -> Transfer:
+        cmd = order.command
+        params = {
+            "caller": cmd.caller,
+            "key": cmd.idempotency_key,
+            "hash": order.request_hash,
+            "from_account": cmd.from_account_id,
+            "to_account": cmd.to_account_id,
+            "amount": cmd.amount,
+            "description": cmd.description,
+            "now": now,
+        }
+        rows = await self._all(TRANSFER, params, deadline)
+        if not rows:
+            # A transfer moves a positive amount, so it has at least one lot.
+            raise AssertionError("a transfer without lots")
+        first = rows[0]
+        return Transfer(
+            transfer_id=first.out_transfer_id,
+            from_account_id=first.out_from_account_id,
+            to_account_id=first.out_to_account_id,
+            amount=first.out_amount,
+            description=first.out_description,
+            created_at=first.out_created_at,
+            lots=tuple(
+                TransferLot(
+                    source_grant_id=r.out_source_grant_id,
+                    destination_grant_id=r.out_destination_grant_id,
+                    amount=r.out_lot_amount,
+                    expires_at=r.out_expires_at,
+                    priority=r.out_priority,
+                )
+                for r in rows
+            ),
         )
 
     async def balance(

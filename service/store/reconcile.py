@@ -58,15 +58,15 @@ INVARIANTS = (
         """,
     ),
     Invariant(
-        "every credit of a grant is remaining, held, spent, overrun, revoked, expired or"
-        " paid to the account's debt",
+        "every credit of a grant is remaining, held, spent, overrun, transferred, revoked,"
+        " expired or paid to the account's debt",
         """
         SELECT g.grant_id::text,
                format('original %s <> remaining %s + held %s + spent %s + overrun %s'
-                      ' + revoked %s + expired %s + debt paid %s',
+                      ' + transferred %s + revoked %s + expired %s + debt paid %s',
                       g.original_amount, g.remaining_amount, coalesce(u.held, 0),
-                      coalesce(u.spent, 0), coalesce(o.overrun, 0), g.revoked_amount,
-                      g.expired_amount, g.debt_paid_amount)
+                      coalesce(u.spent, 0), coalesce(o.overrun, 0), coalesce(t.transferred, 0),
+                      g.revoked_amount, g.expired_amount, g.debt_paid_amount)
           FROM grants g
           LEFT JOIN (
             SELECT a.grant_id,
@@ -76,9 +76,11 @@ INVARIANTS = (
              GROUP BY 1) u ON u.grant_id = g.grant_id
           LEFT JOIN (SELECT grant_id, -sum(amount) AS overrun FROM ledger_entries
                       WHERE kind = 'overrun' GROUP BY 1) o ON o.grant_id = g.grant_id
+          LEFT JOIN (SELECT source_grant_id, sum(amount) AS transferred FROM transfer_lots
+                      GROUP BY 1) t ON t.source_grant_id = g.grant_id
          WHERE g.original_amount <> g.remaining_amount + coalesce(u.held, 0) + coalesce(u.spent, 0)
-                                    + coalesce(o.overrun, 0) + g.revoked_amount
-                                    + g.expired_amount + g.debt_paid_amount
+                                    + coalesce(o.overrun, 0) + coalesce(t.transferred, 0)
+                                    + g.revoked_amount + g.expired_amount + g.debt_paid_amount
         """,
     ),
     Invariant(
@@ -118,6 +120,46 @@ INVARIANTS = (
           LEFT JOIN (SELECT account_id, sum(debt_paid_amount) AS paid FROM grants
                       GROUP BY 1) p ON p.account_id = a.account_id
          WHERE a.debt < 0 OR a.debt <> coalesce(b.borrowed, 0) - coalesce(p.paid, 0)
+        """,
+    ),
+    Invariant(
+        "a transfer's lots and entries move its amount from one account to the other",
+        """
+        SELECT t.transfer_id::text,
+               format('amount %s, lots %s, out %s, in %s', t.amount, coalesce(l.total, 0),
+                      coalesce(e.out_total, 0), coalesce(e.in_total, 0))
+          FROM transfers t
+          LEFT JOIN (SELECT transfer_id, sum(amount) AS total FROM transfer_lots GROUP BY 1) l
+            ON l.transfer_id = t.transfer_id
+          LEFT JOIN (
+            SELECT e.transfer_id,
+                   sum(e.amount) FILTER (WHERE e.kind = 'transfer_out'
+                                         AND e.account_id = x.from_account_id) AS out_total,
+                   sum(e.amount) FILTER (WHERE e.kind = 'transfer_in'
+                                         AND e.account_id = x.to_account_id) AS in_total,
+                   count(*) FILTER (WHERE e.account_id NOT IN (x.from_account_id,
+                                                                x.to_account_id)) AS stray
+              FROM ledger_entries e JOIN transfers x ON x.transfer_id = e.transfer_id
+             GROUP BY 1) e ON e.transfer_id = t.transfer_id
+         WHERE coalesce(l.total, 0) <> t.amount OR coalesce(e.out_total, 0) <> -t.amount
+            OR coalesce(e.in_total, 0) <> t.amount OR coalesce(e.stray, 0) <> 0
+        """,
+    ),
+    Invariant(
+        "a TRANSFER grant is one lot of a transfer, with its source grant's expiry and priority",
+        """
+        SELECT d.grant_id::text,
+               format('lots %s, amount %s of %s', count(l.transfer_id),
+                      coalesce(sum(l.amount), 0), d.original_amount)
+          FROM grants d
+          LEFT JOIN transfer_lots l ON l.destination_grant_id = d.grant_id
+          LEFT JOIN transfers t ON t.transfer_id = l.transfer_id
+          LEFT JOIN grants s ON s.grant_id = l.source_grant_id
+         WHERE d.source = 5  -- GrantSource.TRANSFER
+         GROUP BY d.grant_id, d.original_amount
+        HAVING count(l.transfer_id) <> 1 OR sum(l.amount) <> d.original_amount
+            OR bool_or(s.expires_at IS DISTINCT FROM d.expires_at OR s.priority <> d.priority
+                       OR t.to_account_id <> d.account_id OR s.account_id <> t.from_account_id)
         """,
     ),
     Invariant(

@@ -116,7 +116,7 @@ grants = Table(
     Column("created_at", TIMESTAMPTZ, nullable=False, server_default=text("now()")),
     Column("description", Text, nullable=False, server_default=text("''")),
     Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
-    CheckConstraint("source BETWEEN 1 AND 4", name="source_known"),
+    CheckConstraint("source BETWEEN 1 AND 5", name="source_known"),
     CheckConstraint("original_amount > 0", name="original_positive"),
     CheckConstraint("remaining_amount BETWEEN 0 AND original_amount", name="remaining_bounded"),
     CheckConstraint(
@@ -276,6 +276,46 @@ revocation_claims = Table(
     CheckConstraint("claimed_amount >= 0", name="claimed_non_negative"),
 )
 
+# Transfers between two accounts. A deferred constraint trigger (credits_check_transfer,
+# created by migration 0006) checks at commit that each balances: its lots add up to its
+# amount, and its entries take that from the source and give it to the destination.
+transfers = Table(
+    "transfers",
+    metadata,
+    Column("transfer_id", UUID(as_uuid=True), primary_key=True),
+    Column("from_account_id", Text, ForeignKey("accounts.account_id"), nullable=False),
+    Column("to_account_id", Text, ForeignKey("accounts.account_id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("description", Text, nullable=False, server_default=text("''")),
+    Column("caller", Text, nullable=False),
+    Column("created_at", TIMESTAMPTZ, nullable=False),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint("from_account_id <> to_account_id", name="two_accounts"),
+    Index("ix_transfers_from_account_id", "from_account_id"),
+    Index("ix_transfers_to_account_id", "to_account_id"),
+)
+
+# What one grant of a transfer's source gave (in burn-down order, burn_rank) and the
+# TRANSFER grant it became on the destination: one destination grant per lot.
+transfer_lots = Table(
+    "transfer_lots",
+    metadata,
+    Column("transfer_id", UUID(as_uuid=True), ForeignKey("transfers.transfer_id"), nullable=False),
+    Column("burn_rank", Integer, nullable=False),
+    Column("source_grant_id", UUID(as_uuid=True), ForeignKey("grants.grant_id"), nullable=False),
+    Column(
+        "destination_grant_id",
+        UUID(as_uuid=True),
+        ForeignKey("grants.grant_id"),
+        nullable=False,
+        unique=True,
+    ),
+    Column("amount", BigInteger, nullable=False),
+    PrimaryKeyConstraint("transfer_id", "source_grant_id"),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint("source_grant_id <> destination_grant_id", name="two_grants"),
+)
+
 # Append-only: a trigger refuses UPDATE, DELETE and TRUNCATE, and the service's role may
 # only INSERT and SELECT. The sum of an account's entries is the sum of its grants'
 # remaining amounts, at every commit.
@@ -290,13 +330,29 @@ ledger_entries = Table(
     Column("kind", Text, nullable=False),
     Column("amount", BigInteger, nullable=False),
     Column("created_at", TIMESTAMPTZ, nullable=False, server_default=text("now()")),
+    # The transfer that moved the credits: set exactly on its two kinds of entries.
+    Column("transfer_id", UUID(as_uuid=True), ForeignKey("transfers.transfer_id"), nullable=True),
     CheckConstraint("amount <> 0", name="amount_non_zero"),
     CheckConstraint(
         "kind IN ('grant', 'reserve', 'release', 'confirm_return', 'reservation_expiry',"
-        " 'grant_expiry', 'revoke', 'revoke_reversal', 'overrun', 'debt_repayment')",
+        " 'grant_expiry', 'revoke', 'revoke_reversal', 'overrun', 'debt_repayment',"
+        " 'transfer_out', 'transfer_in')",
         name="kind_known",
     ),
+    CheckConstraint(
+        "(kind IN ('transfer_out', 'transfer_in')) = (transfer_id IS NOT NULL)",
+        name="transfer_entry_has_transfer",
+    ),
+    CheckConstraint(
+        "(kind <> 'transfer_out' OR amount < 0) AND (kind <> 'transfer_in' OR amount > 0)",
+        name="transfer_entry_sign",
+    ),
     Index("ix_ledger_entries_account_id", "account_id"),
+    Index(
+        "ix_ledger_entries_transfer_id",
+        "transfer_id",
+        postgresql_where=text("transfer_id IS NOT NULL"),
+    ),
 )
 
 # Idempotency keys are scoped to the calling service; the primary key makes a replay

@@ -2,8 +2,8 @@
 docs/contract.md): burn-down order, allocations, partial capture, expiry of holds and grants,
 revocations as claims with debt collection, confirms above the hold (overruns) into an
 overdraft debt that the next grant pays first, a rolling spend limit (the test's
-sequences are shorter than its window, so nothing leaves it), and idempotency keys. The
-model-based test
+sequences are shorter than its window, so nothing leaves it), transfers between
+accounts, and idempotency keys. The model-based test
 runs the same operations against it and against the real server, and every answer must
 agree. It knows nothing of SQL or gRPC: failures are (code name, reason) pairs.
 
@@ -20,6 +20,7 @@ from typing import TypeVar
 
 RESERVED, CONFIRMED, RELEASED, EXPIRED = 1, 2, 3, 4
 SIGNUP_BONUS = 2
+TRANSFER = 5
 T = TypeVar("T")
 
 
@@ -66,9 +67,11 @@ class Grant:
     def expired_at(self, now: datetime.datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
 
-    def burn_key(self) -> tuple[int, datetime.datetime, int]:
+    def burn_key(self) -> tuple[int, datetime.datetime, int, str]:
         never = datetime.datetime.max.replace(tzinfo=datetime.UTC)
-        return (self.priority, self.expires_at or never, self.seq)
+        # The lots of one transfer are made at one moment (one seq): the server orders
+        # them by grant id, as it orders any grants made at the same moment.
+        return (self.priority, self.expires_at or never, self.seq, self.grant_id)
 
 
 @dataclass
@@ -103,6 +106,22 @@ class RevokeResult:
 
 
 @dataclass(frozen=True)
+class TransferLot:
+    source_grant_id: str
+    destination_grant_id: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class Transfer:
+    transfer_id: str
+    source: str
+    destination: str
+    amount: int
+    lots: tuple[TransferLot, ...]  # in the source's burn-down order
+
+
+@dataclass(frozen=True)
 class Balance:
     available: int
     reserved: int
@@ -124,6 +143,7 @@ class State:
     overdraft: dict[str, int] = field(default_factory=dict)
     debt: dict[str, int] = field(default_factory=dict)
     spend_limit: dict[str, int] = field(default_factory=dict)
+    transfers: dict[str, Transfer] = field(default_factory=dict)
 
 
 class Model:
@@ -440,6 +460,67 @@ class Model:
             s.revocations[new_id] = amounts
             s.keys[key] = ("revoke", request, new_id)
             return RevokeResult(g, *amounts)
+
+        return self._run(run)
+
+    def transfer(
+        self,
+        source: str,
+        destination: str,
+        amount: int,
+        key: str,
+        request: object,
+        *,
+        now: datetime.datetime,
+        new_id: str,
+        destination_ids: list[str],
+    ) -> Transfer:
+        """`destination_ids`: the ids the server gave the lots' new grants, in order."""
+
+        def run(s: State) -> Transfer:
+            if source in s.accounts:
+                self._settle(s, source, now)
+            s.accounts.add(destination)
+            self._settle(s, destination, now)
+            replayed = self._replayed(s, key, "transfer", request)
+            if replayed is not None:
+                return s.transfers[replayed]
+            spendable = sorted(
+                (g for g in s.grants.values() if g.account == source and g.remaining > 0),
+                key=Grant.burn_key,
+            )
+            taken, left = [], amount
+            for g in spendable:
+                if left == 0:
+                    break
+                taken.append((g, min(g.remaining, left)))
+                left -= taken[-1][1]
+            if left > 0:
+                raise INSUFFICIENT
+            if len(destination_ids) != len(taken):
+                raise AssertionError(
+                    f"the server made {len(destination_ids)} lots, not {len(taken)}"
+                )
+            seq = next(self._seq)
+            lots = []
+            for (g, take), made in zip(taken, destination_ids, strict=True):
+                g.remaining -= take
+                s.grants[made] = Grant(
+                    made,
+                    destination,
+                    take,
+                    TRANSFER,
+                    g.priority,
+                    g.expires_at,
+                    None,
+                    seq,
+                    remaining=take,
+                )
+                lots.append(TransferLot(g.grant_id, made, take))
+            t = Transfer(new_id, source, destination, amount, tuple(lots))
+            s.transfers[new_id] = t
+            s.keys[key] = ("transfer", request, new_id)
+            return t
 
         return self._run(run)
 

@@ -1,6 +1,6 @@
 """Model-based test: random sequences of Grant, Reserve, Confirm (above the hold too),
-Release, ExtendReservation, Revoke, GetBalance, UpdateAccountSettings (overdraft and a
-rolling spend limit), replays and the passage of time, run against the
+Release, ExtendReservation, Revoke, Transfer, GetBalance, UpdateAccountSettings (overdraft
+and a rolling spend limit), replays and the passage of time, run against the
 real server (the suite's production server and its movable clock) and against the
 pure-Python model in tests/model/rules.py. Every answer must agree — status, reason,
 amounts, balances — and after every step the stored grants, reservations and the
@@ -69,7 +69,7 @@ PROFILE = PROFILES[PROFILE_NAME]
 # The long profile runs for many minutes, past the suite's per-test timeout.
 TIMEOUT_SECONDS = {"default": 300, "long": 3600}[PROFILE_NAME]
 T = TypeVar("T")
-Keyed = pb.GrantRequest | pb.ReserveRequest | pb.RevokeRequest
+Keyed = pb.GrantRequest | pb.ReserveRequest | pb.RevokeRequest | pb.TransferRequest
 
 amounts = st.integers(min_value=1, max_value=100)
 picks = st.integers(min_value=0, max_value=1000)
@@ -188,6 +188,8 @@ class LedgerMachine(RuleBasedStateMachine):
             self.do_reserve(request)
         elif isinstance(request, pb.RevokeRequest):
             self.do_revoke(request)
+        elif isinstance(request, pb.TransferRequest):
+            self.do_transfer(request)
         else:
             raise AssertionError(f"not a keyed request: {method}")
 
@@ -267,6 +269,45 @@ class LedgerMachine(RuleBasedStateMachine):
             )
             assert got == (want.revoked, want.unrecovered, want.restored, want.cancelled)
 
+    def do_transfer(self, request: pb.TransferRequest) -> None:
+        now = self.env.clock()
+        answer = self.call("Transfer", request)
+        made = (
+            []
+            if isinstance(answer, rules.Refused)
+            else [lot.destination_grant_id for lot in answer.transfer.lots]
+        )
+        want = self.expect(
+            answer,
+            lambda new: self.model.transfer(
+                request.from_account_id,
+                request.to_account_id,
+                request.amount,
+                request.idempotency_key,
+                ("Transfer", request.SerializeToString(deterministic=True)),
+                now=now,
+                new_id=new,
+                destination_ids=made,
+            ),
+        )
+        if want is not None:
+            got = answer.transfer
+            assert (got.transfer_id, got.from_account_id, got.to_account_id, got.amount) == (
+                want.transfer_id,
+                want.source,
+                want.destination,
+                want.amount,
+            )
+            assert [
+                (lot.source_grant_id, lot.destination_grant_id, lot.amount) for lot in got.lots
+            ] == [(lot.source_grant_id, lot.destination_grant_id, lot.amount) for lot in want.lots]
+            for lot in got.lots:
+                source = self.model.state.grants[lot.source_grant_id]
+                expires = moment(lot.expires_at) if lot.HasField("expires_at") else None
+                assert (expires, lot.priority) == (source.expires_at, source.priority)
+                if lot.destination_grant_id not in self.grants:
+                    self.grants.append(lot.destination_grant_id)
+
     # -- rules ----------------------------------------------------------------------
 
     @rule(
@@ -309,6 +350,17 @@ class LedgerMachine(RuleBasedStateMachine):
             ttl=duration_pb2.Duration(seconds=ttl_steps * TIME_STEP_SECONDS),
         )
         self.send_keyed("Reserve", request)
+
+    @rule(which=st.integers(0, 1), amount=st.integers(1, 150))
+    def transfer(self, which: int, amount: int) -> None:
+        request = pb.TransferRequest(
+            from_account_id=self.accounts[which],
+            to_account_id=self.accounts[1 - which],
+            amount=amount,
+            idempotency_key=self.key(),
+            description="model",
+        )
+        self.send_keyed("Transfer", request)
 
     @precondition(lambda self: self.reservations)
     @rule(
@@ -602,6 +654,8 @@ def _new_id_of(answer: Any) -> str:
         return answer.grant.grant_id
     if isinstance(answer, pb.ReserveResponse):
         return answer.reservation.reservation_id
+    if isinstance(answer, pb.TransferResponse):
+        return answer.transfer.transfer_id
     return ""
 
 

@@ -76,6 +76,10 @@ class _GrantSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GrantSour
     """A promotion."""
     GRANT_SOURCE_ADJUSTMENT: _GrantSource.ValueType  # 4
     """An operator's adjustment."""
+    GRANT_SOURCE_TRANSFER: _GrantSource.ValueType  # 5
+    """Credits that arrived by a Transfer from another account; only Transfer makes these,
+    never a GrantRequest.
+    """
 
 class GrantSource(_GrantSource, metaclass=_GrantSourceEnumTypeWrapper):
     """GrantSource says why credits were granted."""
@@ -90,6 +94,10 @@ GRANT_SOURCE_PROMOTION: GrantSource.ValueType  # 3
 """A promotion."""
 GRANT_SOURCE_ADJUSTMENT: GrantSource.ValueType  # 4
 """An operator's adjustment."""
+GRANT_SOURCE_TRANSFER: GrantSource.ValueType  # 5
+"""Credits that arrived by a Transfer from another account; only Transfer makes these,
+never a GrantRequest.
+"""
 Global___GrantSource: _TypeAlias = GrantSource  # noqa: Y015
 
 class _EntryKind:
@@ -125,6 +133,10 @@ class _EntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EntryKind.V
     """
     ENTRY_KIND_DEBT_REPAYMENT: _EntryKind.ValueType  # 12
     """Credits of a new grant that paid the account's overdraft debt (negative)."""
+    ENTRY_KIND_TRANSFER_OUT: _EntryKind.ValueType  # 10
+    """Credits a transfer took from one of the source's grants (negative)."""
+    ENTRY_KIND_TRANSFER_IN: _EntryKind.ValueType  # 11
+    """Credits a transfer brought to the destination, as a new TRANSFER grant (positive)."""
 
 class EntryKind(_EntryKind, metaclass=_EntryKindEnumTypeWrapper):
     """EntryKind says what moved credits in a ledger entry."""
@@ -156,6 +168,10 @@ GetBalanceResponse.debt until a grant pays it (ENTRY_KIND_DEBT_REPAYMENT).
 """
 ENTRY_KIND_DEBT_REPAYMENT: EntryKind.ValueType  # 12
 """Credits of a new grant that paid the account's overdraft debt (negative)."""
+ENTRY_KIND_TRANSFER_OUT: EntryKind.ValueType  # 10
+"""Credits a transfer took from one of the source's grants (negative)."""
+ENTRY_KIND_TRANSFER_IN: EntryKind.ValueType  # 11
+"""Credits a transfer brought to the destination, as a new TRANSFER grant (positive)."""
 Global___EntryKind: _TypeAlias = EntryKind  # noqa: Y015
 
 @_typing.final
@@ -424,7 +440,9 @@ class GrantRequest(_message.Message):
     amount: _builtins.int
     """How many credit units to add: greater than 0 and at most the configured maximum."""
     source: Global___GrantSource.ValueType
-    """Why the credits are granted; must not be UNSPECIFIED."""
+    """Why the credits are granted; must not be UNSPECIFIED or TRANSFER (only Transfer makes
+    those).
+    """
     idempotency_key: _builtins.str
     """Required, 1-128 printable ASCII characters, scoped to the calling service."""
     external_ref: _builtins.str
@@ -917,6 +935,7 @@ class LedgerEntry(_message.Message):
     REVOCATION_ID_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     BALANCE_AFTER_FIELD_NUMBER: _builtins.int
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
     entry_id: _builtins.int
     """The entry's id: increasing in the order entries were made."""
     kind: Global___EntryKind.ValueType
@@ -933,6 +952,10 @@ class LedgerEntry(_message.Message):
     """The account's available balance right after this entry: the sum of the amounts of
     this entry and every earlier one, whatever the request's filters.
     """
+    transfer_id: _builtins.str
+    """The transfer that moved them, if any: its TRANSFER_OUT entries on the source's
+    statement and TRANSFER_IN entries on the destination's carry the same id.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the entry was made."""
@@ -948,10 +971,11 @@ class LedgerEntry(_message.Message):
         revocation_id: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         balance_after: _builtins.int = ...,
+        transfer_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "balance_after", b"balance_after", "created_at", b"created_at", "entry_id", b"entry_id", "grant_id", b"grant_id", "kind", b"kind", "reservation_id", b"reservation_id", "revocation_id", b"revocation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "balance_after", b"balance_after", "created_at", b"created_at", "entry_id", b"entry_id", "grant_id", b"grant_id", "kind", b"kind", "reservation_id", b"reservation_id", "revocation_id", b"revocation_id", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1374,6 +1398,171 @@ class UpdateAccountSettingsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateAccountSettingsResponse: _TypeAlias = UpdateAccountSettingsResponse  # noqa: Y015
+
+@_typing.final
+class TransferRequest(_message.Message):
+    """TransferRequest moves available credits from one account to another."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    TO_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    from_account_id: _builtins.str
+    """The account the credits leave: 1-128 characters of [A-Za-z0-9._:@-]. Must not be
+    frozen.
+    """
+    to_account_id: _builtins.str
+    """The account they arrive on, same format, different from from_account_id; it is
+    created if it has never had credits. A frozen account may receive.
+    """
+    amount: _builtins.int
+    """How many credit units to move: greater than 0 and at most the configured maximum;
+    all of it must be available on the source (held credits are not).
+    """
+    idempotency_key: _builtins.str
+    """Required, 1-128 printable ASCII characters, scoped to the calling service. A repeat
+    with the same request answers the original transfer; with another request it is
+    ALREADY_EXISTS.
+    """
+    description: _builtins.str
+    """Free text for operators, at most 500 characters; also the description of the grants
+    made on the destination.
+    """
+    def __init__(
+        self,
+        *,
+        from_account_id: _builtins.str = ...,
+        to_account_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "description", b"description", "from_account_id", b"from_account_id", "idempotency_key", b"idempotency_key", "to_account_id", b"to_account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferRequest: _TypeAlias = TransferRequest  # noqa: Y015
+
+@_typing.final
+class TransferResponse(_message.Message):
+    """TransferResponse is the transfer as it was made (on a replay, the original one)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def transfer(self) -> Global___TransferRecord:
+        """The transfer."""
+
+    def __init__(
+        self,
+        *,
+        transfer: Global___TransferRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transfer", b"transfer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transfer", b"transfer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferResponse: _TypeAlias = TransferResponse  # noqa: Y015
+
+@_typing.final
+class TransferRecord(_message.Message):
+    """TransferRecord is one transfer: what left which grant of the source and which grant
+    it became on the destination.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    FROM_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    TO_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    LOTS_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    """The transfer's id (a UUID); the ledger entries it made on both statements carry it."""
+    from_account_id: _builtins.str
+    """The source account."""
+    to_account_id: _builtins.str
+    """The destination account."""
+    amount: _builtins.int
+    """How much moved in all: the sum of the lots' amounts."""
+    description: _builtins.str
+    """As given in the request."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the transfer was made."""
+
+    @_builtins.property
+    def lots(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferLot]:
+        """One lot per source grant taken from, in the source's burn-down order."""
+
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+        from_account_id: _builtins.str = ...,
+        to_account_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        description: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        lots: _abc.Iterable[Global___TransferLot] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "description", b"description", "from_account_id", b"from_account_id", "lots", b"lots", "to_account_id", b"to_account_id", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferRecord: _TypeAlias = TransferRecord  # noqa: Y015
+
+@_typing.final
+class TransferLot(_message.Message):
+    """TransferLot is what one grant of the source gave to a transfer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_GRANT_ID_FIELD_NUMBER: _builtins.int
+    DESTINATION_GRANT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    source_grant_id: _builtins.str
+    """The source grant the credits were taken from."""
+    destination_grant_id: _builtins.str
+    """The TRANSFER grant they became on the destination."""
+    amount: _builtins.int
+    """How many credit units."""
+    priority: _builtins.int
+    """The source grant's burn-down priority, which the destination grant keeps."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """The source grant's expiry, which the destination grant keeps; absent means never."""
+
+    def __init__(
+        self,
+        *,
+        source_grant_id: _builtins.str = ...,
+        destination_grant_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        priority: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "destination_grant_id", b"destination_grant_id", "expires_at", b"expires_at", "priority", b"priority", "source_grant_id", b"source_grant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferLot: _TypeAlias = TransferLot  # noqa: Y015
 
 @_typing.final
 class Reservation(_message.Message):

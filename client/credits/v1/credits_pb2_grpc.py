@@ -100,6 +100,11 @@ class CreditsServiceStub:
                 request_serializer=credits_dot_v1_dot_credits__pb2.UpdateAccountSettingsRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_credits__pb2.UpdateAccountSettingsResponse.FromString,
                 _registered_method=True)
+        self.Transfer = channel.unary_unary(
+                '/credits.v1.CreditsService/Transfer',
+                request_serializer=credits_dot_v1_dot_credits__pb2.TransferRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.TransferResponse.FromString,
+                _registered_method=True)
 
 
 class CreditsServiceServicer:
@@ -203,6 +208,15 @@ class CreditsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Transfer(self, request, context):
+        """Transfer moves available credits from one account to another in one transaction: taken
+        from the source in burn-down order, they arrive as TRANSFER grants that keep each taken
+        lot's expiry and priority. All or nothing; idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -270,6 +284,11 @@ def add_CreditsServiceServicer_to_server(servicer, server):
                     servicer.UpdateAccountSettings,
                     request_deserializer=credits_dot_v1_dot_credits__pb2.UpdateAccountSettingsRequest.FromString,
                     response_serializer=credits_dot_v1_dot_credits__pb2.UpdateAccountSettingsResponse.SerializeToString,
+            ),
+            'Transfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.Transfer,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.TransferRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.TransferResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -624,6 +643,33 @@ class CreditsService:
             '/credits.v1.CreditsService/UpdateAccountSettings',
             credits_dot_v1_dot_credits__pb2.UpdateAccountSettingsRequest.SerializeToString,
             credits_dot_v1_dot_credits__pb2.UpdateAccountSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Transfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/Transfer',
+            credits_dot_v1_dot_credits__pb2.TransferRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.TransferResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,6 +76,11 @@ class CreditsServiceStub:
     """UpdateAccountSettings changes the settings its update_mask names, and only those; each
     change that changes something is audited with its caller, time and reason.
     """
+    Transfer: _grpc.UnaryUnaryMultiCallable[_credits_pb2.TransferRequest, _credits_pb2.TransferResponse]
+    """Transfer moves available credits from one account to another in one transaction: taken
+    from the source in burn-down order, they arrive as TRANSFER grants that keep each taken
+    lot's expiry and priority. All or nothing; idempotent.
+    """
 
 @_typing.type_check_only
 class CreditsServiceAsyncStub(CreditsServiceStub):
@@ -118,6 +123,11 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     UpdateAccountSettings: _aio.UnaryUnaryMultiCallable[_credits_pb2.UpdateAccountSettingsRequest, _credits_pb2.UpdateAccountSettingsResponse]  # type: ignore[assignment]
     """UpdateAccountSettings changes the settings its update_mask names, and only those; each
     change that changes something is audited with its caller, time and reason.
+    """
+    Transfer: _aio.UnaryUnaryMultiCallable[_credits_pb2.TransferRequest, _credits_pb2.TransferResponse]  # type: ignore[assignment]
+    """Transfer moves available credits from one account to another in one transaction: taken
+    from the source in burn-down order, they arrive as TRANSFER grants that keep each taken
+    lot's expiry and priority. All or nothing; idempotent.
     """
 
 class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -236,6 +246,17 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_credits_pb2.UpdateAccountSettingsResponse, _abc.Awaitable[_credits_pb2.UpdateAccountSettingsResponse]]:
         """UpdateAccountSettings changes the settings its update_mask names, and only those; each
         change that changes something is audited with its caller, time and reason.
+        """
+
+    @_abc_1.abstractmethod
+    def Transfer(
+        self,
+        request: _credits_pb2.TransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.TransferResponse, _abc.Awaitable[_credits_pb2.TransferResponse]]:
+        """Transfer moves available credits from one account to another in one transaction: taken
+        from the source in burn-down order, they arrive as TRANSFER grants that keep each taken
+        lot's expiry and priority. All or nothing; idempotent.
         """
 
 def add_CreditsServiceServicer_to_server(servicer: CreditsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
