@@ -61,6 +61,11 @@ class Reservation:
     expires_at: datetime.datetime
     returned_amount: int
     release_reason: str  # what Release gave, as given; empty unless released by Release
+    # A reservation priced by quantity: the price version, its unit price and the
+    # quantity (amount = unit_price * quantity); all None when the caller gave the amount.
+    price_version: int | None = None
+    unit_price: int | None = None
+    quantity: int | None = None
 
 
 @dataclass(frozen=True)
@@ -189,3 +194,27 @@ class Account:
     settings_version: int = 0
     settings_updated_at: datetime.datetime | None = None
     settings_updated_by: str | None = None
+
+
+@dataclass(frozen=True)
+class Price:
+    """One version of a job type's price; a retired one has no unit price."""
+
+    job_type: str
+    version: int
+    unit_price: int | None
+    unit: str
+    effective_at: datetime.datetime
+    set_at: datetime.datetime
+    set_by: str
+    reason: str
+
+    @property
+    def retired(self) -> bool:
+        return self.unit_price is None
+
+
+@dataclass(frozen=True)
+class PricePage:
+    prices: tuple[Price, ...]
+    next_page_token: str
