@@ -129,6 +129,19 @@ class AccountFrozen(CreditsError):
     REASON = "ACCOUNT_FROZEN"
 
 
+class PriceNotFound(CreditsError):
+    """A Reserve by quantity for a job type with no price in effect (unknown, not yet in
+    effect, or retired); nothing changed."""
+
+    REASON = "PRICE_NOT_FOUND"
+
+
+class ReservationNotPriced(CreditsError):
+    """A Confirm by quantity of a reservation reserved by amount; nothing changed."""
+
+    REASON = "RESERVATION_NOT_PRICED"
+
+
 class ReservationNotFound(CreditsError):
     REASON = "RESERVATION_NOT_FOUND"
 
@@ -205,6 +218,8 @@ BY_REASON: Mapping[str, type[CreditsError]] = {
         CaptureExceedsReservation,
         AccountCreditsLimit,
         AccountFrozen,
+        PriceNotFound,
+        ReservationNotPriced,
         ReservationNotFound,
         GrantNotFound,
         IdempotencyKeyReused,

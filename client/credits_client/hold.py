@@ -96,6 +96,7 @@ class Hold:
         # answer that says what time the service had.
         self._service_clock: tuple[datetime.datetime, float] | None = None
         self._captured: int | None = None
+        self._captured_quantity: int | None = None
         # The reservation as it ended: confirmed or released on exit, or, when entry
         # was refused with JobAlreadySettled, the settled one the Reserve answered.
         # None until then, and after a Release that failed.
@@ -125,7 +126,17 @@ class Hold:
         everything; the rest goes back. The last call counts."""
         if not 0 <= amount <= self.reservation.amount:
             raise ValueError(f"capture must be between 0 and {self.reservation.amount}")
-        self._captured = amount
+        self._captured, self._captured_quantity = amount, None
+
+    def capture_quantity(self, quantity: int) -> None:
+        """For a priced hold: confirm `quantity` units (at most the reserved quantity) at
+        the unit price the reservation was priced at, on a normal exit, instead of
+        everything; 0 releases. The last call of this or `capture` counts."""
+        if not self.reservation.quantity:
+            raise ValueError("capture_quantity needs a hold priced by quantity")
+        if not 0 <= quantity <= self.reservation.quantity:
+            raise ValueError(f"quantity must be between 0 and {self.reservation.quantity}")
+        self._captured, self._captured_quantity = None, quantity
 
     async def __aenter__(self) -> Self:
         reservation = await self._reserve()
@@ -163,7 +174,7 @@ class Hold:
 
     async def _settle(self) -> None:
         reservation = self.reservation
-        if self._captured == 0:
+        if self._captured == 0 or self._captured_quantity == 0:
             self.settled = await self._client.release(
                 reservation.account_id,
                 reservation.reservation_id,
@@ -175,6 +186,7 @@ class Hold:
             reservation.account_id,
             reservation.reservation_id,
             self._captured,
+            quantity=self._captured_quantity,
             timeout_seconds=self._timeout_seconds,
         )
 

@@ -90,6 +90,12 @@ class Reservation:
     # The reason given to Release, as given (any character but NUL: escape it before
     # showing it on a terminal); empty unless released by Release.
     release_reason: str
+    # A reservation priced by quantity: the price version it was priced at, that
+    # version's unit price and the quantity (amount = unit_price * quantity); all 0 when
+    # the caller gave the amount.
+    price_version: int
+    unit_price: int
+    quantity: int
 
     @classmethod
     def from_message(cls, message: pb.Reservation) -> "Reservation":
@@ -106,6 +112,9 @@ class Reservation:
             expires_at=_time(message.expires_at),
             returned_amount=message.returned_amount,
             release_reason=message.release_reason,
+            price_version=message.price_version,
+            unit_price=message.unit_price,
+            quantity=message.quantity,
         )
 
 
@@ -317,4 +326,33 @@ class Account:
                 else None
             ),
             settings_updated_by=message.settings_updated_by,
+        )
+
+
+@dataclass(frozen=True)
+class Price:
+    """One version of a job type's price."""
+
+    job_type: str
+    version: int  # unique across job types, increasing in the order versions were set
+    unit_price: int  # credit units per unit; 0 when the version retires the job type
+    unit: str  # what one unit is, for people; empty when retired
+    retired: bool
+    effective_at: datetime.datetime
+    set_at: datetime.datetime
+    set_by: str  # the caller that set it
+    reason: str
+
+    @classmethod
+    def from_message(cls, message: pb.Price) -> "Price":
+        return cls(
+            job_type=message.job_type,
+            version=message.version,
+            unit_price=message.unit_price,
+            unit=message.unit,
+            retired=message.retired,
+            effective_at=_time(message.effective_at),
+            set_at=_time(message.set_at),
+            set_by=message.set_by,
+            reason=message.reason,
         )
