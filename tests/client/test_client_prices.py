@@ -107,7 +107,8 @@ async def test_the_price_failures_raise_their_classes(
     with pytest.raises(InvalidRequest):
         await ops_client.set_price(new_id("story"), 0, unit="story")
     retired = await ops_client.set_price(new_id("story"), retire=True)
-    assert retired.retired and retired.unit_price == 0
+    assert retired.retired
+    assert retired.unit_price == 0
 
 
 async def test_amount_or_quantity_is_checked_before_sending(

@@ -243,7 +243,8 @@ async def test_a_retired_job_type_is_not_priced(ops: Stub, backend: Stub) -> Non
     account = await funded_account(ops, 1000)
     held = await _reserve(backend, _priced(account, job_type, 2, new_id("key")))
     retired = await _set_price(ops, job_type, retire=True, reason="discontinued")
-    assert retired.retired and retired.unit_price == 0
+    assert retired.retired
+    assert retired.unit_price == 0
     assert job_type not in await _all_prices(backend)
     code, reason, _ = await _refusal(
         backend.Reserve(_priced(account, job_type, 1, new_id("key")), timeout=T)
