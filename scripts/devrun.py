@@ -3,9 +3,10 @@ command.
 
 Creates what is missing under `.dev/` (PKI, the gateway's Stripe signing secret, the
 callers file, the package table, the price list `prices.toml`), starts the embedded
-PostgreSQL (or uses `CREDITS_DATABASE_URL`), migrates it, sets the prices of
-`.dev/prices.toml` that are not in effect (`python -m service.admin prices load`: a start
-after the first changes nothing, an edited file sets what changed), starts a Redis of its
+PostgreSQL (or uses `CREDITS_DATABASE_URL`), migrates it, seeds the job types of
+`.dev/prices.toml` that have never had a price (a start after the first changes nothing,
+and a price set with SetPrice stays; `python -m service.admin prices load` sets a file's
+prices that differ), starts a Redis of its
 own for the rate limits (or uses `CREDITS_REDIS_URL`), and runs the service and the
 gateway in the foreground until Ctrl-C, SIGTERM or SIGHUP, which stop them all.
 `CREDITS_…` variables from the environment pass through; the gateway calls the service at
@@ -236,7 +237,8 @@ def run(dev_dir: Path) -> int:
     url, embedded = open_database(dev_dir)
     try:
         entries = admin.read_prices_file(dev_prices_file(dev_dir))
-        for price in asyncio.run(admin.load_prices(url, entries)):
+        # A seed: a price someone set since (SetPrice) is kept.
+        for price in asyncio.run(admin.load_prices(url, entries, only_unpriced=True)):
             print(
                 f"price set: {price.job_type} {price.unit_price} per {price.unit}", file=sys.stderr
             )

@@ -284,10 +284,14 @@ async def _prices_at(store: PostgresStore, at: datetime.datetime) -> Mapping[str
         after = page[-1].version
 
 
-async def load_prices(url: str, entries: list[PriceEntry]) -> list[Price]:
+async def load_prices(
+    url: str, entries: list[PriceEntry], *, only_unpriced: bool = False
+) -> list[Price]:
     """Sets each entry whose price differs from the one in effect at its effective_at
     (now when it has none), through the ledger's rules, as `admin`; the versions set.
-    Entries already in effect are skipped, so loading a file again changes nothing."""
+    Entries already in effect are skipped, so loading a file again changes nothing.
+    `only_unpriced` (a seed) skips every job type that has ever had a price: what
+    someone set since is kept."""
     engine = create_async_engine(sqlalchemy_url(url))
     try:
         # Versions are stamped by PostgreSQL's clock, as the service's instances stamp theirs.
@@ -308,6 +312,10 @@ async def load_prices(url: str, entries: list[PriceEntry]) -> list[Price]:
         for entry in entries:
             in_effect = await _prices_at(store, entry.effective_at or now)
             if _same(in_effect.get(entry.job_type), entry):
+                continue
+            if only_unpriced and await store.price_history(
+                entry.job_type, 1, None, deadline=NO_DEADLINE
+            ):
                 continue
             command = SetPriceCommand(
                 caller=PRICES_SET_BY,
