@@ -171,3 +171,4 @@ async def test_the_admin_commands(database_dir: Path) -> None:
     assert "available 0, reserved 0" in output
     assert "discrepancies" in output
     assert "the development database is at the newest revision" in output
+    assert "prices in effect" in output
