@@ -39,6 +39,8 @@ SIGNUP_BONUS_EXISTS = Refused("ALREADY_EXISTS", "SIGNUP_BONUS_EXISTS")
 EXTERNAL_REF_EXISTS = Refused("ALREADY_EXISTS", "EXTERNAL_REF_EXISTS")
 EXPIRY_PASSED = Refused("INVALID_ARGUMENT", "INVALID_REQUEST")
 LIFETIME_EXCEEDED = Refused("FAILED_PRECONDITION", "RESERVATION_LIFETIME_EXCEEDED")
+PRICE_NOT_FOUND = Refused("FAILED_PRECONDITION", "PRICE_NOT_FOUND")
+NOT_PRICED = Refused("FAILED_PRECONDITION", "RESERVATION_NOT_PRICED")
 
 
 @dataclass
@@ -84,6 +86,15 @@ class Reservation:
     status: int = RESERVED
     confirmed: int = 0
     returned: int = 0
+    # Priced by quantity: (price version, unit price, quantity).
+    priced: tuple[int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class PriceVersion:
+    version: int
+    unit_price: int | None  # None: retired
+    effective_at: datetime.datetime
 
 
 @dataclass(frozen=True)
@@ -112,6 +123,8 @@ class State:
     keys: dict[str, tuple[str, object, str]] = field(default_factory=dict)
     # revocation id → its amounts (revoked, unrecovered, restored, cancelled)
     revocations: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+    # job type → its price versions, in the order they were set
+    prices: dict[str, list[PriceVersion]] = field(default_factory=dict)
 
 
 class Model:
@@ -219,6 +232,16 @@ class Model:
 
         return self._run(run)
 
+    def set_price(self, job_type: str, version: PriceVersion) -> None:
+        """A version the server set (its number and effective_at are the server's)."""
+        self.state.prices.setdefault(job_type, []).append(version)
+
+    def price_at(self, s: State, job_type: str, at: datetime.datetime) -> PriceVersion | None:
+        """The version in effect: the latest effective_at not after `at`, the later set
+        of two with the same."""
+        in_effect = [v for v in s.prices.get(job_type, []) if v.effective_at <= at]
+        return max(in_effect, key=lambda v: (v.effective_at, v.version), default=None)
+
     def reserve(
         self,
         account: str,
@@ -229,13 +252,23 @@ class Model:
         *,
         now: datetime.datetime,
         new_id: str,
+        job_type: str = "",
+        quantity: int | None = None,
     ) -> Reservation:
         def run(s: State) -> Reservation:
+            nonlocal amount
             if account in s.accounts:
                 self._settle(s, account, now)
             replayed = self._replayed(s, key, "reserve", request)
             if replayed is not None:
                 return s.reservations[replayed]
+            priced = None
+            if quantity is not None:
+                price = self.price_at(s, job_type, now)
+                if price is None or price.unit_price is None:
+                    raise PRICE_NOT_FOUND
+                amount = price.unit_price * quantity
+                priced = (price.version, price.unit_price, quantity)
             spendable = sorted(
                 (g for g in s.grants.values() if g.account == account and g.remaining > 0),
                 key=Grant.burn_key,
@@ -251,7 +284,7 @@ class Model:
                 raise INSUFFICIENT
             for a in allocations:
                 s.grants[a.grant_id].remaining -= a.amount
-            r = Reservation(new_id, account, amount, now, now + ttl, allocations)
+            r = Reservation(new_id, account, amount, now, now + ttl, allocations, priced=priced)
             s.reservations[new_id] = r
             s.keys[key] = ("reserve", request, new_id)
             return r
@@ -270,10 +303,23 @@ class Model:
         return r
 
     def confirm(
-        self, account: str, reservation_id: str, amount: int | None, now: datetime.datetime
+        self,
+        account: str,
+        reservation_id: str,
+        amount: int | None,
+        now: datetime.datetime,
+        quantity: int | None = None,
     ) -> Reservation:
         def run(s: State) -> Reservation:
+            nonlocal amount
             r = self._locked_reservation(s, account, reservation_id, now)
+            if quantity is not None:
+                # At the reservation's stored unit price, whatever the price is now.
+                if r.priced is None:
+                    raise NOT_PRICED
+                if quantity > r.priced[2]:
+                    raise CAPTURE_EXCEEDS
+                amount = r.priced[1] * quantity
             if r.status == CONFIRMED and amount in (None, r.confirmed):
                 return r
             if r.status != RESERVED:
