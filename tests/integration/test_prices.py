@@ -342,3 +342,23 @@ async def test_price_versions_are_append_only(ops: Stub, admin_engine: AsyncEngi
         async with admin_engine.connect() as conn:
             with pytest.raises(DBAPIError, match="append-only"):
                 await conn.execute(text(statement), {"j": job_type})
+
+
+async def test_setting_a_price_takes_no_account_lock(
+    ops: Stub, backend: Stub, admin_engine: AsyncEngine
+) -> None:
+    # An account's row held locked, as a long transaction of that account would: the
+    # global price list is set and read all the same.
+    account = await funded_account(ops, 100)
+    job_type = new_id("story")
+    async with admin_engine.connect() as conn:
+        await conn.execution_options(isolation_level="READ COMMITTED")
+        async with conn.begin():
+            await conn.execute(
+                text("SELECT 1 FROM accounts WHERE account_id = :a FOR UPDATE"), {"a": account}
+            )
+            price = await _set_price(ops, job_type, 25, "story")
+            assert (await _all_prices(backend))[job_type] == price
+            other = await funded_account(ops, 100)
+            held = await _reserve(backend, _priced(other, job_type, 2, new_id("key")))
+            assert held.amount == 50
