@@ -72,7 +72,9 @@ def _create_price_tables() -> None:
         ),
         sa.CheckConstraint("effective_at >= set_at", name=op.f("ck_prices_not_backdated")),
         sa.PrimaryKeyConstraint("version", name=op.f("pk_prices")),
-        sa.UniqueConstraint("job_type", "version", name=op.f("uq_prices_job_type_version")),
+        sa.UniqueConstraint(
+            "job_type", "version", "unit_price", name=op.f("uq_prices_job_type_version_unit_price")
+        ),
     )
     op.create_index(
         "ix_prices_in_effect", "prices", ["job_type", "effective_at", "version"], unique=False
@@ -90,8 +92,8 @@ def _create_price_tables() -> None:
         op.f("fk_reservations_job_type_prices"),
         "reservations",
         "prices",
-        ["job_type", "price_version"],
-        ["job_type", "version"],
+        ["job_type", "price_version", "unit_price"],
+        ["job_type", "version", "unit_price"],
     )
     # Like the ledger: the service's role may add versions and read them, no more.
     op.execute("GRANT SELECT, INSERT ON prices TO credits_service")

@@ -98,7 +98,9 @@ prices = Table(
     CheckConstraint("(unit_price IS NULL) = (unit = '')", name="unit_named_when_priced"),
     # A version never reaches back: what was charged before it stays as it was.
     CheckConstraint("effective_at >= set_at", name="not_backdated"),
-    UniqueConstraint("job_type", "version"),
+    # What a priced reservation's foreign key names: its job type, version and unit price
+    # are one version's.
+    UniqueConstraint("job_type", "version", "unit_price"),
     Index("ix_prices_in_effect", "job_type", "effective_at", "version"),
 )
 
@@ -177,8 +179,11 @@ reservations = Table(
         " AND amount::numeric = unit_price::numeric * quantity)",
         name="priced_consistent",
     ),
-    # The version of the reservation's own job type.
-    ForeignKeyConstraint(["job_type", "price_version"], ["prices.job_type", "prices.version"]),
+    # A version of the reservation's own job type, at that version's unit price.
+    ForeignKeyConstraint(
+        ["job_type", "price_version", "unit_price"],
+        ["prices.job_type", "prices.version", "prices.unit_price"],
+    ),
     CheckConstraint(
         "confirmed_amount >= 0 AND returned_amount >= 0"
         " AND confirmed_amount + returned_amount <= amount",

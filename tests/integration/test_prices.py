@@ -362,3 +362,22 @@ async def test_setting_a_price_takes_no_account_lock(
             other = await funded_account(ops, 100)
             held = await _reserve(backend, _priced(other, job_type, 2, new_id("key")))
             assert held.amount == 50
+
+
+async def test_the_database_refuses_a_reservation_at_another_price_than_its_version(
+    ops: Stub, backend: Stub, admin_engine: AsyncEngine
+) -> None:
+    job_type = new_id("book_page")
+    await _set_price(ops, job_type, 12, "page")
+    account = await funded_account(ops, 1000)
+    held = await _reserve(backend, _priced(account, job_type, 3, new_id("key")))
+    for changes, constraint in (
+        ("unit_price = 13, amount = 39", "fk_reservations_job_type_prices"),
+        ("amount = 37", "ck_reservations_priced_consistent"),
+    ):
+        async with admin_engine.connect() as conn:
+            with pytest.raises(DBAPIError, match=constraint):
+                await conn.execute(
+                    text(f"UPDATE reservations SET {changes} WHERE reservation_id = :r"),  # noqa: S608
+                    {"r": held.reservation_id},
+                )
