@@ -186,6 +186,11 @@ async def show_account(url: str, account_id: str) -> int:
             f"  {r.reservation_id} {ReservationStatus(r.status).name.lower():<9} amount {r.amount}"
             f" confirmed {r.confirmed_amount} {r.job_type or '-'}/{r.job_id or '-'}"
             f" created {r.created_at} expires {r.expires_at}"
+            + (
+                f" priced {r.quantity} x {r.unit_price} (version {r.price_version})"
+                if r.price_version is not None
+                else ""
+            )
             + (f" reason {r.release_reason}" if r.release_reason else "")
         )
     return 0

@@ -14,7 +14,7 @@ from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from scripts.devrun import DEV_PRICES_TOML
 from service import admin
 from tests.support import CALL_TIMEOUT_SECONDS as T
-from tests.support import new_id
+from tests.support import funded_account, new_id
 
 
 async def _admin(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -107,3 +107,19 @@ def test_the_development_price_list_is_the_issues(tmp_path: Path) -> None:
         "image": (500, "image"),
         "tokens_1k": (3, "1k tokens"),
     }
+
+
+async def test_the_account_view_shows_a_reservations_price(ops: Stub, database_url: str) -> None:
+    job_type = new_id("book_page")
+    price: pb.SetPriceResponse = await ops.SetPrice(
+        pb.SetPriceRequest(job_type=job_type, unit_price=12, unit="page"), timeout=T
+    )
+    account = await funded_account(ops, 100)
+    await ops.Reserve(
+        pb.ReserveRequest(
+            account_id=account, job_type=job_type, quantity=3, idempotency_key=new_id("key")
+        ),
+        timeout=T,
+    )
+    shown = await _admin(database_url, "account", account)
+    assert f"priced 3 x 12 (version {price.price.version})" in shown.stdout
