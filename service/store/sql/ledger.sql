@@ -205,7 +205,9 @@ $$;
 -- Holds p_amount, or, when p_quantity is given, p_quantity units of p_job_type at the
 -- price in effect at p_now (at most p_amount_max), recording the version it used. The
 -- price is read once, after the replay check: a replay answers the original whatever the
--- price is now. Prices are global and append-only: reading one takes no lock.
+-- price is now. Prices are global and append-only: reading one takes no lock, and the
+-- reservation's foreign key share-locks the version's row, which nothing ever updates
+-- (SetPrice only inserts), so it waits for nobody.
 CREATE OR REPLACE FUNCTION credits_reserve(
   p_caller text, p_key text, p_hash bytea, p_account text, p_amount bigint, p_ttl interval,
   p_job_id text, p_job_type text, p_description text, p_metadata jsonb, p_now timestamptz,
