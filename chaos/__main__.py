@@ -82,6 +82,7 @@ async def exercise(args: argparse.Namespace, cluster: Cluster, report: Report, s
         log_path=cluster.dir / "acks.jsonl",
         seed=seed,
     )
+    await workload.set_price(stubs["ops"][0])
     faults = Faults(cluster, report, random.Random(f"{seed}-faults"), args.fault_interval)
     fuzzer = Fuzzer(cluster, report, seed)
     stop_faults = asyncio.Event()

@@ -1,10 +1,10 @@
-"""Concurrent clients doing random Reserve, Confirm (some above the hold, into the
-overdraft of the accounts that have one), Release, ExtendReservation, Grant, Revoke,
-Transfer and GetBalance on a few shared accounts (so that they contend), through both
-instances. Some calls get deadlines that cut them short; every call is retried with the
-same request (the same idempotency key) until it is acknowledged or definitively
-refused, and every acknowledgement goes into the log that chaos/checks.py holds against
-the database afterwards."""
+"""Concurrent clients doing random Reserve (some priced by quantity), Confirm (some by
+quantity, some above the hold, into the overdraft of the accounts that have one),
+Release, ExtendReservation, Grant, Revoke, Transfer and GetBalance on a few shared
+accounts (so that they contend), through both instances. Some calls get deadlines that
+cut them short; every call is retried with the same request (the same idempotency key)
+until it is acknowledged or definitively refused, and every acknowledgement goes into the
+log that chaos/checks.py holds against the database afterwards."""
 
 import asyncio
 import datetime
@@ -50,6 +50,11 @@ SPEND_WINDOW_HOURS = 1
 OVERRUN_SHARE = 0.2
 OVERRUN_EXTRA_MAX = 200
 TRANSFER_AMOUNT_MAX = 300
+# A share of the Reserves is priced by quantity, of a job type priced once at the start
+# of the run (Workload.set_price): each must hold quantity * PRICED_UNIT_PRICE.
+PRICED_SHARE = 0.25
+PRICED_UNIT_PRICE = 7
+PRICED_QUANTITY_MAX = RESERVE_AMOUNT_MAX // PRICED_UNIT_PRICE
 # Answers that settle a call: anything else is retried (UNAVAILABLE, DEADLINE_EXCEEDED,
 # RESOURCE_EXHAUSTED) or is unexpected (INTERNAL, UNKNOWN, …).
 DEFINITIVE = {
@@ -153,6 +158,17 @@ class Workload:
         self.grants: dict[str, list[pb.Grant]] = {a: [] for a in accounts}
         self.keyed: list[tuple[str, Any, Any]] = []  # (method, request, response) acked ok
         self.sequence = 0
+        # The run's own job type, priced once by set_price.
+        self.job_type = f"{run_id}-page"
+        # reservation id -> the quantity it was priced for
+        self.priced: dict[str, int] = {}
+
+    async def set_price(self, ops: CreditsServiceStub) -> None:
+        """Prices the run's job type before the clients start; never changed after."""
+        request = pb.SetPriceRequest(
+            job_type=self.job_type, unit_price=PRICED_UNIT_PRICE, unit="page", reason="chaos"
+        )
+        await ops.SetPrice(request, timeout=CALL_TIMEOUT_SECONDS)
 
     def record(self, ack: Ack) -> None:
         self.acks.append(ack)
@@ -253,17 +269,26 @@ class Workload:
         key = self.next_key("reserve")
         request = pb.ReserveRequest(
             account_id=account,
-            amount=rng.randint(1, RESERVE_AMOUNT_MAX),
             idempotency_key=key,
             ttl=duration_pb2.Duration(seconds=rng.randint(1, RESERVATION_TTL_SECONDS_MAX)),
             job_type="chaos",
         )
+        if rng.random() < PRICED_SHARE:
+            request.job_type = self.job_type
+            request.quantity = rng.randint(1, PRICED_QUANTITY_MAX)
+            amount = request.quantity * PRICED_UNIT_PRICE
+        else:
+            request.amount = amount = rng.randint(1, RESERVE_AMOUNT_MAX)
         outcome = await self.call(rng, "backend", "Reserve", request)
         ack = self.settle("Reserve", account, key, outcome)
-        ack.result = {"amount": request.amount}
+        ack.result = {"amount": amount}
         if outcome.response is not None:
             r = outcome.response.reservation
             ack.result["reservation_id"] = r.reservation_id
+            if request.quantity:
+                self.priced[r.reservation_id] = request.quantity
+                if (r.unit_price, r.quantity) != (PRICED_UNIT_PRICE, request.quantity):
+                    self.report.violation(f"reservation {key} not priced as asked")
             open_reservations.append((account, r.reservation_id, r.amount))
             self.keyed.append(("Reserve", request, outcome.response))
         self.record(ack)
@@ -275,7 +300,10 @@ class Workload:
         request: Any
         if op == "Confirm":
             request = pb.ConfirmRequest(account_id=account, reservation_id=rid)
-            if rng.random() < OVERRUN_SHARE:
+            quantity = self.priced.get(rid)
+            if quantity is not None and rng.random() < 0.5:
+                request.quantity = rng.randint(1, quantity)
+            elif rng.random() < OVERRUN_SHARE:
                 request.amount = amount + rng.randint(1, OVERRUN_EXTRA_MAX)
                 request.allow_overrun = True
             elif rng.random() < 0.5:
@@ -299,6 +327,10 @@ class Workload:
             ack.result |= {"status": r.status, "confirmed_amount": r.confirmed_amount}
             if op == "Confirm" and request.HasField("amount"):
                 ack.result["asked"] = request.amount
+            if op == "Confirm" and request.HasField("quantity"):
+                ack.result["asked"] = request.quantity * PRICED_UNIT_PRICE
+                if r.confirmed_amount != ack.result["asked"]:
+                    self.report.violation(f"confirm of {rid} by quantity captured another amount")
         self.record(ack)
 
     async def grant(self, rng: random.Random, account: str) -> None:

@@ -22,8 +22,9 @@ DEV_RPCS: Mapping[str, tuple[str, ...]] = {
         "GetReservation",
         "ExtendReservation",
         "GetAccount",
+        "ListPrices",
     ),
-    "gateway": ("Grant", "Revoke", "GetBalance"),
+    "gateway": ("Grant", "Revoke", "GetBalance", "ListPrices"),
     "ops": ("*",),
 }
 # Far above what two cores can serve, so that benchmarks are never throttled by accident.

@@ -2,11 +2,15 @@
 command.
 
 Creates what is missing under `.dev/` (PKI, the gateway's Stripe signing secret, the
-callers file, the package table), starts the embedded PostgreSQL (or uses
-`CREDITS_DATABASE_URL`), migrates it, starts a Redis of its own for the rate limits (or
-uses `CREDITS_REDIS_URL`), and runs the service and the gateway in the foreground until
-Ctrl-C, SIGTERM or SIGHUP, which stop them all. `CREDITS_…` variables from the
-environment pass through; the gateway calls the service at `CREDITS_GRPC_ADDR`.
+callers file, the package table, the price list `prices.toml`), starts the embedded
+PostgreSQL (or uses `CREDITS_DATABASE_URL`), migrates it, seeds the job types of
+`.dev/prices.toml` that have never had a price (a start after the first changes nothing,
+and a price set with SetPrice stays; `python -m service.admin prices load` sets a file's
+prices that differ), starts a Redis of its
+own for the rate limits (or uses `CREDITS_REDIS_URL`), and runs the service and the
+gateway in the foreground until Ctrl-C, SIGTERM or SIGHUP, which stop them all.
+`CREDITS_…` variables from the environment pass through; the gateway calls the service at
+`CREDITS_GRPC_ADDR`.
 
 The service runs one process per core, and processes count rate limits exactly only
 together, in one Redis (service.settings refuses several without one). Without
@@ -21,6 +25,7 @@ die with the runner.
 """
 
 import argparse
+import asyncio
 import ctypes
 import os
 import secrets
@@ -61,6 +66,33 @@ REDIS_CONFIG = 'bind 127.0.0.1\nport {port}\nrequirepass {password}\nsave ""\nap
 ANY_HOSTS = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}  # noqa: S104
 
 
+# The development price list: what the README's tour reserves by quantity.
+DEV_PRICES_TOML = """\
+# Development prices, written by scripts/devrun.py; `make run` sets what is not in effect.
+reason = "development price list"
+
+[prices.story]
+unit_price = 25
+unit = "story"
+
+[prices.book_page]
+unit_price = 12
+unit = "page"
+
+[prices.image]
+unit_price = 500
+unit = "image"
+
+[prices.tokens_1k]
+unit_price = 3
+unit = "1k tokens"
+"""
+
+
+def dev_prices_file(dev_dir: Path) -> Path:
+    return dev_dir / "prices.toml"
+
+
 def ensure_dev_files(dev_dir: Path) -> None:
     ensure_dev_pki(dev_dir / "pki")
     ensure_dev_callers(dev_dir / "callers.toml")
@@ -71,6 +103,9 @@ def ensure_dev_files(dev_dir: Path) -> None:
     packages = dev_dir / "credit-packages.toml"
     if not packages.exists():
         write_development_table(packages)
+    prices = dev_prices_file(dev_dir)
+    if not prices.exists():
+        prices.write_text(DEV_PRICES_TOML)
 
 
 def open_database(dev_dir: Path) -> tuple[str, database.Embedded | None]:
@@ -201,6 +236,12 @@ def run(dev_dir: Path) -> int:
     stop = StopRequest()
     url, embedded = open_database(dev_dir)
     try:
+        entries = admin.read_prices_file(dev_prices_file(dev_dir))
+        # A seed: a price someone set since (SetPrice) is kept.
+        for price in asyncio.run(admin.load_prices(url, entries, only_unpriced=True)):
+            print(
+                f"price set: {price.job_type} {price.unit_price} per {price.unit}", file=sys.stderr
+            )
         return serve(url, stop, pid_file(dev_dir))
     finally:
         if embedded is not None:

@@ -30,6 +30,7 @@ from credits_client.results import (
     GrantLot,
     GrantSource,
     LedgerEntry,
+    Price,
     Reservation,
     ReservationDetails,
     Reserved,
@@ -208,8 +209,9 @@ class CreditsClient:
     async def reserve(
         self,
         account_id: str,
-        amount: int,
+        amount: int | None = None,
         *,
+        quantity: int | None = None,
         idempotency_key: str | None = None,
         ttl: datetime.timedelta | None = None,
         job_id: str = "",
@@ -218,12 +220,17 @@ class CreditsClient:
         metadata: Mapping[str, str] | None = None,
         timeout_seconds: float | None = None,
     ) -> Reserved:
-        """Holds `amount` credits for a job (all or nothing); `ttl` (1 s to 24 h, the
-        service's default 15 min when None) until it expires unless confirmed."""
+        """Holds `amount` credits for a job (all or nothing), or, instead of an amount,
+        `quantity` units of `job_type` at the price in effect (the reservation records
+        the price version); `ttl` (1 s to 24 h, the service's default 15 min when None)
+        until it expires unless confirmed."""
+        if (amount is None) == (quantity is None):
+            raise ValueError("give exactly one of amount and quantity")
         key = idempotency_key or new_idempotency_key()
         request = pb.ReserveRequest(
             account_id=account_id,
-            amount=amount,
+            amount=amount or 0,
+            quantity=quantity or 0,
             idempotency_key=key,
             job_id=job_id,
             job_type=job_type,
@@ -243,18 +250,25 @@ class CreditsClient:
         amount: int | None = None,
         *,
         allow_overrun: bool = False,
+        quantity: int | None = None,
         timeout_seconds: float | None = None,
     ) -> Reservation:
-        """Captures `amount` of the reservation (all when None); the rest goes back.
-        With `allow_overrun`, `amount` may exceed the reservation: the extra comes from
-        the available credits, then as debt up to the account's overdraft limit
-        (InsufficientCredits beyond it, SpendLimitExceeded or AccountFrozen before it;
-        then nothing changed and the reservation is still active)."""
+        """Captures `amount` of the reservation (all when both are None), or, for a
+        priced reservation, `quantity` units at the unit price it was reserved at; the
+        rest goes back. With `allow_overrun`, the amount (or quantity) may exceed the
+        reservation: the extra comes from the available credits, then as debt up to the
+        account's overdraft limit (InsufficientCredits beyond it, SpendLimitExceeded or
+        AccountFrozen before it; then nothing changed and the reservation is still
+        active)."""
+        if amount is not None and quantity is not None:
+            raise ValueError("give at most one of amount and quantity")
         request = pb.ConfirmRequest(
             account_id=account_id, reservation_id=reservation_id, allow_overrun=allow_overrun
         )
         if amount is not None:
             request.amount = amount
+        if quantity is not None:
+            request.quantity = quantity
         response = await self._call("Confirm", request, timeout_seconds)
         return Reservation.from_message(response.reservation)
 
@@ -496,11 +510,57 @@ class CreditsClient:
         response = await self._call("UpdateAccountSettings", request, timeout_seconds)
         return Account.from_message(response.account)
 
+    async def set_price(
+        self,
+        job_type: str,
+        unit_price: int = 0,
+        *,
+        unit: str = "",
+        effective_at: datetime.datetime | None = None,
+        reason: str = "",
+        retire: bool = False,
+        timeout_seconds: float | None = None,
+    ) -> Price:
+        """Appends a version of `job_type`'s price: `unit_price` credit units per `unit`,
+        in effect from `effective_at` (timezone-aware, not in the past; None: now), or,
+        with `retire`, no price from then on. Each call appends a version."""
+        request = pb.SetPriceRequest(
+            job_type=job_type, unit_price=unit_price, unit=unit, reason=reason, retire=retire
+        )
+        if effective_at is not None:
+            request.effective_at.FromDatetime(_aware(effective_at, "effective_at"))
+        response = await self._call("SetPrice", request, timeout_seconds)
+        return Price.from_message(response.price)
+
+    async def list_prices(
+        self,
+        *,
+        at: datetime.datetime | None = None,
+        page_size: int = 0,
+        timeout_seconds: float | None = None,
+    ) -> AsyncIterator[Price]:
+        """The price in effect of every job type at `at` (timezone-aware; None: now), by
+        job type; retired job types are left out."""
+        request = pb.ListPricesRequest(page_size=page_size)
+        if at is not None:
+            request.at.FromDatetime(_aware(at, "at"))
+        async for message in self._pages("ListPrices", request, "prices", timeout_seconds):
+            yield Price.from_message(message)
+
+    async def price_history(
+        self, job_type: str, *, page_size: int = 0, timeout_seconds: float | None = None
+    ) -> AsyncIterator[Price]:
+        """Every version of `job_type`'s price, newest first, future ones included."""
+        request = pb.ListPriceHistoryRequest(job_type=job_type, page_size=page_size)
+        async for message in self._pages("ListPriceHistory", request, "prices", timeout_seconds):
+            yield Price.from_message(message)
+
     def hold(
         self,
         account_id: str,
-        amount: int,
+        amount: int | None = None,
         *,
+        quantity: int | None = None,
         ttl: datetime.timedelta | None = None,
         job_id: str = "",
         job_type: str = "",
@@ -516,11 +576,15 @@ class CreditsClient:
         attempt: the key of an attempt that already ended raises JobAlreadySettled on
         entry, before the body runs. With `keepalive`, the reservation is extended by
         its ttl every third of it while the work runs, up to its lifetime cap. See Hold
-        and docs/client.md."""
+        and docs/client.md. A priced hold gives `job_type` and `quantity` instead of
+        `amount`, and may name its final quantity with `hold.capture_quantity(n)`."""
+        if (amount is None) == (quantity is None):
+            raise ValueError("give exactly one of amount and quantity")
         reserve = functools.partial(
             self.reserve,
             account_id,
             amount,
+            quantity=quantity,
             idempotency_key=idempotency_key,
             ttl=ttl,
             job_id=job_id,

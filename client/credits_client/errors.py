@@ -150,6 +150,19 @@ class SpendLimitExceeded(CreditsError):
         return datetime.datetime.fromisoformat(text) if text else None
 
 
+class PriceNotFound(CreditsError):
+    """A Reserve by quantity for a job type with no price in effect (unknown, not yet in
+    effect, or retired); nothing changed."""
+
+    REASON = "PRICE_NOT_FOUND"
+
+
+class ReservationNotPriced(CreditsError):
+    """A Confirm by quantity of a reservation reserved by amount; nothing changed."""
+
+    REASON = "RESERVATION_NOT_PRICED"
+
+
 class ReservationNotFound(CreditsError):
     REASON = "RESERVATION_NOT_FOUND"
 
@@ -227,6 +240,8 @@ BY_REASON: Mapping[str, type[CreditsError]] = {
         AccountCreditsLimit,
         AccountFrozen,
         SpendLimitExceeded,
+        PriceNotFound,
+        ReservationNotPriced,
         ReservationNotFound,
         GrantNotFound,
         IdempotencyKeyReused,

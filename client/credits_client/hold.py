@@ -97,6 +97,7 @@ class Hold:
         self._service_clock: tuple[datetime.datetime, float] | None = None
         self._captured: int | None = None
         self._allow_overrun = False
+        self._captured_quantity: int | None = None
         # The reservation as it ended: confirmed or released on exit, or, when entry
         # was refused with JobAlreadySettled, the settled one the Reserve answered.
         # None until then, and after a Release that failed.
@@ -130,7 +131,19 @@ class Hold:
         counts."""
         if amount < 0 or (amount > self.reservation.amount and not allow_overrun):
             raise ValueError(f"capture must be between 0 and {self.reservation.amount}")
-        self._captured = amount
+        self._captured, self._captured_quantity = amount, None
+        self._allow_overrun = allow_overrun
+
+    def capture_quantity(self, quantity: int, *, allow_overrun: bool = False) -> None:
+        """For a priced hold: confirm `quantity` units at the unit price the reservation
+        was priced at, on a normal exit, instead of everything; 0 releases. At most the
+        reserved quantity, unless `allow_overrun`: then the extra units are an overrun at
+        the same price. The last call of this or `capture` counts."""
+        if not self.reservation.quantity:
+            raise ValueError("capture_quantity needs a hold priced by quantity")
+        if quantity < 0 or (quantity > self.reservation.quantity and not allow_overrun):
+            raise ValueError(f"quantity must be between 0 and {self.reservation.quantity}")
+        self._captured, self._captured_quantity = None, quantity
         self._allow_overrun = allow_overrun
 
     async def __aenter__(self) -> Self:
@@ -169,7 +182,7 @@ class Hold:
 
     async def _settle(self) -> None:
         reservation = self.reservation
-        if self._captured == 0:
+        if self._captured == 0 or self._captured_quantity == 0:
             self.settled = await self._client.release(
                 reservation.account_id,
                 reservation.reservation_id,
@@ -182,6 +195,7 @@ class Hold:
             reservation.reservation_id,
             self._captured,
             allow_overrun=self._allow_overrun,
+            quantity=self._captured_quantity,
             timeout_seconds=self._timeout_seconds,
         )
 

@@ -97,6 +97,12 @@ class Reservation:
     release_reason: str
     # What Confirm(allow_overrun=True) captured beyond `amount`; part of confirmed_amount.
     overrun_amount: int
+    # A reservation priced by quantity: the price version it was priced at, that
+    # version's unit price and the quantity (amount = unit_price * quantity); all 0 when
+    # the caller gave the amount.
+    price_version: int
+    unit_price: int
+    quantity: int
 
     @classmethod
     def from_message(cls, message: pb.Reservation) -> "Reservation":
@@ -114,6 +120,9 @@ class Reservation:
             returned_amount=message.returned_amount,
             release_reason=message.release_reason,
             overrun_amount=message.overrun_amount,
+            price_version=message.price_version,
+            unit_price=message.unit_price,
+            quantity=message.quantity,
         )
 
 
@@ -418,4 +427,33 @@ class Account:
             settings_updated_by=message.settings_updated_by,
             spend_limits=tuple(SpendLimitUse.from_message(u) for u in message.spend_limits),
             debt=message.debt,
+        )
+
+
+@dataclass(frozen=True)
+class Price:
+    """One version of a job type's price."""
+
+    job_type: str
+    version: int  # unique across job types, increasing in the order versions were set
+    unit_price: int  # credit units per unit; 0 when the version retires the job type
+    unit: str  # what one unit is, for people; empty when retired
+    retired: bool
+    effective_at: datetime.datetime
+    set_at: datetime.datetime
+    set_by: str  # the caller that set it
+    reason: str
+
+    @classmethod
+    def from_message(cls, message: pb.Price) -> "Price":
+        return cls(
+            job_type=message.job_type,
+            version=message.version,
+            unit_price=message.unit_price,
+            unit=message.unit,
+            retired=message.retired,
+            effective_at=_time(message.effective_at),
+            set_at=_time(message.set_at),
+            set_by=message.set_by,
+            reason=message.reason,
         )

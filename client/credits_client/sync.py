@@ -205,4 +205,7 @@ class SyncCreditsClient:
     extend_reservation = _blocking(CreditsClient.extend_reservation)
     get_account = _blocking(CreditsClient.get_account)
     update_account_settings = _blocking(CreditsClient.update_account_settings)
+    set_price = _blocking(CreditsClient.set_price)
+    list_prices = _blocking_iterator(CreditsClient.list_prices)
+    price_history = _blocking_iterator(CreditsClient.price_history)
     hold = _blocking_hold(CreditsClient.hold)

@@ -29,6 +29,8 @@ class ReserveCommand:
     description: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
     ttl: WireTime | None = None
+    # Priced by the service (amount 0): units of job_type at the price in effect.
+    quantity: int = 0
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class ConfirmCommand:
     amount: int | None = None
     # Lets amount exceed the reservation (an overrun).
     allow_overrun: bool = False
+    # The final quantity of a priced reservation, instead of an amount.
+    quantity: int | None = None
 
 
 @dataclass(frozen=True)
@@ -142,3 +146,28 @@ class UpdateAccountSettingsCommand:
     # The wire's field mask paths: only these fields of `settings` are read.
     update_mask: tuple[str, ...]
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class SetPriceCommand:
+    caller: str
+    job_type: str
+    unit_price: int = 0
+    unit: str = ""
+    effective_at: WireTime | None = None
+    reason: str = ""
+    retire: bool = False
+
+
+@dataclass(frozen=True)
+class PricesQuery:
+    at: WireTime | None = None
+    page_size: int = 0
+    page_token: str = ""
+
+
+@dataclass(frozen=True)
+class PriceHistoryQuery:
+    job_type: str
+    page_size: int = 0
+    page_token: str = ""

@@ -63,6 +63,18 @@ class GrantExpiryPassed(InvalidRequest):
         super().__init__([FieldViolation("expires_at", "must be in the future")])
 
 
+class PricedAmountTooLarge(InvalidRequest):
+    """quantity * the unit price in effect is above the amount maximum. Decided in the
+    database, where the price is read, after a replay has been answered."""
+
+    sqlstate = "CR051"
+
+    def __init__(self) -> None:
+        super().__init__(
+            [FieldViolation("quantity", "priced at the unit price, exceeds the amount maximum")]
+        )
+
+
 class InsufficientCredits(Failure):
     reason = "INSUFFICIENT_CREDITS"
     code = "FAILED_PRECONDITION"
@@ -171,6 +183,26 @@ class SpendLimitExceeded(Failure):
         """From the JSON DETAIL credits_check_spend raises with."""
         named = json.loads(detail or "{}")
         return cls(str(named.get("limit", "")), str(named.get("resets_at", "")))
+
+
+class PriceNotFound(Failure):
+    """A Reserve by quantity for a job type with no price in effect: never priced, not
+    yet in effect, or retired."""
+
+    reason = "PRICE_NOT_FOUND"
+    code = "FAILED_PRECONDITION"
+    message = "the job type has no price in effect"
+    sqlstate = "CR050"
+
+
+class ReservationNotPriced(Failure):
+    """A Confirm by quantity of a reservation whose amount the caller gave: there is no
+    unit price to capture the quantity at."""
+
+    reason = "RESERVATION_NOT_PRICED"
+    code = "FAILED_PRECONDITION"
+    message = "the reservation was not priced by quantity"
+    sqlstate = "CR052"
 
 
 class StoreUnavailable(Failure):

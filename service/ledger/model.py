@@ -69,6 +69,11 @@ class Reservation:
     returned_amount: int
     release_reason: str  # what Release gave, as given; empty unless released by Release
     overrun_amount: int = 0  # captured beyond `amount` (part of confirmed_amount)
+    # A reservation priced by quantity: the price version, its unit price and the
+    # quantity (amount = unit_price * quantity); all None when the caller gave the amount.
+    price_version: int | None = None
+    unit_price: int | None = None
+    quantity: int | None = None
 
 
 @dataclass(frozen=True)
@@ -242,3 +247,27 @@ class Account:
     settings_updated_by: str | None = None
     spend_limits: tuple[SpendLimitUse, ...] = ()
     debt: int = 0
+
+
+@dataclass(frozen=True)
+class Price:
+    """One version of a job type's price; a retired one has no unit price."""
+
+    job_type: str
+    version: int
+    unit_price: int | None
+    unit: str
+    effective_at: datetime.datetime
+    set_at: datetime.datetime
+    set_by: str
+    reason: str
+
+    @property
+    def retired(self) -> bool:
+        return self.unit_price is None
+
+
+@dataclass(frozen=True)
+class PricePage:
+    prices: tuple[Price, ...]
+    next_page_token: str

@@ -22,10 +22,13 @@ from service.ledger.commands import (
     ExtendCommand,
     GrantCommand,
     GrantsQuery,
+    PriceHistoryQuery,
+    PricesQuery,
     ReleaseCommand,
     ReservationQuery,
     ReserveCommand,
     RevokeCommand,
+    SetPriceCommand,
     TransferCommand,
     UpdateAccountSettingsCommand,
     UsageQuery,
@@ -45,6 +48,8 @@ from service.ledger.model import (
     GrantLot,
     GrantPage,
     LedgerEntry,
+    Price,
+    PricePage,
     Reservation,
     ReservationDetail,
     Revocation,
@@ -58,6 +63,10 @@ Clock = Callable[[], datetime.datetime]
 USAGE_LIST = "usage"
 GRANTS_LIST = "grants"
 ENTRIES_LIST = "entries"
+PRICES_LIST = "prices"
+PRICE_HISTORY_LIST = "price_history"
+# Price lists are global: their page tokens are bound to this instead of an account.
+PRICE_LIST_SCOPE = ""
 Item = TypeVar("Item")
 # What a bad page_token violation says, whatever was wrong with the token.
 NOT_A_PAGE_OF_THIS_LIST = "is not a token from a previous page of this list"
@@ -87,6 +96,20 @@ class ReserveOrder:
     command: ReserveCommand
     ttl: datetime.timedelta
     request_hash: bytes
+    # What a Reserve by quantity may come to at most (the policy's amount_max).
+    amount_max: int
+
+
+@dataclass(frozen=True)
+class PriceOrder:
+    """A validated SetPrice: unit_price None retires the job type."""
+
+    caller: str
+    job_type: str
+    unit_price: int | None
+    unit: str
+    effective_at: datetime.datetime
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -151,9 +174,10 @@ class Store(Protocol):
         account_id: str,
         reservation_id: uuid.UUID,
         amount: int | None,
-        allow_overrun: bool,
         now: datetime.datetime,
         *,
+        allow_overrun: bool,
+        quantity: int | None,
         deadline: Deadline,
     ) -> Reservation: ...
 
@@ -245,6 +269,19 @@ class Store(Protocol):
         self, order: SettingsOrder, now: datetime.datetime, *, deadline: Deadline
     ) -> Account: ...
 
+    # The price tables are global: these take no account lock.
+    async def set_price(
+        self, order: PriceOrder, now: datetime.datetime, *, deadline: Deadline
+    ) -> Price: ...
+
+    async def prices(
+        self, at: datetime.datetime, limit: int, after: int | None, *, deadline: Deadline
+    ) -> list[Price]: ...
+
+    async def price_history(
+        self, job_type: str, limit: int, after: int | None, *, deadline: Deadline
+    ) -> list[Price]: ...
+
 
 class Ledger:
     """The domain entry points: one per RPC, each validates, then makes one store call."""
@@ -257,16 +294,28 @@ class Ledger:
     async def reserve(self, cmd: ReserveCommand, *, deadline: Deadline) -> Reservation:
         check = Check()
         check.account_id(cmd.account_id)
-        check.amount(cmd.amount, self._policy.amount_max)
+        if cmd.quantity:
+            # Priced by the service: the amount is quantity * the price in effect.
+            if cmd.amount:
+                check.fail("amount", "must be 0 when quantity is given")
+            check.amount(cmd.quantity, self._policy.amount_max, name="quantity")
+            check.account_id(cmd.job_type, name="job_type")
+        else:
+            check.amount(cmd.amount, self._policy.amount_max)
+            check.identifier("job_type", cmd.job_type, limits.JOB_FIELD_CHARS_MAX)
         check.idempotency_key(cmd.idempotency_key)
         check.identifier("job_id", cmd.job_id, limits.JOB_FIELD_CHARS_MAX)
-        check.identifier("job_type", cmd.job_type, limits.JOB_FIELD_CHARS_MAX)
         check.text("description", cmd.description, limits.DESCRIPTION_CHARS_MAX)
         check.metadata(cmd.metadata, self._policy.metadata_keys)
         ttl = check.ttl(cmd.ttl)
         check.done()
+        # Over the request, never the computed amount: a replay after a price change is
+        # the same request. Absent when not priced, so that keys stored before the field
+        # existed still match.
         fields = {**asdict(cmd), "ttl": ttl.total_seconds(), "caller": None}
-        order = ReserveOrder(cmd, ttl, request_hash("reserve", fields))
+        if not cmd.quantity:
+            del fields["quantity"]
+        order = ReserveOrder(cmd, ttl, request_hash("reserve", fields), self._policy.amount_max)
         return await self._store.reserve(order, self._clock(), deadline=deadline)
 
     async def confirm(self, cmd: ConfirmCommand, *, deadline: Deadline) -> Reservation:
@@ -275,6 +324,10 @@ class Ledger:
         reservation_id = check.uuid("reservation_id", cmd.reservation_id)
         if cmd.amount is not None:
             check.amount(cmd.amount, self._policy.amount_max)
+            if cmd.quantity is not None:
+                check.fail("quantity", "must not be given with amount")
+        elif cmd.quantity is not None:
+            check.amount(cmd.quantity, self._policy.amount_max, name="quantity")
         check.done()
         if reservation_id is None:
             raise AssertionError("a request with a bad reservation_id passed validation")
@@ -282,8 +335,9 @@ class Ledger:
             cmd.account_id,
             reservation_id,
             cmd.amount,
-            cmd.allow_overrun,
             self._clock(),
+            allow_overrun=cmd.allow_overrun,
+            quantity=cmd.quantity,
             deadline=deadline,
         )
 
@@ -500,6 +554,58 @@ class Ledger:
         order = SettingsOrder(cmd.caller, cmd.account_id, cmd.settings, mask, cmd.reason)
         return await self._store.update_account_settings(order, self._clock(), deadline=deadline)
 
+    async def set_price(self, cmd: SetPriceCommand, *, deadline: Deadline) -> Price:
+        check = Check()
+        check.account_id(cmd.job_type, name="job_type")
+        if cmd.retire:
+            if cmd.unit_price:
+                check.fail("unit_price", "must be 0 when retiring")
+            if cmd.unit:
+                check.fail("unit", "must be empty when retiring")
+        else:
+            check.amount(cmd.unit_price, self._policy.amount_max, name="unit_price")
+            if not cmd.unit:
+                check.fail("unit", "is required")
+            else:
+                check.identifier("unit", cmd.unit, limits.PRICE_UNIT_CHARS_MAX)
+        effective_at = check.timestamp("effective_at", cmd.effective_at)
+        check.text("reason", cmd.reason, limits.REASON_CHARS_MAX)
+        check.done()
+        now = self._clock()
+        if effective_at is not None and effective_at < now:
+            # From the one clock the store's rows are stamped with.
+            check.fail("effective_at", "must not be in the past")
+            check.done()
+        order = PriceOrder(
+            caller=cmd.caller,
+            job_type=cmd.job_type,
+            unit_price=None if cmd.retire else cmd.unit_price,
+            unit=cmd.unit,
+            effective_at=effective_at or now,
+            reason=cmd.reason,
+        )
+        return await self._store.set_price(order, now, deadline=deadline)
+
+    async def prices(self, query: PricesQuery, *, deadline: Deadline) -> PricePage:
+        check = Check()
+        at = check.timestamp("at", query.at)
+        after = _version_key(check, query.page_token, PRICES_LIST, PRICE_LIST_SCOPE)
+        check.done()
+        limit = clamp_page_size(query.page_size)
+        rows = await self._store.prices(at or self._clock(), limit + 1, after, deadline=deadline)
+        page, token = _paged(rows, limit, PRICES_LIST, PRICE_LIST_SCOPE, _price_keys)
+        return PricePage(page, token)
+
+    async def price_history(self, query: PriceHistoryQuery, *, deadline: Deadline) -> PricePage:
+        check = Check()
+        check.account_id(query.job_type, name="job_type")
+        after = _version_key(check, query.page_token, PRICE_HISTORY_LIST, query.job_type)
+        check.done()
+        limit = clamp_page_size(query.page_size)
+        rows = await self._store.price_history(query.job_type, limit + 1, after, deadline=deadline)
+        page, token = _paged(rows, limit, PRICE_HISTORY_LIST, query.job_type, _price_keys)
+        return PricePage(page, token)
+
     def _extendable_until(self, reservation: Reservation) -> datetime.datetime:
         return reservation.created_at + self._policy.reservation_lifetime_max
 
@@ -514,6 +620,18 @@ def _page_keys(
         return None
     try:
         return paging.decode(token, kind, account_id, key_count=key_count)
+    except paging.BadToken:
+        check.fail("page_token", NOT_A_PAGE_OF_THIS_LIST)
+        return None
+
+
+def _version_key(check: Check, token: str, kind: str, scope: str) -> int | None:
+    """The price version a page of a price list ended at; None for the first page."""
+    keys = _page_keys(check, token, kind, scope, key_count=1)
+    if keys is None:
+        return None
+    try:
+        return paging.parse_entry_id_key(keys[0])
     except paging.BadToken:
         check.fail("page_token", NOT_A_PAGE_OF_THIS_LIST)
         return None
@@ -565,3 +683,9 @@ def _check_limits(check: Check, cmd: UpdateAccountSettingsCommand) -> None:
         and not ("spend_limit_rolling_hours" in mask and hours > 0)
     ):
         check.fail("spend_limit_rolling", "needs spend_limit_rolling_hours in the same update")
+
+
+def _price_keys(price: Price) -> list[str]:
+    # A version's job type never changes (versions are append-only), so its number says
+    # where a page of either price list ended.
+    return [str(price.version)]

@@ -49,6 +49,23 @@ def reservation_message(r: model.Reservation) -> pb.Reservation:
         returned_amount=r.returned_amount,
         release_reason=r.release_reason,
         overrun_amount=r.overrun_amount,
+        price_version=r.price_version or 0,
+        unit_price=r.unit_price or 0,
+        quantity=r.quantity or 0,
+    )
+
+
+def price_message(p: model.Price) -> pb.Price:
+    return pb.Price(
+        job_type=p.job_type,
+        version=p.version,
+        unit_price=p.unit_price or 0,
+        unit=p.unit,
+        retired=p.retired,
+        effective_at=_timestamp(p.effective_at),
+        set_at=_timestamp(p.set_at),
+        set_by=p.set_by,
+        reason=p.reason,
     )
 
 
@@ -175,6 +192,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
                 description=request.description,
                 metadata=dict(request.metadata),
                 ttl=_wire_time(request.ttl, request.HasField("ttl")),
+                quantity=request.quantity,
             ),
             deadline=deadline_of(context),
         )
@@ -189,6 +207,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
                 reservation_id=request.reservation_id,
                 amount=request.amount if request.HasField("amount") else None,
                 allow_overrun=request.allow_overrun,
+                quantity=request.quantity if request.HasField("quantity") else None,
             ),
             deadline=deadline_of(context),
         )
@@ -387,3 +406,46 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
             deadline=deadline_of(context),
         )
         return pb.UpdateAccountSettingsResponse(account=account_message(account))
+
+    async def SetPrice(
+        self, request: pb.SetPriceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetPriceResponse:
+        price = await self._ledger.set_price(
+            commands.SetPriceCommand(
+                caller=current_caller(),
+                job_type=request.job_type,
+                unit_price=request.unit_price,
+                unit=request.unit,
+                effective_at=_wire_time(request.effective_at, request.HasField("effective_at")),
+                reason=request.reason,
+                retire=request.retire,
+            ),
+            deadline=deadline_of(context),
+        )
+        return pb.SetPriceResponse(price=price_message(price))
+
+    async def ListPrices(
+        self, request: pb.ListPricesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPricesResponse:
+        page = await self._ledger.prices(
+            commands.PricesQuery(
+                at=_wire_time(request.at, request.HasField("at")),
+                page_size=request.page_size,
+                page_token=request.page_token,
+            ),
+            deadline=deadline_of(context),
+        )
+        return pb.ListPricesResponse(
+            prices=[price_message(p) for p in page.prices], next_page_token=page.next_page_token
+        )
+
+    async def ListPriceHistory(
+        self, request: pb.ListPriceHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPriceHistoryResponse:
+        page = await self._ledger.price_history(
+            commands.PriceHistoryQuery(request.job_type, request.page_size, request.page_token),
+            deadline=deadline_of(context),
+        )
+        return pb.ListPriceHistoryResponse(
+            prices=[price_message(p) for p in page.prices], next_page_token=page.next_page_token
+        )

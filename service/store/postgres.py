@@ -39,6 +39,7 @@ from service.ledger.model import (
     GrantLot,
     GrantSource,
     LedgerEntry,
+    Price,
     Reservation,
     ReservationStatus,
     Revocation,
@@ -50,6 +51,7 @@ from service.ledger.operations import (
     Deadline,
     EntryFilter,
     GrantOrder,
+    PriceOrder,
     ReserveOrder,
     RevokeOrder,
     SettingsOrder,
@@ -84,10 +86,12 @@ CLIENT_CONNECTION_CHECK_MS = 100
 
 RESERVE = text(
     "SELECT * FROM credits_reserve(:caller, :key, :hash, :account, :amount, :ttl,"
-    " :job_id, :job_type, :description, CAST(:metadata AS jsonb), :now, :lock_ms)"
+    " :job_id, :job_type, :description, CAST(:metadata AS jsonb), :now, :lock_ms, :quantity,"
+    " :amount_max)"
 )
 CONFIRM = text(
-    "SELECT * FROM credits_confirm(:account, :reservation, :amount, :allow_overrun, :now, :lock_ms)"
+    "SELECT * FROM credits_confirm(:account, :reservation, :amount, :allow_overrun, :now,"
+    " :lock_ms, :quantity)"
 )
 RELEASE = text("SELECT * FROM credits_release(:account, :reservation, :reason, :now, :lock_ms)")
 GRANT = text(
@@ -130,6 +134,12 @@ UPDATE_ACCOUNT_SETTINGS = text(
     "SELECT (r.out_account).*, r.out_spend FROM credits_update_account_settings(:caller,"
     " :account, :settings, :mask, :reason, :now, :lock_ms) AS r"
 )
+SET_PRICE = text(
+    "SELECT * FROM credits_set_price(:caller, :job_type, :unit_price, :unit, :effective_at,"
+    " :reason, :now)"
+)
+LIST_PRICES = text("SELECT * FROM credits_list_prices(:at, :limit, :after)")
+PRICE_HISTORY = text("SELECT * FROM credits_price_history(:job_type, :limit, :after)")
 DUE_ACCOUNTS = text("SELECT credits_due_accounts(:now, :limit) AS account_id")
 PING = text("SELECT 1")
 SETTLE = text("SELECT credits_lock(:account, :now, NULL)")
@@ -228,6 +238,22 @@ def _reservation(row: Row) -> Reservation:
         returned_amount=row.returned_amount,
         release_reason=row.release_reason,
         overrun_amount=row.overrun_amount,
+        price_version=row.price_version,
+        unit_price=row.unit_price,
+        quantity=row.quantity,
+    )
+
+
+def _price(row: Row) -> Price:
+    return Price(
+        job_type=row.job_type,
+        version=row.version,
+        unit_price=row.unit_price,
+        unit=row.unit,
+        effective_at=row.effective_at,
+        set_at=row.set_at,
+        set_by=row.set_by,
+        reason=row.reason,
     )
 
 
@@ -417,6 +443,8 @@ class PostgresStore:
                 "description": cmd.description,
                 "metadata": json.dumps(dict(cmd.metadata)),
                 "now": now,
+                "quantity": cmd.quantity or None,
+                "amount_max": order.amount_max,
             },
             deadline,
         )
@@ -427,9 +455,10 @@ class PostgresStore:
         account_id: str,
         reservation_id: uuid.UUID,
         amount: int | None,
-        allow_overrun: bool,
         now: datetime.datetime,
         *,
+        allow_overrun: bool,
+        quantity: int | None,
         deadline: Deadline,
     ) -> Reservation:
         params = {
@@ -437,8 +466,10 @@ class PostgresStore:
             "reservation": reservation_id,
             "amount": amount,
             "allow_overrun": allow_overrun,
+            "quantity": quantity,
+            "now": now,
         }
-        return _reservation(await self._one(CONFIRM, {**params, "now": now}, deadline))
+        return _reservation(await self._one(CONFIRM, params, deadline))
 
     async def release(
         self,
@@ -678,6 +709,24 @@ class PostgresStore:
             "now": now,
         }
         return _account(await self._one(UPDATE_ACCOUNT_SETTINGS, params, deadline))
+
+    async def set_price(
+        self, order: PriceOrder, now: datetime.datetime, *, deadline: Deadline
+    ) -> Price:
+        params = {**asdict(order), "now": now}
+        return _price(await self._one(SET_PRICE, params, deadline))
+
+    async def prices(
+        self, at: datetime.datetime, limit: int, after: int | None, *, deadline: Deadline
+    ) -> list[Price]:
+        params = {"at": at, "limit": limit, "after": after}
+        return [_price(r) for r in await self._all(LIST_PRICES, params, deadline)]
+
+    async def price_history(
+        self, job_type: str, limit: int, after: int | None, *, deadline: Deadline
+    ) -> list[Price]:
+        params = {"job_type": job_type, "limit": limit, "after": after}
+        return [_price(r) for r in await self._all(PRICE_HISTORY, params, deadline)]
 
     async def ping(self) -> None:
         """Whether the database answers (through the pool, as the RPCs reach it)."""

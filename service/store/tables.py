@@ -12,6 +12,8 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     ForeignKey,
+    ForeignKeyConstraint,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -20,6 +22,7 @@ from sqlalchemy import (
     SmallInteger,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, UUID
@@ -96,6 +99,32 @@ account_settings_changes = Table(
     CheckConstraint("version > 0", name="version_positive"),
 )
 
+# The price list: one row per version of a job type's price, global (no account), set by
+# ops and never changed (append-only like the ledger). A version without a unit price
+# retires its job type. The version number is an identity: concurrent versions never
+# need a lock to be numbered.
+prices = Table(
+    "prices",
+    metadata,
+    Column("version", BigInteger, Identity(always=True), primary_key=True),
+    Column("job_type", Text, nullable=False),
+    Column("unit_price", BigInteger, nullable=True),
+    Column("unit", Text, nullable=False, server_default=text("''")),
+    Column("effective_at", TIMESTAMPTZ, nullable=False),
+    Column("set_at", TIMESTAMPTZ, nullable=False),
+    Column("set_by", Text, nullable=False),
+    Column("reason", Text, nullable=False, server_default=text("''")),
+    CheckConstraint("job_type ~ '^[A-Za-z0-9._:@-]{1,128}$'", name="job_type_format"),
+    CheckConstraint("unit_price > 0", name="unit_price_positive"),
+    CheckConstraint("(unit_price IS NULL) = (unit = '')", name="unit_named_when_priced"),
+    # A version never reaches back: what was charged before it stays as it was.
+    CheckConstraint("effective_at >= set_at", name="not_backdated"),
+    # What a priced reservation's foreign key names: its job type, version and unit price
+    # are one version's.
+    UniqueConstraint("job_type", "version", "unit_price"),
+    Index("ix_prices_in_effect", "job_type", "effective_at", "version"),
+)
+
 grants = Table(
     "grants",
     metadata,
@@ -167,7 +196,22 @@ reservations = Table(
     # of it that became the account's debt rather than coming from available credits.
     Column("overrun_amount", BigInteger, nullable=False, server_default=text("0")),
     Column("overrun_debt_amount", BigInteger, nullable=False, server_default=text("0")),
+    # Priced by quantity: the price version used, its unit price and the quantity.
+    Column("price_version", BigInteger, nullable=True),
+    Column("unit_price", BigInteger, nullable=True),
+    Column("quantity", BigInteger, nullable=True),
     CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint(
+        "(price_version IS NULL AND unit_price IS NULL AND quantity IS NULL)"
+        " OR (price_version IS NOT NULL AND unit_price > 0 AND quantity > 0"
+        " AND amount::numeric = unit_price::numeric * quantity)",
+        name="priced_consistent",
+    ),
+    # A version of the reservation's own job type, at that version's unit price.
+    ForeignKeyConstraint(
+        ["job_type", "price_version", "unit_price"],
+        ["prices.job_type", "prices.version", "prices.unit_price"],
+    ),
     CheckConstraint(
         "confirmed_amount >= 0 AND returned_amount >= 0 AND overrun_amount >= 0"
         " AND overrun_debt_amount BETWEEN 0 AND overrun_amount"

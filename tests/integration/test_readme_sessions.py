@@ -15,6 +15,8 @@ import pytest
 
 from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
+from scripts.devrun import DEV_PRICES_TOML
+from service import admin
 from tests.integration.test_ratelimit_redis import RedisProcess
 from tests.service_process import ServiceProcess, production_env
 from tests.support import RunningServer, free_port, new_id, start_server
@@ -73,6 +75,10 @@ def replacements(server: RunningServer, dev_dir: Path) -> dict[str, str]:
 
 @pytest.fixture
 async def mtls_server(database_url: str, dev_dir: Path) -> AsyncIterator[RunningServer]:
+    # The prices `make run` seeds, which the tour reserves by quantity.
+    prices = dev_dir / "prices.toml"
+    prices.write_text(DEV_PRICES_TOML)
+    await admin.load_prices(database_url, admin.read_prices_file(prices), only_unpriced=True)
     server = await start_server(
         database_url, dev_dir / "pki", CREDITS_CALLERS_FILE=str(dev_dir / "callers.toml")
     )
@@ -90,6 +96,8 @@ async def test_the_grpcurl_session(mtls_server: RunningServer, dev_dir: Path) ->
     assert '"status": "RESERVATION_STATUS_CONFIRMED"' in output
     assert '"available": "800"' in output
     assert '"overrun_amount": "30"' in output
+    assert '"unit_price": "12"' in output
+    assert '"quantity": "3"' in output
     assert '"status": "SERVING"' in output
 
 
@@ -172,3 +180,4 @@ async def test_the_admin_commands(database_dir: Path) -> None:
     assert "available 0, reserved 0" in output
     assert "discrepancies" in output
     assert "the development database is at the newest revision" in output
+    assert "prices in effect" in output

@@ -44,6 +44,8 @@ EXTERNAL_REF_EXISTS = Refused("ALREADY_EXISTS", "EXTERNAL_REF_EXISTS")
 EXPIRY_PASSED = Refused("INVALID_ARGUMENT", "INVALID_REQUEST")
 LIFETIME_EXCEEDED = Refused("FAILED_PRECONDITION", "RESERVATION_LIFETIME_EXCEEDED")
 SPEND_LIMIT = Refused("FAILED_PRECONDITION", "SPEND_LIMIT_EXCEEDED")
+PRICE_NOT_FOUND = Refused("FAILED_PRECONDITION", "PRICE_NOT_FOUND")
+NOT_PRICED = Refused("FAILED_PRECONDITION", "RESERVATION_NOT_PRICED")
 
 
 @dataclass
@@ -94,6 +96,15 @@ class Reservation:
     returned: int = 0
     overrun: int = 0
     overrun_debt: int = 0
+    # Priced by quantity: (price version, unit price, quantity).
+    priced: tuple[int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class PriceVersion:
+    version: int
+    unit_price: int | None  # None: retired
+    effective_at: datetime.datetime
 
 
 @dataclass(frozen=True)
@@ -144,6 +155,8 @@ class State:
     debt: dict[str, int] = field(default_factory=dict)
     spend_limit: dict[str, int] = field(default_factory=dict)
     transfers: dict[str, Transfer] = field(default_factory=dict)
+    # job type → its price versions, in the order they were set
+    prices: dict[str, list[PriceVersion]] = field(default_factory=dict)
 
 
 class Model:
@@ -274,6 +287,16 @@ class Model:
 
         return self._run(run)
 
+    def set_price(self, job_type: str, version: PriceVersion) -> None:
+        """A version the server set (its number and effective_at are the server's)."""
+        self.state.prices.setdefault(job_type, []).append(version)
+
+    def price_at(self, s: State, job_type: str, at: datetime.datetime) -> PriceVersion | None:
+        """The version in effect: the latest effective_at not after `at`, the later set
+        of two with the same."""
+        in_effect = [v for v in s.prices.get(job_type, []) if v.effective_at <= at]
+        return max(in_effect, key=lambda v: (v.effective_at, v.version), default=None)
+
     def reserve(
         self,
         account: str,
@@ -284,13 +307,23 @@ class Model:
         *,
         now: datetime.datetime,
         new_id: str,
+        job_type: str = "",
+        quantity: int | None = None,
     ) -> Reservation:
         def run(s: State) -> Reservation:
+            nonlocal amount
             if account in s.accounts:
                 self._settle(s, account, now)
             replayed = self._replayed(s, key, "reserve", request)
             if replayed is not None:
                 return s.reservations[replayed]
+            priced = None
+            if quantity is not None:
+                price = self.price_at(s, job_type, now)
+                if price is None or price.unit_price is None:
+                    raise PRICE_NOT_FOUND
+                amount = price.unit_price * quantity
+                priced = (price.version, price.unit_price, quantity)
             self._check_spend(s, account, amount)
             allocations, left = [], amount
             for g in self._spendable(s, account):
@@ -303,7 +336,7 @@ class Model:
                 raise INSUFFICIENT
             for a in allocations:
                 s.grants[a.grant_id].remaining -= a.amount
-            r = Reservation(new_id, account, amount, now, now + ttl, allocations)
+            r = Reservation(new_id, account, amount, now, now + ttl, allocations, priced=priced)
             s.reservations[new_id] = r
             s.keys[key] = ("reserve", request, new_id)
             return r
@@ -327,10 +360,20 @@ class Model:
         reservation_id: str,
         amount: int | None,
         now: datetime.datetime,
+        *,
         allow_overrun: bool = False,
+        quantity: int | None = None,
     ) -> Reservation:
         def run(s: State) -> Reservation:
+            nonlocal amount
             r = self._locked_reservation(s, account, reservation_id, now)
+            if quantity is not None:
+                # At the reservation's stored unit price, whatever the price is now.
+                if r.priced is None:
+                    raise NOT_PRICED
+                if quantity > r.priced[2] and not allow_overrun:
+                    raise CAPTURE_EXCEEDS
+                amount = r.priced[1] * quantity
             if r.status == CONFIRMED and amount in (None, r.confirmed):
                 return r
             if r.status != RESERVED:

@@ -1,6 +1,7 @@
 """Model-based test: random sequences of Grant, Reserve, Confirm (above the hold too),
 Release, ExtendReservation, Revoke, Transfer, GetBalance, UpdateAccountSettings (overdraft
-and a rolling spend limit), replays and the passage of time, run against the
+and a rolling spend limit), SetPrice (with Reserves and Confirms by quantity), replays and
+the passage of time, run against the
 real server (the suite's production server and its movable clock) and against the
 pure-Python model in tests/model/rules.py. Every answer must agree — status, reason,
 amounts, balances — and after every step the stored grants, reservations and the
@@ -114,6 +115,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.model = rules.Model()
         self.prefix = new_id("model")
         self.accounts = [f"{self.prefix}-a", f"{self.prefix}-b"]
+        # Job types of this run only: the price list is global.
+        self.job_types = [f"{self.prefix}-story", f"{self.prefix}-page"]
         self.keys = 0
         self.grants: list[str] = []
         self.reservations: list[str] = []
@@ -176,6 +179,7 @@ class LedgerMachine(RuleBasedStateMachine):
             want.overrun,
         )
         assert abs(moment(got.expires_at) - want.expires_at) < CLOCK_READING_SLACK
+        assert (got.price_version, got.unit_price, got.quantity) == (want.priced or (0, 0, 0))
 
     def send_keyed(self, method: str, request: Keyed) -> None:
         self.sent.append((method, request))
@@ -233,6 +237,8 @@ class LedgerMachine(RuleBasedStateMachine):
                 ("Reserve", request.SerializeToString(deterministic=True)),
                 now=now,
                 new_id=new,
+                job_type=request.job_type,
+                quantity=request.quantity or None,
             ),
         )
         if want is not None:
@@ -362,22 +368,99 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         self.send_keyed("Transfer", request)
 
+    @rule(
+        which=st.integers(0, 1),
+        quantity=st.integers(1, 12),
+        ttl_steps=steps,
+    )
+    def reserve_priced(self, which: int, quantity: int, ttl_steps: int) -> None:
+        request = pb.ReserveRequest(
+            account_id=self.accounts[which % 2],
+            job_type=self.job_types[which],
+            quantity=quantity,
+            idempotency_key=self.key(),
+            ttl=duration_pb2.Duration(seconds=ttl_steps * TIME_STEP_SECONDS),
+        )
+        self.send_keyed("Reserve", request)
+
+    @rule(
+        which=st.integers(0, 1),
+        # Mostly prices, sometimes a retirement.
+        unit_price=st.integers(1, 15) | st.none(),
+        effective_steps=st.integers(0, 2),
+    )
+    def set_price(self, which: int, unit_price: int | None, effective_steps: int) -> None:
+        """A new price (None: retired), now or a whole number of time steps ahead."""
+        job_type = self.job_types[which]
+        request = pb.SetPriceRequest(
+            job_type=job_type,
+            unit_price=unit_price or 0,
+            unit="" if unit_price is None else "unit",
+            retire=unit_price is None,
+        )
+        if effective_steps:
+            later = datetime.timedelta(seconds=effective_steps * TIME_STEP_SECONDS)
+            request.effective_at.CopyFrom(stamp(self.env.clock() + later))
+        answer = self.call("SetPrice", request)
+        assert isinstance(answer, pb.SetPriceResponse), answer
+        price = answer.price
+        assert (price.unit_price, price.retired) == (unit_price or 0, unit_price is None)
+        self.model.set_price(
+            job_type,
+            rules.PriceVersion(price.version, unit_price, moment(price.effective_at)),
+        )
+
     @precondition(lambda self: self.reservations)
     @rule(
         pick=picks,
         amount=st.none() | st.integers(1, 110),
+        quantity=st.none() | st.integers(1, 12),
         elsewhere=st.booleans(),
         overrun=st.booleans(),
     )
-    def confirm(self, pick: int, amount: int | None, elsewhere: bool, overrun: bool) -> None:
+    def confirm(
+        self, pick: int, amount: int | None, quantity: int | None, elsewhere: bool, overrun: bool
+    ) -> None:
         rid = self.reservations[pick % len(self.reservations)]
         account = self.owner_or_other(self.model.state.reservations[rid].account, elsewhere)
+        # By quantity instead of amount, when drawn (amount and quantity together are a
+        # bad request, which validation tests cover).
+        if quantity is not None:
+            amount = None
         request = pb.ConfirmRequest(
-            account_id=account, reservation_id=rid, amount=amount, allow_overrun=overrun
+            account_id=account,
+            reservation_id=rid,
+            amount=amount,
+            quantity=quantity,
+            allow_overrun=overrun,
         )
         now = self.env.clock()
         answer = self.call("Confirm", request)
-        want = self.expect(answer, lambda _: self.model.confirm(account, rid, amount, now, overrun))
+        want = self.expect(
+            answer,
+            lambda _: self.model.confirm(
+                account, rid, amount, now, allow_overrun=overrun, quantity=quantity
+            ),
+        )
+        if want is not None:
+            self.check_reservation(answer.reservation, want)
+
+    def priced_reservations(self) -> list[str]:
+        return [rid for rid in self.reservations if self.model.state.reservations[rid].priced]
+
+    @precondition(lambda self: self.priced_reservations())
+    @rule(pick=picks, quantity=st.integers(1, 12))
+    def confirm_by_quantity(self, pick: int, quantity: int) -> None:
+        """A priced reservation's final quantity, at the unit price it stored."""
+        priced = self.priced_reservations()
+        rid = priced[pick % len(priced)]
+        account = self.model.state.reservations[rid].account
+        request = pb.ConfirmRequest(account_id=account, reservation_id=rid, quantity=quantity)
+        now = self.env.clock()
+        answer = self.call("Confirm", request)
+        want = self.expect(
+            answer, lambda _: self.model.confirm(account, rid, None, now, quantity=quantity)
+        )
         if want is not None:
             self.check_reservation(answer.reservation, want)
 
@@ -445,7 +528,9 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         now = self.env.clock()
         answer = self.call("Confirm", request)
-        want = self.expect(answer, lambda _: self.model.confirm(account, rid, amount, now, True))
+        want = self.expect(
+            answer, lambda _: self.model.confirm(account, rid, amount, now, allow_overrun=True)
+        )
         if want is not None:
             self.check_reservation(answer.reservation, want)
 

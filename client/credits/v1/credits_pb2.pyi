@@ -208,13 +208,17 @@ class ReserveRequest(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account whose credits are held: 1-128 characters of [A-Za-z0-9._:@-]."""
     amount: _builtins.int
-    """How many credit units to hold: greater than 0 and at most the configured maximum."""
+    """How many credit units to hold: greater than 0 and at most the configured maximum.
+    Leave it 0 to have the service price the hold from `quantity`.
+    """
     idempotency_key: _builtins.str
     """Required, 1-128 printable ASCII characters, scoped to the calling service.
-    A repeat with the same request returns the original reservation.
+    A repeat with the same request returns the original reservation, even after a price
+    change.
     """
     job_id: _builtins.str
     """The caller's id of the job the credits pay for: at most 128 characters, no control
@@ -224,6 +228,13 @@ class ReserveRequest(_message.Message):
     """The caller's kind of job (e.g. "story", "image"), as job_id."""
     description: _builtins.str
     """Free text for operators, at most 500 characters."""
+    quantity: _builtins.int
+    """How many units of `job_type` the job needs (greater than 0): the service holds
+    quantity × the unit price in effect now (see SetPrice) and records the price version
+    on the reservation. Needs `job_type` and `amount` 0, else INVALID_ARGUMENT; a job type
+    without a price in effect (unknown or retired) is FAILED_PRECONDITION /
+    PRICE_NOT_FOUND; a product above the amount maximum is INVALID_ARGUMENT.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Allow-listed keys only, at most 16 entries, values at most 256 characters."""
@@ -245,10 +256,11 @@ class ReserveRequest(_message.Message):
         description: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         ttl: _duration_pb2.Duration | None = ...,
+        quantity: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "description", b"description", "idempotency_key", b"idempotency_key", "job_id", b"job_id", "job_type", b"job_type", "metadata", b"metadata", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "description", b"description", "idempotency_key", b"idempotency_key", "job_id", b"job_id", "job_type", b"job_type", "metadata", b"metadata", "quantity", b"quantity", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -288,6 +300,7 @@ class ConfirmRequest(_message.Message):
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     ALLOW_OVERRUN_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account that owns the reservation."""
     reservation_id: _builtins.str
@@ -304,6 +317,12 @@ class ConfirmRequest(_message.Message):
     beyond the overdraft (INSUFFICIENT_CREDITS). Without it, more than the reservation is
     CAPTURE_EXCEEDS_RESERVATION.
     """
+    quantity: _builtins.int
+    """Instead of `amount`, for a priced reservation: the final quantity (greater than 0, at
+    most the reserved quantity), captured at the reservation's stored unit price, whatever
+    the price is now. Both set is INVALID_ARGUMENT; on an unpriced reservation it is
+    FAILED_PRECONDITION / RESERVATION_NOT_PRICED.
+    """
     def __init__(
         self,
         *,
@@ -311,14 +330,20 @@ class ConfirmRequest(_message.Message):
         reservation_id: _builtins.str = ...,
         amount: _builtins.int | None = ...,
         allow_overrun: _builtins.bool = ...,
+        quantity: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_amount", b"_amount", "amount", b"amount"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_amount", b"_amount", "_quantity", b"_quantity", "amount", b"amount", "quantity", b"quantity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount", b"_amount", "account_id", b"account_id", "allow_overrun", b"allow_overrun", "amount", b"amount", "reservation_id", b"reservation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount", b"_amount", "_quantity", b"_quantity", "account_id", b"account_id", "allow_overrun", b"allow_overrun", "amount", b"amount", "quantity", b"quantity", "reservation_id", b"reservation_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__amount: _TypeAlias = _typing.Literal["amount"]  # noqa: Y015
     _WhichOneofArgType__amount: _TypeAlias = _typing.Literal["_amount", b"_amount"]  # noqa: Y015
+    _WhichOneofReturnType__quantity: _TypeAlias = _typing.Literal["quantity"]  # noqa: Y015
+    _WhichOneofArgType__quantity: _TypeAlias = _typing.Literal["_quantity", b"_quantity"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__amount) -> _WhichOneofReturnType__amount | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__quantity) -> _WhichOneofReturnType__quantity | None: ...
 
 Global___ConfirmRequest: _TypeAlias = ConfirmRequest  # noqa: Y015
 
@@ -1565,6 +1590,262 @@ class TransferLot(_message.Message):
 Global___TransferLot: _TypeAlias = TransferLot  # noqa: Y015
 
 @_typing.final
+class Price(_message.Message):
+    """Price is one version of a job type's price."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_TYPE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    UNIT_PRICE_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    RETIRED_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_AT_FIELD_NUMBER: _builtins.int
+    SET_AT_FIELD_NUMBER: _builtins.int
+    SET_BY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    job_type: _builtins.str
+    """The job type: 1-128 characters of [A-Za-z0-9._:@-]."""
+    version: _builtins.int
+    """The version's number: unique across all job types, increasing in the order versions
+    were set.
+    """
+    unit_price: _builtins.int
+    """Credit units per unit of the job type; 0 when the version retires the job type."""
+    unit: _builtins.str
+    """What one unit is, for people (e.g. "page", "1k tokens"); empty when retired."""
+    retired: _builtins.bool
+    """True when this version retires the job type: Reserve by quantity is then refused."""
+    set_by: _builtins.str
+    """The caller that set it."""
+    reason: _builtins.str
+    """Why, as given to SetPrice."""
+    @_builtins.property
+    def effective_at(self) -> _timestamp_pb2.Timestamp:
+        """From when the version is in effect (until a version with a later effective_at)."""
+
+    @_builtins.property
+    def set_at(self) -> _timestamp_pb2.Timestamp:
+        """When the version was set."""
+
+    def __init__(
+        self,
+        *,
+        job_type: _builtins.str = ...,
+        version: _builtins.int = ...,
+        unit_price: _builtins.int = ...,
+        unit: _builtins.str = ...,
+        retired: _builtins.bool = ...,
+        effective_at: _timestamp_pb2.Timestamp | None = ...,
+        set_at: _timestamp_pb2.Timestamp | None = ...,
+        set_by: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_at", b"effective_at", "set_at", b"set_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_at", b"effective_at", "job_type", b"job_type", "reason", b"reason", "retired", b"retired", "set_at", b"set_at", "set_by", b"set_by", "unit", b"unit", "unit_price", b"unit_price", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Price: _TypeAlias = Price  # noqa: Y015
+
+@_typing.final
+class SetPriceRequest(_message.Message):
+    """SetPriceRequest appends a version of one job type's price."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_TYPE_FIELD_NUMBER: _builtins.int
+    UNIT_PRICE_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RETIRE_FIELD_NUMBER: _builtins.int
+    job_type: _builtins.str
+    """The job type: 1-128 characters of [A-Za-z0-9._:@-]."""
+    unit_price: _builtins.int
+    """Credit units per unit: greater than 0 and at most the amount maximum; must be 0 when
+    `retire` is set.
+    """
+    unit: _builtins.str
+    """What one unit is, for people: 1-128 characters, no control characters; must be empty
+    when `retire` is set.
+    """
+    reason: _builtins.str
+    """Why, for the audit trail (at most 500 characters)."""
+    retire: _builtins.bool
+    """Retire the job type from effective_at: Reserve by quantity is then refused. A later
+    version with a price brings it back.
+    """
+    @_builtins.property
+    def effective_at(self) -> _timestamp_pb2.Timestamp:
+        """When the version takes effect; absent means now. A time in the past is
+        INVALID_ARGUMENT: what was charged before stays as it was.
+        """
+
+    def __init__(
+        self,
+        *,
+        job_type: _builtins.str = ...,
+        unit_price: _builtins.int = ...,
+        unit: _builtins.str = ...,
+        effective_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        retire: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_at", b"effective_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_at", b"effective_at", "job_type", b"job_type", "reason", b"reason", "retire", b"retire", "unit", b"unit", "unit_price", b"unit_price"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPriceRequest: _TypeAlias = SetPriceRequest  # noqa: Y015
+
+@_typing.final
+class SetPriceResponse(_message.Message):
+    """SetPriceResponse carries the new version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRICE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def price(self) -> Global___Price:
+        """The version just set."""
+
+    def __init__(
+        self,
+        *,
+        price: Global___Price | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["price", b"price"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["price", b"price"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPriceResponse: _TypeAlias = SetPriceResponse  # noqa: Y015
+
+@_typing.final
+class ListPricesRequest(_message.Message):
+    """ListPricesRequest asks for the prices in effect at one time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """How many prices per page, clamped to 1-100; 0 means 50."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page; empty for the first page."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """The moment to report; absent means now."""
+
+    def __init__(
+        self,
+        *,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPricesRequest: _TypeAlias = ListPricesRequest  # noqa: Y015
+
+@_typing.final
+class ListPricesResponse(_message.Message):
+    """ListPricesResponse is one page of the price list, by job type."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRICES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page; empty on the last page."""
+    @_builtins.property
+    def prices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Price]:
+        """The version in effect of each job type that has one and is not retired."""
+
+    def __init__(
+        self,
+        *,
+        prices: _abc.Iterable[Global___Price] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "prices", b"prices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPricesResponse: _TypeAlias = ListPricesResponse  # noqa: Y015
+
+@_typing.final
+class ListPriceHistoryRequest(_message.Message):
+    """ListPriceHistoryRequest asks for one job type's versions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_TYPE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    job_type: _builtins.str
+    """The job type: 1-128 characters of [A-Za-z0-9._:@-]."""
+    page_size: _builtins.int
+    """How many versions per page, clamped to 1-100; 0 means 50."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        job_type: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_type", b"job_type", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPriceHistoryRequest: _TypeAlias = ListPriceHistoryRequest  # noqa: Y015
+
+@_typing.final
+class ListPriceHistoryResponse(_message.Message):
+    """ListPriceHistoryResponse is one page of a job type's versions, newest first (by
+    version: the order they were set in), future ones included.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRICES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page; empty on the last page."""
+    @_builtins.property
+    def prices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Price]:
+        """The versions of this page."""
+
+    def __init__(
+        self,
+        *,
+        prices: _abc.Iterable[Global___Price] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "prices", b"prices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPriceHistoryResponse: _TypeAlias = ListPriceHistoryResponse  # noqa: Y015
+
+@_typing.final
 class Reservation(_message.Message):
     """Reservation is a hold of credits for one job."""
 
@@ -1583,6 +1864,9 @@ class Reservation(_message.Message):
     RETURNED_AMOUNT_FIELD_NUMBER: _builtins.int
     RELEASE_REASON_FIELD_NUMBER: _builtins.int
     OVERRUN_AMOUNT_FIELD_NUMBER: _builtins.int
+    PRICE_VERSION_FIELD_NUMBER: _builtins.int
+    UNIT_PRICE_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """The reservation's id (a UUID)."""
     account_id: _builtins.str
@@ -1607,6 +1891,14 @@ class Reservation(_message.Message):
     """
     overrun_amount: _builtins.int
     """What Confirm (with allow_overrun) captured beyond `amount`; part of confirmed_amount."""
+    price_version: _builtins.int
+    """The price version a priced reservation (ReserveRequest.quantity) was priced at; 0
+    when the caller gave the amount.
+    """
+    unit_price: _builtins.int
+    """That version's unit price: amount = unit_price × quantity. 0 when not priced."""
+    quantity: _builtins.int
+    """How many units were reserved. 0 when not priced."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the reservation was made."""
@@ -1631,10 +1923,13 @@ class Reservation(_message.Message):
         returned_amount: _builtins.int = ...,
         release_reason: _builtins.str = ...,
         overrun_amount: _builtins.int = ...,
+        price_version: _builtins.int = ...,
+        unit_price: _builtins.int = ...,
+        quantity: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "confirmed_amount", b"confirmed_amount", "created_at", b"created_at", "description", b"description", "expires_at", b"expires_at", "job_id", b"job_id", "job_type", b"job_type", "overrun_amount", b"overrun_amount", "release_reason", b"release_reason", "reservation_id", b"reservation_id", "returned_amount", b"returned_amount", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "confirmed_amount", b"confirmed_amount", "created_at", b"created_at", "description", b"description", "expires_at", b"expires_at", "job_id", b"job_id", "job_type", b"job_type", "overrun_amount", b"overrun_amount", "price_version", b"price_version", "quantity", b"quantity", "release_reason", b"release_reason", "reservation_id", b"reservation_id", "returned_amount", b"returned_amount", "status", b"status", "unit_price", b"unit_price"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -105,6 +105,21 @@ class CreditsServiceStub:
                 request_serializer=credits_dot_v1_dot_credits__pb2.TransferRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_credits__pb2.TransferResponse.FromString,
                 _registered_method=True)
+        self.SetPrice = channel.unary_unary(
+                '/credits.v1.CreditsService/SetPrice',
+                request_serializer=credits_dot_v1_dot_credits__pb2.SetPriceRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.SetPriceResponse.FromString,
+                _registered_method=True)
+        self.ListPrices = channel.unary_unary(
+                '/credits.v1.CreditsService/ListPrices',
+                request_serializer=credits_dot_v1_dot_credits__pb2.ListPricesRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.ListPricesResponse.FromString,
+                _registered_method=True)
+        self.ListPriceHistory = channel.unary_unary(
+                '/credits.v1.CreditsService/ListPriceHistory',
+                request_serializer=credits_dot_v1_dot_credits__pb2.ListPriceHistoryRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.ListPriceHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class CreditsServiceServicer:
@@ -217,6 +232,29 @@ class CreditsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPrice(self, request, context):
+        """SetPrice appends a new version of a job type's price, effective now or at a later
+        time; a version may instead retire the job type. Versions never change afterwards.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPrices(self, request, context):
+        """ListPrices lists the prices in effect now (or at a given time), by job type, paged;
+        retired job types are not listed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPriceHistory(self, request, context):
+        """ListPriceHistory lists every version of one job type's price, newest first, paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -289,6 +327,21 @@ def add_CreditsServiceServicer_to_server(servicer, server):
                     servicer.Transfer,
                     request_deserializer=credits_dot_v1_dot_credits__pb2.TransferRequest.FromString,
                     response_serializer=credits_dot_v1_dot_credits__pb2.TransferResponse.SerializeToString,
+            ),
+            'SetPrice': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPrice,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.SetPriceRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.SetPriceResponse.SerializeToString,
+            ),
+            'ListPrices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPrices,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.ListPricesRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.ListPricesResponse.SerializeToString,
+            ),
+            'ListPriceHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPriceHistory,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.ListPriceHistoryRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.ListPriceHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -670,6 +723,87 @@ class CreditsService:
             '/credits.v1.CreditsService/Transfer',
             credits_dot_v1_dot_credits__pb2.TransferRequest.SerializeToString,
             credits_dot_v1_dot_credits__pb2.TransferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPrice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/SetPrice',
+            credits_dot_v1_dot_credits__pb2.SetPriceRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.SetPriceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPrices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/ListPrices',
+            credits_dot_v1_dot_credits__pb2.ListPricesRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.ListPricesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPriceHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/ListPriceHistory',
+            credits_dot_v1_dot_credits__pb2.ListPriceHistoryRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.ListPriceHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

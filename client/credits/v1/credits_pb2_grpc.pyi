@@ -81,6 +81,16 @@ class CreditsServiceStub:
     from the source in burn-down order, they arrive as TRANSFER grants that keep each taken
     lot's expiry and priority. All or nothing; idempotent.
     """
+    SetPrice: _grpc.UnaryUnaryMultiCallable[_credits_pb2.SetPriceRequest, _credits_pb2.SetPriceResponse]
+    """SetPrice appends a new version of a job type's price, effective now or at a later
+    time; a version may instead retire the job type. Versions never change afterwards.
+    """
+    ListPrices: _grpc.UnaryUnaryMultiCallable[_credits_pb2.ListPricesRequest, _credits_pb2.ListPricesResponse]
+    """ListPrices lists the prices in effect now (or at a given time), by job type, paged;
+    retired job types are not listed.
+    """
+    ListPriceHistory: _grpc.UnaryUnaryMultiCallable[_credits_pb2.ListPriceHistoryRequest, _credits_pb2.ListPriceHistoryResponse]
+    """ListPriceHistory lists every version of one job type's price, newest first, paged."""
 
 @_typing.type_check_only
 class CreditsServiceAsyncStub(CreditsServiceStub):
@@ -129,6 +139,16 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     from the source in burn-down order, they arrive as TRANSFER grants that keep each taken
     lot's expiry and priority. All or nothing; idempotent.
     """
+    SetPrice: _aio.UnaryUnaryMultiCallable[_credits_pb2.SetPriceRequest, _credits_pb2.SetPriceResponse]  # type: ignore[assignment]
+    """SetPrice appends a new version of a job type's price, effective now or at a later
+    time; a version may instead retire the job type. Versions never change afterwards.
+    """
+    ListPrices: _aio.UnaryUnaryMultiCallable[_credits_pb2.ListPricesRequest, _credits_pb2.ListPricesResponse]  # type: ignore[assignment]
+    """ListPrices lists the prices in effect now (or at a given time), by job type, paged;
+    retired job types are not listed.
+    """
+    ListPriceHistory: _aio.UnaryUnaryMultiCallable[_credits_pb2.ListPriceHistoryRequest, _credits_pb2.ListPriceHistoryResponse]  # type: ignore[assignment]
+    """ListPriceHistory lists every version of one job type's price, newest first, paged."""
 
 class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
     """CreditsService is the single owner of the credits data."""
@@ -258,5 +278,33 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         from the source in burn-down order, they arrive as TRANSFER grants that keep each taken
         lot's expiry and priority. All or nothing; idempotent.
         """
+
+    @_abc_1.abstractmethod
+    def SetPrice(
+        self,
+        request: _credits_pb2.SetPriceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.SetPriceResponse, _abc.Awaitable[_credits_pb2.SetPriceResponse]]:
+        """SetPrice appends a new version of a job type's price, effective now or at a later
+        time; a version may instead retire the job type. Versions never change afterwards.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPrices(
+        self,
+        request: _credits_pb2.ListPricesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.ListPricesResponse, _abc.Awaitable[_credits_pb2.ListPricesResponse]]:
+        """ListPrices lists the prices in effect now (or at a given time), by job type, paged;
+        retired job types are not listed.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPriceHistory(
+        self,
+        request: _credits_pb2.ListPriceHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.ListPriceHistoryResponse, _abc.Awaitable[_credits_pb2.ListPriceHistoryResponse]]:
+        """ListPriceHistory lists every version of one job type's price, newest first, paged."""
 
 def add_CreditsServiceServicer_to_server(servicer: CreditsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

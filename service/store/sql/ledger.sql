@@ -281,10 +281,27 @@ LANGUAGE sql STABLE AS $$
     FROM credits_spend(a, p_now) s
 $$;
 
+-- The version of a job type's price in effect at p_at: the one with the latest
+-- effective_at not after p_at, the later set of two with the same. NULL when there is
+-- none; a retired version (no unit price) is returned as such.
+CREATE OR REPLACE FUNCTION credits_price_at(p_job_type text, p_at timestamptz)
+RETURNS prices LANGUAGE sql STABLE AS $$
+  SELECT * FROM prices
+   WHERE job_type = p_job_type AND effective_at <= p_at
+   ORDER BY effective_at DESC, version DESC
+   LIMIT 1
+$$;
+
+-- Holds p_amount, or, when p_quantity is given, p_quantity units of p_job_type at the
+-- price in effect at p_now (at most p_amount_max), recording the version it used. The
+-- price is read once, after the replay check: a replay answers the original whatever the
+-- price is now. Prices are global and append-only: reading one takes no lock, and the
+-- reservation's foreign key share-locks the version's row, which nothing ever updates
+-- (SetPrice only inserts), so it waits for nobody.
 CREATE OR REPLACE FUNCTION credits_reserve(
   p_caller text, p_key text, p_hash bytea, p_account text, p_amount bigint, p_ttl interval,
   p_job_id text, p_job_type text, p_description text, p_metadata jsonb, p_now timestamptz,
-  p_lock_timeout_ms integer)
+  p_lock_timeout_ms integer, p_quantity bigint DEFAULT NULL, p_amount_max bigint DEFAULT NULL)
 RETURNS SETOF reservations LANGUAGE plpgsql AS $$
 DECLARE
   a accounts;
@@ -292,6 +309,7 @@ DECLARE
   v_grants uuid[];
   v_amounts bigint[];
   v_total bigint;
+  v_price prices;
 BEGIN
   PERFORM credits_lock(p_account, p_now, p_lock_timeout_ms);
   v_id := credits_replayed(p_caller, p_key, 'reserve', p_hash);
@@ -304,6 +322,17 @@ BEGIN
   SELECT * INTO a FROM accounts WHERE account_id = p_account;
   IF a.frozen THEN
     RAISE EXCEPTION 'account frozen' USING ERRCODE = 'CR012';
+  END IF;
+  IF p_quantity IS NOT NULL THEN
+    v_price := credits_price_at(p_job_type, p_now);
+    IF v_price.unit_price IS NULL THEN
+      RAISE EXCEPTION 'no price in effect' USING ERRCODE = 'CR050';
+    END IF;
+    -- In numeric: the product of two bigints may not fit one.
+    IF v_price.unit_price::numeric * p_quantity > p_amount_max THEN
+      RAISE EXCEPTION 'priced amount above the maximum' USING ERRCODE = 'CR051';
+    END IF;
+    p_amount := v_price.unit_price * p_quantity;
   END IF;
   PERFORM credits_check_spend(a, p_amount, p_now);
 
@@ -321,9 +350,10 @@ BEGIN
 
   v_id := gen_random_uuid();
   INSERT INTO reservations (reservation_id, account_id, amount, job_id, job_type, description,
-                            metadata, created_at, expires_at)
+                            metadata, created_at, expires_at, price_version, unit_price,
+                            quantity)
   VALUES (v_id, p_account, p_amount, p_job_id, p_job_type, p_description, p_metadata,
-          p_now, p_now + p_ttl);
+          p_now, p_now + p_ttl, v_price.version, v_price.unit_price, p_quantity);
   INSERT INTO allocations (reservation_id, grant_id, account_id, burn_rank, amount)
   SELECT v_id, t.grant_id, p_account, t.burn_rank, t.amount
     FROM unnest(v_grants, v_amounts) WITH ORDINALITY AS t(grant_id, amount, burn_rank);
@@ -364,9 +394,13 @@ END $$;
 -- account refuses (CR012), then the spend limits (CR030); the extra comes from the
 -- available credits in burn-down order, and what they do not cover becomes the account's
 -- debt, as far as its overdraft limit allows (beyond: CR001, and nothing changes).
+-- p_quantity instead of p_amount: the final quantity of a priced reservation, captured at
+-- the unit price the reservation stored (CR052 when it was not priced), never today's; a
+-- quantity above the reserved one is an overrun priced the same way.
 CREATE OR REPLACE FUNCTION credits_confirm(p_account text, p_reservation uuid,
                                            p_amount bigint, p_allow_overrun boolean,
-                                           p_now timestamptz, p_lock_timeout_ms integer)
+                                           p_now timestamptz, p_lock_timeout_ms integer,
+                                           p_quantity bigint DEFAULT NULL)
 RETURNS SETOF reservations LANGUAGE plpgsql AS $$
 DECLARE
   r reservations;
@@ -379,6 +413,19 @@ DECLARE
   v_taken bigint;
 BEGIN
   r := credits_locked_reservation(p_account, p_reservation, p_now, p_lock_timeout_ms);
+  IF p_quantity IS NOT NULL THEN
+    IF r.unit_price IS NULL THEN
+      RAISE EXCEPTION 'reservation not priced' USING ERRCODE = 'CR052';
+    END IF;
+    IF p_quantity > r.quantity AND NOT p_allow_overrun THEN
+      RAISE EXCEPTION 'capture exceeds the reservation' USING ERRCODE = 'CR006';
+    END IF;
+    -- In numeric: an overrun's quantity may be large enough to overflow the product.
+    IF r.unit_price::numeric * p_quantity > credits_account_credits_max() THEN
+      RAISE EXCEPTION 'priced amount above the maximum' USING ERRCODE = 'CR051';
+    END IF;
+    p_amount := r.unit_price * p_quantity;
+  END IF;
   IF r.status = credits_status_confirmed()
      AND (p_amount IS NULL OR p_amount = r.confirmed_amount) THEN
     RETURN NEXT r;
@@ -996,6 +1043,48 @@ BEGIN
   RETURN QUERY SELECT a, credits_spend_json(a, p_now);
 END $$;
 
+-- SetPrice: appends a version of p_job_type's price (p_unit_price NULL: retired) set by
+-- p_caller at p_now, in effect from p_effective_at (not before p_now: the ledger checks
+-- it, the table's constraint too). Versions are global and append-only, so this takes
+-- no lock: concurrent versions of one job type get distinct, increasing numbers.
+CREATE OR REPLACE FUNCTION credits_set_price(p_caller text, p_job_type text,
+                                             p_unit_price bigint, p_unit text,
+                                             p_effective_at timestamptz, p_reason text,
+                                             p_now timestamptz)
+RETURNS SETOF prices LANGUAGE sql AS $$
+  INSERT INTO prices (job_type, unit_price, unit, effective_at, set_at, set_by, reason)
+  VALUES (p_job_type, p_unit_price, p_unit, p_effective_at, p_now, p_caller, p_reason)
+  RETURNING *
+$$;
+
+-- ListPrices: one page of the versions in effect at p_at, by job type, retired job types
+-- left out. p_after is the version that ended the previous page: its job type never
+-- changes, so the page goes on after that job type.
+CREATE OR REPLACE FUNCTION credits_list_prices(p_at timestamptz, p_limit integer,
+                                               p_after bigint)
+RETURNS SETOF prices LANGUAGE sql STABLE AS $$
+  SELECT (c.p).* FROM (
+    SELECT DISTINCT ON (pr.job_type) pr AS p FROM prices pr
+     WHERE pr.effective_at <= p_at
+       AND (p_after IS NULL
+            OR pr.job_type > (SELECT l.job_type FROM prices l WHERE l.version = p_after))
+     ORDER BY pr.job_type, pr.effective_at DESC, pr.version DESC
+  ) c
+   WHERE (c.p).unit_price IS NOT NULL
+   ORDER BY (c.p).job_type
+   LIMIT p_limit
+$$;
+
+-- ListPriceHistory: one page of a job type's versions, newest first, future ones included.
+CREATE OR REPLACE FUNCTION credits_price_history(p_job_type text, p_limit integer,
+                                                 p_after bigint)
+RETURNS SETOF prices LANGUAGE sql STABLE AS $$
+  SELECT * FROM prices
+   WHERE job_type = p_job_type AND (p_after IS NULL OR version < p_after)
+   ORDER BY version DESC
+   LIMIT p_limit
+$$;
+
 CREATE OR REPLACE FUNCTION credits_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP;
@@ -1012,4 +1101,10 @@ CREATE OR REPLACE TRIGGER account_settings_changes_append_only
   FOR EACH ROW EXECUTE FUNCTION credits_refuse_change();
 CREATE OR REPLACE TRIGGER account_settings_changes_no_truncate
   BEFORE TRUNCATE ON account_settings_changes
+  FOR EACH STATEMENT EXECUTE FUNCTION credits_refuse_change();
+CREATE OR REPLACE TRIGGER prices_append_only
+  BEFORE UPDATE OR DELETE ON prices
+  FOR EACH ROW EXECUTE FUNCTION credits_refuse_change();
+CREATE OR REPLACE TRIGGER prices_no_truncate
+  BEFORE TRUNCATE ON prices
   FOR EACH STATEMENT EXECUTE FUNCTION credits_refuse_change();
