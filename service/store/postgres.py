@@ -286,8 +286,10 @@ class _Statements:
 class PostgresStore:
     """The ledger's Store on PostgreSQL."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, job_types: frozenset[str] = frozenset()) -> None:
         self._engine = engine
+        # The job types counted under their own label (service.ops.metrics.job_type_label).
+        self._job_types = job_types
         self._statements = _Statements(engine)
         # Checked out without SQLAlchemy's Connection, a failed connect comes as the
         # driver adapter's own error, not wrapped in DBAPIError.
@@ -393,7 +395,11 @@ class PostgresStore:
         deadline: Deadline,
     ) -> Reservation:
         params = {"account": account_id, "reservation": reservation_id, "amount": amount}
-        return _reservation(await self._one(CONFIRM, {**params, "now": now}, deadline))
+        row = await self._one(CONFIRM, {**params, "now": now}, deadline)
+        reservation = _reservation(row)
+        if row.settled_at == now:
+            self._finished(reservation, "confirmed")
+        return reservation
 
     async def release(
         self,
@@ -405,7 +411,21 @@ class PostgresStore:
         deadline: Deadline,
     ) -> Reservation:
         params = {"account": account_id, "reservation": reservation_id, "reason": reason}
-        return _reservation(await self._one(RELEASE, {**params, "now": now}, deadline))
+        row = await self._one(RELEASE, {**params, "now": now}, deadline)
+        reservation = _reservation(row)
+        # A Release of an expired reservation answers it as is: not this call's outcome.
+        if row.settled_at == now and reservation.status is ReservationStatus.RELEASED:
+            self._finished(reservation, "released")
+        return reservation
+
+    def _finished(self, reservation: Reservation, outcome: str) -> None:
+        """Count a reservation this call settled. A replay answers the reservation as its
+        first call settled it, at that call's time (settled_at), so it is not counted
+        again."""
+        job_type = metrics.job_type_label(reservation.job_type, self._job_types)
+        metrics.RESERVATIONS_FINISHED.labels(job_type, outcome).inc()
+        if reservation.confirmed_amount:
+            metrics.CREDITS_CAPTURED.labels(job_type).inc(reservation.confirmed_amount)
 
     async def grant(
         self, order: GrantOrder, now: datetime.datetime, *, deadline: Deadline
