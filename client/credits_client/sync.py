@@ -203,5 +203,6 @@ class SyncCreditsClient:
     get_reservation = _blocking(CreditsClient.get_reservation)
     extend_reservation = _blocking(CreditsClient.extend_reservation)
     get_account = _blocking(CreditsClient.get_account)
+    get_usage_summary = _blocking(CreditsClient.get_usage_summary)
     update_account_settings = _blocking(CreditsClient.update_account_settings)
     hold = _blocking_hold(CreditsClient.hold)

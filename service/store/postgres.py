@@ -38,6 +38,7 @@ from service.ledger.model import (
     Granted,
     GrantLot,
     GrantSource,
+    JobTypeUsage,
     LedgerEntry,
     Reservation,
     ReservationStatus,
@@ -118,6 +119,7 @@ UPDATE_ACCOUNT_SETTINGS = text(
     "SELECT * FROM credits_update_account_settings(:caller, :account, :settings, :mask,"
     " :reason, :now, :lock_ms)"
 )
+USAGE_SUMMARY = text("SELECT * FROM credits_usage_summary(:account, :since, :until, :limit)")
 DUE_ACCOUNTS = text("SELECT credits_due_accounts(:now, :limit) AS account_id")
 PING = text("SELECT 1")
 SETTLE = text("SELECT credits_lock(:account, :now, NULL)")
@@ -614,6 +616,33 @@ class PostgresStore:
             "now": now,
         }
         return _account(await self._one(UPDATE_ACCOUNT_SETTINGS, params, deadline))
+
+    async def usage_summary(
+        self,
+        account_id: str | None,
+        since: datetime.datetime,
+        until: datetime.datetime,
+        limit: int,
+        *,
+        deadline: Deadline,
+    ) -> list[JobTypeUsage]:
+        params = {"account": account_id, "since": since, "until": until, "limit": limit}
+        async with self._connection() as conn:
+            # Takes no lock: the deadline only decides whether it starts at all; the
+            # statement_timeout bounds the read.
+            _lock_timeout_ms(deadline)
+            args = self._statements.args(USAGE_SUMMARY, params)
+            rows = await conn.fetch(*args, record_class=Row)
+        return [
+            JobTypeUsage(
+                job_type=row.job_type,
+                confirmed=row.confirmed,
+                released=row.released,
+                expired=row.expired,
+                captured_amount=row.captured_amount,
+            )
+            for row in rows
+        ]
 
     async def ping(self) -> None:
         """Whether the database answers (through the pool, as the RPCs reach it)."""

@@ -100,6 +100,11 @@ class CreditsServiceStub:
                 request_serializer=credits_dot_v1_dot_credits__pb2.UpdateAccountSettingsRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_credits__pb2.UpdateAccountSettingsResponse.FromString,
                 _registered_method=True)
+        self.GetUsageSummary = channel.unary_unary(
+                '/credits.v1.CreditsService/GetUsageSummary',
+                request_serializer=credits_dot_v1_dot_credits__pb2.GetUsageSummaryRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.GetUsageSummaryResponse.FromString,
+                _registered_method=True)
 
 
 class CreditsServiceServicer:
@@ -203,6 +208,15 @@ class CreditsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsageSummary(self, request, context):
+        """GetUsageSummary reports, per job type, the reservations that finished in a time
+        window: how many were confirmed, released and expired, the credits captured and the
+        success rate. Read from the ledger, for every account or for one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -270,6 +284,11 @@ def add_CreditsServiceServicer_to_server(servicer, server):
                     servicer.UpdateAccountSettings,
                     request_deserializer=credits_dot_v1_dot_credits__pb2.UpdateAccountSettingsRequest.FromString,
                     response_serializer=credits_dot_v1_dot_credits__pb2.UpdateAccountSettingsResponse.SerializeToString,
+            ),
+            'GetUsageSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsageSummary,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.GetUsageSummaryRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.GetUsageSummaryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -624,6 +643,33 @@ class CreditsService:
             '/credits.v1.CreditsService/UpdateAccountSettings',
             credits_dot_v1_dot_credits__pb2.UpdateAccountSettingsRequest.SerializeToString,
             credits_dot_v1_dot_credits__pb2.UpdateAccountSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsageSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/GetUsageSummary',
+            credits_dot_v1_dot_credits__pb2.GetUsageSummaryRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.GetUsageSummaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,6 +76,11 @@ class CreditsServiceStub:
     """UpdateAccountSettings changes the settings its update_mask names, and only those; each
     change that changes something is audited with its caller, time and reason.
     """
+    GetUsageSummary: _grpc.UnaryUnaryMultiCallable[_credits_pb2.GetUsageSummaryRequest, _credits_pb2.GetUsageSummaryResponse]
+    """GetUsageSummary reports, per job type, the reservations that finished in a time
+    window: how many were confirmed, released and expired, the credits captured and the
+    success rate. Read from the ledger, for every account or for one.
+    """
 
 @_typing.type_check_only
 class CreditsServiceAsyncStub(CreditsServiceStub):
@@ -118,6 +123,11 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     UpdateAccountSettings: _aio.UnaryUnaryMultiCallable[_credits_pb2.UpdateAccountSettingsRequest, _credits_pb2.UpdateAccountSettingsResponse]  # type: ignore[assignment]
     """UpdateAccountSettings changes the settings its update_mask names, and only those; each
     change that changes something is audited with its caller, time and reason.
+    """
+    GetUsageSummary: _aio.UnaryUnaryMultiCallable[_credits_pb2.GetUsageSummaryRequest, _credits_pb2.GetUsageSummaryResponse]  # type: ignore[assignment]
+    """GetUsageSummary reports, per job type, the reservations that finished in a time
+    window: how many were confirmed, released and expired, the credits captured and the
+    success rate. Read from the ledger, for every account or for one.
     """
 
 class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -236,6 +246,17 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_credits_pb2.UpdateAccountSettingsResponse, _abc.Awaitable[_credits_pb2.UpdateAccountSettingsResponse]]:
         """UpdateAccountSettings changes the settings its update_mask names, and only those; each
         change that changes something is audited with its caller, time and reason.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsageSummary(
+        self,
+        request: _credits_pb2.GetUsageSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.GetUsageSummaryResponse, _abc.Awaitable[_credits_pb2.GetUsageSummaryResponse]]:
+        """GetUsageSummary reports, per job type, the reservations that finished in a time
+        window: how many were confirmed, released and expired, the credits captured and the
+        success rate. Read from the ledger, for every account or for one.
         """
 
 def add_CreditsServiceServicer_to_server(servicer: CreditsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
