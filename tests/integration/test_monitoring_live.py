@@ -216,6 +216,12 @@ async def test_every_rule_and_panel_expression_resolves_against_a_scraped_servic
 
             for expression in expressions:
                 await query(http, base, expression)
+            # The service's own schedule ran (on its role's grants) and said so.
+            completed = "credits_reconcile_last_completed_timestamp_seconds > 0"
+            while not await query(http, base, completed):
+                assert time.monotonic() < deadline, "no scheduled reconcile completed"
+                await asyncio.sleep(0.5)
+            assert not await query(http, base, "credits_reconcile_discrepancies > 0")
             groups = (await http.get(f"{base}/api/v1/rules")).json()["data"]["groups"]
             loaded = [rule for group in groups for rule in group["rules"]]
             assert len(loaded) == len(alert_rules())
