@@ -32,7 +32,7 @@ def test_hourly_reconcile_and_no_job_types_unless_set(dev_dir: Path) -> None:
 
 def test_the_interval_and_job_types_as_set_and_0_turns_the_schedule_off(dev_dir: Path) -> None:
     loaded = load(dev_dir, CREDITS_RECONCILE_INTERVAL_SECONDS="60", CREDITS_JOB_TYPES="a, b,,")
-    assert (loaded.reconcile_interval_seconds, loaded.job_types) == (60, {"a", "b"})
+    assert (loaded.reconcile_interval_seconds, loaded.job_types) == (60.0, frozenset({"a", "b"}))
     assert load(dev_dir, CREDITS_RECONCILE_INTERVAL_SECONDS="0").reconcile_interval_seconds == 0
 
 
