@@ -71,7 +71,7 @@ async def exercise(args: argparse.Namespace, cluster: Cluster, report: Report, s
     accounts = [f"{run_id}-acct{i}" for i in range(args.accounts)]
     channels = {
         caller: [cluster.channel(caller, a) for a in cluster.addresses]
-        for caller in ("backend", "gateway")
+        for caller in ("backend", "gateway", "ops")
     }
     stubs = {caller: [CreditsServiceStub(c) for c in cs] for caller, cs in channels.items()}
     workload = Workload(

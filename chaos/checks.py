@@ -93,7 +93,11 @@ class Stored:
 
 
 def _check_ack(ack: Ack, stored: Stored, report: Report) -> None:
-    if ack.outcome == "unacknowledged" or ack.op in ("GetBalance", "ExtendReservation"):
+    if ack.outcome == "unacknowledged" or ack.op in (
+        "GetBalance",
+        "ExtendReservation",
+        "GetUsageSummary",
+    ):
         return
     key = stored.keys.get((CALLER_OF.get(ack.op, ""), ack.key or ""))
     if ack.key is not None and ack.outcome != "ok":

@@ -1,5 +1,5 @@
 """Concurrent clients doing random Reserve, Confirm, Release, ExtendReservation, Grant,
-Revoke and GetBalance on a few shared accounts (so that they contend), through both
+Revoke, GetBalance and GetUsageSummary on a few shared accounts (so that they contend), through both
 instances. Some calls get deadlines that cut them short; every call is retried with the
 same request (the same idempotency key) until it is acknowledged or definitively
 refused, and every acknowledgement goes into the log that chaos/checks.py holds against
@@ -64,7 +64,10 @@ EXPECTED_REFUSALS = {
     "Grant": set(),
     "Revoke": set(),
     "GetBalance": set(),
+    "GetUsageSummary": set(),
 }
+# GetUsageSummary's window either side of now: wider than any run.
+USAGE_SUMMARY_WINDOW = datetime.timedelta(days=1)
 OPERATIONS = (
     ("Reserve", 30),
     ("Confirm", 18),
@@ -73,6 +76,7 @@ OPERATIONS = (
     ("Grant", 14),
     ("Revoke", 8),
     ("GetBalance", 10),
+    ("GetUsageSummary", 2),
     ("replay", 8),
 )
 
@@ -202,6 +206,8 @@ class Workload:
                 await self.revoke(rng, account)
             elif op == "replay" and self.keyed:
                 await self.replay(rng)
+            elif op == "GetUsageSummary":
+                await self.usage_summary(rng, account)
             else:
                 await self.balance(rng, account)
 
@@ -321,6 +327,25 @@ class Workload:
             ack.result = {"available": b.available, "reserved": b.reserved}
             if b.available < 0 or b.reserved < 0:
                 self.report.violation(f"negative balance of {account}: {ack.result}")
+        self.record(ack)
+
+    async def usage_summary(self, rng: random.Random, account: str) -> None:
+        """The account's finished reservations of the last day: counts that add up."""
+        now = datetime.datetime.now(datetime.UTC)
+        request = pb.GetUsageSummaryRequest(
+            account_id=account,
+            since=_stamp(now - USAGE_SUMMARY_WINDOW),
+            until=_stamp(now + USAGE_SUMMARY_WINDOW),
+        )
+        outcome = await self.call(rng, "ops", "GetUsageSummary", request)
+        ack = self.settle("GetUsageSummary", account, None, outcome)
+        for u in outcome.response.job_types if outcome.response is not None else ():
+            finished = u.confirmed + u.released + u.expired
+            counts = (u.confirmed, u.released, u.expired, u.captured_amount)
+            if min(counts) < 0 or finished == 0:
+                self.report.violation(f"usage summary of {account}: counts {counts}")
+            elif u.success_per_mille != u.confirmed * 1000 // finished:
+                self.report.violation(f"usage summary of {account}: rate {u.success_per_mille}")
         self.record(ack)
 
     async def replay(self, rng: random.Random) -> None:
