@@ -54,6 +54,7 @@ lint: $(STAMP) proto-check
 
 test: $(STAMP) proto-check
 	scripts/ensure-redis-server.sh
+	scripts/ensure-prometheus.sh
 	$(PY) -m pytest
 
 # The runner starts a Redis for the rate limits when redis-server is there (one service

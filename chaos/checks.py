@@ -114,6 +114,7 @@ def _check_ack(ack: Ack, stored: Stored, report: Report) -> None:
         "GetBalance",
         "ExtendReservation",
         "UpdateAccountSettings",
+        "GetUsageSummary",
     ):
         return
     key = stored.keys.get((CALLER_OF.get(ack.op, ""), ack.key or ""))

@@ -1,10 +1,11 @@
 """Concurrent clients doing random Reserve (some priced by quantity), Confirm (some by
 quantity, some above the hold, into the overdraft of the accounts that have one),
-Release, ExtendReservation, Grant, Revoke, Transfer and GetBalance on a few shared
-accounts (so that they contend), through both instances. Some calls get deadlines that
-cut them short; every call is retried with the same request (the same idempotency key)
-until it is acknowledged or definitively refused, and every acknowledgement goes into the
-log that chaos/checks.py holds against the database afterwards."""
+Release, ExtendReservation, Grant, Revoke, Transfer, GetBalance and GetUsageSummary on a
+few shared accounts (so that they contend), through both instances. Some calls get
+deadlines that cut them short; every call is retried with the same request (the same
+idempotency key) until it is acknowledged or definitively refused, and every
+acknowledgement goes into the log that chaos/checks.py holds against the database
+afterwards."""
 
 import asyncio
 import datetime
@@ -84,9 +85,12 @@ EXPECTED_REFUSALS = {
     # The workload freezes no account; a frozen source is still an answer, not a fault.
     "Transfer": {"INSUFFICIENT_CREDITS", "ACCOUNT_FROZEN"},
     "GetBalance": set(),
+    "GetUsageSummary": set(),
 }
 # Who sends each keyed RPC (and replays it): Transfer is for operators only.
 CALLER_OF = {"Grant": "gateway", "Reserve": "backend", "Revoke": "gateway", "Transfer": "ops"}
+# GetUsageSummary's window either side of now: wider than any run.
+USAGE_SUMMARY_WINDOW = datetime.timedelta(days=1)
 OPERATIONS = (
     ("Reserve", 30),
     ("Confirm", 18),
@@ -96,6 +100,7 @@ OPERATIONS = (
     ("Revoke", 8),
     ("Transfer", 4),
     ("GetBalance", 10),
+    ("GetUsageSummary", 2),
     ("replay", 8),
 )
 
@@ -260,6 +265,8 @@ class Workload:
                 await self.transfer(rng, account)
             elif op == "replay" and self.keyed:
                 await self.replay(rng)
+            elif op == "GetUsageSummary":
+                await self.usage_summary(rng, account)
             else:
                 await self.balance(rng, account)
 
@@ -421,6 +428,25 @@ class Workload:
             ack.result = {"available": b.available, "reserved": b.reserved}
             if b.available < 0 or b.reserved < 0:
                 self.report.violation(f"negative balance of {account}: {ack.result}")
+        self.record(ack)
+
+    async def usage_summary(self, rng: random.Random, account: str) -> None:
+        """The account's finished reservations of the last day: counts that add up."""
+        now = datetime.datetime.now(datetime.UTC)
+        request = pb.GetUsageSummaryRequest(
+            account_id=account,
+            since=_stamp(now - USAGE_SUMMARY_WINDOW),
+            until=_stamp(now + USAGE_SUMMARY_WINDOW),
+        )
+        outcome = await self.call(rng, "ops", "GetUsageSummary", request)
+        ack = self.settle("GetUsageSummary", account, None, outcome)
+        for u in outcome.response.job_types if outcome.response is not None else ():
+            finished = u.confirmed + u.released + u.expired
+            counts = (u.confirmed, u.released, u.expired, u.captured_amount)
+            if min(counts) < 0 or finished == 0:
+                self.report.violation(f"usage summary of {account}: counts {counts}")
+            elif u.success_per_mille != u.confirmed * 1000 // finished:
+                self.report.violation(f"usage summary of {account}: rate {u.success_per_mille}")
         self.record(ack)
 
     async def replay(self, rng: random.Random) -> None:

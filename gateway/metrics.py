@@ -3,7 +3,7 @@ can read exactly what one gateway counted)."""
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway.events import (
     DISPUTE_CLOSED_EVENT,
@@ -20,6 +20,11 @@ EVENT_TYPE_LABELS = frozenset(
 OTHER_EVENT_TYPE = "other"
 # Stripe gives up on a delivery after a few seconds; buckets around that.
 WEBHOOK_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A webhook answered with a status from here on failed at our end (Stripe retries it).
+FAILED_STATUS_MIN = 500
+# Below this it was taken; a 4xx (a bad signature, a body too large) neither fails nor
+# takes a delivery, so it leaves a streak of failures as it is.
+REFUSED_STATUS_MIN = 400
 
 
 def event_type_label(event_type: str) -> str:
@@ -50,9 +55,19 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.consecutive_failures = Gauge(
+            "credits_gateway_webhook_consecutive_failures",
+            "Webhooks answered 5xx since the last one that was taken (2xx).",
+            registry=self.registry,
+        )
+
     def webhook(self, event_type: str, outcome: str, status: int, seconds: float) -> None:
         self.webhooks.labels(event_type_label(event_type), outcome, str(status)).inc()
         self.webhook_seconds.observe(seconds)
+        if status >= FAILED_STATUS_MIN:
+            self.consecutive_failures.inc()
+        elif status < REFUSED_STATUS_MIN:
+            self.consecutive_failures.set(0)
 
     def service_call(self, rpc: str, code: str) -> None:
         self.service_calls.labels(rpc, code).inc()

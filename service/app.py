@@ -23,6 +23,7 @@ from service.rpc.server import Built, build_server, mark_serving
 from service.store import sweeper
 from service.store.clock import DatabaseClock, skewed
 from service.store.postgres import PostgresStore, create_engine
+from service.store.reconcile import ScheduledReconcile
 
 log = logging.getLogger("credits.service")
 
@@ -86,7 +87,7 @@ def assemble(config: settings.Settings, url: str, clock: Clock, *, sharing: int 
         statement_timeout_seconds=config.db_statement_timeout_seconds,
         connect_timeout_seconds=config.db_connect_timeout_seconds,
     )
-    store = PostgresStore(engine)
+    store = PostgresStore(engine, job_types=config.job_types)
     ledger = Ledger(store, policy(config), clock)
     return Assembled(engine, store, build_server(config, ledger, sharing=sharing))
 
@@ -123,6 +124,10 @@ async def serve(
         tasks.append(
             asyncio.create_task(sweeper.run(store, config.sweeper_interval_seconds, clock))
         )
+    # One process per instance competes for the reconciler's lock (the instances share it).
+    if config.reconcile_interval_seconds > 0 and (worker is None or worker.index == 0):
+        reconciling = ScheduledReconcile(url, config.reconcile_interval_seconds)
+        tasks.append(asyncio.create_task(reconciling.run()))
     where = {"address": config.grpc_addr, "env": config.env}
     if worker is None:
         log.info("serving", extra=where)

@@ -61,6 +61,11 @@ HEALTH_CHECK_INTERVAL_SECONDS_DEFAULT = 2.0
 MAX_CONCURRENT_RPCS_DEFAULT = 256
 SHUTDOWN_GRACE_SECONDS_DEFAULT = 10.0
 SWEEPER_INTERVAL_SECONDS_DEFAULT = 30.0
+# Reconcile reads every row of the ledger: hourly finds a discrepancy within the hour at
+# the cost of one full read an hour. 0 turns the schedule off.
+RECONCILE_INTERVAL_SECONDS_DEFAULT = 3600.0
+# Each job type adds a series per outcome: a dashboard's worth, not a catalogue.
+JOB_TYPES_MAX = 50
 # How long after its creation ExtendReservation may keep a reservation alive: a forgotten
 # heartbeat must not hold credits for ever, and a week covers the longest render.
 RESERVATION_LIFETIME_MAX_SECONDS_DEFAULT = 7 * 24 * 3600.0
@@ -141,6 +146,10 @@ class Settings:
     max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS_DEFAULT
     shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS_DEFAULT
     sweeper_interval_seconds: float = SWEEPER_INTERVAL_SECONDS_DEFAULT
+    # 0: no scheduled reconcile.
+    reconcile_interval_seconds: float = RECONCILE_INTERVAL_SECONDS_DEFAULT
+    # The job types counted under their own label in the metrics; others count as "other".
+    job_types: frozenset[str] = frozenset()
     reservation_lifetime_max_seconds: float = RESERVATION_LIFETIME_MAX_SECONDS_DEFAULT
     # Where the service writes the pid to signal (service.ops.pidfile); None: nowhere.
     pid_file: Path | None = None
@@ -189,6 +198,18 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if seconds <= 0:
         raise SettingsError(f"{name} must be positive")
     return seconds
+
+
+def _seconds_or_off(env: Mapping[str, str], name: str, default: float) -> float:
+    """Seconds, or 0 for off."""
+    if env.get(name, "").strip() in ("0", "0.0"):
+        return 0.0
+    return _seconds(env, name, default)
+
+
+def _job_types(env: Mapping[str, str]) -> frozenset[str]:
+    raw = env.get("CREDITS_JOB_TYPES", "")
+    return frozenset(t.strip() for t in raw.split(",") if t.strip())
 
 
 def _rates(env: Mapping[str, str], name: str, default: str) -> tuple[RateLimitItem, ...]:
@@ -363,6 +384,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         sweeper_interval_seconds=_seconds(
             env, "CREDITS_SWEEPER_INTERVAL_SECONDS", SWEEPER_INTERVAL_SECONDS_DEFAULT
         ),
+        reconcile_interval_seconds=_seconds_or_off(
+            env, "CREDITS_RECONCILE_INTERVAL_SECONDS", RECONCILE_INTERVAL_SECONDS_DEFAULT
+        ),
+        job_types=_job_types(env),
         reservation_lifetime_max_seconds=_seconds(
             env,
             "CREDITS_RESERVATION_LIFETIME_MAX_SECONDS",
@@ -420,6 +445,9 @@ def check(settings: Settings) -> None:
             "CREDITS_RESERVATION_LIFETIME_MAX_SECONDS must be at least the longest ttl"
             f" ({int(limits.RESERVATION_TTL_MAX.total_seconds())})"
         )
+    # Each is a label value of every job outcome series.
+    if len(settings.job_types) > JOB_TYPES_MAX:
+        raise SettingsError(f"CREDITS_JOB_TYPES may name at most {JOB_TYPES_MAX} job types")
     for key in settings.metadata_keys:
         if len(key) > limits.METADATA_KEY_CHARS_MAX:
             raise SettingsError("CREDITS_METADATA_KEYS has a key that is too long")

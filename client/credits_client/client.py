@@ -29,6 +29,7 @@ from credits_client.results import (
     Granted,
     GrantLot,
     GrantSource,
+    JobTypeUsage,
     LedgerEntry,
     Price,
     Reservation,
@@ -476,6 +477,23 @@ class CreditsClient:
         request = pb.GetAccountRequest(account_id=account_id)
         response = await self._call("GetAccount", request, timeout_seconds)
         return Account.from_message(response.account)
+
+    async def get_usage_summary(
+        self,
+        since: datetime.datetime,
+        until: datetime.datetime,
+        *,
+        account_id: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> list[JobTypeUsage]:
+        """Per job type, the reservations that finished in [since, until) (at most 31
+        days), every account's or `account_id`'s: counts by outcome, credits captured and
+        the success rate in thousandths; most finished first."""
+        request = pb.GetUsageSummaryRequest(account_id=account_id or "")
+        request.since.FromDatetime(_aware(since, "since"))
+        request.until.FromDatetime(_aware(until, "until"))
+        response = await self._call("GetUsageSummary", request, timeout_seconds)
+        return [JobTypeUsage.from_message(message) for message in response.job_types]
 
     async def update_account_settings(
         self,

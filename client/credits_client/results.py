@@ -457,3 +457,26 @@ class Price:
             set_by=message.set_by,
             reason=message.reason,
         )
+
+
+@dataclass(frozen=True)
+class JobTypeUsage:
+    """What the reservations of one job type that finished in a window came to."""
+
+    job_type: str  # as callers gave it in Reserve; "" for none
+    confirmed: int
+    released: int
+    expired: int
+    captured_amount: int  # credit units captured by the confirmed ones
+    success_per_mille: int  # confirmed out of all three, in thousandths, rounded down
+
+    @classmethod
+    def from_message(cls, message: pb.JobTypeUsage) -> "JobTypeUsage":
+        return cls(
+            job_type=message.job_type,
+            confirmed=message.confirmed,
+            released=message.released,
+            expired=message.expired,
+            captured_amount=message.captured_amount,
+            success_per_mille=message.success_per_mille,
+        )

@@ -204,6 +204,7 @@ class SyncCreditsClient:
     get_reservation = _blocking(CreditsClient.get_reservation)
     extend_reservation = _blocking(CreditsClient.extend_reservation)
     get_account = _blocking(CreditsClient.get_account)
+    get_usage_summary = _blocking(CreditsClient.get_usage_summary)
     update_account_settings = _blocking(CreditsClient.update_account_settings)
     set_price = _blocking(CreditsClient.set_price)
     list_prices = _blocking_iterator(CreditsClient.list_prices)

@@ -182,6 +182,8 @@ class SanitizeErrors(Interceptor):
             finished(method_name, code if known else grpc.StatusCode.UNKNOWN, started)
             raise exc
         status = errors.for_known(exc)
+        if status is not None:
+            metrics.REFUSALS.labels(method_name, errors.STATUS_OF[type(exc)].reason).inc()
         if status is None:
             request_id = logs.request_id.get()
             # The formatter writes the error's class and stack, never its message: a

@@ -134,6 +134,14 @@ class UsageQuery:
 
 
 @dataclass(frozen=True)
+class UsageSummaryQuery:
+    since: WireTime | None
+    until: WireTime | None
+    # Empty: every account.
+    account_id: str = ""
+
+
+@dataclass(frozen=True)
 class AccountQuery:
     account_id: str
 

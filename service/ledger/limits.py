@@ -50,3 +50,9 @@ PRIORITY_INT32_MAX = 2**31 - 1
 
 # gRPC messages of this contract are small; a large one is a mistake or an attack.
 GRPC_MESSAGE_BYTES_MAX = 64 * 1024
+
+# GetUsageSummary reads every reservation that finished in its window: a month at most
+# keeps one call's read bounded.
+USAGE_SUMMARY_WINDOW_MAX = datetime.timedelta(days=31)
+# The job types one summary lists, most finished first: job types are the callers' text.
+USAGE_SUMMARY_JOB_TYPES_MAX = 1000

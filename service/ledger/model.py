@@ -271,3 +271,23 @@ class Price:
 class PricePage:
     prices: tuple[Price, ...]
     next_page_token: str
+
+
+PER_MILLE = 1000
+
+
+@dataclass(frozen=True)
+class JobTypeUsage:
+    """What the reservations of one job type that finished in a window came to."""
+
+    job_type: str
+    confirmed: int
+    released: int
+    expired: int
+    captured_amount: int
+
+    @property
+    def success_per_mille(self) -> int:
+        """Confirmed out of all finished, in thousandths, rounded down: no floats."""
+        finished = self.confirmed + self.released + self.expired
+        return self.confirmed * PER_MILLE // finished if finished else 0

@@ -32,6 +32,7 @@ from service.ledger.commands import (
     TransferCommand,
     UpdateAccountSettingsCommand,
     UsageQuery,
+    UsageSummaryQuery,
 )
 from service.ledger.model import (
     ACCOUNT_SETTINGS_FIELDS,
@@ -47,6 +48,7 @@ from service.ledger.model import (
     Granted,
     GrantLot,
     GrantPage,
+    JobTypeUsage,
     LedgerEntry,
     Price,
     PricePage,
@@ -281,6 +283,19 @@ class Store(Protocol):
     async def price_history(
         self, job_type: str, limit: int, after: int | None, *, deadline: Deadline
     ) -> list[Price]: ...
+
+    async def usage_summary(
+        self,
+        account_id: str | None,
+        since: datetime.datetime,
+        until: datetime.datetime,
+        limit: int,
+        *,
+        deadline: Deadline,
+    ) -> list[JobTypeUsage]:
+        """A read of finished reservations only: it takes no account lock (a
+        reservation's outcome never changes once it finished)."""
+        ...
 
 
 class Ledger:
@@ -605,6 +620,38 @@ class Ledger:
         rows = await self._store.price_history(query.job_type, limit + 1, after, deadline=deadline)
         page, token = _paged(rows, limit, PRICE_HISTORY_LIST, query.job_type, _price_keys)
         return PricePage(page, token)
+
+    async def usage_summary(
+        self, query: UsageSummaryQuery, *, deadline: Deadline
+    ) -> list[JobTypeUsage]:
+        check = Check()
+        if query.account_id:
+            check.account_id(query.account_id)
+        since = check.timestamp("since", query.since)
+        until = check.timestamp("until", query.until)
+        if query.since is None:
+            check.fail("since", "is required")
+        if query.until is None:
+            check.fail("until", "is required")
+        if since is not None and until is not None:
+            if until <= since:
+                check.fail("until", "must be after since")
+            elif until - since > limits.USAGE_SUMMARY_WINDOW_MAX:
+                check.fail(
+                    "until",
+                    f"must be at most {limits.USAGE_SUMMARY_WINDOW_MAX.days} days after since",
+                )
+        check.done()
+        # check.done() raised if either is missing or bad.
+        assert since is not None
+        assert until is not None
+        return await self._store.usage_summary(
+            query.account_id or None,
+            since,
+            until,
+            limits.USAGE_SUMMARY_JOB_TYPES_MAX,
+            deadline=deadline,
+        )
 
     def _extendable_until(self, reservation: Reservation) -> datetime.datetime:
         return reservation.created_at + self._policy.reservation_lifetime_max

@@ -59,6 +59,52 @@ SWEEP_FAILURES = Counter(
     "credits_sweeper_failures_total", "Accounts the sweeper failed to settle (passed over)"
 )
 
+# Every refusal of a call that reached the ledger or the interceptors, by its stable reason
+# (service/ledger/failures.py): a bounded set, unlike anything a caller sends.
+REFUSALS = Counter(
+    "credits_refusals_total",
+    "Calls refused with a known reason, by method and reason",
+    ["method", "reason"],
+)
+# Reservations this instance settled, by job type (CREDITS_JOB_TYPES, others as "other")
+# and outcome (confirmed, released). Expiries are settled by whichever read or sweep
+# touches the account first, inside the ledger's functions, and are not counted here:
+# GetUsageSummary counts them from the ledger.
+RESERVATIONS_FINISHED = Counter(
+    "credits_reservations_finished_total",
+    "Reservations settled by Confirm or Release, by job type and outcome",
+    ["job_type", "outcome"],
+)
+CREDITS_CAPTURED = Counter(
+    "credits_captured_credits_total", "Credits captured by Confirm, by job type", ["job_type"]
+)
+OTHER_JOB_TYPE = "other"
+RECONCILE_DISCREPANCIES = Gauge(
+    "credits_reconcile_discrepancies",
+    "Discrepancies the last completed scheduled reconcile found",
+    multiprocess_mode="livemax",
+)
+RECONCILE_COMPLETED = Gauge(
+    "credits_reconcile_last_completed_timestamp_seconds",
+    "When a scheduled reconcile last completed (Unix time); the instance that ran it says",
+    multiprocess_mode="livemax",
+)
+RECONCILE_INTERVAL = Gauge(
+    "credits_reconcile_interval_seconds",
+    "CREDITS_RECONCILE_INTERVAL_SECONDS of this instance (0: no scheduled reconcile)",
+    multiprocess_mode="livemax",
+)
+RECONCILE_FAILURES = Counter(
+    "credits_reconcile_failures_total", "Scheduled reconciles that could not complete"
+)
+
+
+def job_type_label(job_type: str, known: frozenset[str]) -> str:
+    """A job type as a label value: callers choose job types, so only the configured
+    ones are labels of their own, which bounds the number of series."""
+    return job_type if job_type in known else OTHER_JOB_TYPE
+
+
 HEALTH_SERVING = Gauge(
     "credits_health_serving",
     "1 while health answers SERVING, 0 while NOT_SERVING",

@@ -392,6 +392,31 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         )
         return pb.GetAccountResponse(account=account_message(account))
 
+    async def GetUsageSummary(
+        self, request: pb.GetUsageSummaryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetUsageSummaryResponse:
+        summary = await self._ledger.usage_summary(
+            commands.UsageSummaryQuery(
+                since=_wire_time(request.since, request.HasField("since")),
+                until=_wire_time(request.until, request.HasField("until")),
+                account_id=request.account_id,
+            ),
+            deadline=deadline_of(context),
+        )
+        return pb.GetUsageSummaryResponse(
+            job_types=[
+                pb.JobTypeUsage(
+                    job_type=u.job_type,
+                    confirmed=u.confirmed,
+                    released=u.released,
+                    expired=u.expired,
+                    captured_amount=u.captured_amount,
+                    success_per_mille=u.success_per_mille,
+                )
+                for u in summary
+            ]
+        )
+
     async def UpdateAccountSettings(
         self, request: pb.UpdateAccountSettingsRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateAccountSettingsResponse:

@@ -38,6 +38,7 @@ from service.ledger.model import (
     Granted,
     GrantLot,
     GrantSource,
+    JobTypeUsage,
     LedgerEntry,
     Price,
     Reservation,
@@ -140,6 +141,7 @@ SET_PRICE = text(
 )
 LIST_PRICES = text("SELECT * FROM credits_list_prices(:at, :limit, :after)")
 PRICE_HISTORY = text("SELECT * FROM credits_price_history(:job_type, :limit, :after)")
+USAGE_SUMMARY = text("SELECT * FROM credits_usage_summary(:account, :since, :until, :limit)")
 DUE_ACCOUNTS = text("SELECT credits_due_accounts(:now, :limit) AS account_id")
 PING = text("SELECT 1")
 SETTLE = text("SELECT credits_lock(:account, :now, NULL)")
@@ -347,8 +349,10 @@ class _Statements:
 class PostgresStore:
     """The ledger's Store on PostgreSQL."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, job_types: frozenset[str] = frozenset()) -> None:
         self._engine = engine
+        # The job types counted under their own label (service.ops.metrics.job_type_label).
+        self._job_types = job_types
         self._statements = _Statements(engine)
         # Checked out without SQLAlchemy's Connection, a failed connect comes as the
         # driver adapter's own error, not wrapped in DBAPIError.
@@ -469,7 +473,11 @@ class PostgresStore:
             "quantity": quantity,
             "now": now,
         }
-        return _reservation(await self._one(CONFIRM, params, deadline))
+        row = await self._one(CONFIRM, params, deadline)
+        reservation = _reservation(row)
+        if row.settled_at == now:
+            self._finished(reservation, "confirmed")
+        return reservation
 
     async def release(
         self,
@@ -481,7 +489,21 @@ class PostgresStore:
         deadline: Deadline,
     ) -> Reservation:
         params = {"account": account_id, "reservation": reservation_id, "reason": reason}
-        return _reservation(await self._one(RELEASE, {**params, "now": now}, deadline))
+        row = await self._one(RELEASE, {**params, "now": now}, deadline)
+        reservation = _reservation(row)
+        # A Release of an expired reservation answers it as is: not this call's outcome.
+        if row.settled_at == now and reservation.status is ReservationStatus.RELEASED:
+            self._finished(reservation, "released")
+        return reservation
+
+    def _finished(self, reservation: Reservation, outcome: str) -> None:
+        """Count a reservation this call settled. A replay answers the reservation as its
+        first call settled it, at that call's time (settled_at), so it is not counted
+        again."""
+        job_type = metrics.job_type_label(reservation.job_type, self._job_types)
+        metrics.RESERVATIONS_FINISHED.labels(job_type, outcome).inc()
+        if reservation.confirmed_amount:
+            metrics.CREDITS_CAPTURED.labels(job_type).inc(reservation.confirmed_amount)
 
     async def grant(
         self, order: GrantOrder, now: datetime.datetime, *, deadline: Deadline
@@ -727,6 +749,33 @@ class PostgresStore:
     ) -> list[Price]:
         params = {"job_type": job_type, "limit": limit, "after": after}
         return [_price(r) for r in await self._all(PRICE_HISTORY, params, deadline)]
+
+    async def usage_summary(
+        self,
+        account_id: str | None,
+        since: datetime.datetime,
+        until: datetime.datetime,
+        limit: int,
+        *,
+        deadline: Deadline,
+    ) -> list[JobTypeUsage]:
+        params = {"account": account_id, "since": since, "until": until, "limit": limit}
+        async with self._connection() as conn:
+            # Takes no lock: the deadline only decides whether it starts at all; the
+            # statement_timeout bounds the read.
+            _lock_timeout_ms(deadline)
+            args = self._statements.args(USAGE_SUMMARY, params)
+            rows = await conn.fetch(*args, record_class=Row)
+        return [
+            JobTypeUsage(
+                job_type=row.job_type,
+                confirmed=row.confirmed,
+                released=row.released,
+                expired=row.expired,
+                captured_amount=row.captured_amount,
+            )
+            for row in rows
+        ]
 
     async def ping(self) -> None:
         """Whether the database answers (through the pool, as the RPCs reach it)."""

@@ -1,10 +1,20 @@
 """The ledger's invariants (docs/contract.md), checked against the whole database. Each query
 returns the rows that break one invariant; healthy means every query returns nothing."""
 
+import asyncio
+import contextlib
+import logging
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from service.ops import metrics
+from service.store.postgres import sqlalchemy_url
+
+log = logging.getLogger("credits.reconcile")
 
 
 @dataclass(frozen=True)
@@ -214,10 +224,84 @@ class Discrepancy:
 async def reconcile(conn: AsyncConnection) -> list[Discrepancy]:
     """Every discrepancy, read in one REPEATABLE READ snapshot so that concurrent
     traffic cannot make a healthy ledger look broken."""
-    await conn.execution_options(isolation_level="REPEATABLE READ")
+    # Read only: it takes no row lock, so the ledger's writers never wait for it.
+    await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
     found: list[Discrepancy] = []
     async with conn.begin():
         for invariant in INVARIANTS:
             rows = (await conn.execute(text(invariant.query))).all()
             found.extend(Discrepancy(invariant.name, str(s), str(d)) for s, d in rows)
     return found
+
+
+# The session-level advisory lock that makes one instance the reconciler: "credrec1".
+LEADER_LOCK_KEY = 0x6372656472656331
+# How often an instance that is not the reconciler tries to become it: a reconciler that
+# died is replaced within this, so the schedule slips by at most this much.
+LEADER_RETRY_SECONDS_MAX = 60.0
+# A full read of the ledger may take far longer than a call's statement_timeout; this
+# bounds it, so a stuck run fails (and alerts) instead of holding its snapshot for ever.
+RECONCILE_STATEMENT_TIMEOUT_MS = 30 * 60 * 1000
+TRY_LEAD = text("SELECT pg_try_advisory_lock(:key)")
+
+
+class ScheduledReconcile:
+    """Reconcile every `interval_seconds` on the instance that holds LEADER_LOCK_KEY.
+
+    The lock is held by a connection of its own, outside the service's pool, for as long
+    as the instance lives: if it dies, its connection closes, the lock is free and another
+    instance takes over within LEADER_RETRY_SECONDS_MAX. Each run reads one REPEATABLE
+    READ, READ ONLY snapshot on that connection."""
+
+    def __init__(self, database_url: str, interval_seconds: float) -> None:
+        self._url = sqlalchemy_url(database_url)
+        self._interval_seconds = interval_seconds
+        self.leading = False
+
+    async def run(self) -> None:
+        metrics.RECONCILE_INTERVAL.set(self._interval_seconds)
+        engine = create_async_engine(
+            self._url,
+            poolclass=NullPool,
+            connect_args={
+                "server_settings": {
+                    "application_name": "credits-reconcile",
+                    "statement_timeout": str(RECONCILE_STATEMENT_TIMEOUT_MS),
+                }
+            },
+        )
+        try:
+            while True:
+                try:
+                    async with engine.connect() as conn:
+                        await self._lead(conn)
+                except Exception as exc:
+                    # The database went away (or this run failed): try again later.
+                    metrics.RECONCILE_FAILURES.inc()
+                    log.warning("scheduled reconcile failed", extra={"error": type(exc).__name__})
+                finally:
+                    self.leading = False
+                await asyncio.sleep(min(self._interval_seconds, LEADER_RETRY_SECONDS_MAX))
+        finally:
+            with contextlib.suppress(Exception):
+                await engine.dispose()
+
+    async def _lead(self, conn: AsyncConnection) -> None:
+        """Become the reconciler and reconcile on schedule; return when another
+        instance is the reconciler."""
+        async with conn.begin():
+            leads = bool(await conn.scalar(TRY_LEAD, {"key": LEADER_LOCK_KEY}))
+        if not leads:
+            return
+        self.leading = True
+        log.info("this instance reconciles the ledger on schedule")
+        while True:
+            found = await reconcile(conn)
+            metrics.RECONCILE_DISCREPANCIES.set(len(found))
+            metrics.RECONCILE_COMPLETED.set(time.time())
+            for discrepancy in found:
+                log.error(
+                    "reconcile found a discrepancy",
+                    extra={"invariant": discrepancy.invariant, "subject": discrepancy.subject},
+                )
+            await asyncio.sleep(self._interval_seconds)

@@ -252,6 +252,18 @@ reservations = Table(
         postgresql_where=text("status = 1"),
     ),
     Index("ix_reservations_due", "expires_at", postgresql_where=text("status = 1")),
+    # GetUsageSummary's windows: every account's, and one account's.
+    Index(
+        "ix_reservations_settled",
+        "settled_at",
+        postgresql_where=text("settled_at IS NOT NULL"),
+    ),
+    Index(
+        "ix_reservations_account_settled",
+        "account_id",
+        "settled_at",
+        postgresql_where=text("settled_at IS NOT NULL"),
+    ),
 )
 
 # Which grants gave how much to a reservation, in burn-down order (burn_rank).

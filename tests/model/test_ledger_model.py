@@ -48,6 +48,8 @@ TIME_STEP_SECONDS = 10
 # The server stamps a reservation's expiry with its own reading of the clock, a little
 # after the model's; far less than a time step.
 CLOCK_READING_SLACK = datetime.timedelta(seconds=1)
+# Every reservation of one run finished within this of its end (a run is minutes of clock).
+USAGE_SUMMARY_LOOKBACK = datetime.timedelta(days=30)
 PROFILES = {
     # About 20 s in `make test` on two cores.
     "default": settings(
@@ -648,6 +650,51 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         next_expiry = moment(answer.next_expiry) if answer.HasField("next_expiry") else None
         assert next_expiry == want.next_expiry
+
+    @rule(which=st.integers(0, 1))
+    def usage_summary(self, which: int) -> None:
+        """GetUsageSummary counts what the stored reservations are (it settles nothing):
+        the model's finished ones, all of them within the last 30 days."""
+        account = self.accounts[which]
+        now = self.env.clock()
+        request = pb.GetUsageSummaryRequest(
+            account_id=account,
+            since=stamp(now - USAGE_SUMMARY_LOOKBACK),
+            until=stamp(now + CLOCK_READING_SLACK),
+        )
+        answer = self.call("GetUsageSummary", request)
+        finished = [
+            r
+            for r in self.model.state.reservations.values()
+            if r.account == account and r.status != rules.RESERVED
+        ]
+        counts = {
+            status: sum(1 for r in finished if r.status == status)
+            for status in (rules.CONFIRMED, rules.RELEASED, rules.EXPIRED)
+        }
+        want = []
+        if finished:
+            want = [
+                (
+                    "",
+                    counts[rules.CONFIRMED],
+                    counts[rules.RELEASED],
+                    counts[rules.EXPIRED],
+                    sum(r.confirmed for r in finished),
+                    counts[rules.CONFIRMED] * 1000 // len(finished),
+                )
+            ]
+        assert [
+            (
+                u.job_type,
+                u.confirmed,
+                u.released,
+                u.expired,
+                u.captured_amount,
+                u.success_per_mille,
+            )
+            for u in answer.job_types
+        ] == want
 
     @rule(count=st.integers(1, 3))
     def time_passes(self, count: int) -> None:

@@ -2006,3 +2006,110 @@ class Grant(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Grant: _TypeAlias = Grant  # noqa: Y015
+
+@_typing.final
+class GetUsageSummaryRequest(_message.Message):
+    """GetUsageSummaryRequest names the window (and, optionally, the account) to summarise."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """Only this account's reservations (1-128 characters of [A-Za-z0-9._:@-]); empty: every
+    account's.
+    """
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Required: reservations that finished at or after this time are counted."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Required: and before this time; after `since`, at most 31 days after it."""
+
+    def __init__(
+        self,
+        *,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageSummaryRequest: _TypeAlias = GetUsageSummaryRequest  # noqa: Y015
+
+@_typing.final
+class JobTypeUsage(_message.Message):
+    """JobTypeUsage is what the reservations of one job type came to. A reservation counts
+    when it finished: confirmed or released by a call, or expired once settled (by a read
+    of its account or the sweeper, within CREDITS_SWEEPER_INTERVAL_SECONDS of its expiry).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_TYPE_FIELD_NUMBER: _builtins.int
+    CONFIRMED_FIELD_NUMBER: _builtins.int
+    RELEASED_FIELD_NUMBER: _builtins.int
+    EXPIRED_FIELD_NUMBER: _builtins.int
+    CAPTURED_AMOUNT_FIELD_NUMBER: _builtins.int
+    SUCCESS_PER_MILLE_FIELD_NUMBER: _builtins.int
+    job_type: _builtins.str
+    """The job type as the callers gave it in Reserve; empty for reservations without one."""
+    confirmed: _builtins.int
+    """Reservations captured by Confirm (fully or partially)."""
+    released: _builtins.int
+    """Reservations given back by Release."""
+    expired: _builtins.int
+    """Reservations that expired before a Confirm or Release."""
+    captured_amount: _builtins.int
+    """Credit units captured by the confirmed reservations."""
+    success_per_mille: _builtins.int
+    """confirmed out of all three, in thousandths, rounded down (0-1000)."""
+    def __init__(
+        self,
+        *,
+        job_type: _builtins.str = ...,
+        confirmed: _builtins.int = ...,
+        released: _builtins.int = ...,
+        expired: _builtins.int = ...,
+        captured_amount: _builtins.int = ...,
+        success_per_mille: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["captured_amount", b"captured_amount", "confirmed", b"confirmed", "expired", b"expired", "job_type", b"job_type", "released", b"released", "success_per_mille", b"success_per_mille"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobTypeUsage: _TypeAlias = JobTypeUsage  # noqa: Y015
+
+@_typing.final
+class GetUsageSummaryResponse(_message.Message):
+    """GetUsageSummaryResponse lists the job types that had a reservation finish in the
+    window, most finished reservations first, at most 1000 of them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_TYPES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job_types(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobTypeUsage]:
+        """One entry per job type."""
+
+    def __init__(
+        self,
+        *,
+        job_types: _abc.Iterable[Global___JobTypeUsage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_types", b"job_types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageSummaryResponse: _TypeAlias = GetUsageSummaryResponse  # noqa: Y015

@@ -120,6 +120,11 @@ class CreditsServiceStub:
                 request_serializer=credits_dot_v1_dot_credits__pb2.ListPriceHistoryRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_credits__pb2.ListPriceHistoryResponse.FromString,
                 _registered_method=True)
+        self.GetUsageSummary = channel.unary_unary(
+                '/credits.v1.CreditsService/GetUsageSummary',
+                request_serializer=credits_dot_v1_dot_credits__pb2.GetUsageSummaryRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.GetUsageSummaryResponse.FromString,
+                _registered_method=True)
 
 
 class CreditsServiceServicer:
@@ -255,6 +260,15 @@ class CreditsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsageSummary(self, request, context):
+        """GetUsageSummary reports, per job type, the reservations that finished in a time
+        window: how many were confirmed, released and expired, the credits captured and the
+        success rate. Read from the ledger, for every account or for one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -342,6 +356,11 @@ def add_CreditsServiceServicer_to_server(servicer, server):
                     servicer.ListPriceHistory,
                     request_deserializer=credits_dot_v1_dot_credits__pb2.ListPriceHistoryRequest.FromString,
                     response_serializer=credits_dot_v1_dot_credits__pb2.ListPriceHistoryResponse.SerializeToString,
+            ),
+            'GetUsageSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsageSummary,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.GetUsageSummaryRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.GetUsageSummaryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -804,6 +823,33 @@ class CreditsService:
             '/credits.v1.CreditsService/ListPriceHistory',
             credits_dot_v1_dot_credits__pb2.ListPriceHistoryRequest.SerializeToString,
             credits_dot_v1_dot_credits__pb2.ListPriceHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsageSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditsService/GetUsageSummary',
+            credits_dot_v1_dot_credits__pb2.GetUsageSummaryRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.GetUsageSummaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

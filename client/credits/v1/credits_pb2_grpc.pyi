@@ -91,6 +91,11 @@ class CreditsServiceStub:
     """
     ListPriceHistory: _grpc.UnaryUnaryMultiCallable[_credits_pb2.ListPriceHistoryRequest, _credits_pb2.ListPriceHistoryResponse]
     """ListPriceHistory lists every version of one job type's price, newest first, paged."""
+    GetUsageSummary: _grpc.UnaryUnaryMultiCallable[_credits_pb2.GetUsageSummaryRequest, _credits_pb2.GetUsageSummaryResponse]
+    """GetUsageSummary reports, per job type, the reservations that finished in a time
+    window: how many were confirmed, released and expired, the credits captured and the
+    success rate. Read from the ledger, for every account or for one.
+    """
 
 @_typing.type_check_only
 class CreditsServiceAsyncStub(CreditsServiceStub):
@@ -149,6 +154,11 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     """
     ListPriceHistory: _aio.UnaryUnaryMultiCallable[_credits_pb2.ListPriceHistoryRequest, _credits_pb2.ListPriceHistoryResponse]  # type: ignore[assignment]
     """ListPriceHistory lists every version of one job type's price, newest first, paged."""
+    GetUsageSummary: _aio.UnaryUnaryMultiCallable[_credits_pb2.GetUsageSummaryRequest, _credits_pb2.GetUsageSummaryResponse]  # type: ignore[assignment]
+    """GetUsageSummary reports, per job type, the reservations that finished in a time
+    window: how many were confirmed, released and expired, the credits captured and the
+    success rate. Read from the ledger, for every account or for one.
+    """
 
 class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
     """CreditsService is the single owner of the credits data."""
@@ -306,5 +316,16 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_credits_pb2.ListPriceHistoryResponse, _abc.Awaitable[_credits_pb2.ListPriceHistoryResponse]]:
         """ListPriceHistory lists every version of one job type's price, newest first, paged."""
+
+    @_abc_1.abstractmethod
+    def GetUsageSummary(
+        self,
+        request: _credits_pb2.GetUsageSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_credits_pb2.GetUsageSummaryResponse, _abc.Awaitable[_credits_pb2.GetUsageSummaryResponse]]:
+        """GetUsageSummary reports, per job type, the reservations that finished in a time
+        window: how many were confirmed, released and expired, the credits captured and the
+        success rate. Read from the ledger, for every account or for one.
+        """
 
 def add_CreditsServiceServicer_to_server(servicer: CreditsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

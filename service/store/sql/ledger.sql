@@ -968,6 +968,27 @@ RETURNS SETOF text LANGUAGE sql STABLE AS $$
   GROUP BY account_id ORDER BY min(due_at), account_id LIMIT p_limit
 $$;
 
+-- GetUsageSummary: the reservations that finished in [p_since, p_until) (every account's,
+-- or p_account's), per job type, most finished first. Finished reservations never change,
+-- so no account is locked; the partial indexes on settled_at keep it to the window.
+CREATE OR REPLACE FUNCTION credits_usage_summary(p_account text, p_since timestamptz,
+                                                 p_until timestamptz, p_limit integer)
+RETURNS TABLE (job_type text, confirmed bigint, released bigint, expired bigint,
+               captured_amount bigint)
+LANGUAGE sql STABLE AS $$
+  SELECT r.job_type,
+         count(*) FILTER (WHERE r.status = credits_status_confirmed()),
+         count(*) FILTER (WHERE r.status = credits_status_released()),
+         count(*) FILTER (WHERE r.status = credits_status_expired()),
+         coalesce(sum(r.confirmed_amount), 0)::bigint
+    FROM reservations r
+   WHERE r.settled_at >= p_since AND r.settled_at < p_until
+     AND (p_account IS NULL OR r.account_id = p_account)
+   GROUP BY r.job_type
+   ORDER BY count(*) DESC, r.job_type
+   LIMIT p_limit
+$$;
+
 -- An account's settings as one JSON object keyed by AccountSettings' field names: the
 -- shape the audit trail stores before and after each change.
 CREATE OR REPLACE FUNCTION credits_settings_json(a accounts) RETURNS jsonb
