@@ -85,9 +85,10 @@ def assemble(config: settings.Settings, url: str, clock: Clock, *, sharing: int 
         pool_timeout_seconds=config.db_pool_timeout_seconds,
         statement_timeout_seconds=config.db_statement_timeout_seconds,
         connect_timeout_seconds=config.db_connect_timeout_seconds,
+        balance_alert_thresholds=config.balance_alert_thresholds,
     )
     store = PostgresStore(engine)
-    ledger = Ledger(store, policy(config), clock)
+    ledger = Ledger(store, policy(config), clock, store.signals)
     return Assembled(engine, store, build_server(config, ledger, sharing=sharing))
 
 
@@ -123,6 +124,13 @@ async def serve(
         tasks.append(
             asyncio.create_task(sweeper.run(store, config.sweeper_interval_seconds, clock))
         )
+        tasks.append(
+            asyncio.create_task(
+                sweeper.run_event_retention(
+                    store, datetime.timedelta(days=config.event_retention_days), clock
+                )
+            )
+        )
     where = {"address": config.grpc_addr, "env": config.env}
     if worker is None:
         log.info("serving", extra=where)
@@ -133,6 +141,8 @@ async def serve(
     await stop.wait()
     log.info("stopping", extra={"grace_seconds": config.shutdown_grace_seconds})
     await built.health.enter_graceful_shutdown()
+    # WatchEvents streams end now, cleanly, instead of being cut at the grace's end.
+    await store.signals.aclose()
     for task in tasks:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -61,6 +61,8 @@ HEALTH_CHECK_INTERVAL_SECONDS_DEFAULT = 2.0
 MAX_CONCURRENT_RPCS_DEFAULT = 256
 SHUTDOWN_GRACE_SECONDS_DEFAULT = 10.0
 SWEEPER_INTERVAL_SECONDS_DEFAULT = 30.0
+# How long the outbox keeps events for WatchEvents (docs/architecture.md, "Events").
+EVENT_RETENTION_DAYS_DEFAULT = 30
 # How long after its creation ExtendReservation may keep a reservation alive: a forgotten
 # heartbeat must not hold credits for ever, and a week covers the longest render.
 RESERVATION_LIFETIME_MAX_SECONDS_DEFAULT = 7 * 24 * 3600.0
@@ -150,6 +152,9 @@ class Settings:
     clock_error_max_seconds: float = CLOCK_ERROR_MAX_SECONDS_DEFAULT
     # How far this instance's own clock is moved (development only: tests of skew).
     test_clock_skew_seconds: float = 0.0
+    event_retention_days: int = EVENT_RETENTION_DAYS_DEFAULT
+    # The service-wide default thresholds of balance alerts, highest first; () none.
+    balance_alert_thresholds: tuple[int, ...] = ()
 
     @property
     def development(self) -> bool:
@@ -171,6 +176,28 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SettingsError(f"{name} must be an integer") from None
+
+
+def _event_retention_days(env: Mapping[str, str]) -> int:
+    days = _int(env, "CREDITS_EVENT_RETENTION_DAYS", EVENT_RETENTION_DAYS_DEFAULT)
+    if days < 1:
+        raise SettingsError("CREDITS_EVENT_RETENTION_DAYS must be at least 1")
+    return days
+
+
+def _balance_alert_thresholds(env: Mapping[str, str]) -> tuple[int, ...]:
+    name = "CREDITS_BALANCE_ALERT_THRESHOLDS"
+    raw = env.get(name, "").strip()
+    if not raw:
+        return ()
+    try:
+        thresholds = [int(part) for part in raw.split(",")]
+    except ValueError:
+        raise SettingsError(f'{name} must be amounts like "1000,100"') from None
+    problem = limits.balance_alert_thresholds_problem(thresholds)
+    if problem:
+        raise SettingsError(f"{name}: {problem}")
+    return tuple(sorted(thresholds, reverse=True))
 
 
 def cores() -> int:
@@ -377,6 +404,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             env, "CREDITS_CLOCK_ERROR_MAX_SECONDS", CLOCK_ERROR_MAX_SECONDS_DEFAULT
         ),
         test_clock_skew_seconds=_test_clock_skew(env, development),
+        event_retention_days=_event_retention_days(env),
+        balance_alert_thresholds=_balance_alert_thresholds(env),
     )
     check(settings)
     _check_tls(settings)

@@ -130,3 +130,14 @@ class UpdateAccountSettingsCommand:
     # The wire's field mask paths: only these fields of `settings` are read.
     update_mask: tuple[str, ...]
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class WatchEventsQuery:
+    # At most one of after_cursor (as received), from_now and from_oldest; none: from now.
+    after_cursor: str | None
+    from_oldest: bool
+    # Empty: every account.
+    account_id: str
+    # The wire's EventType numbers; empty: every type.
+    types: tuple[int, ...]

@@ -4,6 +4,7 @@ own the one mapping from errors to statuses."""
 
 import datetime
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -51,10 +52,47 @@ def reservation_message(r: model.Reservation) -> pb.Reservation:
     )
 
 
+def settings_message(settings: model.AccountSettings) -> pb.AccountSettings:
+    message = pb.AccountSettings(frozen=settings.frozen)
+    if settings.balance_alert_thresholds is not None:
+        message.balance_alert_thresholds.thresholds.extend(settings.balance_alert_thresholds)
+    return message
+
+
+def settings_of(message: pb.AccountSettings) -> model.AccountSettings:
+    return model.AccountSettings(
+        frozen=message.frozen,
+        balance_alert_thresholds=(
+            tuple(message.balance_alert_thresholds.thresholds)
+            if message.HasField("balance_alert_thresholds")
+            else None
+        ),
+    )
+
+
+def event_message(e: model.Event) -> pb.Event:
+    return pb.Event(
+        event_id=str(e.event_id),
+        cursor=str(e.cursor),
+        type=pb.EventType.ValueType(int(e.type)),
+        account_id=e.account_id,
+        occurred_at=_timestamp(e.occurred_at),
+        grant_id=str(e.grant_id) if e.grant_id else "",
+        reservation_id=str(e.reservation_id) if e.reservation_id else "",
+        revocation_id=str(e.revocation_id) if e.revocation_id else "",
+        caller=e.caller or "",
+        amount=e.amount,
+        returned_amount=e.returned_amount,
+        unrecovered_amount=e.unrecovered_amount,
+        threshold=e.threshold or 0,
+        available_after=e.available_after,
+    )
+
+
 def account_message(a: model.Account) -> pb.Account:
     message = pb.Account(
         account_id=a.account_id,
-        settings=pb.AccountSettings(frozen=a.settings.frozen),
+        settings=settings_message(a.settings),
         settings_version=a.settings_version,
         settings_updated_by=a.settings_updated_by or "",
     )
@@ -306,10 +344,25 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
             commands.UpdateAccountSettingsCommand(
                 caller=current_caller(),
                 account_id=request.account_id,
-                settings=model.AccountSettings(frozen=request.settings.frozen),
+                settings=settings_of(request.settings),
                 update_mask=tuple(request.update_mask.paths),
                 reason=request.reason,
             ),
             deadline=deadline_of(context),
         )
         return pb.UpdateAccountSettingsResponse(account=account_message(account))
+
+    async def WatchEvents(
+        self, request: pb.WatchEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchEventsResponse]:
+        start = request.WhichOneof("start")
+        events = await self._ledger.watch_events(
+            commands.WatchEventsQuery(
+                after_cursor=request.after_cursor if start == "after_cursor" else None,
+                from_oldest=start == "from_oldest" and request.from_oldest,
+                account_id=request.account_id,
+                types=tuple(request.types),
+            )
+        )
+        async for event in events:
+            yield pb.WatchEventsResponse(event=event_message(event))

@@ -34,6 +34,9 @@ from service.ledger.model import (
     Allocation,
     Balance,
     EntryKind,
+    Event,
+    EventCursor,
+    EventType,
     Grant,
     Granted,
     GrantLot,
@@ -46,6 +49,7 @@ from service.ledger.model import (
 from service.ledger.operations import (
     Deadline,
     EntryFilter,
+    EventBounds,
     GrantOrder,
     ReserveOrder,
     RevokeOrder,
@@ -53,6 +57,7 @@ from service.ledger.operations import (
     UsageCursor,
 )
 from service.ops import metrics
+from service.store.events import EventListener
 
 # Unique constraints that a concurrent transaction of another account can trip after
 # the function's own check passed.
@@ -118,6 +123,19 @@ UPDATE_ACCOUNT_SETTINGS = text(
     "SELECT * FROM credits_update_account_settings(:caller, :account, :settings, :mask,"
     " :reason, :now, :lock_ms)"
 )
+READ_EVENTS = text(
+    "SELECT (r.out_event).*, r.out_horizon FROM credits_read_events(:after_position,"
+    " :after_seq, :account, :types, :limit) AS r"
+)
+EVENT_BOUNDS = text(
+    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon,"
+    " coalesce(max(deleted_through_position), 0) AS position,"
+    " coalesce(max(deleted_through_seq), 0) AS seq FROM event_retention"
+)
+SWEEP_EVENTS = text("SELECT credits_sweep_events(:cutoff, :limit)")
+# The setting through which each connection tells the SQL functions the service-wide
+# default thresholds of balance alerts (credits_default_alert_thresholds).
+ALERT_THRESHOLDS_SETTING = "credits.balance_alert_thresholds"
 DUE_ACCOUNTS = text("SELECT credits_due_accounts(:now, :limit) AS account_id")
 PING = text("SELECT 1")
 SETTLE = text("SELECT credits_lock(:account, :now, NULL)")
@@ -138,6 +156,7 @@ def create_engine(
     pool_timeout_seconds: float,
     statement_timeout_seconds: float,
     connect_timeout_seconds: float,
+    balance_alert_thresholds: tuple[int, ...] = (),
 ) -> AsyncEngine:
     engine = create_async_engine(
         sqlalchemy_url(database_url),
@@ -152,6 +171,7 @@ def create_engine(
                 "application_name": "credits-service",
                 "statement_timeout": str(int(statement_timeout_seconds * 1000)),
                 "client_connection_check_interval": str(CLIENT_CONNECTION_CHECK_MS),
+                ALERT_THRESHOLDS_SETTING: ",".join(map(str, balance_alert_thresholds)),
             },
             # A database that does not answer (a frozen or unreachable host) fails the call
             # with UNAVAILABLE instead of holding it until the client's deadline.
@@ -175,7 +195,14 @@ class Row(asyncpg.Record):  # type: ignore[misc]
 def _account(row: Row) -> Account:
     return Account(
         account_id=row.account_id,
-        settings=AccountSettings(frozen=row.frozen),
+        settings=AccountSettings(
+            frozen=row.frozen,
+            balance_alert_thresholds=(
+                None
+                if row.balance_alert_thresholds is None
+                else tuple(row.balance_alert_thresholds)
+            ),
+        ),
         settings_version=row.settings_version,
         settings_updated_at=row.settings_updated_at,
         settings_updated_by=row.settings_updated_by,
@@ -226,6 +253,25 @@ def _entry(row: Row) -> LedgerEntry:
         revocation_id=row.revocation_id,
         created_at=row.created_at,
         balance_after=row.balance_after,
+    )
+
+
+def _event(row: Row) -> Event:
+    return Event(
+        event_id=row.event_id,
+        cursor=EventCursor(row.stream_position, row.seq),
+        type=EventType[row.event_type.upper()],
+        account_id=row.account_id,
+        occurred_at=row.occurred_at,
+        caller=row.caller,
+        grant_id=row.grant_id,
+        reservation_id=row.reservation_id,
+        revocation_id=row.revocation_id,
+        amount=row.amount,
+        returned_amount=row.returned_amount,
+        unrecovered_amount=row.unrecovered_amount,
+        threshold=row.threshold,
+        available_after=row.available_after,
     )
 
 
@@ -292,6 +338,10 @@ class PostgresStore:
         # Checked out without SQLAlchemy's Connection, a failed connect comes as the
         # driver adapter's own error, not wrapped in DBAPIError.
         self._connect_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        # The process's one listening connection, to the engine's database.
+        self.signals = EventListener(
+            engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        )
 
     async def _checkout(self) -> Any:
         """A connection of the pool, counting the calls that wait for one."""
@@ -594,6 +644,46 @@ class PostgresStore:
             "now": now,
         }
         return _account(await self._one(UPDATE_ACCOUNT_SETTINGS, params, deadline))
+
+    async def events(
+        self,
+        after: EventCursor,
+        account_id: str | None,
+        types: frozenset[EventType] | None,
+        limit: int,
+    ) -> list[Event]:
+        """The events after `after` that no later commit can precede, in stream order."""
+        params = {
+            "after_position": after.position,
+            "after_seq": after.seq,
+            "account": account_id,
+            "types": None if types is None else sorted(t.stored for t in types),
+            "limit": limit,
+        }
+        args = self._statements.args(READ_EVENTS, params)
+        async with self._connection() as conn:
+            rows = await conn.fetch(*args, record_class=Row)
+        # One row without an event when there is none yet.
+        return [_event(r) for r in rows if r.event_id is not None]
+
+    async def event_bounds(self) -> EventBounds:
+        args = self._statements.args(EVENT_BOUNDS, {})
+        async with self._connection() as conn:
+            row = await conn.fetchrow(*args, record_class=Row)
+        return EventBounds(row.horizon, EventCursor(row.position, row.seq))
+
+    async def sweep_events(self, cutoff: datetime.datetime) -> int:
+        """Delete events older than `cutoff`, a batch at a time; how many."""
+        args = self._statements.args(
+            SWEEP_EVENTS, {"cutoff": cutoff, "limit": limits.EVENT_SWEEP_BATCH_MAX}
+        )
+        deleted = 0
+        while True:
+            async with self._connection() as conn:
+                batch: int = await conn.fetchval(*args)
+            deleted += batch
+            if batch < limits.EVENT_SWEEP_BATCH_MAX:
+                return deleted
 
     async def ping(self) -> None:
         """Whether the database answers (through the pool, as the RPCs reach it)."""

@@ -76,6 +76,12 @@ class CreditsServiceStub:
     """UpdateAccountSettings changes the settings its update_mask names, and only those; each
     change that changes something is audited with its caller, time and reason.
     """
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_credits_pb2.WatchEventsRequest, _credits_pb2.WatchEventsResponse]
+    """WatchEvents streams ledger events in commit order: those stored after a cursor (or
+    from now, or from the oldest retained), then live ones as they commit, until the
+    caller stops or the server shuts down. Resuming with the last cursor received gives
+    every later event exactly once. A cursor older than the retention is OUT_OF_RANGE.
+    """
 
 @_typing.type_check_only
 class CreditsServiceAsyncStub(CreditsServiceStub):
@@ -118,6 +124,12 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     UpdateAccountSettings: _aio.UnaryUnaryMultiCallable[_credits_pb2.UpdateAccountSettingsRequest, _credits_pb2.UpdateAccountSettingsResponse]  # type: ignore[assignment]
     """UpdateAccountSettings changes the settings its update_mask names, and only those; each
     change that changes something is audited with its caller, time and reason.
+    """
+    WatchEvents: _aio.UnaryStreamMultiCallable[_credits_pb2.WatchEventsRequest, _credits_pb2.WatchEventsResponse]  # type: ignore[assignment]
+    """WatchEvents streams ledger events in commit order: those stored after a cursor (or
+    from now, or from the oldest retained), then live ones as they commit, until the
+    caller stops or the server shuts down. Resuming with the last cursor received gives
+    every later event exactly once. A cursor older than the retention is OUT_OF_RANGE.
     """
 
 class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -236,6 +248,18 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_credits_pb2.UpdateAccountSettingsResponse, _abc.Awaitable[_credits_pb2.UpdateAccountSettingsResponse]]:
         """UpdateAccountSettings changes the settings its update_mask names, and only those; each
         change that changes something is audited with its caller, time and reason.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _credits_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_credits_pb2.WatchEventsResponse], _abc.AsyncIterator[_credits_pb2.WatchEventsResponse]]:
+        """WatchEvents streams ledger events in commit order: those stored after a cursor (or
+        from now, or from the oldest retained), then live ones as they commit, until the
+        caller stops or the server shuts down. Resuming with the last cursor received gives
+        every later event exactly once. A cursor older than the retention is OUT_OF_RANGE.
         """
 
 def add_CreditsServiceServicer_to_server(servicer: CreditsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
