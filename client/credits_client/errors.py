@@ -129,6 +129,13 @@ class AccountFrozen(CreditsError):
     REASON = "ACCOUNT_FROZEN"
 
 
+class EventCursorExpired(CreditsError):
+    """A watch_events cursor older than the service's event retention: start again
+    from the oldest retained event or from now."""
+
+    REASON = "EVENT_CURSOR_EXPIRED"
+
+
 class ReservationNotFound(CreditsError):
     REASON = "RESERVATION_NOT_FOUND"
 
@@ -205,6 +212,7 @@ BY_REASON: Mapping[str, type[CreditsError]] = {
         CaptureExceedsReservation,
         AccountCreditsLimit,
         AccountFrozen,
+        EventCursorExpired,
         ReservationNotFound,
         GrantNotFound,
         IdempotencyKeyReused,

@@ -204,4 +204,5 @@ class SyncCreditsClient:
     extend_reservation = _blocking(CreditsClient.extend_reservation)
     get_account = _blocking(CreditsClient.get_account)
     update_account_settings = _blocking(CreditsClient.update_account_settings)
+    watch_events = _blocking_iterator(CreditsClient.watch_events)
     hold = _blocking_hold(CreditsClient.hold)
