@@ -81,8 +81,7 @@ _KIND_OF_NUMBER = {pb.EntryKind.Value(_ENTRY_KIND_PREFIX + kind.name): kind for 
 
 
 _TYPE_OF_NUMBER = {
-    pb.EventType.Value(_EVENT_TYPE_PREFIX + event_type.name): event_type
-    for event_type in EventType
+    pb.EventType.Value(_EVENT_TYPE_PREFIX + event_type.name): event_type for event_type in EventType
 }
 
 

@@ -39,9 +39,7 @@ def upgrade() -> None:
     op.add_column(
         "accounts", sa.Column("balance_alert_thresholds", postgresql.ARRAY(sa.BigInteger()))
     )
-    op.add_column(
-        "accounts", sa.Column("balance_alerts_below", postgresql.ARRAY(sa.BigInteger()))
-    )
+    op.add_column("accounts", sa.Column("balance_alerts_below", postgresql.ARRAY(sa.BigInteger())))
     op.add_column(
         "accounts",
         sa.Column(

@@ -435,8 +435,8 @@ CREATE OR REPLACE FUNCTION public.credits_settings_json(a accounts)
  LANGUAGE sql
  IMMUTABLE
 AS $function$
-  SELECT jsonb_build_object('frozen', a.frozen,
-                            'balance_alert_thresholds', to_jsonb(a.balance_alert_thresholds))
+  SELECT jsonb_strip_nulls(jsonb_build_object(
+    'frozen', a.frozen, 'balance_alert_thresholds', to_jsonb(a.balance_alert_thresholds)))
 $function$;
 
 CREATE OR REPLACE FUNCTION public.credits_update_account_settings(p_caller text, p_account text, p_settings jsonb, p_mask text[], p_reason text, p_now timestamp with time zone, p_lock_timeout_ms integer)

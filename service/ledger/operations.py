@@ -35,9 +35,9 @@ from service.ledger.commands import (
 )
 from service.ledger.model import (
     ACCOUNT_SETTINGS_FIELDS,
-    WATCHABLE_TYPES,
     GRANTABLE_SOURCES,
     LISTABLE_KINDS,
+    WATCHABLE_TYPES,
     Account,
     AccountSettings,
     Allocation,

@@ -6,6 +6,7 @@ an event."""
 
 import asyncio
 import contextlib
+import functools
 import logging
 
 import asyncpg
@@ -54,7 +55,7 @@ class EventListener:
                 await asyncio.sleep(RECONNECT_DELAY_SECONDS)
                 continue
             try:
-                conn.add_termination_listener(lambda _conn: lost.set())
+                conn.add_termination_listener(functools.partial(_set_on_termination, lost))
                 await conn.add_listener(CHANNEL, self._wake)
                 # Whatever committed while nobody listened is read now.
                 self._wake()
@@ -74,3 +75,7 @@ class EventListener:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def _set_on_termination(lost: asyncio.Event, _connection: object) -> None:
+    lost.set()

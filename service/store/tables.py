@@ -268,7 +268,9 @@ ledger_events = Table(
     metadata,
     Column("stream_position", BigInteger, nullable=False),
     Column("seq", BigInteger, Identity(always=True), nullable=False),
-    Column("event_id", UUID(as_uuid=True), nullable=False, server_default=text("gen_random_uuid()")),
+    Column(
+        "event_id", UUID(as_uuid=True), nullable=False, server_default=text("gen_random_uuid()")
+    ),
     Column("event_type", Text, nullable=False),
     Column("account_id", Text, nullable=False),
     Column("occurred_at", TIMESTAMPTZ, nullable=False),
@@ -286,8 +288,7 @@ ledger_events = Table(
     Column("available_after", BigInteger, nullable=False),
     PrimaryKeyConstraint("stream_position", "seq"),
     CheckConstraint(
-        "amount >= 0 AND returned_amount >= 0 AND unrecovered_amount >= 0"
-        " AND available_after >= 0",
+        "amount >= 0 AND returned_amount >= 0 AND unrecovered_amount >= 0 AND available_after >= 0",
         name="amounts_non_negative",
     ),
     CheckConstraint(

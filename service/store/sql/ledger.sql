@@ -765,11 +765,12 @@ RETURNS SETOF text LANGUAGE sql STABLE AS $$
 $$;
 
 -- An account's settings as one JSON object keyed by AccountSettings' field names: the
--- shape the audit trail stores before and after each change.
+-- shape the audit trail stores before and after each change. A setting that takes the
+-- service-wide default (NULL) is left out.
 CREATE OR REPLACE FUNCTION credits_settings_json(a accounts) RETURNS jsonb
 LANGUAGE sql IMMUTABLE AS $$
-  SELECT jsonb_build_object('frozen', a.frozen,
-                            'balance_alert_thresholds', to_jsonb(a.balance_alert_thresholds))
+  SELECT jsonb_strip_nulls(jsonb_build_object(
+    'frozen', a.frozen, 'balance_alert_thresholds', to_jsonb(a.balance_alert_thresholds)))
 $$;
 
 -- GetAccount: the account's row, settings included, after settling it like every read.
