@@ -455,3 +455,29 @@ async def test_thresholds_are_account_settings(ops: Stub) -> None:
         await _thresholds(ops, account, [0])
     assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert error_details(raised.value)[1] == ["settings.balance_alert_thresholds.thresholds"]
+
+
+async def test_the_service_wide_default_thresholds_apply_to_accounts_without_their_own(
+    database_url: str, pki: Path
+) -> None:
+    server = await start_server(database_url, pki, CREDITS_BALANCE_ALERT_THRESHOLDS="500")
+    try:
+        async with open_channel(pki, "ops", server.address) as channel:
+            stub = Stub(channel)
+            account = new_id()
+            await _grant(stub, account, 800)  # the account's first change: state, no alert
+            await _reserve(stub, account, 400)  # 400: below the default's 500
+            own = new_id()
+            await _thresholds(stub, own, [])  # its own: none
+            await _grant(stub, own, 800)
+            await _reserve(stub, own, 400)
+            for which, expected in ((account, [(E.EVENT_TYPE_BALANCE_LOW, 500)]), (own, [])):
+                watch = await _alerts(stub, which)
+                try:
+                    got = [(e.type, e.threshold) for e in await watch.take(len(expected))]
+                    assert got == expected
+                    await watch.quiet()
+                finally:
+                    watch.close()
+    finally:
+        await server.stop()
