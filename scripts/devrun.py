@@ -40,7 +40,7 @@ from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
 from service import admin
 from service.ops import pidfile
-from service.settings import DEV_DIR, DEV_GRPC_ADDR
+from service.settings import DEV_DIR, DEV_GRPC_ADDR, DEV_WEBHOOK_SECRET_FILE_NAME
 from service.store import database
 
 # How long the service and the gateway get to finish in-flight work after Ctrl-C.
@@ -68,6 +68,11 @@ def ensure_dev_files(dev_dir: Path) -> None:
     if not secret.exists():
         secret.touch(mode=0o600)
         secret.write_text(f"whsec_{secrets.token_urlsafe(WEBHOOK_SECRET_BYTES)}\n")
+    # Signs the service's own webhooks (CREDITS_WEBHOOK_URL): only the service reads it.
+    own = dev_dir / DEV_WEBHOOK_SECRET_FILE_NAME
+    if not own.exists():
+        own.touch(mode=0o600)
+        own.write_text(secrets.token_urlsafe(WEBHOOK_SECRET_BYTES) + "\n")
     packages = dev_dir / "credit-packages.toml"
     if not packages.exists():
         write_development_table(packages)

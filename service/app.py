@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import processes, reload, settings
+from service import processes, reload, settings, webhooks
 from service.ledger.operations import Clock, Ledger, Policy
 from service.ops import metrics
 from service.rpc import health
@@ -124,6 +124,15 @@ async def serve(
         tasks.append(
             asyncio.create_task(sweeper.run(store, config.sweeper_interval_seconds, clock))
         )
+        if config.webhook_url and config.webhook_secret_file:
+            deliverer = webhooks.Deliverer(
+                store,
+                url,
+                config.webhook_url,
+                settings.webhook_secret(config.webhook_secret_file),
+                datetime.timedelta(hours=config.webhook_retry_hours),
+            )
+            tasks.append(asyncio.create_task(deliverer.run()))
         tasks.append(
             asyncio.create_task(
                 sweeper.run_event_retention(

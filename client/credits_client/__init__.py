@@ -56,6 +56,7 @@ from credits_client.results import (
 )
 from credits_client.retry import NO_RETRY, RetryPolicy
 from credits_client.sync import SyncCreditsClient
+from credits_client.webhooks import WebhookSignatureError, verify_webhook
 
 __all__ = [
     "NO_RETRY",
@@ -106,6 +107,8 @@ __all__ = [
     "SyncCreditsClient",
     "Unauthenticated",
     "Unavailable",
+    "WebhookSignatureError",
     "new_idempotency_key",
     "secure_channel",
+    "verify_webhook",
 ]

@@ -1,5 +1,6 @@
 """Events and balance alerts: the outbox table ledger_events written by every ledger
-change, its retention mark, the accounts' alert thresholds and alert state.
+change, its retention mark, the accounts' alert thresholds and alert state, the webhook
+delivery state.
 
 Schema here; the functions from 0006_events.sql, written by `python -m
 scripts.sqlmigration` (docs/architecture.md, "Changing a rule"; "Events"):
@@ -100,6 +101,16 @@ def upgrade() -> None:
         sa.CheckConstraint("singleton", name=op.f("ck_event_retention_one_row")),
         sa.PrimaryKeyConstraint("singleton", name=op.f("pk_event_retention")),
     )
+    op.create_table(
+        "webhook_deliveries",
+        sa.Column("endpoint", sa.Text(), nullable=False),
+        sa.Column("delivered_position", sa.BigInteger(), nullable=False),
+        sa.Column("delivered_seq", sa.BigInteger(), nullable=False),
+        sa.Column("failing_since", postgresql.TIMESTAMP(timezone=True), nullable=True),
+        sa.Column("updated_at", postgresql.TIMESTAMP(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("endpoint", name=op.f("pk_webhook_deliveries")),
+    )
+    op.execute("GRANT SELECT, INSERT, UPDATE ON webhook_deliveries TO credits_service")
     # The outbox is not the ledger: the retention sweep deletes its old rows.
     op.execute("GRANT SELECT, INSERT, DELETE ON ledger_events TO credits_service")
     op.execute("GRANT SELECT, INSERT, UPDATE ON event_retention TO credits_service")
@@ -108,6 +119,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     _execute_script(DOWNGRADE_SQL)
+    op.drop_table("webhook_deliveries")
     op.drop_table("event_retention")
     op.drop_table("ledger_events")
     for column in ("balance_depleted", "balance_alerts_below", "balance_alert_thresholds"):

@@ -315,6 +315,18 @@ event_retention = Table(
     CheckConstraint("singleton", name="one_row"),
 )
 
+# Webhook delivery state, one row per endpoint (service/webhooks.py): the cursor of the
+# last event delivered (or given up on), and since when the next one has been failing.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("endpoint", Text, primary_key=True),
+    Column("delivered_position", BigInteger, nullable=False),
+    Column("delivered_seq", BigInteger, nullable=False),
+    Column("failing_since", TIMESTAMPTZ, nullable=True),
+    Column("updated_at", TIMESTAMPTZ, nullable=False),
+)
+
 # Idempotency keys are scoped to the calling service; the primary key makes a replay
 # race impossible across processes and restarts.
 idempotency_keys = Table(
