@@ -107,6 +107,7 @@ async def exercise(args: argparse.Namespace, cluster: Cluster, report: Report, s
             cluster.kill_service(index)
         await checks.check_log(engine, workload.acks, accounts, report)
         await checks.check_accounts(engine, accounts, report)
+        await checks.check_events(engine, accounts, report)
         await checks.check_reconcile(engine, report)
         await fuzzer.check(engine)
     finally:

@@ -6,6 +6,8 @@
   a request the clients sent (replays and retries created nothing new);
 - per account: available + reserved = granted - captured - revoked - expired, and
   nothing is negative;
+- the outbox against the ledger: every grant, reservation and settlement of the run is
+  exactly one event, and each account's latest event carries its available balance;
 - `reconcile` (service/store/reconcile.py) finds nothing.
 """
 
@@ -184,6 +186,83 @@ async def check_accounts(engine: AsyncEngine, accounts: list[str], report: Repor
     report.checks.append(
         f"{len(accounts)} accounts: available + reserved = granted - captured - revoked -"
         " expired, nothing negative"
+    )
+
+
+# The event a reservation's status settles with (ReservationStatus → event type).
+SETTLED_EVENT = {2: "confirmed", 3: "released", 4: "reservation_expired"}
+
+
+async def check_events(engine: AsyncEngine, accounts: list[str], report: Report) -> None:
+    """Run after check_accounts, which settled every account: the outbox has one event per
+    change of the ledger, none missing, none twice."""
+    params = {"accounts": accounts}
+    async with engine.connect() as conn:
+        counted = Counter(
+            (row.event_type, str(row.subject))
+            for row in await conn.execute(
+                text(
+                    "SELECT event_type, coalesce(reservation_id, grant_id) AS subject"
+                    " FROM ledger_events WHERE account_id = ANY(:accounts) AND event_type IN"
+                    " ('granted', 'reserved', 'confirmed', 'released', 'reservation_expired')"
+                ),
+                params,
+            )
+        )
+        expected = Counter(
+            ("granted", str(row.grant_id))
+            for row in await conn.execute(
+                text("SELECT grant_id FROM grants WHERE account_id = ANY(:accounts)"), params
+            )
+        )
+        for row in await conn.execute(
+            text(
+                "SELECT reservation_id, status FROM reservations WHERE account_id = ANY(:accounts)"
+            ),
+            params,
+        ):
+            expected[("reserved", str(row.reservation_id))] += 1
+            if row.status in SETTLED_EVENT:
+                expected[(SETTLED_EVENT[row.status], str(row.reservation_id))] += 1
+        latest = {
+            row.account_id: row.available_after
+            for row in await conn.execute(
+                text(
+                    "SELECT DISTINCT ON (account_id) account_id, available_after FROM ledger_events"
+                    " WHERE account_id = ANY(:accounts)"
+                    " ORDER BY account_id, stream_position DESC, seq DESC"
+                ),
+                params,
+            )
+        }
+        available = {
+            row.account_id: row.available
+            for row in await conn.execute(
+                text(
+                    "SELECT account_id, coalesce(sum(remaining_amount), 0) AS available"
+                    " FROM grants WHERE account_id = ANY(:accounts) GROUP BY account_id"
+                ),
+                params,
+            )
+        }
+    missing = expected - counted
+    extra = counted - expected
+    if missing:
+        report.violation(
+            f"{sum(missing.values())} changes without their event, e.g. {next(iter(missing))}"
+        )
+    if extra:
+        report.violation(
+            f"{sum(extra.values())} events without their change or twice, e.g. {next(iter(extra))}"
+        )
+    wrong = [a for a, amount in available.items() if latest.get(a, 0) != amount]
+    if wrong:
+        report.violation(
+            f"{len(wrong)} accounts whose latest event is not their balance, e.g. {wrong[0]}"
+        )
+    report.checks.append(
+        f"{sum(counted.values())} events: one per grant, reservation and settlement, each"
+        " account's latest at its available balance"
     )
 
 
