@@ -36,9 +36,10 @@ import redis
 
 from gateway.packages import write_development_table
 from gateway.settings import LISTEN_ADDR_DEFAULT
-from scripts.devcallers import ensure_dev_callers
-from scripts.devpki import ensure_dev_pki
+from scripts.devcallers import DEV_RPCS, ensure_dev_callers
+from scripts.devpki import ensure_dev_pki, issue_caller
 from service import admin
+from service.access.callers import load_callers
 from service.ops import pidfile
 from service.settings import DEV_DIR, DEV_GRPC_ADDR, DEV_WEBHOOK_SECRET_FILE_NAME
 from service.store import database
@@ -64,6 +65,12 @@ ANY_HOSTS = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}  # noqa: 
 def ensure_dev_files(dev_dir: Path) -> None:
     ensure_dev_pki(dev_dir / "pki")
     ensure_dev_callers(dev_dir / "callers.toml")
+    # A development caller added since this .dev/ was made (`events`) gets its
+    # certificate, API key and permissions now.
+    known = load_callers(dev_dir / "callers.toml").by_name
+    for name, rpcs in DEV_RPCS.items():
+        if name not in known:
+            issue_caller(dev_dir, name, list(rpcs))
     secret = dev_dir / "stripe-webhook-secret"
     if not secret.exists():
         secret.touch(mode=0o600)
