@@ -46,9 +46,9 @@ BEGIN
   PERFORM credits_insert_event(p_type, p_account, p_now, p_caller, p_grant, p_reservation,
                                p_revocation, p_amount, p_returned, p_unrecovered, NULL,
                                v_available);
-  -- Delivered at commit, once per transaction (equal notifications are folded): it only
-  -- wakes the watchers, who then read from their cursors.
-  PERFORM pg_notify('credits_events', '');
+  -- No NOTIFY here: a notifying transaction takes the notification queue's lock at
+  -- commit, which cost three quarters of the cycle's throughput (docs/architecture.md,
+  -- "Events"); the service notifies after its calls, coalesced (service/store/events.py).
 
   SELECT coalesce(a.balance_alert_thresholds, credits_default_alert_thresholds()),
          a.balance_alerts_below, a.balance_depleted

@@ -406,6 +406,9 @@ class PostgresStore:
             lock_ms = _lock_timeout_ms(deadline)
             args = self._statements.args(statement, {**params, "lock_ms": lock_ms})
             row: Row | None = await conn.fetchrow(*args, record_class=Row)
+        # Every ledger call may have written events (reads settle expiries) or ended a
+        # transaction that held the events' horizon back.
+        self.signals.changed()
         if row is None:
             raise RuntimeError("a ledger function returned no row")
         return row
@@ -527,6 +530,7 @@ class PostgresStore:
             lock_ms = _lock_timeout_ms(deadline)
             args = self._statements.args(statement, {**params, "lock_ms": lock_ms})
             rows: list[Row] = await conn.fetch(*args, record_class=Row)
+        self.signals.changed()
         return rows
 
     async def usage(
@@ -702,3 +706,4 @@ class PostgresStore:
         args = self._statements.args(SETTLE, {"account": account_id, "now": now})
         async with self._connection() as conn:
             await conn.execute(*args)
+        self.signals.changed()
