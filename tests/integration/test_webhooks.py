@@ -8,10 +8,12 @@ import datetime
 import http.server
 import json
 import threading
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -24,6 +26,8 @@ from tests.support import RunningServer, new_id
 
 SECRET = b"test-webhook-secret"
 RETRY = datetime.timedelta(hours=72)
+# Shorter than the backoff after a first failure: a second failure gives the event up.
+SHORT_RETRY = datetime.timedelta(seconds=0.3)
 ARRIVAL_WAIT_SECONDS = 20.0
 POLL_SECONDS = 0.05
 
@@ -80,9 +84,13 @@ def receiving(failures: int = 0) -> Iterator[Receiver]:
 
 @contextlib.asynccontextmanager
 async def delivering(
-    server: RunningServer, database_url: str, url: str, admin_engine: AsyncEngine
+    server: RunningServer,
+    database_url: str,
+    url: str,
+    admin_engine: AsyncEngine,
+    retry: datetime.timedelta = RETRY,
 ) -> AsyncIterator[asyncio.Task[None]]:
-    deliverer = webhooks.Deliverer(server.store, database_url, url, SECRET, RETRY)
+    deliverer = webhooks.Deliverer(server.store, database_url, url, SECRET, retry)
     task = asyncio.create_task(deliverer.run())
     try:
         await _started(admin_engine, url)
@@ -196,3 +204,20 @@ async def test_one_worker_delivers_at_a_time(
             await _arrived(receiver, account, 3)
             await asyncio.sleep(1)
     assert [e["grant_id"] for e in receiver.events_of(account)] == granted
+
+
+async def test_an_event_failing_past_the_retry_window_is_given_up_and_the_next_goes(
+    ops: Stub, credits_server: RunningServer, database_url: str, admin_engine: AsyncEngine
+) -> None:
+    with receiving(failures=2) as receiver:
+        label = urllib.parse.urlsplit(receiver.url).netloc
+        async with delivering(
+            credits_server, database_url, receiver.url, admin_engine, SHORT_RETRY
+        ):
+            account = new_id()
+            await _grant(ops, account, 1)  # fails twice, past the window: given up
+            kept = await _grant(ops, account, 2)
+            (event,) = await _arrived(receiver, account, 1)
+    assert event["grant_id"] == kept
+    given_up = REGISTRY.get_sample_value("credits_webhook_given_up_total", {"endpoint": label})
+    assert given_up == 1
