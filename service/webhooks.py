@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 import requests
 
-from service.ledger import limits
+from service.ledger import failures, limits
 from service.ledger.model import Event, EventCursor
 from service.ledger.operations import EVENT_SEQ_AFTER_ALL
 from service.ops import metrics
@@ -138,7 +138,9 @@ class Deliverer:
             try:
                 if await conn.fetchval("SELECT pg_try_advisory_lock($1)", WORKER_LOCK_KEY):
                     await self._deliver(conn)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:
+                # The database gone, the lock's connection lost: start again, from the
+                # stored cursor; a delivery worker must outlive an outage.
                 log.warning("webhook delivery stopped", extra={"error": type(exc).__name__})
             finally:
                 # Closing the connection releases the lock for another worker.
@@ -159,7 +161,18 @@ class Deliverer:
         signals = self._store.signals
         while True:
             signal = signals.next_signal()
-            batch = await self._store.events(cursor, None, None, limits.EVENT_BATCH_MAX)
+            try:
+                batch = await self._store.events(cursor, None, None, limits.EVENT_BATCH_MAX)
+            except failures.EventCursorExpired:
+                # Down for longer than the retention: what was deleted cannot be sent.
+                oldest = (await self._store.event_bounds()).oldest
+                log.error(
+                    "webhook events lost to retention",
+                    extra={"endpoint": self._label, "resumed_at": str(oldest)},
+                )
+                cursor = oldest
+                await conn.execute(SAVE, self._url, cursor.position, cursor.seq, None)
+                continue
             for event in batch:
                 await self._deliver_one(conn, event, cursor, failing_since)
                 cursor = event.cursor

@@ -221,3 +221,27 @@ async def test_an_event_failing_past_the_retry_window_is_given_up_and_the_next_g
     assert event["grant_id"] == kept
     given_up = REGISTRY.get_sample_value("credits_webhook_given_up_total", {"endpoint": label})
     assert given_up == 1
+
+
+async def test_a_cursor_past_retention_resumes_at_the_oldest_retained_event(
+    ops: Stub, credits_server: RunningServer, database_url: str, admin_engine: AsyncEngine
+) -> None:
+    with receiving() as receiver:
+        async with admin_engine.connect() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO webhook_deliveries (endpoint, delivered_position,"
+                    " delivered_seq, updated_at) VALUES (:url, 1, 1, now())"
+                ),
+                {"url": receiver.url},
+            )
+        await _grant(ops, new_id(), 1)
+        # Everything so far is past retention, the endpoint's cursor included.
+        await credits_server.store.sweep_events(
+            datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
+        )
+        async with delivering(credits_server, database_url, receiver.url, admin_engine):
+            account = new_id()
+            granted = await _grant(ops, account, 5)
+            (event,) = await _arrived(receiver, account, 1)
+    assert event["grant_id"] == granted
