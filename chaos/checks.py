@@ -266,6 +266,45 @@ async def check_events(engine: AsyncEngine, accounts: list[str], report: Report)
     )
 
 
+async def check_stream(
+    engine: AsyncEngine,
+    received: list[tuple[str, str, str]],
+    accounts: list[str],
+    report: Report,
+) -> None:
+    """What a WatchEvents consumer received across the run's faults against the outbox,
+    up to the last cursor it received: every event once, in the stream's order."""
+    if not received:
+        report.violation("the stream consumer received no event")
+        return
+    position, seq = (int(part) for part in received[-1][2].split("-"))
+    async with engine.connect() as conn:
+        stored = [
+            str(row.event_id)
+            for row in await conn.execute(
+                text(
+                    "SELECT event_id FROM ledger_events WHERE account_id = ANY(:accounts)"
+                    " AND (stream_position, seq) <= (:position, :seq)"
+                    " ORDER BY stream_position, seq"
+                ),
+                {"accounts": accounts, "position": position, "seq": seq},
+            )
+        ]
+    mine = set(accounts)
+    got = [event_id for event_id, account, _ in received if account in mine]
+    if got != stored:
+        twice = len(got) - len(set(got))
+        missing = len(set(stored) - set(got))
+        report.violation(
+            f"the stream is not the outbox: {len(got)} received, {len(stored)} stored,"
+            f" {missing} missing, {twice} twice"
+        )
+    report.checks.append(
+        f"stream: {len(got)} events of the run's accounts received across the faults,"
+        " each once and in the outbox's order"
+    )
+
+
 async def check_reconcile(engine: AsyncEngine, report: Report) -> None:
     async with engine.connect() as conn:
         found = await reconcile(conn)
