@@ -85,6 +85,17 @@ async def _caught_up(watcher: Watcher, engine: AsyncEngine, accounts: list[str])
         await asyncio.sleep(POLL_SECONDS)
 
 
+async def _delivered(cluster: Cluster, watcher: Watcher, accounts: list[str]) -> None:
+    """Give the webhook worker time to deliver the last event the stream carried."""
+    mine = set(accounts)
+    last = next((e for e, account, _ in reversed(watcher.received) if account in mine), None)
+    deadline = time.monotonic() + CATCH_UP_SECONDS_MAX
+    while last is not None and time.monotonic() < deadline:
+        if any(last.encode() in body for _, body in cluster.webhooks.snapshot()):
+            return
+        await asyncio.sleep(POLL_SECONDS)
+
+
 async def exercise(args: argparse.Namespace, cluster: Cluster, report: Report, seed: int) -> None:
     run_id = new_run_id()
     accounts = [f"{run_id}-acct{i}" for i in range(args.accounts)]
@@ -123,6 +134,7 @@ async def exercise(args: argparse.Namespace, cluster: Cluster, report: Report, s
         report.duration_seconds = time.monotonic() - started
         engine = await cluster.admin_engine()
         await _caught_up(watcher, engine, accounts)
+        await _delivered(cluster, watcher, accounts)
         watching.cancel()
         faults.check(workload.successes)
         # The services stop first, so that nothing (the sweeper) settles while checking.
@@ -132,6 +144,7 @@ async def exercise(args: argparse.Namespace, cluster: Cluster, report: Report, s
         await checks.check_accounts(engine, accounts, report)
         await checks.check_events(engine, accounts, report)
         await checks.check_stream(engine, watcher.received, accounts, report)
+        checks.check_webhooks(cluster.webhooks.snapshot(), watcher.received, accounts, report)
         await checks.check_reconcile(engine, report)
         await fuzzer.check(engine)
     finally:

@@ -18,13 +18,17 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chaos.receiver import SERVICE_WEBHOOK_SECRET
 from chaos.report import Report
 from chaos.workload import Ack
+from credits_client import WebhookSignatureError, verify_webhook
 from service.store.reconcile import reconcile
 
 OPERATIONS_OF_KEYS = {"Grant": "grant", "Reserve": "reserve", "Revoke": "revoke"}
 CALLER_OF = {"Grant": "gateway", "Reserve": "backend", "Revoke": "gateway"}
 STATUS_CONFIRMED = 2
+# Webhooks are checked after the run, long after they were signed.
+WEBHOOK_TOLERANCE_SECONDS = 24 * 3600.0
 
 
 async def check_log(
@@ -302,6 +306,47 @@ async def check_stream(
     report.checks.append(
         f"stream: {len(got)} events of the run's accounts received across the faults,"
         " each once and in the outbox's order"
+    )
+
+
+def check_webhooks(
+    received: list[tuple[str, bytes]],
+    stream: list[tuple[str, str, str]],
+    accounts: list[str],
+    report: Report,
+) -> None:
+    """The service's webhooks received during the run against the stream's events:
+    each verifies with the secret, is an event the stream carried, and every event of
+    the run's accounts from the first delivered on arrived (at least once), the first
+    deliveries in the stream's order."""
+    streamed = {event_id: index for index, (event_id, _, _) in enumerate(stream)}
+    mine = set(accounts)
+    delivered: list[str] = []
+    for header, body in received:
+        try:
+            event = verify_webhook(body, header, SERVICE_WEBHOOK_SECRET, WEBHOOK_TOLERANCE_SECONDS)
+        except WebhookSignatureError:
+            report.violation("a webhook that does not verify")
+            continue
+        if event["event_id"] not in streamed:
+            report.violation(f"a webhook of an event the stream never had: {event['event_id']}")
+        elif event["account_id"] in mine:
+            delivered.append(event["event_id"])
+    first = list(dict.fromkeys(delivered))
+    order = [streamed[event_id] for event_id in first]
+    if order != sorted(order):
+        report.violation("webhooks delivered out of the stream's order")
+    if first:
+        start = streamed[first[0]]
+        expected = [e for e, account, _ in stream[start:] if account in mine]
+        missing = set(expected) - set(first)
+        if missing:
+            report.violation(f"{len(missing)} events never delivered, e.g. {next(iter(missing))}")
+    else:
+        report.violation("no webhook of the run's accounts was delivered")
+    report.checks.append(
+        f"webhooks: {len(received)} POSTs, all verified; {len(first)} events of the run's"
+        f" accounts delivered in order ({len(delivered) - len(first)} twice), none missing"
     )
 
 
