@@ -16,6 +16,7 @@ ports; never `.dev/` or the ports of `make run`):
 """
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import pgfloor, processes
+from bench import alerts, pgfloor, processes
 from scripts import devrun
 from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
@@ -48,6 +49,8 @@ MEMORY_SAMPLE_SECONDS = 0.5
 SHARE_OF_FLOOR_MIN = 0.5
 LIGHT_P99_MS_MAX = 25.0
 MEMORY_MB_MAX = 150.0
+# A balance alert reaches a WatchEvents stream within this of the crossing's commit.
+ALERT_P99_MS_MAX = 1000.0
 MB = 1024 * 1024
 
 
@@ -220,6 +223,15 @@ def bench_service(dev: Path, url: str, args: argparse.Namespace) -> list[Result]
     try:
         wait_listening(service, port, log)
         pki = dev / "pki"
+        # On the idle service, before the load: a crossing's commit to its alert.
+        latencies = asyncio.run(alerts.measure(address, pki, args.alert_crossings))
+        alert = alerts.summary(latencies)
+        print(
+            f"alert latency over {alert['crossings']:.0f} crossings: p50"
+            f" {alert['p50_ms']:.1f} ms, p99 {alert['p99_ms']:.1f} ms (target ≤"
+            f" {ALERT_P99_MS_MAX:.0f}) {mark(alert['p99_ms'] <= ALERT_P99_MS_MAX)}",
+            flush=True,
+        )
         return [
             load(
                 f"service, {args.clients} clients, {args.accounts} accounts",
@@ -324,15 +336,15 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def mark(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
 def verdicts(service: list[Result], transport: Result, db: list[Result]) -> list[str]:
     spread, hot, light = service
     lower = min(transport.cycles_per_second, db[0].cycles_per_second)
     rss = max(r.rss_mb or 0.0 for r in service)
     errors = sum(sum(r.errors.values()) for r in (*service, transport))
-
-    def mark(ok: bool) -> str:
-        return "ok" if ok else "MISSED"
-
     return [
         f"service / lower floor: {spread.cycles_per_second / lower:.2f}"
         f" (target ≥ {SHARE_OF_FLOOR_MIN})"
@@ -379,6 +391,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         help="CREDITS_PROCESSES of the service (default: its own default)",
+    )
+    parser.add_argument(
+        "--alert-crossings",
+        type=int,
+        default=alerts.CROSSINGS_DEFAULT,
+        help=f"crossings timed for the alert latency (default {alerts.CROSSINGS_DEFAULT})",
     )
     parser.add_argument(
         "--quick", action="store_true", help="a few seconds per scenario, for a smoke test"

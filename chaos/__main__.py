@@ -17,11 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from chaos import checks
 from chaos.cluster import Cluster
 from chaos.faults import Faults
 from chaos.fuzz import Fuzzer
 from chaos.report import Report
+from chaos.watcher import CATCH_UP_SECONDS_MAX, POLL_SECONDS, Watcher
 from chaos.workload import Workload, new_run_id
 from credits.v1.credits_pb2_grpc import CreditsServiceStub
 
@@ -66,6 +70,32 @@ async def run(args: argparse.Namespace, directory: Path) -> Report:
     return report
 
 
+async def _caught_up(watcher: Watcher, engine: AsyncEngine, accounts: list[str]) -> None:
+    """Give the stream consumer time to receive every event of the run's accounts."""
+    mine = set(accounts)
+    deadline = time.monotonic() + CATCH_UP_SECONDS_MAX
+    while time.monotonic() < deadline:
+        async with engine.connect() as conn:
+            stored = await conn.scalar(
+                text("SELECT count(*) FROM ledger_events WHERE account_id = ANY(:accounts)"),
+                {"accounts": accounts},
+            )
+        if sum(1 for _, account, _ in watcher.received if account in mine) >= (stored or 0):
+            return
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def _delivered(cluster: Cluster, watcher: Watcher, accounts: list[str]) -> None:
+    """Give the webhook worker time to deliver the last event the stream carried."""
+    mine = set(accounts)
+    last = next((e for e, account, _ in reversed(watcher.received) if account in mine), None)
+    deadline = time.monotonic() + CATCH_UP_SECONDS_MAX
+    while last is not None and time.monotonic() < deadline:
+        if any(last.encode() in body for _, body in cluster.webhooks.snapshot()):
+            return
+        await asyncio.sleep(POLL_SECONDS)
+
+
 async def exercise(args: argparse.Namespace, cluster: Cluster, report: Report, seed: int) -> None:
     run_id = new_run_id()
     accounts = [f"{run_id}-acct{i}" for i in range(args.accounts)]
@@ -93,6 +123,8 @@ async def exercise(args: argparse.Namespace, cluster: Cluster, report: Report, s
         asyncio.create_task(fuzzer.grpc_loop(workload.stopping)) for _ in range(args.fuzzers)
     ]
     fuzzing.append(asyncio.create_task(fuzzer.webhook_loop(workload.stopping)))
+    watcher = Watcher(cluster, seed)
+    watching = asyncio.create_task(watcher.run())
     injecting = asyncio.create_task(faults.run(stop_faults))
     try:
         await asyncio.sleep(args.duration)
@@ -103,18 +135,24 @@ async def exercise(args: argparse.Namespace, cluster: Cluster, report: Report, s
             await asyncio.gather(*tasks, *fuzzing)
         report.duration_seconds = time.monotonic() - started
         engine = await cluster.admin_engine()
+        await _caught_up(watcher, engine, accounts)
+        await _delivered(cluster, watcher, accounts)
+        watching.cancel()
         faults.check(workload.successes)
         # The services stop first, so that nothing (the sweeper) settles while checking.
         for index in range(len(cluster.services)):
             cluster.kill_service(index)
         await checks.check_log(engine, workload.acks, accounts, report)
         await checks.check_accounts(engine, accounts, report)
+        await checks.check_events(engine, accounts, report)
+        await checks.check_stream(engine, watcher.received, accounts, report)
+        checks.check_webhooks(cluster.webhooks.snapshot(), watcher.received, accounts, report)
         await checks.check_reconcile(engine, report)
         await fuzzer.check(engine, accounts)
     finally:
         stop_faults.set()
         workload.stopping.set()
-        for task in [*tasks, *fuzzing, injecting]:
+        for task in [*tasks, *fuzzing, injecting, watching]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

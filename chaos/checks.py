@@ -9,6 +9,8 @@
   revoked - expired (captured includes overruns; transfers in arrive as grants), nothing
   is negative, debt stays within the overdraft limit and spend within its limits; over
   all accounts, the transfers moved as much out as in (reconcile checks each transfer);
+- the outbox against the ledger: every grant, reservation and settlement of the run is
+  exactly one event, and each account's latest event carries its available balance;
 - `reconcile` (service/store/reconcile.py) finds nothing.
 """
 
@@ -19,12 +21,16 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chaos.receiver import SERVICE_WEBHOOK_SECRET
 from chaos.report import Report
 from chaos.workload import CALLER_OF, Ack
+from credits_client import WebhookSignatureError, verify_webhook
 from service.store.reconcile import reconcile
 
 STATUS_CONFIRMED = 2
 SOURCE_TRANSFER = 5
+# Webhooks are checked after the run, long after they were signed.
+WEBHOOK_TOLERANCE_SECONDS = 24 * 3600.0
 
 
 async def check_log(
@@ -240,6 +246,163 @@ async def check_accounts(engine: AsyncEngine, accounts: list[str], report: Repor
         f"{len(accounts)} accounts: available + reserved - debt = granted - captured"
         " - transferred out - revoked - expired, nothing negative, debt within the overdraft"
         " limit, spend within its limits"
+    )
+
+
+# The event a reservation's status settles with (ReservationStatus → event type).
+SETTLED_EVENT = {2: "confirmed", 3: "released", 4: "reservation_expired"}
+
+
+async def check_events(engine: AsyncEngine, accounts: list[str], report: Report) -> None:
+    """Run after check_accounts, which settled every account: the outbox has one event per
+    change of the ledger, none missing, none twice."""
+    params = {"accounts": accounts}
+    async with engine.connect() as conn:
+        counted = Counter(
+            (row.event_type, str(row.subject))
+            for row in await conn.execute(
+                text(
+                    "SELECT event_type, coalesce(reservation_id, grant_id) AS subject"
+                    " FROM ledger_events WHERE account_id = ANY(:accounts) AND event_type IN"
+                    " ('granted', 'reserved', 'confirmed', 'released', 'reservation_expired')"
+                ),
+                params,
+            )
+        )
+        expected = Counter(
+            ("granted", str(row.grant_id))
+            for row in await conn.execute(
+                text("SELECT grant_id FROM grants WHERE account_id = ANY(:accounts)"), params
+            )
+        )
+        for row in await conn.execute(
+            text(
+                "SELECT reservation_id, status FROM reservations WHERE account_id = ANY(:accounts)"
+            ),
+            params,
+        ):
+            expected[("reserved", str(row.reservation_id))] += 1
+            if row.status in SETTLED_EVENT:
+                expected[(SETTLED_EVENT[row.status], str(row.reservation_id))] += 1
+        latest = {
+            row.account_id: row.available_after
+            for row in await conn.execute(
+                text(
+                    "SELECT DISTINCT ON (account_id) account_id, available_after FROM ledger_events"
+                    " WHERE account_id = ANY(:accounts)"
+                    " ORDER BY account_id, stream_position DESC, seq DESC"
+                ),
+                params,
+            )
+        }
+        available = {
+            row.account_id: row.available
+            for row in await conn.execute(
+                text(
+                    "SELECT account_id, coalesce(sum(remaining_amount), 0) AS available"
+                    " FROM grants WHERE account_id = ANY(:accounts) GROUP BY account_id"
+                ),
+                params,
+            )
+        }
+    missing = expected - counted
+    extra = counted - expected
+    if missing:
+        report.violation(
+            f"{sum(missing.values())} changes without their event, e.g. {next(iter(missing))}"
+        )
+    if extra:
+        report.violation(
+            f"{sum(extra.values())} events without their change or twice, e.g. {next(iter(extra))}"
+        )
+    wrong = [a for a, amount in available.items() if latest.get(a, 0) != amount]
+    if wrong:
+        report.violation(
+            f"{len(wrong)} accounts whose latest event is not their balance, e.g. {wrong[0]}"
+        )
+    report.checks.append(
+        f"{sum(counted.values())} events: one per grant, reservation and settlement, each"
+        " account's latest at its available balance"
+    )
+
+
+async def check_stream(
+    engine: AsyncEngine,
+    received: list[tuple[str, str, str]],
+    accounts: list[str],
+    report: Report,
+) -> None:
+    """What a WatchEvents consumer received across the run's faults against the outbox,
+    up to the last cursor it received: every event once, in the stream's order."""
+    if not received:
+        report.violation("the stream consumer received no event")
+        return
+    position, seq = (int(part) for part in received[-1][2].split("-"))
+    async with engine.connect() as conn:
+        stored = [
+            str(row.event_id)
+            for row in await conn.execute(
+                text(
+                    "SELECT event_id FROM ledger_events WHERE account_id = ANY(:accounts)"
+                    " AND (stream_position, seq) <= (:position, :seq)"
+                    " ORDER BY stream_position, seq"
+                ),
+                {"accounts": accounts, "position": position, "seq": seq},
+            )
+        ]
+    mine = set(accounts)
+    got = [event_id for event_id, account, _ in received if account in mine]
+    if got != stored:
+        twice = len(got) - len(set(got))
+        missing = len(set(stored) - set(got))
+        report.violation(
+            f"the stream is not the outbox: {len(got)} received, {len(stored)} stored,"
+            f" {missing} missing, {twice} twice"
+        )
+    report.checks.append(
+        f"stream: {len(got)} events of the run's accounts received across the faults,"
+        " each once and in the outbox's order"
+    )
+
+
+def check_webhooks(
+    received: list[tuple[str, bytes]],
+    stream: list[tuple[str, str, str]],
+    accounts: list[str],
+    report: Report,
+) -> None:
+    """The service's webhooks received during the run against the stream's events:
+    each verifies with the secret, is an event the stream carried, and every event of
+    the run's accounts from the first delivered on arrived (at least once), the first
+    deliveries in the stream's order."""
+    streamed = {event_id: index for index, (event_id, _, _) in enumerate(stream)}
+    mine = set(accounts)
+    delivered: list[str] = []
+    for header, body in received:
+        try:
+            event = verify_webhook(body, header, SERVICE_WEBHOOK_SECRET, WEBHOOK_TOLERANCE_SECONDS)
+        except WebhookSignatureError:
+            report.violation("a webhook that does not verify")
+            continue
+        if event["event_id"] not in streamed:
+            report.violation(f"a webhook of an event the stream never had: {event['event_id']}")
+        elif event["account_id"] in mine:
+            delivered.append(event["event_id"])
+    first = list(dict.fromkeys(delivered))
+    order = [streamed[event_id] for event_id in first]
+    if order != sorted(order):
+        report.violation("webhooks delivered out of the stream's order")
+    if first:
+        start = streamed[first[0]]
+        expected = [e for e, account, _ in stream[start:] if account in mine]
+        missing = set(expected) - set(first)
+        if missing:
+            report.violation(f"{len(missing)} events never delivered, e.g. {next(iter(missing))}")
+    else:
+        report.violation("no webhook of the run's accounts was delivered")
+    report.checks.append(
+        f"webhooks: {len(received)} POSTs, all verified; {len(first)} events of the run's"
+        f" accounts delivered in order ({len(delivered) - len(first)} twice), none missing"
     )
 
 

@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from chaos.receiver import SERVICE_WEBHOOK_SECRET, WebhookReceiver
 from gateway.packages import write_development_table
 from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
@@ -66,6 +67,9 @@ class Cluster:
         self.gateway_port = free_port()
         self.gateway: subprocess.Popen[bytes] | None = None
         self.admin: AsyncEngine | None = None
+        self.webhooks = WebhookReceiver()
+        self.webhook_secret_file = directory / "service-webhook-secret"
+        self.webhook_secret_file.write_text(SERVICE_WEBHOOK_SECRET + "\n")
 
     @property
     def addresses(self) -> list[str]:
@@ -159,6 +163,9 @@ class Cluster:
             # One process per instance: a SIGKILL then kills the instance, not a
             # supervisor whose workers would stop on their own time.
             "CREDITS_PROCESSES": "1",
+            # Every event to the run's own receiver; one instance delivers at a time.
+            "CREDITS_WEBHOOK_URL": self.webhooks.url,
+            "CREDITS_WEBHOOK_SECRET_FILE": str(self.webhook_secret_file),
         }
 
     def start_service(self, index: int) -> None:
@@ -242,6 +249,7 @@ class Cluster:
         return grpc.aio.secure_channel(address, credentials)
 
     async def start(self) -> None:
+        self.webhooks.start()
         await asyncio.to_thread(self.start_database)
         self.start_redis()
         for index in range(INSTANCES):
@@ -265,6 +273,7 @@ class Cluster:
                 process.wait()
         self.services = [None] * INSTANCES
         self.gateway = None
+        self.webhooks.stop()
         self.kill_redis()
         if self.admin is not None:
             await self.admin.dispose()

@@ -34,6 +34,10 @@ from service.access import contract
 
 SERVICE = "/credits.v1.CreditsService/"
 CALL_TIMEOUT_SECONDS = 5.0
+# A fuzzed stream (WatchEvents) is read this long, then ended by its deadline.
+STREAM_SECONDS = 0.5
+# The contract's server-streaming RPCs, called as streams.
+STREAMING_RPCS = frozenset({"WatchEvents"})
 # Codes a caller may get (docs/contract.md "Errors", plus what gRPC itself answers for an unknown
 # method or an oversized message, and CANCELLED/DEADLINE_EXCEEDED during faults).
 ALLOWED_CODES = {
@@ -49,6 +53,7 @@ ALLOWED_CODES = {
     "DEADLINE_EXCEEDED",
     "CANCELLED",
     "UNIMPLEMENTED",
+    "OUT_OF_RANGE",
 }
 # Answers that say nothing about whether the request was done (docs/contract.md "Errors"): CANCELLED
 # is gRPC's answer to a call still in flight when its instance's shutdown grace ran out.
@@ -247,12 +252,17 @@ class Fuzzer:
             raw = request.SerializeToString()
         if rng.random() < 0.02:
             raw += b"\x3a" + varint(70_000) + b"x" * 70_000  # past the message size limit
-        call: Callable[..., Any] = channel.unary_unary(SERVICE + method)
         metadata = None
         if rng.random() < 0.05:
             metadata = (("x-fuzz", "v" * rng.choice([1, 100, 4000])),)
         try:
-            await call(raw, timeout=CALL_TIMEOUT_SECONDS, metadata=metadata)
+            if method in STREAMING_RPCS:
+                stream: Callable[..., Any] = channel.unary_stream(SERVICE + method)
+                async for _ in stream(raw, timeout=STREAM_SECONDS, metadata=metadata):
+                    pass
+            else:
+                call: Callable[..., Any] = channel.unary_unary(SERVICE + method)
+                await call(raw, timeout=CALL_TIMEOUT_SECONDS, metadata=metadata)
             code = "OK"
         except grpc.aio.AioRpcError as err:
             code = err.code().name

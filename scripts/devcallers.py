@@ -1,4 +1,4 @@
-"""The development callers file: `backend`, `gateway` and `ops` with their
+"""The development callers file: `backend`, `gateway`, `ops` and `events` with their
 permissions, identified by their development certificates (`.dev/pki/<name>.pem`) and,
 for the tls and insecure modes, by development API keys written next to the file
 (`<dir>/api-keys/<name>.key`, only the SHA-256 goes into the callers file).
@@ -26,6 +26,8 @@ DEV_RPCS: Mapping[str, tuple[str, ...]] = {
     ),
     "gateway": ("Grant", "Revoke", "GetBalance", "ListPrices"),
     "ops": ("*",),
+    # A consumer of the event stream (a dashboard, an alerting job): reads, changes nothing.
+    "events": ("WatchEvents", "GetBalance", "GetAccount"),
 }
 # Far above what two cores can serve, so that benchmarks are never throttled by accident.
 DEV_RATE_PER_RPC = "20000/second"

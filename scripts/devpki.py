@@ -26,11 +26,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from scripts.devcallers import API_KEY_BYTES, DEV_RATE_PER_RPC, api_key_path
+from scripts.devcallers import API_KEY_BYTES, DEV_RATE_PER_RPC, DEV_RPCS, api_key_path
 from service.access.callers import CALLER_NAME_PATTERN, CallersError, api_key_digest, load_callers
 from service.settings import DEV_CALLERS_FILE_NAME, DEV_DIR
 
-DEV_CALLERS = ("backend", "gateway", "ops")
+DEV_CALLERS = tuple(DEV_RPCS)
 SERVER_NAME = "server"
 SERVER_HOSTNAMES = ("localhost",)
 SERVER_IPS = ("127.0.0.1", "::1")

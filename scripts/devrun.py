@@ -41,11 +41,12 @@ import redis
 
 from gateway.packages import write_development_table
 from gateway.settings import LISTEN_ADDR_DEFAULT
-from scripts.devcallers import ensure_dev_callers
-from scripts.devpki import ensure_dev_pki
+from scripts.devcallers import DEV_RPCS, ensure_dev_callers
+from scripts.devpki import ensure_dev_pki, issue_caller
 from service import admin
+from service.access.callers import load_callers
 from service.ops import pidfile
-from service.settings import DEV_DIR, DEV_GRPC_ADDR
+from service.settings import DEV_DIR, DEV_GRPC_ADDR, DEV_WEBHOOK_SECRET_FILE_NAME
 from service.store import database
 
 # How long the service and the gateway get to finish in-flight work after Ctrl-C.
@@ -96,10 +97,21 @@ def dev_prices_file(dev_dir: Path) -> Path:
 def ensure_dev_files(dev_dir: Path) -> None:
     ensure_dev_pki(dev_dir / "pki")
     ensure_dev_callers(dev_dir / "callers.toml")
+    # A development caller added since this .dev/ was made (`events`) gets its
+    # certificate, API key and permissions now.
+    known = load_callers(dev_dir / "callers.toml").by_name
+    for name, rpcs in DEV_RPCS.items():
+        if name not in known:
+            issue_caller(dev_dir, name, list(rpcs))
     secret = dev_dir / "stripe-webhook-secret"
     if not secret.exists():
         secret.touch(mode=0o600)
         secret.write_text(f"whsec_{secrets.token_urlsafe(WEBHOOK_SECRET_BYTES)}\n")
+    # Signs the service's own webhooks (CREDITS_WEBHOOK_URL): only the service reads it.
+    own = dev_dir / DEV_WEBHOOK_SECRET_FILE_NAME
+    if not own.exists():
+        own.touch(mode=0o600)
+        own.write_text(secrets.token_urlsafe(WEBHOOK_SECRET_BYTES) + "\n")
     packages = dev_dir / "credit-packages.toml"
     if not packages.exists():
         write_development_table(packages)

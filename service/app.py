@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import processes, reload, settings
+from service import processes, reload, settings, webhooks
 from service.ledger.operations import Clock, Ledger, Policy
 from service.ops import metrics
 from service.rpc import health
@@ -86,9 +86,10 @@ def assemble(config: settings.Settings, url: str, clock: Clock, *, sharing: int 
         pool_timeout_seconds=config.db_pool_timeout_seconds,
         statement_timeout_seconds=config.db_statement_timeout_seconds,
         connect_timeout_seconds=config.db_connect_timeout_seconds,
+        balance_alert_thresholds=config.balance_alert_thresholds,
     )
     store = PostgresStore(engine, job_types=config.job_types)
-    ledger = Ledger(store, policy(config), clock)
+    ledger = Ledger(store, policy(config), clock, store.signals)
     return Assembled(engine, store, build_server(config, ledger, sharing=sharing))
 
 
@@ -128,6 +129,22 @@ async def serve(
     if config.reconcile_interval_seconds > 0 and (worker is None or worker.index == 0):
         reconciling = ScheduledReconcile(url, config.reconcile_interval_seconds)
         tasks.append(asyncio.create_task(reconciling.run()))
+        if config.webhook_url and config.webhook_secret_file:
+            deliverer = webhooks.Deliverer(
+                store,
+                url,
+                config.webhook_url,
+                settings.webhook_secret(config.webhook_secret_file),
+                datetime.timedelta(hours=config.webhook_retry_hours),
+            )
+            tasks.append(asyncio.create_task(deliverer.run()))
+        tasks.append(
+            asyncio.create_task(
+                sweeper.run_event_retention(
+                    store, datetime.timedelta(days=config.event_retention_days), clock
+                )
+            )
+        )
     where = {"address": config.grpc_addr, "env": config.env}
     if worker is None:
         log.info("serving", extra=where)
@@ -138,6 +155,8 @@ async def serve(
     await stop.wait()
     log.info("stopping", extra={"grace_seconds": config.shutdown_grace_seconds})
     await built.health.enter_graceful_shutdown()
+    # WatchEvents streams end now, cleanly, instead of being cut at the grace's end.
+    await store.signals.aclose()
     for task in tasks:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

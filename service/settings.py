@@ -28,6 +28,8 @@ DEV_DIR = Path(".dev")
 DEV_GRPC_ADDR = "127.0.0.1:50051"
 DEV_METRICS_ADDR = "127.0.0.1:9464"
 DEV_CALLERS_FILE_NAME = "callers.toml"
+# The development secret that signs webhooks, written by `make run` (scripts/devrun.py).
+DEV_WEBHOOK_SECRET_FILE_NAME = "webhook-secret"  # noqa: S105 (a file name, not a secret)
 
 # Generous enough for any single purchase; at most limits.AMOUNT_MAX_LIMIT.
 AMOUNT_MAX_DEFAULT = 1_000_000_000_000
@@ -66,6 +68,10 @@ SWEEPER_INTERVAL_SECONDS_DEFAULT = 30.0
 RECONCILE_INTERVAL_SECONDS_DEFAULT = 3600.0
 # Each job type adds a series per outcome: a dashboard's worth, not a catalogue.
 JOB_TYPES_MAX = 50
+# How long a webhook event is retried before it is given up on.
+WEBHOOK_RETRY_HOURS_DEFAULT = 72.0
+# How long the outbox keeps events for WatchEvents (docs/architecture.md, "Events").
+EVENT_RETENTION_DAYS_DEFAULT = 30
 # How long after its creation ExtendReservation may keep a reservation alive: a forgotten
 # heartbeat must not hold credits for ever, and a week covers the longest render.
 RESERVATION_LIFETIME_MAX_SECONDS_DEFAULT = 7 * 24 * 3600.0
@@ -159,6 +165,14 @@ class Settings:
     clock_error_max_seconds: float = CLOCK_ERROR_MAX_SECONDS_DEFAULT
     # How far this instance's own clock is moved (development only: tests of skew).
     test_clock_skew_seconds: float = 0.0
+    event_retention_days: int = EVENT_RETENTION_DAYS_DEFAULT
+    # The service-wide default thresholds of balance alerts, highest first; () none.
+    balance_alert_thresholds: tuple[int, ...] = ()
+    # Where events are POSTed, signed with the secret; None: no webhooks. Never in a
+    # repr: the URL may hold a token.
+    webhook_url: str | None = field(default=None, repr=False)
+    webhook_secret_file: Path | None = None
+    webhook_retry_hours: float = WEBHOOK_RETRY_HOURS_DEFAULT
 
     @property
     def development(self) -> bool:
@@ -180,6 +194,76 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SettingsError(f"{name} must be an integer") from None
+
+
+def _event_retention_days(env: Mapping[str, str]) -> int:
+    days = _int(env, "CREDITS_EVENT_RETENTION_DAYS", EVENT_RETENTION_DAYS_DEFAULT)
+    if days < 1:
+        raise SettingsError("CREDITS_EVENT_RETENTION_DAYS must be at least 1")
+    return days
+
+
+def _balance_alert_thresholds(env: Mapping[str, str]) -> tuple[int, ...]:
+    name = "CREDITS_BALANCE_ALERT_THRESHOLDS"
+    raw = env.get(name, "").strip()
+    if not raw:
+        return ()
+    try:
+        thresholds = [int(part) for part in raw.split(",")]
+    except ValueError:
+        raise SettingsError(f'{name} must be amounts like "1000,100"') from None
+    problem = limits.balance_alert_thresholds_problem(thresholds)
+    if problem:
+        raise SettingsError(f"{name}: {problem}")
+    return tuple(sorted(thresholds, reverse=True))
+
+
+def _hours(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        hours = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of hours") from None
+    if hours <= 0:
+        raise SettingsError(f"{name} must be positive")
+    return hours
+
+
+def webhook_secret(path: Path) -> bytes:
+    """The secret that signs webhooks: the file's first line."""
+    try:
+        secret = path.read_text(encoding="utf-8").strip().splitlines()
+    except OSError:
+        raise SettingsError("CREDITS_WEBHOOK_SECRET_FILE cannot be read") from None
+    if not secret or not secret[0].strip():
+        raise SettingsError("CREDITS_WEBHOOK_SECRET_FILE is empty")
+    return secret[0].strip().encode()
+
+
+def _webhook_url(env: Mapping[str, str]) -> str | None:
+    url = env.get("CREDITS_WEBHOOK_URL") or None
+    if url is not None and not url.startswith(("https://", "http://")):
+        raise SettingsError("CREDITS_WEBHOOK_URL must be an http(s):// URL")
+    return url
+
+
+def _webhook_secret_file(env: Mapping[str, str], development: bool, dev_dir: Path) -> Path | None:
+    raw = env.get("CREDITS_WEBHOOK_SECRET_FILE")
+    if raw:
+        return Path(raw)
+    if not env.get("CREDITS_WEBHOOK_URL"):
+        return None
+    if development:
+        return dev_dir / DEV_WEBHOOK_SECRET_FILE_NAME
+    raise SettingsError("CREDITS_WEBHOOK_URL needs CREDITS_WEBHOOK_SECRET_FILE")
+
+
+def _check_webhook(settings: Settings) -> None:
+    """A configured endpoint has a usable secret at start, not at its first event."""
+    if settings.webhook_url and settings.webhook_secret_file:
+        webhook_secret(settings.webhook_secret_file)
 
 
 def cores() -> int:
@@ -402,9 +486,15 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             env, "CREDITS_CLOCK_ERROR_MAX_SECONDS", CLOCK_ERROR_MAX_SECONDS_DEFAULT
         ),
         test_clock_skew_seconds=_test_clock_skew(env, development),
+        event_retention_days=_event_retention_days(env),
+        balance_alert_thresholds=_balance_alert_thresholds(env),
+        webhook_url=_webhook_url(env),
+        webhook_secret_file=_webhook_secret_file(env, development, dev_dir),
+        webhook_retry_hours=_hours(env, "CREDITS_WEBHOOK_RETRY_HOURS", WEBHOOK_RETRY_HOURS_DEFAULT),
     )
     check(settings)
     _check_tls(settings)
+    _check_webhook(settings)
     return settings
 
 

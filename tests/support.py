@@ -72,6 +72,7 @@ class RunningServer:
         return f"127.0.0.1:{self.built.port}"
 
     async def stop(self) -> None:
+        await self.store.signals.aclose()
         await self.built.server.stop(grace=STOP_GRACE_SECONDS)
         await self.built.limiter.aclose()
         await self.engine.dispose()

@@ -13,6 +13,7 @@ from credits_client.errors import (
     CreditsError,
     DatabaseUnavailable,
     DeadlineExceeded,
+    EventCursorExpired,
     ExternalRefExists,
     FieldViolation,
     GrantNotFound,
@@ -42,6 +43,8 @@ from credits_client.results import (
     Allocation,
     Balance,
     EntryKind,
+    Event,
+    EventType,
     Extended,
     Grant,
     Granted,
@@ -61,6 +64,7 @@ from credits_client.results import (
 )
 from credits_client.retry import NO_RETRY, RetryPolicy
 from credits_client.sync import SyncCreditsClient
+from credits_client.webhooks import WebhookSignatureError, verify_webhook
 
 __all__ = [
     "NO_RETRY",
@@ -76,6 +80,9 @@ __all__ = [
     "DatabaseUnavailable",
     "DeadlineExceeded",
     "EntryKind",
+    "Event",
+    "EventCursorExpired",
+    "EventType",
     "Extended",
     "ExternalRefExists",
     "FieldViolation",
@@ -116,6 +123,8 @@ __all__ = [
     "TransferLot",
     "Unauthenticated",
     "Unavailable",
+    "WebhookSignatureError",
     "new_idempotency_key",
     "secure_channel",
+    "verify_webhook",
 ]

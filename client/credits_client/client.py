@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from os import PathLike
 from types import TracebackType
 from typing import Any, Self
@@ -24,6 +24,8 @@ from credits_client.results import (
     Account,
     Balance,
     EntryKind,
+    Event,
+    EventType,
     Extended,
     Grant,
     Granted,
@@ -37,6 +39,7 @@ from credits_client.results import (
     Reserved,
     Revocation,
     Transfer,
+    event_type_message,
     kind_message,
     source_message,
 )
@@ -505,13 +508,19 @@ class CreditsClient:
         spend_limit_month: int | None = None,
         spend_limit_rolling: int | None = None,
         spend_limit_rolling_hours: int | None = None,
+        balance_alert_thresholds: Sequence[int] | None = None,
+        default_balance_alert_thresholds: bool = False,
         reason: str = "",
         timeout_seconds: float | None = None,
     ) -> Account:
         """Changes the settings given (None leaves a setting as it is), audited with
         `reason`. Setting a value again changes nothing, so a retry is harmless. A limit
         of 0 means none; a rolling limit needs its window (`spend_limit_rolling_hours`)
-        in the same call."""
+        in the same call. `balance_alert_thresholds` sets the account's own thresholds
+        (empty: none); `default_balance_alert_thresholds=True` returns it to the
+        service-wide default."""
+        if balance_alert_thresholds is not None and default_balance_alert_thresholds:
+            raise ValueError("give balance_alert_thresholds or the default, not both")
         changes: dict[str, bool | int | None] = {
             "frozen": frozen,
             "overdraft_limit": overdraft_limit,
@@ -525,6 +534,11 @@ class CreditsClient:
             if value is not None:
                 setattr(request.settings, name, value)
                 request.update_mask.paths.append(name)
+        if balance_alert_thresholds is not None:
+            request.settings.balance_alert_thresholds.SetInParent()
+            request.settings.balance_alert_thresholds.thresholds.extend(balance_alert_thresholds)
+        if balance_alert_thresholds is not None or default_balance_alert_thresholds:
+            request.update_mask.paths.append("balance_alert_thresholds")
         response = await self._call("UpdateAccountSettings", request, timeout_seconds)
         return Account.from_message(response.account)
 
@@ -572,6 +586,63 @@ class CreditsClient:
         request = pb.ListPriceHistoryRequest(job_type=job_type, page_size=page_size)
         async for message in self._pages("ListPriceHistory", request, "prices", timeout_seconds):
             yield Price.from_message(message)
+
+    async def _stream(self, rpc: str, request: Any) -> AsyncIterator[Any]:
+        """The responses of a server stream: one call, no deadline (a stream lasts as
+        long as its reader wants)."""
+        call = getattr(self._stub_now(), rpc)(request, metadata=self._metadata)
+        try:
+            async for response in call:
+                yield response
+        finally:
+            call.cancel()
+
+    async def watch_events(
+        self,
+        *,
+        after_cursor: str | None = None,
+        from_oldest: bool = False,
+        account_id: str = "",
+        types: Iterable[EventType | str] = (),
+    ) -> AsyncIterator[Event]:
+        """Ledger events in commit order: after `after_cursor` (the cursor of the last
+        event received), from the oldest retained (`from_oldest`), or else from now;
+        stored ones first, then live ones, until the server stops (the iteration ends)
+        or the caller stops iterating. Only `account_id`'s (empty: every account's),
+        only of `types` (empty: every type). When the connection fails in a way the
+        retry policy retries, the stream resumes after the last event it yielded: each
+        event comes once. A cursor older than the service's retention raises
+        EventCursorExpired."""
+        if after_cursor is not None and from_oldest:
+            raise ValueError("give after_cursor or from_oldest, not both")
+        request = pb.WatchEventsRequest(
+            account_id=account_id, types=[event_type_message(t) for t in types]
+        )
+        if after_cursor is not None:
+            request.after_cursor = after_cursor
+        elif from_oldest:
+            request.from_oldest = True
+        else:
+            request.from_now = True
+        started, attempts = time.monotonic(), 0
+        while True:
+            attempts += 1
+            try:
+                async for response in self._stream("WatchEvents", request):
+                    event = Event.from_message(response.event)
+                    request.after_cursor = event.cursor
+                    started, attempts = time.monotonic(), 0
+                    yield event
+                return
+            except grpc.aio.AioRpcError as rpc_error:
+                error = from_rpc_error(rpc_error, idempotency_key=None, attempts=attempts)
+                cause = rpc_error
+            remaining = self._retry.budget_seconds - (time.monotonic() - started)
+            wait_seconds = self._retry.wait_seconds(error, remaining)
+            if wait_seconds is None:
+                raise error from cause
+            self._log_retry("WatchEvents", request, error, wait_seconds)
+            await asyncio.sleep(wait_seconds)
 
     def hold(
         self,

@@ -163,6 +163,13 @@ class ReservationNotPriced(CreditsError):
     REASON = "RESERVATION_NOT_PRICED"
 
 
+class EventCursorExpired(CreditsError):
+    """A watch_events cursor older than the service's event retention: start again
+    from the oldest retained event or from now."""
+
+    REASON = "EVENT_CURSOR_EXPIRED"
+
+
 class ReservationNotFound(CreditsError):
     REASON = "RESERVATION_NOT_FOUND"
 
@@ -242,6 +249,7 @@ BY_REASON: Mapping[str, type[CreditsError]] = {
         SpendLimitExceeded,
         PriceNotFound,
         ReservationNotPriced,
+        EventCursorExpired,
         ReservationNotFound,
         GrantNotFound,
         IdempotencyKeyReused,

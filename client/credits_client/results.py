@@ -12,6 +12,7 @@ from credits.v1 import credits_pb2 as pb
 _RESERVATION_STATUS_PREFIX = "RESERVATION_STATUS_"
 _GRANT_SOURCE_PREFIX = "GRANT_SOURCE_"
 _ENTRY_KIND_PREFIX = "ENTRY_KIND_"
+_EVENT_TYPE_PREFIX = "EVENT_TYPE_"
 
 
 class ReservationStatus(enum.StrEnum):
@@ -54,6 +55,26 @@ class EntryKind(enum.StrEnum):
     TRANSFER_IN = "transfer_in"
 
 
+class EventType(enum.StrEnum):
+    """What an event is about (see the contract's EventType)."""
+
+    # Never sent by the service; also stands for a type newer than this client.
+    UNSPECIFIED = "unspecified"
+    GRANTED = "granted"
+    RESERVED = "reserved"
+    CONFIRMED = "confirmed"
+    RELEASED = "released"
+    RESERVATION_EXPIRED = "reservation_expired"
+    GRANT_EXPIRED = "grant_expired"
+    REVOKED = "revoked"
+    REVOCATION_WITHDRAWN = "revocation_withdrawn"
+    ACCOUNT_SETTINGS_CHANGED = "account_settings_changed"
+    BALANCE_LOW = "balance_low"
+    BALANCE_DEPLETED = "balance_depleted"
+    BALANCE_RECOVERED = "balance_recovered"
+    TRANSFER_SENT = "transfer_sent"
+
+
 _STATUS_OF_NUMBER = {
     pb.ReservationStatus.Value(_RESERVATION_STATUS_PREFIX + status.name): status
     for status in ReservationStatus
@@ -63,6 +84,16 @@ _SOURCE_OF_NUMBER = {
 }
 
 _KIND_OF_NUMBER = {pb.EntryKind.Value(_ENTRY_KIND_PREFIX + kind.name): kind for kind in EntryKind}
+
+
+_TYPE_OF_NUMBER = {
+    pb.EventType.Value(_EVENT_TYPE_PREFIX + event_type.name): event_type for event_type in EventType
+}
+
+
+def event_type_message(event_type: EventType | str) -> pb.EventType.ValueType:
+    """The contract's number of an event type; ValueError for an unknown one."""
+    return pb.EventType.Value(_EVENT_TYPE_PREFIX + EventType(event_type).name)
 
 
 def source_message(source: GrantSource | str) -> pb.GrantSource.ValueType:
@@ -367,6 +398,8 @@ class AccountSettings:
     spend_limit_month: int = 0  # per UTC calendar month; 0: no limit
     spend_limit_rolling: int = 0  # per rolling window; 0: no limit
     spend_limit_rolling_hours: int = 0  # the rolling window, 1-744 hours
+    # Balance alert thresholds, highest first; None: the service-wide default; (): none.
+    balance_alert_thresholds: tuple[int, ...] | None = None
 
     @classmethod
     def from_message(cls, message: pb.AccountSettings) -> "AccountSettings":
@@ -377,6 +410,11 @@ class AccountSettings:
             spend_limit_month=message.spend_limit_month,
             spend_limit_rolling=message.spend_limit_rolling,
             spend_limit_rolling_hours=message.spend_limit_rolling_hours,
+            balance_alert_thresholds=(
+                tuple(message.balance_alert_thresholds.thresholds)
+                if message.HasField("balance_alert_thresholds")
+                else None
+            ),
         )
 
 
@@ -479,4 +517,44 @@ class JobTypeUsage:
             expired=message.expired,
             captured_amount=message.captured_amount,
             success_per_mille=message.success_per_mille,
+        )
+
+
+@dataclass(frozen=True)
+class Event:
+    """One committed change of the ledger, or a balance alert it caused. Resume a stream
+    after it with `watch_events(after_cursor=event.cursor)`."""
+
+    event_id: str  # the same event always has the same id
+    cursor: str
+    type: EventType
+    account_id: str
+    occurred_at: datetime.datetime
+    grant_id: str  # "" when none
+    reservation_id: str  # "" when none
+    revocation_id: str  # "" when none
+    caller: str  # the caller whose idempotency key made the change; "" when none
+    amount: int  # granted, reserved, captured, released, expired, taken or given back
+    returned_amount: int  # CONFIRMED: what went back
+    unrecovered_amount: int  # REVOKED: the new debt; REVOCATION_WITHDRAWN: debt cancelled
+    threshold: int  # BALANCE_LOW, BALANCE_RECOVERED: the threshold crossed
+    available_after: int  # the account's available balance right after
+
+    @classmethod
+    def from_message(cls, message: pb.Event) -> "Event":
+        return cls(
+            event_id=message.event_id,
+            cursor=message.cursor,
+            type=_TYPE_OF_NUMBER.get(message.type, EventType.UNSPECIFIED),
+            account_id=message.account_id,
+            occurred_at=_time(message.occurred_at),
+            grant_id=message.grant_id,
+            reservation_id=message.reservation_id,
+            revocation_id=message.revocation_id,
+            caller=message.caller,
+            amount=message.amount,
+            returned_amount=message.returned_amount,
+            unrecovered_amount=message.unrecovered_amount,
+            threshold=message.threshold,
+            available_after=message.available_after,
         )

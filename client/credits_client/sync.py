@@ -209,4 +209,5 @@ class SyncCreditsClient:
     set_price = _blocking(CreditsClient.set_price)
     list_prices = _blocking_iterator(CreditsClient.list_prices)
     price_history = _blocking_iterator(CreditsClient.price_history)
+    watch_events = _blocking_iterator(CreditsClient.watch_events)
     hold = _blocking_hold(CreditsClient.hold)

@@ -179,3 +179,14 @@ class PriceHistoryQuery:
     job_type: str
     page_size: int = 0
     page_token: str = ""
+
+
+@dataclass(frozen=True)
+class WatchEventsQuery:
+    # At most one of after_cursor (as received), from_now and from_oldest; none: from now.
+    after_cursor: str | None
+    from_oldest: bool
+    # Empty: every account.
+    account_id: str
+    # The wire's EventType numbers; empty: every type.
+    types: tuple[int, ...]

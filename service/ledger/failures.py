@@ -205,6 +205,19 @@ class ReservationNotPriced(Failure):
     sqlstate = "CR052"
 
 
+class EventCursorExpired(Failure):
+    """A WatchEvents cursor older than the events retained (CREDITS_EVENT_RETENTION_DAYS):
+    events after it have been deleted, so the stream cannot resume there exactly."""
+
+    reason = "EVENT_CURSOR_EXPIRED"
+    code = "OUT_OF_RANGE"
+    message = (
+        "the cursor is older than the retained events; start again from the oldest"
+        " retained event or from now"
+    )
+    sqlstate = "CR020"
+
+
 class StoreUnavailable(Failure):
     """The database cannot be reached; the request did not happen (or will be replayed)."""
 

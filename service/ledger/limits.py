@@ -56,3 +56,24 @@ GRPC_MESSAGE_BYTES_MAX = 64 * 1024
 USAGE_SUMMARY_WINDOW_MAX = datetime.timedelta(days=31)
 # The job types one summary lists, most finished first: job types are the callers' text.
 USAGE_SUMMARY_JOB_TYPES_MAX = 1000
+# Balance alert thresholds of one account (or the service-wide default): few enough that
+# deciding the alerts of a change costs nothing noticeable.
+BALANCE_ALERT_THRESHOLDS_MAX = 10
+# Events read per round trip of a WatchEvents stream.
+EVENT_BATCH_MAX = 500
+# A WatchEvents stream that heard no notification reads again after this long anyway: a
+# lost notification, or a transaction without events that held the horizon back.
+EVENT_POLL_INTERVAL_SECONDS = 1.0
+# Events the retention sweep deletes per statement.
+EVENT_SWEEP_BATCH_MAX = 5000
+
+
+def balance_alert_thresholds_problem(thresholds: list[int] | tuple[int, ...]) -> str | None:
+    """What is wrong with a list of balance alert thresholds, or None."""
+    if len(thresholds) > BALANCE_ALERT_THRESHOLDS_MAX:
+        return f"at most {BALANCE_ALERT_THRESHOLDS_MAX} thresholds"
+    if any(not 0 < t <= ACCOUNT_CREDITS_MAX for t in thresholds):
+        return f"each threshold must be between 1 and {ACCOUNT_CREDITS_MAX}"
+    if len(set(thresholds)) != len(thresholds):
+        return "no threshold may repeat"
+    return None

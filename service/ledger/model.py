@@ -221,6 +221,9 @@ class AccountSettings:
     spend_limit_month: int = 0
     spend_limit_rolling: int = 0
     spend_limit_rolling_hours: int = 0
+    # Thresholds of balance alerts, highest first; None: the service-wide default; ():
+    # none for this account.
+    balance_alert_thresholds: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -291,3 +294,60 @@ class JobTypeUsage:
         """Confirmed out of all finished, in thousandths, rounded down: no floats."""
         finished = self.confirmed + self.released + self.expired
         return self.confirmed * PER_MILLE // finished if finished else 0
+
+
+class EventType(enum.IntEnum):
+    """What an event is about; the database stores the lower-case name."""
+
+    UNSPECIFIED = 0
+    GRANTED = 1
+    RESERVED = 2
+    CONFIRMED = 3
+    RELEASED = 4
+    RESERVATION_EXPIRED = 5
+    GRANT_EXPIRED = 6
+    REVOKED = 7
+    REVOCATION_WITHDRAWN = 8
+    ACCOUNT_SETTINGS_CHANGED = 9
+    BALANCE_LOW = 10
+    BALANCE_DEPLETED = 11
+    BALANCE_RECOVERED = 12
+    TRANSFER_SENT = 13
+
+    @property
+    def stored(self) -> str:
+        return self.name.lower()
+
+
+WATCHABLE_TYPES = frozenset(int(t) for t in EventType if t is not EventType.UNSPECIFIED)
+
+
+@dataclass(frozen=True, order=True)
+class EventCursor:
+    """An event's place in the stream (docs/architecture.md, "Events"): the position (a
+    transaction id, at least the writer's own), then the order within it. On the wire it
+    is "<position>-<seq>"."""
+
+    position: int
+    seq: int
+
+    def __str__(self) -> str:
+        return f"{self.position}-{self.seq}"
+
+
+@dataclass(frozen=True)
+class Event:
+    event_id: uuid.UUID
+    cursor: EventCursor
+    type: EventType
+    account_id: str
+    occurred_at: datetime.datetime
+    caller: str | None
+    grant_id: uuid.UUID | None
+    reservation_id: uuid.UUID | None
+    revocation_id: uuid.UUID | None
+    amount: int
+    returned_amount: int
+    unrecovered_amount: int
+    threshold: int | None
+    available_after: int

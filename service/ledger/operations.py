@@ -7,10 +7,13 @@ atomically under one account lock, so they live in the database's functions
 service/ledger/failures.py lists every answer a caller can get.
 """
 
+import asyncio
+import contextlib
 import datetime
+import re
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, replace
 from typing import Protocol, TypeVar
 
 from service.ledger import limits, paging
@@ -33,17 +36,22 @@ from service.ledger.commands import (
     UpdateAccountSettingsCommand,
     UsageQuery,
     UsageSummaryQuery,
+    WatchEventsQuery,
 )
 from service.ledger.model import (
     ACCOUNT_SETTINGS_FIELDS,
     GRANTABLE_SOURCES,
     LISTABLE_KINDS,
+    WATCHABLE_TYPES,
     Account,
     AccountSettings,
     Allocation,
     Balance,
     EntryKind,
     EntryPage,
+    Event,
+    EventCursor,
+    EventType,
     Extension,
     Granted,
     GrantLot,
@@ -163,6 +171,35 @@ class EntryFilter:
     kinds: frozenset[EntryKind] | None
 
 
+# The wire form of an event cursor (model.EventCursor).
+EVENT_CURSOR_PATTERN = re.compile(r"^([0-9]{1,19})-([0-9]{1,19})$")
+# Both parts of an event cursor are BIGINTs.
+EVENT_CURSOR_PART_MAX = 2**63 - 1
+# Beyond every real sequence number: a cursor at a position with this seq is after all of
+# the position's events.
+EVENT_SEQ_AFTER_ALL = EVENT_CURSOR_PART_MAX
+
+
+@dataclass(frozen=True)
+class EventBounds:
+    """Where the stream stands: every event that can still commit is at or after
+    `horizon`; the retention sweep deleted everything up to `oldest` (inclusive)."""
+
+    horizon: int
+    oldest: EventCursor
+
+
+class EventSignals(Protocol):
+    """Wakes WatchEvents streams when events commit (the store listens for them)."""
+
+    def next_signal(self) -> asyncio.Event:
+        """An event set at the next commit of events after this call, or on closing."""
+
+    @property
+    def closing(self) -> bool:
+        """The server is stopping: streams end."""
+
+
 class Store(Protocol):
     """What the ledger needs from storage. Each call is one transaction on one account,
     at the time `now` of the ledger's clock."""
@@ -267,6 +304,16 @@ class Store(Protocol):
         self, account_id: str, now: datetime.datetime, *, deadline: Deadline
     ) -> Account: ...
 
+    async def events(
+        self,
+        after: EventCursor,
+        account_id: str | None,
+        types: frozenset[EventType] | None,
+        limit: int,
+    ) -> list[Event]: ...
+
+    async def event_bounds(self) -> EventBounds: ...
+
     async def update_account_settings(
         self, order: SettingsOrder, now: datetime.datetime, *, deadline: Deadline
     ) -> Account: ...
@@ -301,10 +348,59 @@ class Store(Protocol):
 class Ledger:
     """The domain entry points: one per RPC, each validates, then makes one store call."""
 
-    def __init__(self, store: Store, policy: Policy, clock: Clock = utc_now) -> None:
+    def __init__(
+        self,
+        store: Store,
+        policy: Policy,
+        clock: Clock = utc_now,
+        signals: EventSignals | None = None,
+    ) -> None:
         self._store = store
         self._policy = policy
         self._clock = clock
+        # Without signals, streams read every EVENT_POLL_INTERVAL_SECONDS.
+        self._signals = signals or _Unsignalled()
+
+    async def watch_events(self, query: WatchEventsQuery) -> AsyncIterator[Event]:
+        """The events after the query's start, stored then live, until the server stops
+        (or the caller goes). Validated before the stream starts."""
+        check = Check()
+        if query.account_id:
+            check.account_id(query.account_id)
+        if not set(query.types) <= WATCHABLE_TYPES:
+            check.fail("types", "must name only known event types")
+        after: EventCursor | None = None
+        if query.after_cursor is not None:
+            after = _event_cursor(query.after_cursor)
+            if after is None:
+                check.fail("after_cursor", "is not the cursor of an event")
+        check.done()
+        if after is None:
+            bounds = await self._store.event_bounds()
+            after = (
+                bounds.oldest
+                if query.from_oldest
+                # Every event that can still commit is at the horizon or after it.
+                else EventCursor(bounds.horizon - 1, EVENT_SEQ_AFTER_ALL)
+            )
+        types = frozenset(EventType(t) for t in query.types) or None
+        return self._events_after(after, query.account_id or None, types)
+
+    async def _events_after(
+        self, after: EventCursor, account_id: str | None, types: frozenset[EventType] | None
+    ) -> AsyncIterator[Event]:
+        while not self._signals.closing:
+            # Taken before reading: a commit during the read sets it, so none is missed.
+            signal = self._signals.next_signal()
+            batch = await self._store.events(after, account_id, types, limits.EVENT_BATCH_MAX)
+            for event in batch:
+                yield event
+                after = event.cursor
+            if len(batch) == limits.EVENT_BATCH_MAX:
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(limits.EVENT_POLL_INTERVAL_SECONDS):
+                    await signal.wait()
 
     async def reserve(self, cmd: ReserveCommand, *, deadline: Deadline) -> Reservation:
         check = Check()
@@ -563,10 +659,19 @@ class Ledger:
             check.fail("update_mask", "must name only AccountSettings fields")
         check.text("reason", cmd.reason, limits.REASON_CHARS_MAX)
         _check_limits(check, cmd)
+        thresholds = cmd.settings.balance_alert_thresholds
+        if "balance_alert_thresholds" in cmd.update_mask and thresholds is not None:
+            problem = limits.balance_alert_thresholds_problem(thresholds)
+            if problem:
+                check.fail("settings.balance_alert_thresholds.thresholds", problem)
         check.done()
         # The mask in the contract's order, once each: the audit trail records it as given.
         mask = tuple(f for f in ACCOUNT_SETTINGS_FIELDS if f in cmd.update_mask)
-        order = SettingsOrder(cmd.caller, cmd.account_id, cmd.settings, mask, cmd.reason)
+        settings = cmd.settings
+        if thresholds is not None:
+            # One spelling of a list: highest first.
+            settings = replace(settings, balance_alert_thresholds=tuple(sorted(thresholds)[::-1]))
+        order = SettingsOrder(cmd.caller, cmd.account_id, settings, mask, cmd.reason)
         return await self._store.update_account_settings(order, self._clock(), deadline=deadline)
 
     async def set_price(self, cmd: SetPriceCommand, *, deadline: Deadline) -> Price:
@@ -655,6 +760,25 @@ class Ledger:
 
     def _extendable_until(self, reservation: Reservation) -> datetime.datetime:
         return reservation.created_at + self._policy.reservation_lifetime_max
+
+
+def _event_cursor(text: str) -> EventCursor | None:
+    match = EVENT_CURSOR_PATTERN.fullmatch(text)
+    if match is None:
+        return None
+    position, seq = int(match[1]), int(match[2])
+    if position > EVENT_CURSOR_PART_MAX or seq > EVENT_CURSOR_PART_MAX:
+        return None
+    return EventCursor(position, seq)
+
+
+class _Unsignalled:
+    """No notifications: streams wait out their poll interval."""
+
+    closing = False
+
+    def next_signal(self) -> asyncio.Event:
+        return asyncio.Event()
 
 
 def _page_keys(

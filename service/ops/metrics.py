@@ -105,6 +105,23 @@ def job_type_label(job_type: str, known: frozenset[str]) -> str:
     return job_type if job_type in known else OTHER_JOB_TYPE
 
 
+WEBHOOK_ATTEMPTS = Counter(
+    "credits_webhook_attempts_total",
+    "Webhook deliveries attempted, by endpoint (its host) and result (delivered, failed)",
+    ["endpoint", "result"],
+)
+WEBHOOK_GIVEN_UP = Counter(
+    "credits_webhook_given_up_total",
+    "Events given up on after CREDITS_WEBHOOK_RETRY_HOURS of failures, by endpoint",
+    ["endpoint"],
+)
+WEBHOOK_LAG_SECONDS = Gauge(
+    "credits_webhook_lag_seconds",
+    "Age of the oldest undelivered event (the one being delivered), by endpoint; 0 when none",
+    ["endpoint"],
+    multiprocess_mode="max",
+)
+
 HEALTH_SERVING = Gauge(
     "credits_health_serving",
     "1 while health answers SERVING, 0 while NOT_SERVING",

@@ -4,6 +4,7 @@ own the one mapping from errors to statuses."""
 
 import datetime
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -70,7 +71,7 @@ def price_message(p: model.Price) -> pb.Price:
 
 
 def settings_message(s: model.AccountSettings) -> pb.AccountSettings:
-    return pb.AccountSettings(
+    message = pb.AccountSettings(
         frozen=s.frozen,
         overdraft_limit=s.overdraft_limit,
         spend_limit_day=s.spend_limit_day,
@@ -78,6 +79,9 @@ def settings_message(s: model.AccountSettings) -> pb.AccountSettings:
         spend_limit_rolling=s.spend_limit_rolling,
         spend_limit_rolling_hours=s.spend_limit_rolling_hours,
     )
+    if s.balance_alert_thresholds is not None:
+        message.balance_alert_thresholds.thresholds.extend(s.balance_alert_thresholds)
+    return message
 
 
 def settings_of(m: pb.AccountSettings) -> model.AccountSettings:
@@ -88,6 +92,11 @@ def settings_of(m: pb.AccountSettings) -> model.AccountSettings:
         spend_limit_month=m.spend_limit_month,
         spend_limit_rolling=m.spend_limit_rolling,
         spend_limit_rolling_hours=m.spend_limit_rolling_hours,
+        balance_alert_thresholds=(
+            tuple(m.balance_alert_thresholds.thresholds)
+            if m.HasField("balance_alert_thresholds")
+            else None
+        ),
     )
 
 
@@ -96,6 +105,25 @@ def spend_limit_message(u: model.SpendLimitUse) -> pb.SpendLimitUse:
     if u.resets_at is not None:
         message.resets_at.CopyFrom(_timestamp(u.resets_at))
     return message
+
+
+def event_message(e: model.Event) -> pb.Event:
+    return pb.Event(
+        event_id=str(e.event_id),
+        cursor=str(e.cursor),
+        type=pb.EventType.ValueType(int(e.type)),
+        account_id=e.account_id,
+        occurred_at=_timestamp(e.occurred_at),
+        grant_id=str(e.grant_id) if e.grant_id else "",
+        reservation_id=str(e.reservation_id) if e.reservation_id else "",
+        revocation_id=str(e.revocation_id) if e.revocation_id else "",
+        caller=e.caller or "",
+        amount=e.amount,
+        returned_amount=e.returned_amount,
+        unrecovered_amount=e.unrecovered_amount,
+        threshold=e.threshold or 0,
+        available_after=e.available_after,
+    )
 
 
 def account_message(a: model.Account) -> pb.Account:
@@ -474,3 +502,18 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         return pb.ListPriceHistoryResponse(
             prices=[price_message(p) for p in page.prices], next_page_token=page.next_page_token
         )
+
+    async def WatchEvents(
+        self, request: pb.WatchEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchEventsResponse]:
+        start = request.WhichOneof("start")
+        events = await self._ledger.watch_events(
+            commands.WatchEventsQuery(
+                after_cursor=request.after_cursor if start == "after_cursor" else None,
+                from_oldest=start == "from_oldest" and request.from_oldest,
+                account_id=request.account_id,
+                types=tuple(request.types),
+            )
+        )
+        async for event in events:
+            yield pb.WatchEventsResponse(event=event_message(event))

@@ -34,6 +34,9 @@ from service.ledger.model import (
     Allocation,
     Balance,
     EntryKind,
+    Event,
+    EventCursor,
+    EventType,
     Grant,
     Granted,
     GrantLot,
@@ -51,6 +54,7 @@ from service.ledger.model import (
 from service.ledger.operations import (
     Deadline,
     EntryFilter,
+    EventBounds,
     GrantOrder,
     PriceOrder,
     ReserveOrder,
@@ -60,6 +64,7 @@ from service.ledger.operations import (
     UsageCursor,
 )
 from service.ops import metrics
+from service.store.events import EventListener
 
 # Unique constraints that a concurrent transaction of another account can trip after
 # the function's own check passed.
@@ -142,6 +147,19 @@ SET_PRICE = text(
 LIST_PRICES = text("SELECT * FROM credits_list_prices(:at, :limit, :after)")
 PRICE_HISTORY = text("SELECT * FROM credits_price_history(:job_type, :limit, :after)")
 USAGE_SUMMARY = text("SELECT * FROM credits_usage_summary(:account, :since, :until, :limit)")
+READ_EVENTS = text(
+    "SELECT (r.out_event).*, r.out_horizon FROM credits_read_events(:after_position,"
+    " :after_seq, :account, :types, :limit) AS r"
+)
+EVENT_BOUNDS = text(
+    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon,"
+    " coalesce(max(deleted_through_position), 0) AS position,"
+    " coalesce(max(deleted_through_seq), 0) AS seq FROM event_retention"
+)
+SWEEP_EVENTS = text("SELECT credits_sweep_events(:cutoff, :limit)")
+# The setting through which each connection tells the SQL functions the service-wide
+# default thresholds of balance alerts (credits_default_alert_thresholds).
+ALERT_THRESHOLDS_SETTING = "credits.balance_alert_thresholds"
 DUE_ACCOUNTS = text("SELECT credits_due_accounts(:now, :limit) AS account_id")
 PING = text("SELECT 1")
 SETTLE = text("SELECT credits_lock(:account, :now, NULL)")
@@ -162,6 +180,7 @@ def create_engine(
     pool_timeout_seconds: float,
     statement_timeout_seconds: float,
     connect_timeout_seconds: float,
+    balance_alert_thresholds: tuple[int, ...] = (),
 ) -> AsyncEngine:
     engine = create_async_engine(
         sqlalchemy_url(database_url),
@@ -176,6 +195,7 @@ def create_engine(
                 "application_name": "credits-service",
                 "statement_timeout": str(int(statement_timeout_seconds * 1000)),
                 "client_connection_check_interval": str(CLIENT_CONNECTION_CHECK_MS),
+                ALERT_THRESHOLDS_SETTING: ",".join(map(str, balance_alert_thresholds)),
             },
             # A database that does not answer (a frozen or unreachable host) fails the call
             # with UNAVAILABLE instead of holding it until the client's deadline.
@@ -206,6 +226,11 @@ def _account(row: Row) -> Account:
             spend_limit_month=row.spend_limit_month,
             spend_limit_rolling=row.spend_limit_rolling,
             spend_limit_rolling_hours=row.spend_limit_rolling_hours,
+            balance_alert_thresholds=(
+                None
+                if row.balance_alert_thresholds is None
+                else tuple(row.balance_alert_thresholds)
+            ),
         ),
         settings_version=row.settings_version,
         settings_updated_at=row.settings_updated_at,
@@ -290,6 +315,25 @@ def _entry(row: Row) -> LedgerEntry:
     )
 
 
+def _event(row: Row) -> Event:
+    return Event(
+        event_id=row.event_id,
+        cursor=EventCursor(row.stream_position, row.seq),
+        type=EventType[row.event_type.upper()],
+        account_id=row.account_id,
+        occurred_at=row.occurred_at,
+        caller=row.caller,
+        grant_id=row.grant_id,
+        reservation_id=row.reservation_id,
+        revocation_id=row.revocation_id,
+        amount=row.amount,
+        returned_amount=row.returned_amount,
+        unrecovered_amount=row.unrecovered_amount,
+        threshold=row.threshold,
+        available_after=row.available_after,
+    )
+
+
 def _lock_timeout_ms(deadline: Deadline) -> int | None:
     """How long a call may wait for its account's lock: what remains of the client's
     deadline. A call whose deadline has passed (say, while it waited for a pooled
@@ -357,6 +401,10 @@ class PostgresStore:
         # Checked out without SQLAlchemy's Connection, a failed connect comes as the
         # driver adapter's own error, not wrapped in DBAPIError.
         self._connect_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        # The process's one listening connection, to the engine's database.
+        self.signals = EventListener(
+            engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        )
 
     async def _checkout(self) -> Any:
         """A connection of the pool, counting the calls that wait for one."""
@@ -425,6 +473,9 @@ class PostgresStore:
             lock_ms = _lock_timeout_ms(deadline)
             args = self._statements.args(statement, {**params, "lock_ms": lock_ms})
             row: Row | None = await conn.fetchrow(*args, record_class=Row)
+        # Every ledger call may have written events (reads settle expiries) or ended a
+        # transaction that held the events' horizon back.
+        self.signals.changed()
         if row is None:
             raise RuntimeError("a ledger function returned no row")
         return row
@@ -614,6 +665,7 @@ class PostgresStore:
             lock_ms = _lock_timeout_ms(deadline)
             args = self._statements.args(statement, {**params, "lock_ms": lock_ms})
             rows: list[Row] = await conn.fetch(*args, record_class=Row)
+        self.signals.changed()
         return rows
 
     async def usage(
@@ -777,6 +829,46 @@ class PostgresStore:
             for row in rows
         ]
 
+    async def events(
+        self,
+        after: EventCursor,
+        account_id: str | None,
+        types: frozenset[EventType] | None,
+        limit: int,
+    ) -> list[Event]:
+        """The events after `after` that no later commit can precede, in stream order."""
+        params = {
+            "after_position": after.position,
+            "after_seq": after.seq,
+            "account": account_id,
+            "types": None if types is None else sorted(t.stored for t in types),
+            "limit": limit,
+        }
+        args = self._statements.args(READ_EVENTS, params)
+        async with self._connection() as conn:
+            rows = await conn.fetch(*args, record_class=Row)
+        # One row without an event when there is none yet.
+        return [_event(r) for r in rows if r.event_id is not None]
+
+    async def event_bounds(self) -> EventBounds:
+        args = self._statements.args(EVENT_BOUNDS, {})
+        async with self._connection() as conn:
+            row = await conn.fetchrow(*args, record_class=Row)
+        return EventBounds(row.horizon, EventCursor(row.position, row.seq))
+
+    async def sweep_events(self, cutoff: datetime.datetime) -> int:
+        """Delete events older than `cutoff`, a batch at a time; how many."""
+        args = self._statements.args(
+            SWEEP_EVENTS, {"cutoff": cutoff, "limit": limits.EVENT_SWEEP_BATCH_MAX}
+        )
+        deleted = 0
+        while True:
+            async with self._connection() as conn:
+                batch: int = await conn.fetchval(*args)
+            deleted += batch
+            if batch < limits.EVENT_SWEEP_BATCH_MAX:
+                return deleted
+
     async def ping(self) -> None:
         """Whether the database answers (through the pool, as the RPCs reach it)."""
         args = self._statements.args(PING, {})
@@ -794,3 +886,4 @@ class PostgresStore:
         args = self._statements.args(SETTLE, {"account": account_id, "now": now})
         async with self._connection() as conn:
             await conn.execute(*args)
+        self.signals.changed()

@@ -3,6 +3,7 @@ background, so the ledger and its totals stay current for accounts nobody touche
 Correctness never waits for it: every RPC settles its own account first."""
 
 import asyncio
+import datetime
 import logging
 
 from service.ledger.operations import Clock
@@ -43,3 +44,22 @@ async def run(store: PostgresStore, interval_seconds: float, clock: Clock) -> No
             # The next round retries; a sweeper must outlive a database restart.
             log.warning("sweep failed", extra={"error": type(exc).__name__})
         await asyncio.sleep(interval_seconds)
+
+
+# How often the outbox's old events are deleted; retention is counted in days, so an
+# hour late costs nothing.
+EVENT_RETENTION_INTERVAL_SECONDS = 3600.0
+
+
+async def run_event_retention(
+    store: PostgresStore, retention: datetime.timedelta, clock: Clock
+) -> None:
+    """Delete events older than `retention`, by age only (the outbox is not the ledger)."""
+    while True:
+        try:
+            deleted = await store.sweep_events(clock() - retention)
+            if deleted:
+                log.info("deleted old events", extra={"events": deleted})
+        except Exception as exc:
+            log.warning("event retention sweep failed", extra={"error": type(exc).__name__})
+        await asyncio.sleep(EVENT_RETENTION_INTERVAL_SECONDS)

@@ -60,6 +60,12 @@ accounts = Table(
     Column("spend_limit_month", BigInteger, nullable=False, server_default=text("0")),
     Column("spend_limit_rolling", BigInteger, nullable=False, server_default=text("0")),
     Column("spend_limit_rolling_hours", Integer, nullable=False, server_default=text("0")),
+    # AccountSettings.balance_alert_thresholds: NULL means the service-wide default.
+    Column("balance_alert_thresholds", ARRAY(BigInteger), nullable=True),
+    # Balance alerts' state (credits_emit): the thresholds the available balance is below,
+    # NULL until the account's first change since alerts exist; whether it is at 0.
+    Column("balance_alerts_below", ARRAY(BigInteger), nullable=True),
+    Column("balance_depleted", Boolean, nullable=False, server_default=text("false")),
     # How many audited changes the settings have had (account_settings_changes).
     Column("settings_version", BigInteger, nullable=False, server_default=text("0")),
     Column("settings_updated_at", TIMESTAMPTZ, nullable=True),
@@ -409,6 +415,74 @@ ledger_entries = Table(
         "transfer_id",
         postgresql_where=text("transfer_id IS NOT NULL"),
     ),
+)
+
+# The outbox (docs/architecture.md, "Events"): one row per ledger change, written by the
+# change's own transaction (credits_emit). Not the ledger: rows are deleted by age only
+# (CREDITS_EVENT_RETENTION_DAYS), by credits_sweep_events. The stream's order is
+# (stream_position, seq); stream_position is a transaction id, at least the writer's own.
+ledger_events = Table(
+    "ledger_events",
+    metadata,
+    Column("stream_position", BigInteger, nullable=False),
+    Column("seq", BigInteger, Identity(always=True), nullable=False),
+    Column(
+        "event_id", UUID(as_uuid=True), nullable=False, server_default=text("gen_random_uuid()")
+    ),
+    Column("event_type", Text, nullable=False),
+    Column("account_id", Text, nullable=False),
+    Column("occurred_at", TIMESTAMPTZ, nullable=False),
+    # The idempotency key's caller of the change; NULL for changes without one (Confirm,
+    # Release, what time settles).
+    Column("caller", Text, nullable=True),
+    Column("grant_id", UUID(as_uuid=True), nullable=True),
+    Column("reservation_id", UUID(as_uuid=True), nullable=True),
+    Column("revocation_id", UUID(as_uuid=True), nullable=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("returned_amount", BigInteger, nullable=False),
+    Column("unrecovered_amount", BigInteger, nullable=False),
+    # The threshold a balance alert is about; NULL for every other event.
+    Column("threshold", BigInteger, nullable=True),
+    Column("available_after", BigInteger, nullable=False),
+    PrimaryKeyConstraint("stream_position", "seq"),
+    CheckConstraint(
+        "amount >= 0 AND returned_amount >= 0 AND unrecovered_amount >= 0 AND available_after >= 0",
+        name="amounts_non_negative",
+    ),
+    CheckConstraint(
+        "event_type IN ('granted', 'reserved', 'confirmed', 'released', 'reservation_expired',"
+        " 'grant_expired', 'revoked', 'revocation_withdrawn', 'account_settings_changed',"
+        " 'balance_low', 'balance_depleted', 'balance_recovered', 'transfer_sent')",
+        name="event_type_known",
+    ),
+    CheckConstraint(
+        "(threshold IS NOT NULL) = (event_type IN ('balance_low', 'balance_recovered'))",
+        name="threshold_of_alerts",
+    ),
+    Index("uq_ledger_events_event_id", "event_id", unique=True),
+    Index("ix_ledger_events_account", "account_id", "stream_position", "seq"),
+)
+
+# The latest event cursor the retention sweep deleted: a cursor below it is too old.
+event_retention = Table(
+    "event_retention",
+    metadata,
+    Column("singleton", Boolean, primary_key=True),
+    Column("deleted_through_position", BigInteger, nullable=False),
+    Column("deleted_through_seq", BigInteger, nullable=False),
+    CheckConstraint("singleton", name="one_row"),
+)
+
+# Webhook delivery state, one row per endpoint (service/webhooks.py): the cursor of the
+# last event delivered (or given up on), and since when the next one has been failing.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("endpoint", Text, primary_key=True),
+    Column("delivered_position", BigInteger, nullable=False),
+    Column("delivered_seq", BigInteger, nullable=False),
+    Column("failing_since", TIMESTAMPTZ, nullable=True),
+    Column("updated_at", TIMESTAMPTZ, nullable=False),
 )
 
 # Idempotency keys are scoped to the calling service; the primary key makes a replay

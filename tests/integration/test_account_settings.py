@@ -26,12 +26,12 @@ DEFAULTS = {
 
 
 async def _update(
-    stub: Stub, account: str, paths: list[str], reason: str = "", **settings: bool
+    stub: Stub, account: str, paths: list[str], reason: str = "", *, frozen: bool
 ) -> pb.Account:
     response: pb.UpdateAccountSettingsResponse = await stub.UpdateAccountSettings(
         pb.UpdateAccountSettingsRequest(
             account_id=account,
-            settings=pb.AccountSettings(**settings),
+            settings=pb.AccountSettings(frozen=frozen),
             update_mask=field_mask_pb2.FieldMask(paths=paths),
             reason=reason,
         ),

@@ -732,6 +732,58 @@ class LedgerMachine(RuleBasedStateMachine):
             for r in state.reservations.values()
         }
 
+    @invariant()
+    def the_outbox_matches_the_model(self) -> None:
+        """Every change the model made is one event of the stream, and each account's
+        latest event carries its available balance."""
+        events, latest = self.env.run(self.stored_events())
+        state = self.model.state
+        settled = {
+            rules.CONFIRMED: "confirmed",
+            rules.RELEASED: "released",
+            rules.EXPIRED: "reservation_expired",
+        }
+        want: dict[tuple[str, str], int] = {}
+        for g in state.grants.values():
+            want[("granted", g.grant_id)] = g.original
+        for r in state.reservations.values():
+            want[("reserved", r.reservation_id)] = r.amount
+            if r.status in settled:
+                amount = r.confirmed if r.status == rules.CONFIRMED else r.amount
+                want[(settled[r.status], r.reservation_id)] = amount
+        assert events == want
+        for account in self.accounts:
+            remaining = sum(g.remaining for g in state.grants.values() if g.account == account)
+            assert latest.get(account, 0) == remaining
+
+    async def stored_events(self) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+        """(type, grant or reservation) → amount of the accounts' grant and reservation
+        events (a repeat would fail the comparison by its count); account → the latest
+        event's available_after."""
+        params = {"accounts": self.accounts}
+        async with self.env.admin.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT event_type, coalesce(reservation_id, grant_id)::text, amount"
+                        " FROM ledger_events WHERE account_id = ANY(:accounts) AND event_type IN"
+                        " ('granted', 'reserved', 'confirmed', 'released', 'reservation_expired')"
+                    ),
+                    params,
+                )
+            ).all()
+            latest = await conn.execute(
+                text(
+                    "SELECT DISTINCT ON (account_id) account_id, available_after"
+                    " FROM ledger_events WHERE account_id = ANY(:accounts)"
+                    " ORDER BY account_id, stream_position DESC, seq DESC"
+                ),
+                params,
+            )
+        events = {(row[0], row[1]): row[2] for row in rows}
+        assert len(events) == len(rows), "an event written twice"
+        return events, {row[0]: row[1] for row in latest}
+
     async def stored(
         self,
     ) -> tuple[

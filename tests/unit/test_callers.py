@@ -143,7 +143,7 @@ def test_the_development_callers_match_the_spec(tmp_path: Path) -> None:
     path = tmp_path / "callers.toml"
     ensure_dev_callers(path)
     callers = load_callers(path)
-    assert set(callers.by_name) == {"backend", "gateway", "ops"}
+    assert set(callers.by_name) == {"backend", "gateway", "ops", "events"}
     for name, rpcs in DEV_RPCS.items():
         caller = callers.by_name[name]
         allowed = {rpc for rpc in RPC_NAMES if caller.may_call(rpc)}

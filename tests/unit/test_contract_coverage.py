@@ -24,14 +24,14 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def _rpcs_the_client_calls() -> set[str]:
-    """The RPC names the client passes to its one calling helper (`_call`/`_pages`)."""
+    """The RPC names the client passes to its calling helpers (`_call`/`_pages`/`_stream`)."""
     tree = ast.parse(inspect.getsource(CreditsClient))
     return {
         node.args[0].value
         for node in ast.walk(tree)
         if isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
-        and node.func.attr in {"_call", "_pages"}
+        and node.func.attr in {"_call", "_pages", "_stream"}
         and node.args
         and isinstance(node.args[0], ast.Constant)
         and isinstance(node.args[0].value, str)

@@ -1,12 +1,20 @@
 """Request parsing that never raises: bytes that do not parse become an Undecodable,
 which the handler refuses as an invalid request before the servicer sees it."""
 
+from collections.abc import AsyncIterator
+
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 from credits.v1 import credits_pb2 as pb
-from service.access.decoding import UNDECODABLE, add_servicer, refusing_undecodable, tolerant_parser
+from service.access.decoding import (
+    UNDECODABLE,
+    add_servicer,
+    refusing_undecodable,
+    refusing_undecodable_stream,
+    tolerant_parser,
+)
 from service.ledger.failures import InvalidRequest
 
 
@@ -37,7 +45,24 @@ async def test_the_handler_refuses_an_undecodable_before_the_servicer() -> None:
     assert await handle("a request", None) == "answer"
 
 
-async def test_a_streaming_service_is_refused_at_registration() -> None:
+async def test_the_stream_handler_refuses_an_undecodable_before_the_servicer() -> None:
+    reached: list[object] = []
+
+    async def servicer_method(request: object, ctx: object) -> AsyncIterator[str]:
+        reached.append(request)
+        yield "answer"
+
+    handle = refusing_undecodable_stream(servicer_method)
+
+    with pytest.raises(InvalidRequest) as refused:
+        [item async for item in handle(UNDECODABLE, None)]
+    assert [v.field for v in refused.value.violations] == ["request"]
+    assert reached == []
+    assert [item async for item in handle("a request", None)] == ["answer"]
+
+
+async def test_a_service_with_request_streams_is_refused_at_registration() -> None:
     server = grpc.aio.server()
+    reflection = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
     with pytest.raises(ValueError, match="streaming"):
-        add_servicer(object(), health_pb2.DESCRIPTOR.services_by_name["Health"], server)
+        add_servicer(object(), reflection, server)

@@ -32,7 +32,7 @@ def test_development_defaults(dev_dir: Path) -> None:
     loaded = load(dev_dir)
     assert loaded.auth_mode is AuthMode.MTLS
     assert loaded.callers_file == dev_dir / "callers.toml"
-    assert set(loaded.callers.by_name) == {"backend", "gateway", "ops"}
+    assert set(loaded.callers.by_name) == {"backend", "gateway", "ops", "events"}
     assert loaded.redis_url is None
     assert [str(i) for i in loaded.reserve_rate_per_account] == ["50 per 1 second"]
 

@@ -174,6 +174,78 @@ ENTRY_KIND_TRANSFER_IN: EntryKind.ValueType  # 11
 """Credits a transfer brought to the destination, as a new TRANSFER grant (positive)."""
 Global___EntryKind: _TypeAlias = EntryKind  # noqa: Y015
 
+class _EventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVENT_TYPE_UNSPECIFIED: _EventType.ValueType  # 0
+    """Never used."""
+    EVENT_TYPE_GRANTED: _EventType.ValueType  # 1
+    """Credits granted."""
+    EVENT_TYPE_RESERVED: _EventType.ValueType  # 2
+    """Credits held by a new reservation."""
+    EVENT_TYPE_CONFIRMED: _EventType.ValueType  # 3
+    """A reservation captured; the rest went back."""
+    EVENT_TYPE_RELEASED: _EventType.ValueType  # 4
+    """A reservation released."""
+    EVENT_TYPE_RESERVATION_EXPIRED: _EventType.ValueType  # 5
+    """A reservation expired; its credits went back."""
+    EVENT_TYPE_GRANT_EXPIRED: _EventType.ValueType  # 6
+    """Credits of a grant expired."""
+    EVENT_TYPE_REVOKED: _EventType.ValueType  # 7
+    """Credits of a grant revoked (taken, or owed as debt)."""
+    EVENT_TYPE_REVOCATION_WITHDRAWN: _EventType.ValueType  # 8
+    """A revocation claim lowered or withdrawn: credits given back, debt cancelled."""
+    EVENT_TYPE_ACCOUNT_SETTINGS_CHANGED: _EventType.ValueType  # 9
+    """The account's settings changed."""
+    EVENT_TYPE_BALANCE_LOW: _EventType.ValueType  # 10
+    """The available balance went from at least a threshold to below it."""
+    EVENT_TYPE_BALANCE_DEPLETED: _EventType.ValueType  # 11
+    """The available balance reached 0."""
+    EVENT_TYPE_BALANCE_RECOVERED: _EventType.ValueType  # 12
+    """The available balance went from below a threshold back to at least it."""
+    EVENT_TYPE_TRANSFER_SENT: _EventType.ValueType  # 13
+    """A Transfer took `amount` from this account (its source); the destination's new
+    TRANSFER grants are GRANTED events of the destination, one per grant.
+    """
+
+class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
+    """EventType says what an event is about."""
+
+EVENT_TYPE_UNSPECIFIED: EventType.ValueType  # 0
+"""Never used."""
+EVENT_TYPE_GRANTED: EventType.ValueType  # 1
+"""Credits granted."""
+EVENT_TYPE_RESERVED: EventType.ValueType  # 2
+"""Credits held by a new reservation."""
+EVENT_TYPE_CONFIRMED: EventType.ValueType  # 3
+"""A reservation captured; the rest went back."""
+EVENT_TYPE_RELEASED: EventType.ValueType  # 4
+"""A reservation released."""
+EVENT_TYPE_RESERVATION_EXPIRED: EventType.ValueType  # 5
+"""A reservation expired; its credits went back."""
+EVENT_TYPE_GRANT_EXPIRED: EventType.ValueType  # 6
+"""Credits of a grant expired."""
+EVENT_TYPE_REVOKED: EventType.ValueType  # 7
+"""Credits of a grant revoked (taken, or owed as debt)."""
+EVENT_TYPE_REVOCATION_WITHDRAWN: EventType.ValueType  # 8
+"""A revocation claim lowered or withdrawn: credits given back, debt cancelled."""
+EVENT_TYPE_ACCOUNT_SETTINGS_CHANGED: EventType.ValueType  # 9
+"""The account's settings changed."""
+EVENT_TYPE_BALANCE_LOW: EventType.ValueType  # 10
+"""The available balance went from at least a threshold to below it."""
+EVENT_TYPE_BALANCE_DEPLETED: EventType.ValueType  # 11
+"""The available balance reached 0."""
+EVENT_TYPE_BALANCE_RECOVERED: EventType.ValueType  # 12
+"""The available balance went from below a threshold back to at least it."""
+EVENT_TYPE_TRANSFER_SENT: EventType.ValueType  # 13
+"""A Transfer took `amount` from this account (its source); the destination's new
+TRANSFER grants are GRANTED events of the destination, one per grant.
+"""
+Global___EventType: _TypeAlias = EventType  # noqa: Y015
+
 @_typing.final
 class ReserveRequest(_message.Message):
     """ReserveRequest asks to hold credits for one job."""
@@ -1181,6 +1253,7 @@ class AccountSettings(_message.Message):
     SPEND_LIMIT_MONTH_FIELD_NUMBER: _builtins.int
     SPEND_LIMIT_ROLLING_FIELD_NUMBER: _builtins.int
     SPEND_LIMIT_ROLLING_HOURS_FIELD_NUMBER: _builtins.int
+    BALANCE_ALERT_THRESHOLDS_FIELD_NUMBER: _builtins.int
     frozen: _builtins.bool
     """A frozen account takes no new holds (Reserve is FAILED_PRECONDITION / ACCOUNT_FROZEN);
     confirms and releases of what it already holds, grants and revocations still work.
@@ -1206,6 +1279,13 @@ class AccountSettings(_message.Message):
     """The rolling window's length in hours, 1-744; required (non-zero) when
     spend_limit_rolling is set.
     """
+    @_builtins.property
+    def balance_alert_thresholds(self) -> Global___BalanceAlertThresholds:
+        """Thresholds on the available balance that raise BALANCE_LOW / BALANCE_RECOVERED
+        events. Absent: the service-wide default (CREDITS_BALANCE_ALERT_THRESHOLDS); present
+        with no thresholds: no threshold alerts for this account. Default: absent.
+        """
+
     def __init__(
         self,
         *,
@@ -1215,10 +1295,11 @@ class AccountSettings(_message.Message):
         spend_limit_month: _builtins.int = ...,
         spend_limit_rolling: _builtins.int = ...,
         spend_limit_rolling_hours: _builtins.int = ...,
+        balance_alert_thresholds: Global___BalanceAlertThresholds | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance_alert_thresholds", b"balance_alert_thresholds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["frozen", b"frozen", "overdraft_limit", b"overdraft_limit", "spend_limit_day", b"spend_limit_day", "spend_limit_month", b"spend_limit_month", "spend_limit_rolling", b"spend_limit_rolling", "spend_limit_rolling_hours", b"spend_limit_rolling_hours"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_alert_thresholds", b"balance_alert_thresholds", "frozen", b"frozen", "overdraft_limit", b"overdraft_limit", "spend_limit_day", b"spend_limit_day", "spend_limit_month", b"spend_limit_month", "spend_limit_rolling", b"spend_limit_rolling", "spend_limit_rolling_hours", b"spend_limit_rolling_hours"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1261,6 +1342,30 @@ class SpendLimitUse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SpendLimitUse: _TypeAlias = SpendLimitUse  # noqa: Y015
+
+@_typing.final
+class BalanceAlertThresholds(_message.Message):
+    """BalanceAlertThresholds is an account's own list of balance alert thresholds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THRESHOLDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def thresholds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Each greater than 0, at most 10 of them, no repeats; empty means none."""
+
+    def __init__(
+        self,
+        *,
+        thresholds: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["thresholds", b"thresholds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BalanceAlertThresholds: _TypeAlias = BalanceAlertThresholds  # noqa: Y015
 
 @_typing.final
 class Account(_message.Message):
@@ -2113,3 +2218,151 @@ class GetUsageSummaryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUsageSummaryResponse: _TypeAlias = GetUsageSummaryResponse  # noqa: Y015
+
+@_typing.final
+class WatchEventsRequest(_message.Message):
+    """WatchEventsRequest says where a stream starts and which events it carries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_CURSOR_FIELD_NUMBER: _builtins.int
+    FROM_NOW_FIELD_NUMBER: _builtins.int
+    FROM_OLDEST_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
+    after_cursor: _builtins.str
+    """After this cursor (exclusive): the cursor of the last event received."""
+    from_now: _builtins.bool
+    """From now: only events that commit after the stream started."""
+    from_oldest: _builtins.bool
+    """From the oldest event still retained."""
+    account_id: _builtins.str
+    """Only this account's events; empty means every account's."""
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[Global___EventType.ValueType]:
+        """Only events of these types; empty means every type."""
+
+    def __init__(
+        self,
+        *,
+        after_cursor: _builtins.str = ...,
+        from_now: _builtins.bool = ...,
+        from_oldest: _builtins.bool = ...,
+        account_id: _builtins.str = ...,
+        types: _abc.Iterable[Global___EventType.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "from_now", b"from_now", "from_oldest", b"from_oldest", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "after_cursor", b"after_cursor", "from_now", b"from_now", "from_oldest", b"from_oldest", "start", b"start", "types", b"types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_start: _TypeAlias = _typing.Literal["after_cursor", "from_now", "from_oldest"]  # noqa: Y015
+    _WhichOneofArgType_start: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_start) -> _WhichOneofReturnType_start | None: ...
+
+Global___WatchEventsRequest: _TypeAlias = WatchEventsRequest  # noqa: Y015
+
+@_typing.final
+class WatchEventsResponse(_message.Message):
+    """WatchEventsResponse carries one event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___Event:
+        """The event."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___Event | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEventsResponse: _TypeAlias = WatchEventsResponse  # noqa: Y015
+
+@_typing.final
+class Event(_message.Message):
+    """Event is one committed change of the ledger, or a balance alert it caused."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    REVOCATION_ID_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    RETURNED_AMOUNT_FIELD_NUMBER: _builtins.int
+    UNRECOVERED_AMOUNT_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    AVAILABLE_AFTER_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Unique; the same event always has the same id (deliveries de-duplicate on it)."""
+    cursor: _builtins.str
+    """Where the event is in the stream; resume after it with after_cursor. Opaque."""
+    type: Global___EventType.ValueType
+    """What happened."""
+    account_id: _builtins.str
+    """The account it happened to."""
+    grant_id: _builtins.str
+    """The grant it concerns; empty when none."""
+    reservation_id: _builtins.str
+    """The reservation it concerns; empty when none."""
+    revocation_id: _builtins.str
+    """The revocation it concerns; empty when none."""
+    caller: _builtins.str
+    """The calling service whose idempotency key made the change; empty for changes made
+    without one (Confirm, Release, expiry).
+    """
+    amount: _builtins.int
+    """The change's amount: granted, reserved, captured (CONFIRMED), released, expired,
+    taken (REVOKED) or given back to the grant (REVOCATION_WITHDRAWN); 0 for the others.
+    """
+    returned_amount: _builtins.int
+    """CONFIRMED: what went back to the account; 0 otherwise."""
+    unrecovered_amount: _builtins.int
+    """REVOKED: what could not be taken (the grant's new debt); REVOCATION_WITHDRAWN: the
+    debt cancelled; 0 otherwise.
+    """
+    threshold: _builtins.int
+    """BALANCE_LOW and BALANCE_RECOVERED: the threshold crossed; 0 otherwise."""
+    available_after: _builtins.int
+    """The account's available balance right after the change."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When, by the ledger's clock."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        cursor: _builtins.str = ...,
+        type: Global___EventType.ValueType = ...,
+        account_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        grant_id: _builtins.str = ...,
+        reservation_id: _builtins.str = ...,
+        revocation_id: _builtins.str = ...,
+        caller: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        returned_amount: _builtins.int = ...,
+        unrecovered_amount: _builtins.int = ...,
+        threshold: _builtins.int = ...,
+        available_after: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "available_after", b"available_after", "caller", b"caller", "cursor", b"cursor", "event_id", b"event_id", "grant_id", b"grant_id", "occurred_at", b"occurred_at", "reservation_id", b"reservation_id", "returned_amount", b"returned_amount", "revocation_id", b"revocation_id", "threshold", b"threshold", "type", b"type", "unrecovered_amount", b"unrecovered_amount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Event: _TypeAlias = Event  # noqa: Y015

@@ -125,6 +125,11 @@ class CreditsServiceStub:
                 request_serializer=credits_dot_v1_dot_credits__pb2.GetUsageSummaryRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_credits__pb2.GetUsageSummaryResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/credits.v1.CreditsService/WatchEvents',
+                request_serializer=credits_dot_v1_dot_credits__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_credits__pb2.WatchEventsResponse.FromString,
+                _registered_method=True)
 
 
 class CreditsServiceServicer:
@@ -269,6 +274,16 @@ class CreditsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """WatchEvents streams ledger events in commit order: those stored after a cursor (or
+        from now, or from the oldest retained), then live ones as they commit, until the
+        caller stops or the server shuts down. Resuming with the last cursor received gives
+        every later event exactly once. A cursor older than the retention is OUT_OF_RANGE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -361,6 +376,11 @@ def add_CreditsServiceServicer_to_server(servicer, server):
                     servicer.GetUsageSummary,
                     request_deserializer=credits_dot_v1_dot_credits__pb2.GetUsageSummaryRequest.FromString,
                     response_serializer=credits_dot_v1_dot_credits__pb2.GetUsageSummaryResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=credits_dot_v1_dot_credits__pb2.WatchEventsRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_credits__pb2.WatchEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -850,6 +870,33 @@ class CreditsService:
             '/credits.v1.CreditsService/GetUsageSummary',
             credits_dot_v1_dot_credits__pb2.GetUsageSummaryRequest.SerializeToString,
             credits_dot_v1_dot_credits__pb2.GetUsageSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/credits.v1.CreditsService/WatchEvents',
+            credits_dot_v1_dot_credits__pb2.WatchEventsRequest.SerializeToString,
+            credits_dot_v1_dot_credits__pb2.WatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -96,6 +96,12 @@ class CreditsServiceStub:
     window: how many were confirmed, released and expired, the credits captured and the
     success rate. Read from the ledger, for every account or for one.
     """
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_credits_pb2.WatchEventsRequest, _credits_pb2.WatchEventsResponse]
+    """WatchEvents streams ledger events in commit order: those stored after a cursor (or
+    from now, or from the oldest retained), then live ones as they commit, until the
+    caller stops or the server shuts down. Resuming with the last cursor received gives
+    every later event exactly once. A cursor older than the retention is OUT_OF_RANGE.
+    """
 
 @_typing.type_check_only
 class CreditsServiceAsyncStub(CreditsServiceStub):
@@ -158,6 +164,12 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
     """GetUsageSummary reports, per job type, the reservations that finished in a time
     window: how many were confirmed, released and expired, the credits captured and the
     success rate. Read from the ledger, for every account or for one.
+    """
+    WatchEvents: _aio.UnaryStreamMultiCallable[_credits_pb2.WatchEventsRequest, _credits_pb2.WatchEventsResponse]  # type: ignore[assignment]
+    """WatchEvents streams ledger events in commit order: those stored after a cursor (or
+    from now, or from the oldest retained), then live ones as they commit, until the
+    caller stops or the server shuts down. Resuming with the last cursor received gives
+    every later event exactly once. A cursor older than the retention is OUT_OF_RANGE.
     """
 
 class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -326,6 +338,18 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetUsageSummary reports, per job type, the reservations that finished in a time
         window: how many were confirmed, released and expired, the credits captured and the
         success rate. Read from the ledger, for every account or for one.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _credits_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_credits_pb2.WatchEventsResponse], _abc.AsyncIterator[_credits_pb2.WatchEventsResponse]]:
+        """WatchEvents streams ledger events in commit order: those stored after a cursor (or
+        from now, or from the oldest retained), then live ones as they commit, until the
+        caller stops or the server shuts down. Resuming with the last cursor received gives
+        every later event exactly once. A cursor older than the retention is OUT_OF_RANGE.
         """
 
 def add_CreditsServiceServicer_to_server(servicer: CreditsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

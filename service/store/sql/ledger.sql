@@ -38,6 +38,118 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 5::smallint $$;
 CREATE OR REPLACE FUNCTION credits_account_credits_max() RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 1000000000000000000::bigint $$;
 
+-- The service-wide default thresholds of balance alerts: CREDITS_BALANCE_ALERT_THRESHOLDS,
+-- which each service connection carries as the setting credits.balance_alert_thresholds
+-- (service/store/postgres.py), so that no function needs another parameter. Unset (a
+-- session of another program): none.
+CREATE OR REPLACE FUNCTION credits_default_alert_thresholds() RETURNS bigint[]
+LANGUAGE sql STABLE AS $$
+  SELECT coalesce(string_to_array(nullif(current_setting('credits.balance_alert_thresholds',
+                                                         true), ''), ',')::bigint[],
+                  '{}'::bigint[])
+$$;
+
+-- Writes one event row at its place in the stream (see credits_emit).
+CREATE OR REPLACE FUNCTION credits_insert_event(p_type text, p_account text,
+                                                p_now timestamptz, p_caller text,
+                                                p_grant uuid, p_reservation uuid,
+                                                p_revocation uuid, p_amount bigint,
+                                                p_returned bigint, p_unrecovered bigint,
+                                                p_threshold bigint, p_available bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  v_position bigint;
+BEGIN
+  SELECT greatest(pg_current_xact_id()::text::bigint, max(e.stream_position)) INTO v_position
+    FROM ledger_events e WHERE e.account_id = p_account;
+  INSERT INTO ledger_events (stream_position, event_type, account_id, occurred_at, caller,
+                             grant_id, reservation_id, revocation_id, amount, returned_amount,
+                             unrecovered_amount, threshold, available_after)
+  VALUES (v_position, p_type, p_account, p_now, p_caller, p_grant, p_reservation,
+          p_revocation, p_amount, p_returned, p_unrecovered, p_threshold, p_available);
+END $$;
+
+-- The outbox: writes the event of a ledger change in the transaction of the change, so an
+-- event exists exactly when its change committed (docs/architecture.md, "Events"), then
+-- the balance alerts the change caused. Called with the account locked. An event's place
+-- in the stream is (stream_position, seq): the position is the writing transaction's id,
+-- raised to the account's latest position when that is higher (a transaction can get its
+-- id before an earlier holder of the account's lock got its own), so an account's events
+-- keep the order its lock was held in, which is its commit order; seq orders the events
+-- of one position. Readers read only positions below the oldest transaction still
+-- running (credits_read_events), and no transaction that can still commit writes below
+-- its own id. available_after is the account's available balance right after the change.
+--
+-- Alerts: the account's thresholds (its own, or the default when it has none of its own)
+-- against the available balance, with the state kept on the account: the thresholds it
+-- is below (balance_alerts_below) and whether it is depleted. A threshold newly gone
+-- below is one balance_low, one left is one balance_recovered, reaching 0 one
+-- balance_depleted: one event per crossing, none while the account stays where it is.
+-- An account without state yet (new, or older than alerts) gets it without an event.
+CREATE OR REPLACE FUNCTION credits_emit(p_type text, p_account text, p_now timestamptz,
+                                        p_caller text, p_grant uuid, p_reservation uuid,
+                                        p_revocation uuid, p_amount bigint,
+                                        p_returned bigint, p_unrecovered bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  v_available bigint;
+  v_thresholds bigint[];
+  v_below bigint[];
+  v_now_below bigint[];
+  v_depleted boolean;
+  t bigint;
+BEGIN
+  -- Each statement of a function costs its executor's start: the change's event is two.
+  SELECT (SELECT coalesce(sum(g.remaining_amount), 0) FROM grants g
+           WHERE g.account_id = p_account AND g.remaining_amount > 0),
+         coalesce(a.balance_alert_thresholds, credits_default_alert_thresholds()),
+         a.balance_alerts_below, a.balance_depleted
+    INTO v_available, v_thresholds, v_below, v_depleted
+    FROM accounts a WHERE a.account_id = p_account;
+  INSERT INTO ledger_events (stream_position, event_type, account_id, occurred_at, caller,
+                             grant_id, reservation_id, revocation_id, amount, returned_amount,
+                             unrecovered_amount, available_after)
+  SELECT greatest(pg_current_xact_id()::text::bigint, max(e.stream_position)), p_type,
+         p_account, p_now, p_caller, p_grant, p_reservation, p_revocation, p_amount,
+         p_returned, p_unrecovered, v_available
+    FROM ledger_events e WHERE e.account_id = p_account;
+  -- No NOTIFY here: a notifying transaction takes the notification queue's lock at
+  -- commit, which cost three quarters of the cycle's throughput (docs/architecture.md,
+  -- "Events"); the service notifies after its calls, coalesced (service/store/events.py).
+
+  -- Nothing to decide, the common case: no thresholds, none left below, depletion as it
+  -- was. (NULL state, an account's first change, goes on to set it.)
+  IF cardinality(v_thresholds) = 0 AND cardinality(v_below) = 0
+     AND v_depleted = (v_available = 0) THEN
+    RETURN;
+  END IF;
+  v_now_below := ARRAY(SELECT x FROM unnest(v_thresholds) x WHERE v_available < x
+                        ORDER BY x DESC);
+  IF v_below = v_now_below AND v_depleted = (v_available = 0) THEN
+    RETURN;
+  END IF;
+  IF v_below IS NOT NULL THEN
+    FOR t IN SELECT x FROM unnest(v_now_below) x WHERE x <> ALL (v_below) ORDER BY x DESC
+    LOOP
+      PERFORM credits_insert_event('balance_low', p_account, p_now, p_caller, NULL, NULL,
+                                   NULL, 0, 0, 0, t, v_available);
+    END LOOP;
+    IF v_available = 0 AND NOT v_depleted THEN
+      PERFORM credits_insert_event('balance_depleted', p_account, p_now, p_caller, NULL, NULL,
+                                   NULL, 0, 0, 0, NULL, v_available);
+    END IF;
+    FOR t IN SELECT x FROM unnest(v_below) x
+              WHERE x = ANY (v_thresholds) AND x <> ALL (v_now_below) ORDER BY x
+    LOOP
+      PERFORM credits_insert_event('balance_recovered', p_account, p_now, p_caller, NULL,
+                                   NULL, NULL, 0, 0, 0, t, v_available);
+    END LOOP;
+  END IF;
+  -- Written only when it changed: a change that crosses nothing costs no update.
+  UPDATE accounts SET balance_alerts_below = v_now_below, balance_depleted = v_available = 0
+   WHERE account_id = p_account;
+END $$;
+
 -- Gives `p_amount` of a reservation back to the grants it came from, the last-burned
 -- allocation first. Credits going back to a grant that owes revocations
 -- (unrecovered_amount) pay that debt first, whether or not the grant has expired since:
@@ -81,6 +193,8 @@ BEGIN
     IF v_expire > 0 THEN
       INSERT INTO ledger_entries (account_id, grant_id, reservation_id, kind, amount, created_at)
       VALUES (a.account_id, a.grant_id, p_reservation, 'grant_expiry', -v_expire, p_now);
+      PERFORM credits_emit('grant_expired', a.account_id, p_now, NULL, a.grant_id,
+                           p_reservation, NULL, v_expire, 0, 0);
     END IF;
     v_left := v_left - v_take;
   END LOOP;
@@ -108,20 +222,25 @@ BEGIN
     UPDATE reservations
        SET status = credits_status_expired(), returned_amount = amount, settled_at = p_now
      WHERE reservation_id = r.reservation_id;
+    PERFORM credits_emit('reservation_expired', p_account, p_now, NULL, NULL, r.reservation_id,
+                         NULL, r.amount, 0, 0);
   END LOOP;
 
-  WITH due AS (
+  -- One grant at a time, in expiry order, so that each event's available_after is the
+  -- balance right after that grant expired.
+  FOR r IN
     SELECT grant_id, remaining_amount FROM grants
      WHERE account_id = p_account AND remaining_amount > 0 AND expires_at <= p_now
-  ), expired AS (
-    UPDATE grants g
-       SET expired_amount = g.expired_amount + due.remaining_amount, remaining_amount = 0
-      FROM due WHERE g.grant_id = due.grant_id
-    RETURNING g.grant_id
-  )
-  INSERT INTO ledger_entries (account_id, grant_id, kind, amount, created_at)
-  SELECT p_account, due.grant_id, 'grant_expiry', -due.remaining_amount, p_now
-    FROM due JOIN expired ON expired.grant_id = due.grant_id;
+     ORDER BY expires_at, grant_id
+  LOOP
+    UPDATE grants
+       SET expired_amount = expired_amount + r.remaining_amount, remaining_amount = 0
+     WHERE grant_id = r.grant_id;
+    INSERT INTO ledger_entries (account_id, grant_id, kind, amount, created_at)
+    VALUES (p_account, r.grant_id, 'grant_expiry', -r.remaining_amount, p_now);
+    PERFORM credits_emit('grant_expired', p_account, p_now, NULL, r.grant_id, NULL, NULL,
+                         r.remaining_amount, 0, 0);
+  END LOOP;
 END $$;
 
 -- Locks an account's row and settles it; false when the account has never had a grant.
@@ -364,6 +483,7 @@ BEGIN
   SELECT p_account, t.grant_id, v_id, 'reserve', -t.amount, p_now
     FROM unnest(v_grants, v_amounts) AS t(grant_id, amount);
   PERFORM credits_remember(p_caller, p_key, 'reserve', p_hash, p_account, v_id, p_now);
+  PERFORM credits_emit('reserved', p_account, p_now, p_caller, NULL, v_id, NULL, p_amount, 0, 0);
   RETURN QUERY SELECT * FROM reservations WHERE reservation_id = v_id;
 END $$;
 
@@ -473,6 +593,8 @@ BEGIN
          overrun_debt_amount = v_debt, settled_at = p_now
    WHERE reservation_id = p_reservation
   RETURNING * INTO r;
+  PERFORM credits_emit('confirmed', p_account, p_now, NULL, NULL, p_reservation, NULL,
+                       v_capture, r.returned_amount, 0);
   RETURN NEXT r;
 END $$;
 
@@ -497,6 +619,8 @@ BEGIN
          release_reason = p_reason, settled_at = p_now
    WHERE reservation_id = p_reservation
   RETURNING * INTO r;
+  PERFORM credits_emit('released', p_account, p_now, NULL, NULL, p_reservation, NULL, r.amount,
+                       0, 0);
   RETURN NEXT r;
 END $$;
 
@@ -555,6 +679,7 @@ BEGIN
     VALUES (p_account, v_id, 'debt_repayment', -v_repaid, p_now);
   END IF;
   PERFORM credits_remember(p_caller, p_key, 'grant', p_hash, p_account, v_id, p_now);
+  PERFORM credits_emit('granted', p_account, p_now, p_caller, v_id, NULL, NULL, p_amount, 0, 0);
   RETURN QUERY SELECT * FROM grants WHERE grant_id = v_id;
 END $$;
 
@@ -665,6 +790,14 @@ BEGIN
     VALUES (v_account, v_grant, v_id, 'grant_expiry', -v_expire, p_now);
   END IF;
   PERFORM credits_remember(p_caller, p_key, 'revoke', p_hash, v_account, v_id, p_now);
+  -- A call that changed nothing (its claim was already counted) is no event.
+  IF v_asked > 0 THEN
+    PERFORM credits_emit('revoked', v_account, p_now, p_caller, v_grant, NULL, v_id, v_revoked,
+                         0, v_asked - v_revoked);
+  ELSIF v_restored + v_cancelled > 0 THEN
+    PERFORM credits_emit('revocation_withdrawn', v_account, p_now, p_caller, v_grant, NULL, v_id,
+                         v_restored, 0, v_cancelled);
+  END IF;
   RETURN QUERY SELECT gr, v_revoked, v_asked - v_revoked, v_restored, v_cancelled
                  FROM grants gr WHERE gr.grant_id = v_grant;
 END $$;
@@ -769,7 +902,11 @@ BEGIN
     INSERT INTO ledger_entries (account_id, grant_id, transfer_id, kind, amount, created_at)
     VALUES (p_from, l.grant_id, v_id, 'transfer_out', -l.amount, p_now),
            (p_to, v_destination, v_id, 'transfer_in', l.amount, p_now);
+    PERFORM credits_emit('granted', p_to, p_now, p_caller, v_destination, NULL, NULL,
+                         l.amount, 0, 0);
   END LOOP;
+  PERFORM credits_emit('transfer_sent', p_from, p_now, p_caller, NULL, NULL, NULL, p_amount,
+                       0, 0);
   PERFORM credits_remember(p_caller, p_key, 'transfer', p_hash, p_from, v_id, p_now);
   RETURN QUERY SELECT * FROM credits_transfer_result(v_id);
 END $$;
@@ -990,14 +1127,16 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- An account's settings as one JSON object keyed by AccountSettings' field names: the
--- shape the audit trail stores before and after each change.
+-- shape the audit trail stores before and after each change. A setting that takes the
+-- service-wide default (NULL) is left out.
 CREATE OR REPLACE FUNCTION credits_settings_json(a accounts) RETURNS jsonb
 LANGUAGE sql IMMUTABLE AS $$
-  SELECT jsonb_build_object('frozen', a.frozen, 'overdraft_limit', a.overdraft_limit,
-                            'spend_limit_day', a.spend_limit_day,
-                            'spend_limit_month', a.spend_limit_month,
-                            'spend_limit_rolling', a.spend_limit_rolling,
-                            'spend_limit_rolling_hours', a.spend_limit_rolling_hours)
+  SELECT jsonb_strip_nulls(jsonb_build_object(
+    'frozen', a.frozen, 'overdraft_limit', a.overdraft_limit,
+    'spend_limit_day', a.spend_limit_day, 'spend_limit_month', a.spend_limit_month,
+    'spend_limit_rolling', a.spend_limit_rolling,
+    'spend_limit_rolling_hours', a.spend_limit_rolling_hours,
+    'balance_alert_thresholds', to_jsonb(a.balance_alert_thresholds)))
 $$;
 
 -- GetAccount: the account's row, settings included, with its spend limits' use
@@ -1046,12 +1185,21 @@ BEGIN
   IF 'spend_limit_rolling_hours' = ANY (p_mask) THEN
     a.spend_limit_rolling_hours := (p_settings->>'spend_limit_rolling_hours')::integer;
   END IF;
+  -- JSON null: the service-wide default; a list (maybe empty): the account's own.
+  IF 'balance_alert_thresholds' = ANY (p_mask) THEN
+    a.balance_alert_thresholds := CASE
+      WHEN jsonb_typeof(p_settings->'balance_alert_thresholds') = 'array' THEN
+        ARRAY(SELECT x::bigint
+                FROM jsonb_array_elements_text(p_settings->'balance_alert_thresholds') x)
+      END;
+  END IF;
   IF credits_settings_json(a) IS DISTINCT FROM v_before THEN
     UPDATE accounts
        SET frozen = a.frozen, overdraft_limit = a.overdraft_limit,
            spend_limit_day = a.spend_limit_day, spend_limit_month = a.spend_limit_month,
            spend_limit_rolling = a.spend_limit_rolling,
            spend_limit_rolling_hours = a.spend_limit_rolling_hours,
+           balance_alert_thresholds = a.balance_alert_thresholds,
            settings_version = settings_version + 1,
            settings_updated_at = p_now, settings_updated_by = p_caller
      WHERE account_id = p_account
@@ -1060,6 +1208,8 @@ BEGIN
                                           update_mask, before, after, reason)
     VALUES (p_account, a.settings_version, p_now, p_caller, p_mask, v_before,
             credits_settings_json(a), p_reason);
+    PERFORM credits_emit('account_settings_changed', p_account, p_now, p_caller, NULL, NULL,
+                         NULL, 0, 0, 0);
   END IF;
   RETURN QUERY SELECT a, credits_spend_json(a, p_now);
 END $$;
@@ -1105,6 +1255,68 @@ RETURNS SETOF prices LANGUAGE sql STABLE AS $$
    ORDER BY version DESC
    LIMIT p_limit
 $$;
+
+-- WatchEvents' read: the events after the cursor (p_after_position, p_after_seq) in stream
+-- order, of one account or all (p_account NULL) and of some types (p_types NULL: all),
+-- only those below the horizon: positions under the oldest transaction still running,
+-- which every transaction that can still commit writes at or above (credits_emit). A
+-- cursor below what the retention sweep deleted is CR020: the events after it are gone.
+-- With the events, out_horizon: the horizon itself, where a stream "from now" starts.
+CREATE OR REPLACE FUNCTION credits_read_events(p_after_position bigint, p_after_seq bigint,
+                                               p_account text, p_types text[],
+                                               p_limit integer)
+RETURNS TABLE (out_event ledger_events, out_horizon bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+  f event_retention;
+BEGIN
+  SELECT * INTO f FROM event_retention;
+  IF FOUND AND (p_after_position, p_after_seq) < (f.deleted_through_position,
+                                                  f.deleted_through_seq) THEN
+    RAISE EXCEPTION 'event cursor older than retention' USING ERRCODE = 'CR020';
+  END IF;
+  RETURN QUERY
+    WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon)
+    SELECT x.ev, h.horizon FROM h LEFT JOIN LATERAL (
+      SELECT ev FROM ledger_events ev
+       WHERE (ev.stream_position, ev.seq) > (p_after_position, p_after_seq)
+         AND ev.stream_position < h.horizon
+         AND (p_account IS NULL OR ev.account_id = p_account)
+         AND (p_types IS NULL OR ev.event_type = ANY (p_types))
+       ORDER BY ev.stream_position, ev.seq
+       LIMIT p_limit) x ON true;
+END $$;
+
+-- Deletes up to p_limit events that occurred before p_cutoff, oldest first, and records
+-- the latest deleted cursor, below which credits_read_events answers CR020. The outbox
+-- is not the ledger: its rows go by age only.
+CREATE OR REPLACE FUNCTION credits_sweep_events(p_cutoff timestamptz, p_limit integer)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+  v_position bigint;
+  v_seq bigint;
+  v_deleted integer;
+BEGIN
+  WITH gone AS (
+    DELETE FROM ledger_events WHERE event_id = ANY (ARRAY(
+      SELECT event_id FROM ledger_events WHERE occurred_at < p_cutoff
+       ORDER BY stream_position, seq LIMIT p_limit))
+    RETURNING stream_position, seq
+  )
+  SELECT count(*)::integer, max(stream_position),
+         (array_agg(seq ORDER BY stream_position DESC, seq DESC))[1]
+    INTO v_deleted, v_position, v_seq FROM gone;
+  IF v_deleted > 0 THEN
+    INSERT INTO event_retention AS r (singleton, deleted_through_position, deleted_through_seq)
+    VALUES (true, v_position, v_seq)
+    ON CONFLICT (singleton) DO UPDATE
+      SET deleted_through_position = EXCLUDED.deleted_through_position,
+          deleted_through_seq = EXCLUDED.deleted_through_seq
+      WHERE (r.deleted_through_position, r.deleted_through_seq)
+            < (EXCLUDED.deleted_through_position, EXCLUDED.deleted_through_seq);
+  END IF;
+  RETURN v_deleted;
+END $$;
 
 CREATE OR REPLACE FUNCTION credits_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

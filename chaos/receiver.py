@@ -1,0 +1,50 @@
+"""The endpoint of the service's own webhooks during a chaos run: an HTTP server on a
+thread of the chaos process that acknowledges every POST and keeps it as received
+(headers and raw body), for checks.check_webhooks."""
+
+import http.server
+import threading
+
+# The secret the run's instances sign their webhooks with.
+SERVICE_WEBHOOK_SECRET = "chaos-service-webhook-secret"  # noqa: S105 (a throwaway test secret)
+SIGNATURE_HEADER = "Credits-Signature"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: "WebhookReceiver"
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        with self.server.lock:
+            self.server.received.append((self.headers.get(SIGNATURE_HEADER, ""), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class WebhookReceiver(http.server.ThreadingHTTPServer):
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.lock = threading.Lock()
+        # (signature header, raw body) in the order received.
+        self.received: list[tuple[str, bytes]] = []
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/credits-events"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        # shutdown() waits for serve_forever, which never ran if the start failed first.
+        if self._thread.is_alive():
+            self.shutdown()
+        self.server_close()
+
+    def snapshot(self) -> list[tuple[str, bytes]]:
+        with self.lock:
+            return list(self.received)

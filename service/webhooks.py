@@ -1,0 +1,234 @@
+"""Signed webhooks: every event POSTed to the operator's endpoint (CREDITS_WEBHOOK_URL)
+in stream order, at least once, from the outbox (docs/architecture.md, "Events").
+
+Delivery state is a row of `webhook_deliveries` (the endpoint's last delivered cursor and
+since when its next event has been failing), so a restart or `kill -9` resumes where the
+last acknowledged delivery left off: an event may come twice (de-duplicate on its id),
+never not at all. One worker at a time across every instance and process: the one that
+holds a PostgreSQL advisory lock on its own connection; the others wait for it. The
+ledger never waits for an endpoint: the worker only reads the outbox.
+
+Each POST carries the event as JSON, `Credits-Event-Id`, and `Credits-Signature:
+t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + body>` (modelled on Stripe's);
+`credits_client.verify_webhook` checks it. A failure (no 2xx within
+DELIVERY_TIMEOUT_SECONDS) is retried with exponential backoff and jitter; after
+CREDITS_WEBHOOK_RETRY_HOURS of failures the event is given up on (logged, counted) and
+the next one goes.
+"""
+
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import hmac
+import json
+import logging
+import random
+import time
+import urllib.parse
+from typing import Any
+
+import asyncpg
+import requests
+
+from service.ledger import failures, limits
+from service.ledger.model import Event, EventCursor
+from service.ledger.operations import EVENT_SEQ_AFTER_ALL
+from service.ops import metrics
+from service.store.postgres import PostgresStore
+
+log = logging.getLogger("credits.webhooks")
+
+SIGNATURE_HEADER = "Credits-Signature"
+EVENT_ID_HEADER = "Credits-Event-Id"
+# An endpoint answers within this or the attempt failed.
+DELIVERY_TIMEOUT_SECONDS = 10.0
+# Backoff between attempts of one event: doubling from the first, capped, each times a
+# random factor in [1 - BACKOFF_JITTER_FRACTION, 1] so that retries spread out.
+BACKOFF_FIRST_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 600.0
+BACKOFF_JITTER_FRACTION = 0.5
+# The advisory lock whose holder is the one delivery worker ("credits webhooks").
+WORKER_LOCK_KEY = 0x637265646974_7768
+# A worker that does not hold the lock tries again after this long.
+LOCK_RETRY_SECONDS = 5.0
+CONNECT_TIMEOUT_SECONDS = 5.0
+HTTP_OK_MIN, HTTP_OK_MAX = 200, 299
+
+LOAD = (
+    "SELECT delivered_position, delivered_seq, failing_since FROM webhook_deliveries"
+    " WHERE endpoint = $1"
+)
+START = (
+    "INSERT INTO webhook_deliveries (endpoint, delivered_position, delivered_seq, updated_at)"
+    " VALUES ($1, $2, $3, now()) ON CONFLICT (endpoint) DO NOTHING"
+)
+SAVE = (
+    "UPDATE webhook_deliveries SET delivered_position = $2, delivered_seq = $3,"
+    " failing_since = $4, updated_at = now() WHERE endpoint = $1"
+)
+
+
+def signature(body: bytes, secret: bytes, timestamp: int) -> str:
+    """The Credits-Signature header of `body` sent at `timestamp` (unix seconds)."""
+    digest = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def event_body(event: Event) -> bytes:
+    """An event as its webhook's JSON body."""
+    document: dict[str, Any] = {
+        "event_id": str(event.event_id),
+        "cursor": str(event.cursor),
+        "type": event.type.name,
+        "account_id": event.account_id,
+        "occurred_at": event.occurred_at.isoformat(),
+        "grant_id": str(event.grant_id) if event.grant_id else None,
+        "reservation_id": str(event.reservation_id) if event.reservation_id else None,
+        "revocation_id": str(event.revocation_id) if event.revocation_id else None,
+        "caller": event.caller,
+        "amount": event.amount,
+        "returned_amount": event.returned_amount,
+        "unrecovered_amount": event.unrecovered_amount,
+        "threshold": event.threshold,
+        "available_after": event.available_after,
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def backoff_seconds(failures: int) -> float:
+    base = min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2.0 ** max(0, failures - 1))
+    return base * random.uniform(1 - BACKOFF_JITTER_FRACTION, 1)
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
+    response = requests.post(url, data=body, headers=headers, timeout=DELIVERY_TIMEOUT_SECONDS)
+    response.close()
+    status: int = response.status_code
+    return status
+
+
+class Deliverer:
+    """Delivers the outbox to one endpoint; `run` until cancelled."""
+
+    def __init__(
+        self,
+        store: PostgresStore,
+        database_url: str,
+        url: str,
+        secret: bytes,
+        retry: datetime.timedelta,
+    ) -> None:
+        self._store = store
+        self._database_url = database_url
+        self._url = url
+        self._secret = secret
+        self._retry = retry
+        # The metrics' label: the host, never a path or query that may hold a token.
+        self._label = urllib.parse.urlsplit(url).netloc
+
+    async def run(self) -> None:
+        while True:
+            try:
+                conn = await asyncpg.connect(self._database_url, timeout=CONNECT_TIMEOUT_SECONDS)
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning("webhooks cannot connect", extra={"error": type(exc).__name__})
+                await asyncio.sleep(LOCK_RETRY_SECONDS)
+                continue
+            try:
+                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", WORKER_LOCK_KEY):
+                    await self._deliver(conn)
+            except Exception as exc:
+                # The database gone, the lock's connection lost: start again, from the
+                # stored cursor; a delivery worker must outlive an outage.
+                log.warning("webhook delivery stopped", extra={"error": type(exc).__name__})
+            finally:
+                # Closing the connection releases the lock for another worker.
+                with contextlib.suppress(Exception):
+                    await conn.close(timeout=CONNECT_TIMEOUT_SECONDS)
+            await asyncio.sleep(LOCK_RETRY_SECONDS)
+
+    async def _deliver(self, conn: asyncpg.Connection) -> None:
+        """Holding the lock: deliver from the stored cursor on, for good."""
+        row = await conn.fetchrow(LOAD, self._url)
+        if row is None:
+            # A new endpoint starts with the events committed from now on.
+            bounds = await self._store.event_bounds()
+            await conn.execute(START, self._url, bounds.horizon - 1, EVENT_SEQ_AFTER_ALL)
+            row = await conn.fetchrow(LOAD, self._url)
+        cursor = EventCursor(row["delivered_position"], row["delivered_seq"])
+        failing_since: datetime.datetime | None = row["failing_since"]
+        signals = self._store.signals
+        while True:
+            signal = signals.next_signal()
+            try:
+                batch = await self._store.events(cursor, None, None, limits.EVENT_BATCH_MAX)
+            except failures.EventCursorExpired:
+                # Down for longer than the retention: what was deleted cannot be sent.
+                oldest = (await self._store.event_bounds()).oldest
+                log.error(
+                    "webhook events lost to retention",
+                    extra={"endpoint": self._label, "resumed_at": str(oldest)},
+                )
+                cursor = oldest
+                await conn.execute(SAVE, self._url, cursor.position, cursor.seq, None)
+                continue
+            for event in batch:
+                await self._deliver_one(conn, event, cursor, failing_since)
+                cursor = event.cursor
+                await conn.execute(SAVE, self._url, cursor.position, cursor.seq, None)
+                failing_since = None
+            if not batch:
+                metrics.WEBHOOK_LAG_SECONDS.labels(self._label).set(0)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(limits.EVENT_POLL_INTERVAL_SECONDS):
+                        await signal.wait()
+
+    async def _deliver_one(
+        self,
+        conn: asyncpg.Connection,
+        event: Event,
+        before: EventCursor,
+        failing_since: datetime.datetime | None,
+    ) -> None:
+        """POST until it is acknowledged or the retry window has passed."""
+        body = event_body(event)
+        failures = 0
+        while True:
+            metrics.WEBHOOK_LAG_SECONDS.labels(self._label).set(
+                max(0.0, (datetime.datetime.now(datetime.UTC) - event.occurred_at).total_seconds())
+            )
+            headers = {
+                "Content-Type": "application/json",
+                EVENT_ID_HEADER: str(event.event_id),
+                SIGNATURE_HEADER: signature(body, self._secret, int(time.time())),
+            }
+            try:
+                status = await asyncio.to_thread(_post, self._url, body, headers)
+            except requests.RequestException as exc:
+                status, error = 0, type(exc).__name__
+            else:
+                error = f"HTTP {status}"
+            if HTTP_OK_MIN <= status <= HTTP_OK_MAX:
+                metrics.WEBHOOK_ATTEMPTS.labels(self._label, "delivered").inc()
+                return
+            metrics.WEBHOOK_ATTEMPTS.labels(self._label, "failed").inc()
+            now = datetime.datetime.now(datetime.UTC)
+            if failing_since is None:
+                failing_since = now
+                # Kept, so that a restart does not start the retry window again.
+                await conn.execute(SAVE, self._url, before.position, before.seq, failing_since)
+            if now - failing_since > self._retry:
+                metrics.WEBHOOK_GIVEN_UP.labels(self._label).inc()
+                log.error(
+                    "webhook given up",
+                    extra={"event_id": str(event.event_id), "endpoint": self._label},
+                )
+                return
+            failures += 1
+            wait = backoff_seconds(failures)
+            log.warning(
+                "webhook failed",
+                extra={"event_id": str(event.event_id), "error": error, "retry_in_s": wait},
+            )
+            await asyncio.sleep(wait)

@@ -1,0 +1,247 @@
+"""Signed webhooks (service/webhooks.py) against a real receiver: every event POSTed,
+signed so that credits_client.verify_webhook accepts it, retried while the endpoint
+fails, resumed from the stored cursor after a restart, by one worker at a time."""
+
+import asyncio
+import contextlib
+import datetime
+import http.server
+import json
+import threading
+import urllib.parse
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from credits.v1 import credits_pb2 as pb
+from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
+from credits_client import WebhookSignatureError, verify_webhook
+from service import webhooks
+from tests.support import CALL_TIMEOUT_SECONDS as T
+from tests.support import RunningServer, new_id
+
+SECRET = b"test-webhook-secret"
+RETRY = datetime.timedelta(hours=72)
+# Shorter than the backoff after a first failure: a second failure gives the event up.
+SHORT_RETRY = datetime.timedelta(seconds=0.3)
+ARRIVAL_WAIT_SECONDS = 20.0
+POLL_SECONDS = 0.05
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """An endpoint that answers 500 to its first `failures` POSTs, then 204."""
+
+    def __init__(self, failures: int = 0) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.failures = failures
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hooks"
+
+    def events_of(self, account: str) -> list[dict[str, Any]]:
+        with self.lock:
+            received = list(self.received)
+        events = [json.loads(body) for _, body in received]
+        return [e for e in events if e["account_id"] == account]
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with self.server.lock:
+            failing = self.server.failures > 0
+            if failing:
+                self.server.failures -= 1
+            else:
+                self.server.received.append((dict(self.headers), body))
+        self.send_response(500 if failing else 204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def receiving(failures: int = 0) -> Iterator[Receiver]:
+    receiver = Receiver(failures)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+
+
+@contextlib.asynccontextmanager
+async def delivering(
+    server: RunningServer,
+    database_url: str,
+    url: str,
+    admin_engine: AsyncEngine,
+    retry: datetime.timedelta = RETRY,
+) -> AsyncIterator[asyncio.Task[None]]:
+    deliverer = webhooks.Deliverer(server.store, database_url, url, SECRET, retry)
+    task = asyncio.create_task(deliverer.run())
+    try:
+        await _started(admin_engine, url)
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _started(admin_engine: AsyncEngine, url: str) -> None:
+    """The endpoint has its cursor: events from now on go to it."""
+    async with asyncio.timeout(ARRIVAL_WAIT_SECONDS):
+        while True:
+            async with admin_engine.connect() as conn:
+                found = await conn.scalar(
+                    text("SELECT count(*) FROM webhook_deliveries WHERE endpoint = :url"),
+                    {"url": url},
+                )
+            if found:
+                return
+            await asyncio.sleep(POLL_SECONDS)
+
+
+async def _arrived(receiver: Receiver, account: str, count: int) -> list[dict[str, Any]]:
+    """The account's events, once `count` have arrived (the receiver runs in a thread of
+    its own, so it is polled)."""
+    async with asyncio.timeout(ARRIVAL_WAIT_SECONDS):
+        while len(receiver.events_of(account)) < count:  # noqa: ASYNC110
+            await asyncio.sleep(POLL_SECONDS)
+    return receiver.events_of(account)
+
+
+async def _grant(stub: Stub, account: str, amount: int) -> str:
+    response: pb.GrantResponse = await stub.Grant(
+        pb.GrantRequest(
+            account_id=account,
+            amount=amount,
+            source=pb.GRANT_SOURCE_PURCHASE,
+            idempotency_key=new_id("grant"),
+        ),
+        timeout=T,
+    )
+    return response.grant.grant_id
+
+
+async def test_each_event_is_posted_signed_and_verifiable(
+    ops: Stub, credits_server: RunningServer, database_url: str, admin_engine: AsyncEngine
+) -> None:
+    with receiving() as receiver:
+        async with delivering(credits_server, database_url, receiver.url, admin_engine):
+            account = new_id()
+            grant_id = await _grant(ops, account, 10)
+            (event,) = await _arrived(receiver, account, 1)
+    assert (event["type"], event["grant_id"], event["available_after"]) == (
+        "GRANTED",
+        grant_id,
+        10,
+    )
+    headers, body = next(
+        (h, b) for h, b in receiver.received if json.loads(b)["account_id"] == account
+    )
+    assert headers[webhooks.EVENT_ID_HEADER] == event["event_id"]
+    assert verify_webhook(body, headers[webhooks.SIGNATURE_HEADER], SECRET) == event
+    with pytest.raises(WebhookSignatureError):
+        verify_webhook(body, headers[webhooks.SIGNATURE_HEADER], b"another secret")
+    with pytest.raises(WebhookSignatureError):
+        verify_webhook(body + b" ", headers[webhooks.SIGNATURE_HEADER], SECRET)
+    with pytest.raises(WebhookSignatureError):
+        verify_webhook(body, headers[webhooks.SIGNATURE_HEADER], SECRET, tolerance_seconds=-1)
+
+
+async def test_a_failing_endpoint_is_retried_in_order(
+    ops: Stub, credits_server: RunningServer, database_url: str, admin_engine: AsyncEngine
+) -> None:
+    with receiving(failures=2) as receiver:
+        async with delivering(credits_server, database_url, receiver.url, admin_engine):
+            account = new_id()
+            first = await _grant(ops, account, 1)
+            second = await _grant(ops, account, 2)
+            events = await _arrived(receiver, account, 2)
+    assert [e["grant_id"] for e in events] == [first, second]
+
+
+async def test_a_restart_resumes_after_the_last_delivered_event(
+    ops: Stub, credits_server: RunningServer, database_url: str, admin_engine: AsyncEngine
+) -> None:
+    with receiving() as receiver:
+        account = new_id()
+        async with delivering(credits_server, database_url, receiver.url, admin_engine):
+            before = await _grant(ops, account, 1)
+            await _arrived(receiver, account, 1)
+        during = await _grant(ops, account, 2)  # no worker running
+        async with delivering(credits_server, database_url, receiver.url, admin_engine):
+            events = await _arrived(receiver, account, 2)
+            await asyncio.sleep(1)
+    assert [e["grant_id"] for e in receiver.events_of(account)] == [before, during]
+    assert len(events) == 2
+
+
+async def test_one_worker_delivers_at_a_time(
+    ops: Stub, credits_server: RunningServer, database_url: str, admin_engine: AsyncEngine
+) -> None:
+    with receiving() as receiver:
+        async with (
+            delivering(credits_server, database_url, receiver.url, admin_engine),
+            delivering(credits_server, database_url, receiver.url, admin_engine),
+        ):
+            account = new_id()
+            granted = [await _grant(ops, account, amount) for amount in (1, 2, 3)]
+            await _arrived(receiver, account, 3)
+            await asyncio.sleep(1)
+    assert [e["grant_id"] for e in receiver.events_of(account)] == granted
+
+
+async def test_an_event_failing_past_the_retry_window_is_given_up_and_the_next_goes(
+    ops: Stub, credits_server: RunningServer, database_url: str, admin_engine: AsyncEngine
+) -> None:
+    with receiving(failures=2) as receiver:
+        label = urllib.parse.urlsplit(receiver.url).netloc
+        async with delivering(
+            credits_server, database_url, receiver.url, admin_engine, SHORT_RETRY
+        ):
+            account = new_id()
+            await _grant(ops, account, 1)  # fails twice, past the window: given up
+            kept = await _grant(ops, account, 2)
+            (event,) = await _arrived(receiver, account, 1)
+    assert event["grant_id"] == kept
+    given_up = REGISTRY.get_sample_value("credits_webhook_given_up_total", {"endpoint": label})
+    assert given_up == 1
+
+
+async def test_a_cursor_past_retention_resumes_at_the_oldest_retained_event(
+    ops: Stub, credits_server: RunningServer, database_url: str, admin_engine: AsyncEngine
+) -> None:
+    with receiving() as receiver:
+        async with admin_engine.connect() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO webhook_deliveries (endpoint, delivered_position,"
+                    " delivered_seq, updated_at) VALUES (:url, 1, 1, now())"
+                ),
+                {"url": receiver.url},
+            )
+        await _grant(ops, new_id(), 1)
+        # Everything so far is past retention, the endpoint's cursor included.
+        await credits_server.store.sweep_events(
+            datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
+        )
+        async with delivering(credits_server, database_url, receiver.url, admin_engine):
+            account = new_id()
+            granted = await _grant(ops, account, 5)
+            (event,) = await _arrived(receiver, account, 1)
+    assert event["grant_id"] == granted
