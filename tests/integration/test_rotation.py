@@ -267,7 +267,7 @@ async def test_an_api_key_is_rotated_without_a_restart(
         "[callers.backend\nrpcs = [",  # not TOML
         caller_table("backend", BACKEND_RPCS, api_keys=(NEW_KEY,))
         + caller_table("billing", ["GetBalance"]),  # a caller with no key, in tls mode
-        caller_table("backend", ["Transfer"], api_keys=(NEW_KEY,)),  # an unknown RPC
+        caller_table("backend", ["NoSuchRpc"], api_keys=(NEW_KEY,)),  # an unknown RPC
         "",  # no callers at all
     ],
     ids=["not-toml", "caller-without-key", "unknown-rpc", "empty"],
