@@ -98,6 +98,7 @@ class Reservation:
     overrun_debt: int = 0
     # Priced by quantity: (price version, unit price, quantity).
     priced: tuple[int, int, int] | None = None
+    job_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -336,7 +337,16 @@ class Model:
                 raise INSUFFICIENT
             for a in allocations:
                 s.grants[a.grant_id].remaining -= a.amount
-            r = Reservation(new_id, account, amount, now, now + ttl, allocations, priced=priced)
+            r = Reservation(
+                new_id,
+                account,
+                amount,
+                now,
+                now + ttl,
+                allocations,
+                priced=priced,
+                job_type=job_type,
+            )
             s.reservations[new_id] = r
             s.keys[key] = ("reserve", request, new_id)
             return r

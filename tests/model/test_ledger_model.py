@@ -668,22 +668,25 @@ class LedgerMachine(RuleBasedStateMachine):
             for r in self.model.state.reservations.values()
             if r.account == account and r.status != rules.RESERVED
         ]
-        counts = {
-            status: sum(1 for r in finished if r.status == status)
-            for status in (rules.CONFIRMED, rules.RELEASED, rules.EXPIRED)
-        }
         want = []
-        if finished:
-            want = [
+        # One row per job type (priced reservations have theirs), most finished first.
+        for job_type in {r.job_type for r in finished}:
+            of_type = [r for r in finished if r.job_type == job_type]
+            counts = {
+                status: sum(1 for r in of_type if r.status == status)
+                for status in (rules.CONFIRMED, rules.RELEASED, rules.EXPIRED)
+            }
+            want.append(
                 (
-                    "",
+                    job_type,
                     counts[rules.CONFIRMED],
                     counts[rules.RELEASED],
                     counts[rules.EXPIRED],
-                    sum(r.confirmed for r in finished),
-                    counts[rules.CONFIRMED] * 1000 // len(finished),
+                    sum(r.confirmed for r in of_type),
+                    counts[rules.CONFIRMED] * 1000 // len(of_type),
                 )
-            ]
+            )
+        want.sort(key=lambda row: (-(row[1] + row[2] + row[3]), row[0]))
         assert [
             (
                 u.job_type,
