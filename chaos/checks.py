@@ -399,10 +399,12 @@ def check_webhooks(
         if missing:
             report.violation(f"{len(missing)} events never delivered, e.g. {next(iter(missing))}")
     else:
+        missing = set()
         report.violation("no webhook of the run's accounts was delivered")
     report.checks.append(
         f"webhooks: {len(received)} POSTs, all verified; {len(first)} events of the run's"
-        f" accounts delivered in order ({len(delivered) - len(first)} twice), none missing"
+        f" accounts delivered in order ({len(delivered) - len(first)} twice),"
+        f" {len(missing)} missing"
     )
 
 
