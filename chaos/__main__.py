@@ -9,6 +9,7 @@ status."""
 import argparse
 import asyncio
 import contextlib
+import json
 import random
 import shutil
 import signal
@@ -86,14 +87,31 @@ async def _caught_up(watcher: Watcher, engine: AsyncEngine, accounts: list[str])
 
 
 async def _delivered(cluster: Cluster, watcher: Watcher, accounts: list[str]) -> None:
-    """Give the webhook worker time to deliver the last event the stream carried."""
+    """Give the webhook worker time to deliver the last event the stream carried. The
+    watcher has stopped, so its list is final: the sweeper settling what time decides
+    makes events after it, which no check expects. Delivery is in order, so the last
+    one's arrival means every one before it was sent."""
     mine = set(accounts)
     last = next((e for e, account, _ in reversed(watcher.received) if account in mine), None)
     deadline = time.monotonic() + CATCH_UP_SECONDS_MAX
     while last is not None and time.monotonic() < deadline:
-        if any(last.encode() in body for _, body in cluster.webhooks.snapshot()):
+        if any(last.encode() in hook.body for hook in cluster.webhooks.snapshot()):
             return
         await asyncio.sleep(POLL_SECONDS)
+
+
+def _write_evidence(cluster: Cluster, watcher: Watcher) -> None:
+    """The stream and the webhooks as received, for a post-mortem with --keep."""
+    with (cluster.dir / "stream.jsonl").open("w") as out:
+        for event_id, account, cursor in watcher.received:
+            out.write(json.dumps({"event_id": event_id, "account": account, "cursor": cursor}))
+            out.write("\n")
+    with (cluster.dir / "webhooks.jsonl").open("w") as out:
+        for hook in cluster.webhooks.snapshot():
+            out.write(
+                json.dumps({"arrived_at": hook.arrived_at.isoformat(), "body": hook.body.decode()})
+            )
+            out.write("\n")
 
 
 async def exercise(args: argparse.Namespace, cluster: Cluster, report: Report, seed: int) -> None:
@@ -136,8 +154,10 @@ async def exercise(args: argparse.Namespace, cluster: Cluster, report: Report, s
         report.duration_seconds = time.monotonic() - started
         engine = await cluster.admin_engine()
         await _caught_up(watcher, engine, accounts)
-        await _delivered(cluster, watcher, accounts)
         watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+        await _delivered(cluster, watcher, accounts)
         faults.check(workload.successes)
         # The services stop first, so that nothing (the sweeper) settles while checking.
         for index in range(len(cluster.services)):
@@ -146,6 +166,7 @@ async def exercise(args: argparse.Namespace, cluster: Cluster, report: Report, s
         await checks.check_accounts(engine, accounts, report)
         await checks.check_events(engine, accounts, report)
         await checks.check_stream(engine, watcher.received, accounts, report)
+        _write_evidence(cluster, watcher)
         checks.check_webhooks(cluster.webhooks.snapshot(), watcher.received, accounts, report)
         await checks.check_reconcile(engine, report)
         await fuzzer.check(engine, accounts)

@@ -14,6 +14,7 @@
 - `reconcile` (service/store/reconcile.py) finds nothing.
 """
 
+import datetime
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chaos.receiver import SERVICE_WEBHOOK_SECRET
+from chaos.receiver import SERVICE_WEBHOOK_SECRET, Received
 from chaos.report import Report
 from chaos.workload import CALLER_OF, Ack
 from credits_client import WebhookSignatureError, verify_webhook
@@ -366,7 +367,7 @@ async def check_stream(
 
 
 def check_webhooks(
-    received: list[tuple[str, bytes]],
+    received: list[Received],
     stream: list[tuple[str, str, str]],
     accounts: list[str],
     report: Report,
@@ -374,13 +375,17 @@ def check_webhooks(
     """The service's webhooks received during the run against the stream's events:
     each verifies with the secret, is an event the stream carried, and every event of
     the run's accounts from the first delivered on arrived (at least once), the first
-    deliveries in the stream's order."""
+    deliveries in the stream's order. Reports the time from each event to its first
+    arrival, faults included."""
     streamed = {event_id: index for index, (event_id, _, _) in enumerate(stream)}
     mine = set(accounts)
     delivered: list[str] = []
-    for header, body in received:
+    latencies: dict[str, float] = {}
+    for hook in received:
         try:
-            event = verify_webhook(body, header, SERVICE_WEBHOOK_SECRET, WEBHOOK_TOLERANCE_SECONDS)
+            event = verify_webhook(
+                hook.body, hook.signature, SERVICE_WEBHOOK_SECRET, WEBHOOK_TOLERANCE_SECONDS
+            )
         except WebhookSignatureError:
             report.violation("a webhook that does not verify")
             continue
@@ -388,6 +393,8 @@ def check_webhooks(
             report.violation(f"a webhook of an event the stream never had: {event['event_id']}")
         elif event["account_id"] in mine:
             delivered.append(event["event_id"])
+            occurred = datetime.datetime.fromisoformat(event["occurred_at"])
+            latencies.setdefault(event["event_id"], (hook.arrived_at - occurred).total_seconds())
     first = list(dict.fromkeys(delivered))
     order = [streamed[event_id] for event_id in first]
     if order != sorted(order):
@@ -404,8 +411,20 @@ def check_webhooks(
     report.checks.append(
         f"webhooks: {len(received)} POSTs, all verified; {len(first)} events of the run's"
         f" accounts delivered in order ({len(delivered) - len(first)} twice),"
-        f" {len(missing)} missing"
+        f" {len(missing)} missing; {_percentiles(list(latencies.values()))} from commit"
+        " to arrival"
     )
+
+
+def _percentiles(seconds: list[float]) -> str:
+    if not seconds:
+        return "no deliveries"
+    ranked = sorted(seconds)
+
+    def at(fraction: float) -> float:
+        return ranked[min(len(ranked) - 1, int(fraction * len(ranked)))]
+
+    return f"p50 {at(0.5):.3f} s, p99 {at(0.99):.3f} s, max {ranked[-1]:.3f} s"
 
 
 async def check_reconcile(engine: AsyncEngine, report: Report) -> None:

@@ -1,13 +1,21 @@
 """The endpoint of the service's own webhooks during a chaos run: an HTTP server on a
 thread of the chaos process that acknowledges every POST and keeps it as received
-(headers and raw body), for checks.check_webhooks."""
+(signature header, raw body and when it arrived), for checks.check_webhooks."""
 
+import datetime
 import http.server
 import threading
+from typing import NamedTuple
 
 # The secret the run's instances sign their webhooks with.
 SERVICE_WEBHOOK_SECRET = "chaos-service-webhook-secret"  # noqa: S105 (a throwaway test secret)
 SIGNATURE_HEADER = "Credits-Signature"
+
+
+class Received(NamedTuple):
+    signature: str
+    body: bytes
+    arrived_at: datetime.datetime
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -16,7 +24,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         with self.server.lock:
-            self.server.received.append((self.headers.get(SIGNATURE_HEADER, ""), body))
+            self.server.received.append(
+                Received(
+                    self.headers.get(SIGNATURE_HEADER, ""),
+                    body,
+                    datetime.datetime.now(datetime.UTC),
+                )
+            )
         self.send_response(204)
         self.end_headers()
 
@@ -28,8 +42,8 @@ class WebhookReceiver(http.server.ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.lock = threading.Lock()
-        # (signature header, raw body) in the order received.
-        self.received: list[tuple[str, bytes]] = []
+        # In the order received.
+        self.received: list[Received] = []
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
@@ -45,6 +59,6 @@ class WebhookReceiver(http.server.ThreadingHTTPServer):
             self.shutdown()
         self.server_close()
 
-    def snapshot(self) -> list[tuple[str, bytes]]:
+    def snapshot(self) -> list[Received]:
         with self.lock:
             return list(self.received)

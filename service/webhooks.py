@@ -101,8 +101,8 @@ def backoff_seconds(failures: int) -> float:
     return base * random.uniform(1 - BACKOFF_JITTER_FRACTION, 1)
 
 
-def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
-    response = requests.post(url, data=body, headers=headers, timeout=DELIVERY_TIMEOUT_SECONDS)
+def _post(session: requests.Session, url: str, body: bytes, headers: dict[str, str]) -> int:
+    response = session.post(url, data=body, headers=headers, timeout=DELIVERY_TIMEOUT_SECONDS)
     response.close()
     status: int = response.status_code
     return status
@@ -126,6 +126,9 @@ class Deliverer:
         self._retry = retry
         # The metrics' label: the host, never a path or query that may hold a token.
         self._label = urllib.parse.urlsplit(url).netloc
+        # One kept-alive connection for the events in a row, not a handshake each; the
+        # POSTs are sequential, so the session is never used by two threads at once.
+        self._session = requests.Session()
 
     async def run(self) -> None:
         while True:
@@ -204,13 +207,19 @@ class Deliverer:
                 SIGNATURE_HEADER: signature(body, self._secret, int(time.time())),
             }
             try:
-                status = await asyncio.to_thread(_post, self._url, body, headers)
+                status = await asyncio.to_thread(_post, self._session, self._url, body, headers)
             except requests.RequestException as exc:
                 status, error = 0, type(exc).__name__
             else:
                 error = f"HTTP {status}"
             if HTTP_OK_MIN <= status <= HTTP_OK_MAX:
                 metrics.WEBHOOK_ATTEMPTS.labels(self._label, "delivered").inc()
+                metrics.WEBHOOK_DELIVERY_SECONDS.labels(self._label).observe(
+                    max(
+                        0.0,
+                        (datetime.datetime.now(datetime.UTC) - event.occurred_at).total_seconds(),
+                    )
+                )
                 return
             metrics.WEBHOOK_ATTEMPTS.labels(self._label, "failed").inc()
             now = datetime.datetime.now(datetime.UTC)

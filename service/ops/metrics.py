@@ -115,6 +115,14 @@ WEBHOOK_GIVEN_UP = Counter(
     "Events given up on after CREDITS_WEBHOOK_RETRY_HOURS of failures, by endpoint",
     ["endpoint"],
 )
+WEBHOOK_DELIVERY_SECONDS = Histogram(
+    "credits_webhook_delivery_seconds",
+    "Time from an event's commit to its endpoint's acknowledgement (retries and outages"
+    " included), by endpoint",
+    ["endpoint"],
+    # From a live delivery (tens of milliseconds) to an endpoint down for hours.
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0, 3600.0),
+)
 WEBHOOK_LAG_SECONDS = Gauge(
     "credits_webhook_lag_seconds",
     "Age of the oldest undelivered event (the one being delivered), by endpoint; 0 when none",
