@@ -100,8 +100,9 @@ steps = st.integers(min_value=1, max_value=4)
 # The rolling spend window: longer than a sequence's steps, shorter than any jump, so a
 # spend leaves it exactly when a jump passes, never within milliseconds of a reading.
 SPEND_WINDOW_HOURS = 1
-# The spend limits a run sets: none (often), tight, or roomy.
-spend_limits = st.sampled_from([0, 0, 150, 400])
+# The spend limits a run sets: none (often), below one Reserve's or Transfer's largest
+# amount, or roomy.
+spend_limits = st.sampled_from([0, 0, 40, 120, 400])
 
 
 @dataclass
@@ -146,6 +147,12 @@ class LedgerMachine(RuleBasedStateMachine):
         # Keyed requests sent so far, to send again (a replay) or to reuse their keys.
         self.sent: list[tuple[str, Keyed]] = []
         self.day_jumps = 0
+
+    @initialize(day=spend_limits, month=spend_limits)
+    def start_with_limits(self, day: int, month: int) -> None:
+        """The first account starts with day and month limits more often than not: their
+        periods meet the clock's jumps in more runs than a later `limits` step would."""
+        self.limits(0, overdraft=0, day=day, month=month, rolling=0)
 
     @initialize(at_month_end=st.booleans())
     def start(self, at_month_end: bool) -> None:
@@ -792,6 +799,8 @@ class LedgerMachine(RuleBasedStateMachine):
         step-long grant has expired."""
         self.day_jumps += 1
         self.jump_to(next_midnight(self.env.clock()))
+        for account in self.accounts:
+            self.check_spend_use(account)
 
     def owner_or_other(self, owner: str, elsewhere: bool) -> str:
         if not elsewhere:
