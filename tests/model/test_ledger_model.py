@@ -564,6 +564,22 @@ class LedgerMachine(RuleBasedStateMachine):
         active = self.active()
         self.overrun(active[pick % len(active)], extra)
 
+    @rule(which=st.integers(0, 1), amount=st.integers(1, 60))
+    def job(self, which: int, amount: int) -> None:
+        """A job that costs what it held: Reserve, then at once a Confirm of the hold
+        (when the Reserve was taken); its spend stays in its periods."""
+        before = len(self.reservations)
+        self.reserve(which, amount, ttl_steps=4)
+        if len(self.reservations) > before:
+            rid = self.reservations[-1]
+            account = self.accounts[which]
+            request = pb.ConfirmRequest(account_id=account, reservation_id=rid)
+            now = self.env.clock()
+            answer = self.call("Confirm", request)
+            want = self.expect(answer, lambda _: self.model.confirm(account, rid, None, now))
+            if want is not None:
+                self.check_reservation(answer.reservation, want)
+
     @rule(which=st.integers(0, 1), amount=st.integers(1, 20), extra=st.integers(1, 150))
     def job_above_the_hold(self, which: int, amount: int, extra: int) -> None:
         """A small job whose final cost exceeds its hold: Reserve, then at once an
