@@ -246,9 +246,7 @@ class Model:
         held = sum(
             r.amount if r.status == RESERVED else r.confirmed - r.overrun
             for r in s.reservations.values()
-            if r.account == account
-            and r.status in (RESERVED, CONFIRMED)
-            and r.created_at >= since
+            if r.account == account and r.status in (RESERVED, CONFIRMED) and r.created_at >= since
         )
         overruns = sum(
             r.overrun

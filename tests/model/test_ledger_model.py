@@ -968,7 +968,7 @@ def _limit_named(err: grpc.aio.AioRpcError) -> str:
     for detail in status.details if status else ():
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):
-            return info.metadata.get("limit", "")
+            return str(info.metadata.get("limit", ""))
     return ""
 
 
