@@ -148,11 +148,13 @@ class LedgerMachine(RuleBasedStateMachine):
         self.sent: list[tuple[str, Keyed]] = []
         self.day_jumps = 0
 
-    @initialize(day=spend_limits, month=spend_limits)
-    def start_with_limits(self, day: int, month: int) -> None:
-        """The first account starts with day and month limits more often than not: their
-        periods meet the clock's jumps in more runs than a later `limits` step would."""
+    @initialize(day=spend_limits, month=spend_limits, credits=st.integers(50, 300))
+    def start_with_limits(self, day: int, month: int, credits: int) -> None:
+        """The first account starts with credits and (more often than not) day and month
+        limits: its spend meets the limits' periods and the clock's jumps in more runs
+        than later steps alone would make it."""
         self.limits(0, overdraft=0, day=day, month=month, rolling=0)
+        self.grant(which=0, amount=credits, source=1, priority=0, expiry_steps=None, ref=None)
 
     @initialize(at_month_end=st.booleans())
     def start(self, at_month_end: bool) -> None:
