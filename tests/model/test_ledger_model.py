@@ -156,7 +156,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.limits(0, overdraft=0, day=day, month=month, rolling=0)
         self.grant(which=0, amount=credits, source=1, priority=0, expiry_steps=None, ref=None)
 
-    @initialize(at_month_end=st.booleans())
+    # One run in four: each moves the session's clock up to a month ahead.
+    @initialize(at_month_end=st.sampled_from([False, False, False, True]))
     def start(self, at_month_end: bool) -> None:
         """Away from midnight; or on a month's last evening, so the first jump past
         midnight starts a new month as well as a new day. Where the clock stands decides
