@@ -4,6 +4,7 @@ limit cannot be passed by moving credits away and spending them elsewhere; a Tra
 that would pass a limit is FAILED_PRECONDITION / SPEND_LIMIT_EXCEEDED naming the limit,
 changes nothing, and a replay of an earlier transfer still answers it."""
 
+import asyncio
 import datetime
 
 import grpc
@@ -15,7 +16,7 @@ from grpc_status import rpc_status
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from tests.support import CALL_TIMEOUT_SECONDS as T
-from tests.support import MovableClock, funded_account, new_id
+from tests.support import MovableClock, error_details, funded_account, new_id
 
 DAY_LIMIT = 1_000
 
@@ -147,3 +148,31 @@ async def test_the_days_room_comes_back_at_the_next_utc_midnight(
     resets_at = datetime.datetime.fromisoformat(metadata["resets_at"])
     clock.advance((resets_at - clock()).total_seconds() + 1)
     assert (await _transfer(ops, _request(source, destination, DAY_LIMIT))).amount == DAY_LIMIT
+
+
+CONCURRENT_CALLS = 40
+CONCURRENT_AMOUNT = 60
+
+
+async def test_concurrent_transfers_and_reserves_never_pass_the_day_limit_together(
+    ops: Stub, backend: Stub
+) -> None:
+    source = await funded_account(ops, 5_000)
+    destination = new_id()
+    await _settings(ops, source, spend_limit_day=DAY_LIMIT)
+    calls = [
+        _transfer(ops, _request(source, destination, CONCURRENT_AMOUNT))
+        if i % 2 == 0
+        else _reserve(backend, source, CONCURRENT_AMOUNT)
+        for i in range(CONCURRENT_CALLS)
+    ]
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+    assert {(a.code(), error_details(a)[0]) for a in refused} == {
+        (grpc.StatusCode.FAILED_PRECONDITION, "SPEND_LIMIT_EXCEEDED")
+    }
+    # Both lock the source's account: each sees what the ones before it spent.
+    done = len(answers) - len(refused)
+    assert done == DAY_LIMIT // CONCURRENT_AMOUNT
+    assert (await _day_use(ops, source)).used == done * CONCURRENT_AMOUNT
+    assert await _available(ops, source) == 5_000 - done * CONCURRENT_AMOUNT
