@@ -5,6 +5,8 @@
 - every grant (but those a transfer made), reservation, revocation and transfer of the
   run has exactly one idempotency key of a request the clients sent (replays and retries
   created nothing new);
+- every freeze and unfreeze the ops caller was acknowledged is one change of the
+  account's audit trail, and no account is left frozen;
 - per account: available + reserved - debt = granted - captured - transferred out -
   revoked - expired (captured includes overruns; transfers in arrive as grants), nothing
   is negative, debt stays within the overdraft limit and spend within its limits; over
@@ -76,6 +78,16 @@ async def check_log(
                 {"accounts": accounts},
             )
         }
+        freezes = await conn.execute(
+            text(
+                "SELECT a.account_id, a.frozen, count(c.version) FILTER (WHERE"
+                " (c.before->>'frozen') IS DISTINCT FROM (c.after->>'frozen')) AS changes"
+                " FROM accounts a LEFT JOIN account_settings_changes c USING (account_id)"
+                " WHERE a.account_id = ANY(:accounts) GROUP BY a.account_id, a.frozen"
+            ),
+            {"accounts": accounts},
+        )
+        _check_freezes(acks, {row[0]: (row[1], row[2]) for row in freezes}, report)
     sent = {(CALLER_OF[a.op], a.key) for a in acks if a.key is not None}
     stored = Stored(keys, grants, reservations, revocations, transfers)
     for ack in acks:
@@ -102,6 +114,32 @@ async def check_log(
         f"{len(acks)} acknowledgements against {len(grants)} grants, {len(reservations)}"
         f" reservations, {len(revocations)} revocations, {len(transfers)} transfers and"
         f" {len(keys)} keys"
+    )
+
+
+def _check_freezes(acks: list[Ack], stored: dict[str, tuple[bool, int]], report: Report) -> None:
+    """Each acknowledged freeze or unfreeze changed the account once (the workload
+    alternates them, one at a time per account), and the last unfreeze left it
+    unfrozen; a call never acknowledged may or may not have changed it."""
+    done: Counter[str] = Counter()
+    unknown: Counter[str] = Counter()
+    for ack in acks:
+        if ack.op == "UpdateAccountSettings" and "frozen" in ack.result:
+            if ack.outcome == "ok":
+                done[ack.account] += 1
+            else:
+                unknown[ack.account] += 1
+    for account, (frozen, changes) in stored.items():
+        if unknown[account] == 0 and (changes, frozen) != (done[account], False):
+            report.violation(
+                f"{account}: {done[account]} acknowledged freezes and unfreezes, {changes}"
+                f" audited, left frozen={frozen}"
+            )
+        elif not done[account] <= changes <= done[account] + unknown[account]:
+            report.violation(f"{account}: {changes} audited freezes and unfreezes")
+    report.checks.append(
+        f"{sum(done.values())} acknowledged freezes and unfreezes, each audited once,"
+        " no account left frozen"
     )
 
 

@@ -1,7 +1,12 @@
 """Concurrent clients doing random Reserve (some priced by quantity), Confirm (some by
 quantity, some above the hold, into the overdraft of the accounts that have one),
 Release, ExtendReservation, Grant, Revoke, Transfer, GetBalance and GetUsageSummary on a
-few shared accounts (so that they contend), through both instances. Some calls get
+few shared accounts (so that they contend), through both instances; the ops caller
+freezes some accounts now and then, for a few seconds, and some accounts have spend
+limits (rolling, and per UTC day). ACCOUNT_FROZEN is an answer only for a call that
+overlapped a freeze of its account, SPEND_LIMIT_EXCEEDED only on an account with a
+limit; a new hold, overrun or outgoing transfer done while its account was surely frozen
+is a violation. Some calls get
 deadlines that cut them short; every call is retried with the same request (the same
 idempotency key) until it is acknowledged or definitively refused, and every
 acknowledgement goes into the log that chaos/checks.py holds against the database
@@ -47,6 +52,15 @@ OVERDRAFT_LIMIT = 500
 # SPEND_WINDOW_HOURS: a run's first minutes reach it.
 SPEND_LIMIT = 20_000
 SPEND_WINDOW_HOURS = 1
+# One account in DAY_LIMITED_EVERY (of those with a rolling limit) also has a day limit,
+# lower, so that it is the one that refuses first (and transfers count against it).
+DAY_LIMITED_EVERY = 2
+DAY_SPEND_LIMIT = 8_000
+# One account in FREEZABLE_EVERY (counting from the second) is frozen now and then, for
+# FROZEN_SECONDS_MIN to FROZEN_SECONDS_MAX, then unfrozen; the others never are.
+FREEZABLE_EVERY = 3
+FROZEN_SECONDS_MIN = 0.5
+FROZEN_SECONDS_MAX = 3.0
 # One Confirm in OVERRUN_SHARE asks for up to OVERRUN_EXTRA_MAX more than was held.
 OVERRUN_SHARE = 0.2
 OVERRUN_EXTRA_MAX = 200
@@ -72,21 +86,29 @@ RETRYABLE = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 # Refusals the workload can meet with valid requests on shared accounts; any other is a
-# violation.
+# violation. ACCOUNT_FROZEN and SPEND_LIMIT_EXCEEDED are further held to the account's
+# state (Workload.settle): only where a freeze or a limit can have caused them.
 EXPECTED_REFUSALS = {
-    "Reserve": {"INSUFFICIENT_CREDITS", "SPEND_LIMIT_EXCEEDED"},
-    # An overrun beyond the available credits and the overdraft, or past the spend limit.
-    "Confirm": {"RESERVATION_NOT_ACTIVE", "INSUFFICIENT_CREDITS", "SPEND_LIMIT_EXCEEDED"},
+    "Reserve": {"INSUFFICIENT_CREDITS", "SPEND_LIMIT_EXCEEDED", "ACCOUNT_FROZEN"},
+    # An overrun beyond the available credits and the overdraft, past the spend limit, or
+    # on a frozen account; a Confirm within its hold is never refused for either.
+    "Confirm": {
+        "RESERVATION_NOT_ACTIVE",
+        "INSUFFICIENT_CREDITS",
+        "SPEND_LIMIT_EXCEEDED",
+        "ACCOUNT_FROZEN",
+    },
     "UpdateAccountSettings": set(),
     "Release": {"RESERVATION_NOT_ACTIVE"},
     "ExtendReservation": {"RESERVATION_NOT_ACTIVE"},
     "Grant": set(),
     "Revoke": set(),
-    # The workload freezes no account; a frozen source is still an answer, not a fault.
-    "Transfer": {"INSUFFICIENT_CREDITS", "ACCOUNT_FROZEN"},
+    "Transfer": {"INSUFFICIENT_CREDITS", "SPEND_LIMIT_EXCEEDED", "ACCOUNT_FROZEN"},
     "GetBalance": set(),
     "GetUsageSummary": set(),
 }
+# The calls a frozen account or a spend limit refuses (the Confirm only above its hold).
+GUARDED = {"Reserve", "Confirm", "Transfer"}
 # Who sends each keyed RPC (and replays it): Transfer is for operators only.
 CALLER_OF = {"Grant": "gateway", "Reserve": "backend", "Revoke": "gateway", "Transfer": "ops"}
 # GetUsageSummary's window either side of now: wider than any run.
@@ -102,6 +124,7 @@ OPERATIONS = (
     ("GetBalance", 10),
     ("GetUsageSummary", 2),
     ("replay", 8),
+    ("Freeze", 2),
 )
 
 
@@ -118,10 +141,30 @@ class Ack:
 
 
 @dataclass
+class FreezeLog:
+    """When an account may have been frozen and when it surely was, as time.monotonic()
+    intervals: maybe from sending a freeze until its unfreeze was acknowledged (inf while
+    it is not), surely from the freeze's acknowledgement until the unfreeze was sent."""
+
+    maybe: list[list[float]] = field(default_factory=list)
+    surely: list[list[float]] = field(default_factory=list)
+
+    def maybe_during(self, outcome: "Outcome") -> bool:
+        return any(s <= outcome.ended and outcome.started <= e for s, e in self.maybe)
+
+    def surely_during(self, outcome: "Outcome") -> bool:
+        """Every attempt of the call was made while the account was frozen."""
+        return any(s <= outcome.started and outcome.ended <= e for s, e in self.surely)
+
+
+@dataclass
 class Outcome:
     response: Any = None
     refusal: str | None = None  # "<CODE>/<REASON>"
     attempts: int = 0
+    # time.monotonic() when the first attempt was sent and when the last one ended.
+    started: float = 0.0
+    ended: float = 0.0
 
     @property
     def acknowledged(self) -> bool:
@@ -167,6 +210,12 @@ class Workload:
         self.job_type = f"{run_id}-page"
         # reservation id -> the quantity it was priced for
         self.priced: dict[str, int] = {}
+        # The accounts with a spend limit (configure), those the ops caller freezes now
+        # and then (one freeze at a time each), and when each was frozen.
+        self.limited: set[str] = set()
+        self.freezable = accounts[1::FREEZABLE_EVERY]
+        self.freeze_locks = {a: asyncio.Lock() for a in self.freezable}
+        self.freezes: dict[str, FreezeLog] = {a: FreezeLog() for a in accounts}
 
     async def set_price(self, ops: CreditsServiceStub) -> None:
         """Prices the run's job type before the clients start; never changed after."""
@@ -185,7 +234,15 @@ class Workload:
         return f"{self.run_id}-{kind}-{self.sequence}"
 
     async def call(self, rng: random.Random, caller: str, method: str, request: Any) -> Outcome:
-        outcome = Outcome()
+        outcome = Outcome(started=time.monotonic())
+        try:
+            return await self._attempts(rng, caller, method, request, outcome)
+        finally:
+            outcome.ended = time.monotonic()
+
+    async def _attempts(
+        self, rng: random.Random, caller: str, method: str, request: Any, outcome: Outcome
+    ) -> Outcome:
         give_up = time.monotonic() + ACKNOWLEDGE_SECONDS_MAX
         while time.monotonic() < give_up:
             outcome.attempts += 1
@@ -211,21 +268,34 @@ class Workload:
             await asyncio.sleep(rng.uniform(RETRY_DELAY_SECONDS_MIN, RETRY_DELAY_SECONDS_MAX))
         return outcome
 
-    def settle(self, method: str, account: str, key: str | None, outcome: Outcome) -> Ack:
+    def settle(
+        self, method: str, account: str, key: str | None, outcome: Outcome, guarded: bool = False
+    ) -> Ack:
+        """`guarded`: the call is one a frozen account or a spend limit refuses (a new
+        hold, an overrun, an outgoing transfer)."""
         if outcome.response is not None:
             text = "ok"
+            if guarded and self.freezes[account].surely_during(outcome):
+                self.report.violation(f"{method} on {account} done while it was frozen")
         elif outcome.refusal is not None:
             text = outcome.refusal
-            if outcome.refusal.partition("/")[2] not in EXPECTED_REFUSALS[method]:
+            reason = outcome.refusal.partition("/")[2]
+            if reason not in EXPECTED_REFUSALS[method]:
                 self.report.violation(f"{method} on {account} refused: {outcome.refusal}")
+            elif reason == "ACCOUNT_FROZEN" and not (
+                guarded and self.freezes[account].maybe_during(outcome)
+            ):
+                self.report.violation(f"{method} on {account} refused as frozen, not frozen then")
+            elif reason == "SPEND_LIMIT_EXCEEDED" and not (guarded and account in self.limited):
+                self.report.violation(f"{method} on {account} refused by a limit it has not")
         else:
             text = "unacknowledged"
             self.report.unacknowledged += 1
         return Ack(method, account, key, text, outcome.attempts)
 
     async def configure(self) -> None:
-        """Gives every other account an overdraft and the others a spend limit, before
-        the clients start."""
+        """Gives every other account an overdraft and the others a rolling spend limit
+        (some a day limit too), before the clients start."""
         rng = random.Random(f"{self.seed}-settings")
         for index, account in enumerate(self.accounts):
             if index % 2 == 0:
@@ -236,6 +306,11 @@ class Workload:
                     spend_limit_rolling=SPEND_LIMIT, spend_limit_rolling_hours=SPEND_WINDOW_HOURS
                 )
                 paths = ["spend_limit_rolling", "spend_limit_rolling_hours"]
+                if index // 2 % DAY_LIMITED_EVERY == 0:
+                    settings.spend_limit_day = DAY_SPEND_LIMIT
+                    paths.append("spend_limit_day")
+                # Limited before the clients start: every call meets the limit.
+                self.limited.add(account)
             request = pb.UpdateAccountSettingsRequest(
                 account_id=account,
                 settings=settings,
@@ -267,6 +342,8 @@ class Workload:
                 await self.replay(rng)
             elif op == "GetUsageSummary":
                 await self.usage_summary(rng, account)
+            elif op == "Freeze" and self.freezable:
+                await self.freeze_for_a_while(rng)
             else:
                 await self.balance(rng, account)
 
@@ -287,7 +364,7 @@ class Workload:
         else:
             request.amount = amount = rng.randint(1, RESERVE_AMOUNT_MAX)
         outcome = await self.call(rng, "backend", "Reserve", request)
-        ack = self.settle("Reserve", account, key, outcome)
+        ack = self.settle("Reserve", account, key, outcome, guarded=True)
         ack.result = {"amount": amount}
         if outcome.response is not None:
             r = outcome.response.reservation
@@ -321,10 +398,11 @@ class Workload:
             ttl = duration_pb2.Duration(seconds=rng.randint(1, RESERVATION_TTL_SECONDS_MAX))
             request = pb.ExtendReservationRequest(account_id=account, reservation_id=rid, ttl=ttl)
         outcome = await self.call(rng, "backend", op, request)
-        ack = self.settle(op, account, None, outcome)
+        overrun = op == "Confirm" and request.allow_overrun
+        ack = self.settle(op, account, None, outcome, guarded=overrun)
         ack.result = {"reservation_id": rid}
         refused_overrun = outcome.refusal is not None and outcome.refusal.endswith(
-            ("/INSUFFICIENT_CREDITS", "/SPEND_LIMIT_EXCEEDED")
+            ("/INSUFFICIENT_CREDITS", "/SPEND_LIMIT_EXCEEDED", "/ACCOUNT_FROZEN")
         )
         # A refused overrun leaves the reservation active: it may be confirmed again.
         if op != "ExtendReservation" and outcome.acknowledged and not refused_overrun:
@@ -411,13 +489,51 @@ class Workload:
             description="chaos",
         )
         outcome = await self.call(rng, CALLER_OF["Transfer"], "Transfer", request)
-        ack = self.settle("Transfer", account, key, outcome)
+        ack = self.settle("Transfer", account, key, outcome, guarded=True)
         ack.result = {"amount": request.amount, "to": destination}
         if outcome.response is not None:
             t = outcome.response.transfer
             ack.result["transfer_id"] = t.transfer_id
             self.keyed.append(("Transfer", request, outcome.response))
         self.record(ack)
+
+    async def freeze_for_a_while(self, rng: random.Random) -> None:
+        """The ops caller freezes a freezable account, waits a little and unfreezes it
+        (unless another client is doing so already)."""
+        account = rng.choice(self.freezable)
+        lock = self.freeze_locks[account]
+        if lock.locked():
+            return
+        async with lock:
+            log = self.freezes[account]
+            maybe = [time.monotonic(), float("inf")]
+            log.maybe.append(maybe)
+            if await self.set_frozen(rng, account, True):
+                surely = [time.monotonic(), float("inf")]
+                log.surely.append(surely)
+            else:
+                surely = []
+            await asyncio.sleep(rng.uniform(FROZEN_SECONDS_MIN, FROZEN_SECONDS_MAX))
+            if surely:
+                surely[1] = time.monotonic()
+            if await self.set_frozen(rng, account, False):
+                maybe[1] = time.monotonic()
+
+    async def set_frozen(self, rng: random.Random, account: str, frozen: bool) -> bool:
+        """Whether the change was acknowledged."""
+        request = pb.UpdateAccountSettingsRequest(
+            account_id=account,
+            settings=pb.AccountSettings(frozen=frozen),
+            update_mask=field_mask_pb2.FieldMask(paths=["frozen"]),
+            reason="chaos",
+        )
+        outcome = await self.call(rng, "ops", "UpdateAccountSettings", request)
+        ack = self.settle("UpdateAccountSettings", account, None, outcome)
+        ack.result = {"frozen": frozen}
+        if outcome.response is not None and outcome.response.account.settings.frozen != frozen:
+            self.report.violation(f"{account} answered frozen={not frozen} after setting it")
+        self.record(ack)
+        return outcome.response is not None
 
     async def balance(self, rng: random.Random, account: str) -> None:
         request = pb.GetBalanceRequest(account_id=account)

@@ -134,9 +134,10 @@ class AccountFrozen(CreditsError):
 
 
 class SpendLimitExceeded(CreditsError):
-    """A Reserve or an overrun would pass one of the account's spend limits; nothing
-    changed. `limit` names the first that would ("day", "month" or "rolling") and
-    `resets_at` when its period resets (None if the service did not say)."""
+    """A Reserve, an overrun or a Transfer would pass one of the account's (a Transfer's
+    source's) spend limits; nothing changed. `limit` names the first that would ("day",
+    "month" or "rolling") and `resets_at` when its period resets (None if the service did
+    not say)."""
 
     REASON = "SPEND_LIMIT_EXCEEDED"
 

@@ -160,9 +160,9 @@ class AccountFrozen(Failure):
 
 
 class SpendLimitExceeded(Failure):
-    """A Reserve or an overrun would pass one of the account's spend limits. The refusal
-    names the limit (`day`, `month`, `rolling`) and when it resets (RFC 3339, UTC) in
-    ErrorInfo metadata; never an amount."""
+    """A Reserve, an overrun or a Transfer would pass one of the account's (a Transfer's
+    source's) spend limits. The refusal names the limit (`day`, `month`, `rolling`) and
+    when it resets (RFC 3339, UTC) in ErrorInfo metadata; never an amount."""
 
     reason = "SPEND_LIMIT_EXCEEDED"
     code = "FAILED_PRECONDITION"

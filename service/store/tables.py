@@ -353,7 +353,14 @@ transfers = Table(
     Column("created_at", TIMESTAMPTZ, nullable=False),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("from_account_id <> to_account_id", name="two_accounts"),
-    Index("ix_transfers_from_account_id", "from_account_id"),
+    # The source's transfers, and what it transferred out in a spend period (index-only:
+    # it carries what credits_spent_since adds up).
+    Index(
+        "ix_transfers_from_account_created",
+        "from_account_id",
+        "created_at",
+        postgresql_include=["amount"],
+    ),
     Index("ix_transfers_to_account_id", "to_account_id"),
 )
 

@@ -1,9 +1,9 @@
 """A small pure-Python model of the money rules (service/store/sql/ledger.sql,
 docs/contract.md): burn-down order, allocations, partial capture, expiry of holds and grants,
 revocations as claims with debt collection, confirms above the hold (overruns) into an
-overdraft debt that the next grant pays first, a rolling spend limit (the test's
-sequences are shorter than its window, so nothing leaves it), transfers between
-accounts, and idempotency keys. The model-based test
+overdraft debt that the next grant pays first, spend limits per UTC day, UTC month and
+rolling window (on holds, captures, overruns and credits transferred out), frozen
+accounts, transfers between accounts, and idempotency keys. The model-based test
 runs the same operations against it and against the real server, and every answer must
 agree. It knows nothing of SQL or gRPC: failures are (code name, reason) pairs.
 
@@ -25,12 +25,18 @@ T = TypeVar("T")
 
 
 class Refused(Exception):
-    """What the server answers instead of a result."""
+    """What the server answers instead of a result; `limit` is the spend limit a
+    SPEND_LIMIT_EXCEEDED names (ErrorInfo metadata), "" for every other refusal."""
 
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(code, reason)
+    def __init__(self, code: str, reason: str, limit: str = "") -> None:
+        super().__init__(code, reason, limit)
         self.code = code
         self.reason = reason
+        self.limit = limit
+
+
+def spend_limit_exceeded(limit: str) -> Refused:
+    return Refused("FAILED_PRECONDITION", "SPEND_LIMIT_EXCEEDED", limit)
 
 
 INSUFFICIENT = Refused("FAILED_PRECONDITION", "INSUFFICIENT_CREDITS")
@@ -43,7 +49,7 @@ SIGNUP_BONUS_EXISTS = Refused("ALREADY_EXISTS", "SIGNUP_BONUS_EXISTS")
 EXTERNAL_REF_EXISTS = Refused("ALREADY_EXISTS", "EXTERNAL_REF_EXISTS")
 EXPIRY_PASSED = Refused("INVALID_ARGUMENT", "INVALID_REQUEST")
 LIFETIME_EXCEEDED = Refused("FAILED_PRECONDITION", "RESERVATION_LIFETIME_EXCEEDED")
-SPEND_LIMIT = Refused("FAILED_PRECONDITION", "SPEND_LIMIT_EXCEEDED")
+FROZEN = Refused("FAILED_PRECONDITION", "ACCOUNT_FROZEN")
 PRICE_NOT_FOUND = Refused("FAILED_PRECONDITION", "PRICE_NOT_FOUND")
 NOT_PRICED = Refused("FAILED_PRECONDITION", "RESERVATION_NOT_PRICED")
 
@@ -99,6 +105,8 @@ class Reservation:
     # Priced by quantity: (price version, unit price, quantity).
     priced: tuple[int, int, int] | None = None
     job_type: str = ""
+    # When it was confirmed: an overrun counts as spend then.
+    settled_at: datetime.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,17 @@ class Transfer:
     destination: str
     amount: int
     lots: tuple[TransferLot, ...]  # in the source's burn-down order
+    created_at: datetime.datetime
+
+
+@dataclass(frozen=True)
+class SpendLimits:
+    """An account's spend limits (0: none), checked in this order."""
+
+    day: int = 0
+    month: int = 0
+    rolling: int = 0
+    rolling_hours: int = 0
 
 
 @dataclass(frozen=True)
@@ -151,10 +170,11 @@ class State:
     keys: dict[str, tuple[str, object, str]] = field(default_factory=dict)
     # revocation id → its amounts (revoked, unrecovered, restored, cancelled)
     revocations: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
-    # per account: its overdraft limit, its debt, its rolling spend limit (0: none)
+    # per account: its overdraft limit, its debt, its spend limits; the frozen accounts
     overdraft: dict[str, int] = field(default_factory=dict)
     debt: dict[str, int] = field(default_factory=dict)
-    spend_limit: dict[str, int] = field(default_factory=dict)
+    spend_limits: dict[str, SpendLimits] = field(default_factory=dict)
+    frozen: set[str] = field(default_factory=set)
     transfers: dict[str, Transfer] = field(default_factory=dict)
     # job type → its price versions, in the order they were set
     prices: dict[str, list[PriceVersion]] = field(default_factory=dict)
@@ -219,19 +239,48 @@ class Model:
             key=Grant.burn_key,
         )
 
-    def _check_spend(self, s: State, account: str, extra: int) -> None:
-        """Every reservation of a sequence is inside the rolling window: its spend is what
-        active ones hold plus what confirmed ones captured (overruns included)."""
-        limit = s.spend_limit.get(account, 0)
-        if limit == 0:
-            return
-        spent = sum(
-            r.amount if r.status == RESERVED else r.confirmed
+    def _spent_since(self, s: State, account: str, since: datetime.datetime) -> int:
+        """What active reservations created since then hold and confirmed ones captured
+        of their hold, the overruns settled since then, and the credits transferred out
+        since then."""
+        held = sum(
+            r.amount if r.status == RESERVED else r.confirmed - r.overrun
             for r in s.reservations.values()
-            if r.account == account and r.status in (RESERVED, CONFIRMED)
+            if r.account == account and r.status in (RESERVED, CONFIRMED) and r.created_at >= since
         )
-        if spent + extra > limit:
-            raise SPEND_LIMIT
+        overruns = sum(
+            r.overrun
+            for r in s.reservations.values()
+            if r.account == account
+            and r.overrun > 0
+            and r.settled_at is not None
+            and r.settled_at >= since
+        )
+        sent = sum(
+            t.amount for t in s.transfers.values() if t.source == account and t.created_at >= since
+        )
+        return held + overruns + sent
+
+    def _use(self, s: State, account: str, now: datetime.datetime) -> list[tuple[str, int, int]]:
+        """(name, limit, used) of each limit that is set, in the order they are checked."""
+        limits = s.spend_limits.get(account, SpendLimits())
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        periods = (
+            ("day", limits.day, day),
+            ("month", limits.month, day.replace(day=1)),
+            ("rolling", limits.rolling, now - datetime.timedelta(hours=limits.rolling_hours)),
+        )
+        return [
+            (name, limit, self._spent_since(s, account, since))
+            for name, limit, since in periods
+            if limit > 0
+        ]
+
+    def _check_spend(self, s: State, account: str, extra: int, now: datetime.datetime) -> None:
+        """The first limit that spending `extra` now would pass."""
+        for name, limit, used in self._use(s, account, now):
+            if used + extra > limit:
+                raise spend_limit_exceeded(name)
 
     def _run(self, operation: Callable[["State"], T]) -> T:
         trial = copy.deepcopy(self.state)
@@ -318,6 +367,8 @@ class Model:
             replayed = self._replayed(s, key, "reserve", request)
             if replayed is not None:
                 return s.reservations[replayed]
+            if account in s.frozen:
+                raise FROZEN
             priced = None
             if quantity is not None:
                 price = self.price_at(s, job_type, now)
@@ -325,7 +376,7 @@ class Model:
                     raise PRICE_NOT_FOUND
                 amount = price.unit_price * quantity
                 priced = (price.version, price.unit_price, quantity)
-            self._check_spend(s, account, amount)
+            self._check_spend(s, account, amount, now)
             allocations, left = [], amount
             for g in self._spendable(s, account):
                 if left == 0:
@@ -392,19 +443,21 @@ class Model:
             if capture > r.amount:
                 if not allow_overrun:
                     raise CAPTURE_EXCEEDS
-                self._overrun(s, r, capture - r.amount)
+                self._overrun(s, r, capture - r.amount, now)
             elif capture < r.amount:
                 self._return(s, r, r.amount - capture, now)
-            r.status, r.confirmed = CONFIRMED, capture
+            r.status, r.confirmed, r.settled_at = CONFIRMED, capture, now
             r.returned = max(r.amount - capture, 0)
             return r
 
         return self._run(run)
 
-    def _overrun(self, s: State, r: Reservation, extra: int) -> None:
-        """The extra from the available credits in burn-down order, the rest as debt up
-        to the overdraft limit."""
-        self._check_spend(s, r.account, extra)
+    def _overrun(self, s: State, r: Reservation, extra: int, now: datetime.datetime) -> None:
+        """Refused on a frozen account or past a spend limit; the extra from the available
+        credits in burn-down order, the rest as debt up to the overdraft limit."""
+        if r.account in s.frozen:
+            raise FROZEN
+        self._check_spend(s, r.account, extra, now)
         left = extra
         for g in self._spendable(s, r.account):
             if left == 0:
@@ -419,13 +472,26 @@ class Model:
         r.overrun, r.overrun_debt = extra, left
 
     def update_limits(
-        self, account: str, overdraft: int, spend_limit: int, now: datetime.datetime
+        self, account: str, overdraft: int, spend_limits: SpendLimits, now: datetime.datetime
     ) -> None:
         def run(s: State) -> None:
             s.accounts.add(account)
             self._settle(s, account, now)
             s.overdraft[account] = overdraft
-            s.spend_limit[account] = spend_limit
+            s.spend_limits[account] = spend_limits
+
+        self._run(run)
+
+    def set_frozen(self, account: str, frozen: bool, now: datetime.datetime) -> None:
+        """Freezing refuses new holds, overruns and outgoing transfers; nothing else."""
+
+        def run(s: State) -> None:
+            s.accounts.add(account)
+            self._settle(s, account, now)
+            if frozen:
+                s.frozen.add(account)
+            else:
+                s.frozen.discard(account)
 
         self._run(run)
 
@@ -538,6 +604,9 @@ class Model:
             replayed = self._replayed(s, key, "transfer", request)
             if replayed is not None:
                 return s.transfers[replayed]
+            if source in s.frozen:
+                raise FROZEN
+            self._check_spend(s, source, amount, now)
             spendable = sorted(
                 (g for g in s.grants.values() if g.account == source and g.remaining > 0),
                 key=Grant.burn_key,
@@ -570,10 +639,20 @@ class Model:
                     remaining=take,
                 )
                 lots.append(TransferLot(g.grant_id, made, take))
-            t = Transfer(new_id, source, destination, amount, tuple(lots))
+            t = Transfer(new_id, source, destination, amount, tuple(lots), now)
             s.transfers[new_id] = t
             s.keys[key] = ("transfer", request, new_id)
             return t
+
+        return self._run(run)
+
+    def spend_use(self, account: str, now: datetime.datetime) -> list[tuple[str, int, int]]:
+        """GetAccount's use of each spend limit, after settling the account."""
+
+        def run(s: State) -> list[tuple[str, int, int]]:
+            if account in s.accounts:
+                self._settle(s, account, now)
+            return self._use(s, account, now)
 
         return self._run(run)
 

@@ -1,7 +1,9 @@
 """Model-based test: random sequences of Grant, Reserve, Confirm (above the hold too),
-Release, ExtendReservation, Revoke, Transfer, GetBalance, UpdateAccountSettings (overdraft
-and a rolling spend limit), SetPrice (with Reserves and Confirms by quantity), replays and
-the passage of time, run against the
+Release, ExtendReservation, Revoke, Transfer, GetBalance, UpdateAccountSettings (overdraft,
+spend limits per UTC day, UTC month and rolling hour, freezing and unfreezing), SetPrice
+(with Reserves and Confirms by quantity), replays and the passage of time (steps, and
+jumps past the next UTC midnight; a run may start on the last evening of a month, so
+that its first jump starts a new month too), run against the
 real server (the suite's production server and its movable clock) and against the
 pure-Python model in tests/model/rules.py. Every answer must agree — status, reason,
 amounts, balances — and after every step the stored grants, reservations and the
@@ -10,7 +12,9 @@ equal the model's.
 
 Time moves in steps of TIME_STEP_SECONDS and every expiry is a whole number of steps
 away, so the few milliseconds that pass between the model's reading of the clock and
-the server's never decide an expiry differently.
+the server's never decide an expiry differently. The same holds for the spend periods:
+a jump lands JUMP_PAST_MIDNIGHT after a UTC midnight, longer than the rolling window, and
+a sequence's steps never bring it near the next midnight (or past the window) again.
 
 `MODEL_TEST_PROFILE=long` runs many more and longer sequences than `make test` does."""
 
@@ -25,10 +29,13 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2, message, timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -48,8 +55,21 @@ TIME_STEP_SECONDS = 10
 # The server stamps a reservation's expiry with its own reading of the clock, a little
 # after the model's; far less than a time step.
 CLOCK_READING_SLACK = datetime.timedelta(seconds=1)
-# Every reservation of one run finished within this of its end (a run is minutes of clock).
+# Every reservation of one run finished within this of its end (a run is minutes of
+# clock and at most DAY_JUMPS_MAX days; this also stays under the events' 30-day
+# retention, so the hourly retention sweep never finds a run's own events old).
 USAGE_SUMMARY_LOOKBACK = datetime.timedelta(days=30)
+DAY_JUMPS_MAX = 3
+# Where a jump lands after a UTC midnight (a day's or a month's start): longer than the
+# rolling window, so every spend before a jump has left it, and far enough from the next
+# midnight that no sequence's steps (at most 80 of at most 3 time steps: 40 minutes)
+# reach it.
+JUMP_PAST_MIDNIGHT = datetime.timedelta(hours=2)
+# A run starts at least this long before the next UTC midnight (else it jumps past it
+# first): longer than a sequence's steps.
+MIDNIGHT_CLEARANCE = datetime.timedelta(hours=1)
+# A run that starts at a month's end starts this long before its last midnight.
+MONTH_END_BEFORE_MIDNIGHT = datetime.timedelta(hours=4)
 PROFILES = {
     # About 20 s in `make test` on two cores.
     "default": settings(
@@ -77,10 +97,12 @@ Keyed = pb.GrantRequest | pb.ReserveRequest | pb.RevokeRequest | pb.TransferRequ
 amounts = st.integers(min_value=1, max_value=100)
 picks = st.integers(min_value=0, max_value=1000)
 steps = st.integers(min_value=1, max_value=4)
-# The rolling spend window: longer than any sequence's time (its steps times the longest
-# time step), so that nothing leaves it and the model need not know when the server's
-# clock reading falls.
-SPEND_WINDOW_HOURS = 24
+# The rolling spend window: longer than a sequence's steps, shorter than any jump, so a
+# spend leaves it exactly when a jump passes, never within milliseconds of a reading.
+SPEND_WINDOW_HOURS = 1
+# The spend limits a run sets: none (often), below one Reserve's or Transfer's largest
+# amount, or roomy.
+spend_limits = st.sampled_from([0, 0, 40, 120, 400])
 
 
 @dataclass
@@ -124,6 +146,30 @@ class LedgerMachine(RuleBasedStateMachine):
         self.reservations: list[str] = []
         # Keyed requests sent so far, to send again (a replay) or to reuse their keys.
         self.sent: list[tuple[str, Keyed]] = []
+        self.day_jumps = 0
+
+    @initialize(day=spend_limits, month=spend_limits, credits=st.integers(50, 300))
+    def start_with_limits(self, day: int, month: int, credits: int) -> None:
+        """The first account starts with credits and (more often than not) day and month
+        limits: its spend meets the limits' periods and the clock's jumps in more runs
+        than later steps alone would make it."""
+        self.limits(0, overdraft=0, day=day, month=month, rolling=0)
+        self.grant(which=0, amount=credits, source=1, priority=0, expiry_steps=None, ref=None)
+
+    # One run in four: each moves the session's clock up to a month ahead.
+    @initialize(at_month_end=st.sampled_from([False, False, False, True]))
+    def start(self, at_month_end: bool) -> None:
+        """Away from midnight; or on a month's last evening, so the first jump past
+        midnight starts a new month as well as a new day. Where the clock stands decides
+        no draw: the rules' preconditions count, they never read the calendar."""
+        now = self.env.clock()
+        if at_month_end:
+            evening = next_month(now) - MONTH_END_BEFORE_MIDNIGHT
+            if evening < now:
+                evening = next_month(next_month(now)) - MONTH_END_BEFORE_MIDNIGHT
+            self.env.clock.advance((evening - now).total_seconds())
+        elif next_midnight(now) - now < MIDNIGHT_CLEARANCE:
+            self.jump_to(next_midnight(now))
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -137,7 +183,11 @@ class LedgerMachine(RuleBasedStateMachine):
             return self.env.run(self.env.rpc(method, request))
         except grpc.aio.AioRpcError as err:
             reason, _ = error_details(err)
-            return rules.Refused(err.code().name, reason)
+            return rules.Refused(err.code().name, reason, _limit_named(err))
+
+    def jump_to(self, midnight: datetime.datetime) -> None:
+        """The clock moves to JUMP_PAST_MIDNIGHT after `midnight`."""
+        self.env.clock.advance((midnight + JUMP_PAST_MIDNIGHT - self.env.clock()).total_seconds())
 
     def expect(self, answer: Any, run_model: Callable[[str], Any]) -> Any:
         """Runs the model with the id the server gave (if any); both must succeed or
@@ -151,7 +201,11 @@ class LedgerMachine(RuleBasedStateMachine):
             refused = exc
         if refused is not None:
             assert isinstance(answer, rules.Refused), f"server did it, model refused {refused}"
-            assert (answer.code, answer.reason) == (refused.code, refused.reason)
+            assert (answer.code, answer.reason, answer.limit) == (
+                refused.code,
+                refused.reason,
+                refused.limit,
+            )
             return None
         assert not isinstance(answer, rules.Refused), (
             f"server refused {answer.code}/{answer.reason}, model did it: {predicted}"
@@ -513,6 +567,22 @@ class LedgerMachine(RuleBasedStateMachine):
         active = self.active()
         self.overrun(active[pick % len(active)], extra)
 
+    @rule(which=st.integers(0, 1), amount=st.integers(1, 60))
+    def job(self, which: int, amount: int) -> None:
+        """A job that costs what it held: Reserve, then at once a Confirm of the hold
+        (when the Reserve was taken); its spend stays in its periods."""
+        before = len(self.reservations)
+        self.reserve(which, amount, ttl_steps=4)
+        if len(self.reservations) > before:
+            rid = self.reservations[-1]
+            account = self.accounts[which]
+            request = pb.ConfirmRequest(account_id=account, reservation_id=rid)
+            now = self.env.clock()
+            answer = self.call("Confirm", request)
+            want = self.expect(answer, lambda _: self.model.confirm(account, rid, None, now))
+            if want is not None:
+                self.check_reservation(answer.reservation, want)
+
     @rule(which=st.integers(0, 1), amount=st.integers(1, 20), extra=st.integers(1, 150))
     def job_above_the_hold(self, which: int, amount: int, extra: int) -> None:
         """A small job whose final cost exceeds its hold: Reserve, then at once an
@@ -539,28 +609,65 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(
         which=st.integers(0, 1),
         overdraft=st.sampled_from([0, 30, 100, 100]),
-        spend_limit=st.sampled_from([0, 0, 150, 400]),
+        day=spend_limits,
+        month=spend_limits,
+        rolling=spend_limits,
     )
-    def limits(self, which: int, overdraft: int, spend_limit: int) -> None:
+    def limits(self, which: int, overdraft: int, day: int, month: int, rolling: int) -> None:
         account = self.accounts[which]
+        hours = SPEND_WINDOW_HOURS if rolling else 0
         request = pb.UpdateAccountSettingsRequest(
             account_id=account,
             settings=pb.AccountSettings(
                 overdraft_limit=overdraft,
-                spend_limit_rolling=spend_limit,
-                spend_limit_rolling_hours=SPEND_WINDOW_HOURS,
+                spend_limit_day=day,
+                spend_limit_month=month,
+                spend_limit_rolling=rolling,
+                spend_limit_rolling_hours=hours,
             ),
             update_mask=field_mask_pb2.FieldMask(
-                paths=["overdraft_limit", "spend_limit_rolling", "spend_limit_rolling_hours"]
+                paths=[
+                    "overdraft_limit",
+                    "spend_limit_day",
+                    "spend_limit_month",
+                    "spend_limit_rolling",
+                    "spend_limit_rolling_hours",
+                ]
             ),
+            reason="model",
+        )
+        limits = rules.SpendLimits(day, month, rolling, hours)
+        now = self.env.clock()
+        answer = self.call("UpdateAccountSettings", request)
+        self.expect(answer, lambda _: self.model.update_limits(account, overdraft, limits, now))
+        assert answer.account.settings.overdraft_limit == overdraft
+        self.check_spend_use(account)
+
+    def check_spend_use(self, account: str) -> None:
+        """GetAccount names each limit that is set, in order, with the model's use."""
+        now = self.env.clock()
+        answer = self.call("GetAccount", pb.GetAccountRequest(account_id=account))
+        want = self.model.spend_use(account, now)
+        assert [(u.limit, u.limit_amount, u.used) for u in answer.account.spend_limits] == want
+
+    @rule(which=st.integers(0, 1), frozen=st.booleans())
+    def freeze(self, which: int, frozen: bool) -> None:
+        """Ops freezes or unfreezes an account."""
+        account = self.accounts[which]
+        request = pb.UpdateAccountSettingsRequest(
+            account_id=account,
+            settings=pb.AccountSettings(frozen=frozen),
+            update_mask=field_mask_pb2.FieldMask(paths=["frozen"]),
             reason="model",
         )
         now = self.env.clock()
         answer = self.call("UpdateAccountSettings", request)
-        self.expect(
-            answer, lambda _: self.model.update_limits(account, overdraft, spend_limit, now)
-        )
-        assert answer.account.settings.overdraft_limit == overdraft
+        self.expect(answer, lambda _: self.model.set_frozen(account, frozen, now))
+        assert answer.account.settings.frozen == frozen
+
+    @rule(which=st.integers(0, 1))
+    def spend_use(self, which: int) -> None:
+        self.check_spend_use(self.accounts[which])
 
     @rule(which=st.integers(0, 1), amount=st.none() | st.integers(1, 110))
     def confirm_unknown(self, which: int, amount: int | None) -> None:
@@ -703,6 +810,17 @@ class LedgerMachine(RuleBasedStateMachine):
     def time_passes(self, count: int) -> None:
         self.env.clock.advance(count * TIME_STEP_SECONDS)
 
+    @precondition(lambda self: self.day_jumps < DAY_JUMPS_MAX)
+    @rule()
+    def next_utc_day(self) -> None:
+        """Past the next UTC midnight: the day's spend starts again (the month's too on
+        a month's last evening), the rolling window has emptied, every hold and
+        step-long grant has expired."""
+        self.day_jumps += 1
+        self.jump_to(next_midnight(self.env.clock()))
+        for account in self.accounts:
+            self.check_spend_use(account)
+
     def owner_or_other(self, owner: str, elsewhere: bool) -> str:
         if not elsewhere:
             return owner
@@ -834,6 +952,27 @@ class LedgerMachine(RuleBasedStateMachine):
             allocations,
             {row[0]: row[1] for row in debt_rows},
         )
+
+
+def next_midnight(now: datetime.datetime) -> datetime.datetime:
+    return datetime.datetime.combine(
+        now.date() + datetime.timedelta(days=1), datetime.time(), datetime.UTC
+    )
+
+
+def next_month(now: datetime.datetime) -> datetime.datetime:
+    first = now.date().replace(day=1) + datetime.timedelta(days=32)
+    return datetime.datetime.combine(first.replace(day=1), datetime.time(), datetime.UTC)
+
+
+def _limit_named(err: grpc.aio.AioRpcError) -> str:
+    """The spend limit a refusal names in its ErrorInfo ("" for any other refusal)."""
+    status = rpc_status.from_call(err)
+    for detail in status.details if status else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.metadata.get("limit", ""))
+    return ""
 
 
 def _new_id_of(answer: Any) -> str:

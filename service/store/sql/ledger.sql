@@ -317,12 +317,15 @@ $$;
 -- created since then (an active one counts its amount, a confirmed one what it captured
 -- of its hold, a released or expired one nothing: giving credits back gives the room
 -- back), plus the overruns settled since then (counted when they happened, whenever
--- their reservation was made). Both sums read covering indexes of reservations.
+-- their reservation was made), plus the credits it transferred out since then (moving
+-- credits to another account spends them here, or a limit could be passed by moving
+-- credits away and spending them there; credits transferred in count nothing). Each sum
+-- reads a covering index.
 CREATE OR REPLACE FUNCTION credits_spent_since(p_account text, p_since timestamptz)
 RETURNS TABLE (spent bigint, first_at timestamptz)
 LANGUAGE sql STABLE AS $$
-  SELECT (coalesce(h.spent, 0) + coalesce(o.spent, 0))::bigint,
-         least(h.first_at, o.first_at)
+  SELECT (coalesce(h.spent, 0) + coalesce(o.spent, 0) + coalesce(t.spent, 0))::bigint,
+         least(h.first_at, o.first_at, t.first_at)
     FROM (SELECT sum(CASE r.status WHEN credits_status_reserved() THEN r.amount
                                    WHEN credits_status_confirmed()
                                      THEN r.confirmed_amount - r.overrun_amount
@@ -335,7 +338,10 @@ LANGUAGE sql STABLE AS $$
          (SELECT sum(r.overrun_amount) AS spent, min(r.settled_at) AS first_at
             FROM reservations r
            WHERE r.account_id = p_account AND r.overrun_amount > 0
-             AND r.settled_at >= p_since) o
+             AND r.settled_at >= p_since) o,
+         (SELECT sum(x.amount) AS spent, min(x.created_at) AS first_at
+            FROM transfers x
+           WHERE x.from_account_id = p_account AND x.created_at >= p_since) t
 $$;
 
 -- The account's spend limits that are set, in the order they are checked (day, month,
@@ -364,9 +370,11 @@ BEGIN
   IF a.spend_limit_rolling > 0 THEN
     v_window := make_interval(hours => a.spend_limit_rolling_hours);
     SELECT * INTO s FROM credits_spent_since(a.account_id, p_now - v_window);
-    -- Whole seconds, rounded up: a caller that waits until then finds the room.
+    -- The oldest spend counts while now - window <= first_at, so it leaves the window
+    -- only after first_at + window: the first whole second after that (not that moment
+    -- rounded up, which for a spend at a whole second is the moment it still counts).
     RETURN QUERY SELECT 'rolling'::text, a.spend_limit_rolling, s.spent,
-                        date_trunc('second', s.first_at + v_window + interval '0.999999 second');
+                        date_trunc('second', s.first_at + v_window) + interval '1 second';
   END IF;
 END $$;
 
@@ -831,7 +839,8 @@ END $$;
 -- exactly as it would have been at home. The source's grants keep their claims: a
 -- revocation that finds their credits transferred away records debt on them, as for
 -- credits spent. A frozen source refuses (after a replay was answered); a frozen
--- destination receives.
+-- destination receives. The amount counts as the source's spend in every period of its
+-- spend limits (credits_spent_since): one it would pass is CR030, as for a Reserve.
 CREATE OR REPLACE FUNCTION credits_transfer(
   p_caller text, p_key text, p_hash bytea, p_from text, p_to text, p_amount bigint,
   p_description text, p_now timestamptz, p_lock_timeout_ms integer)
@@ -841,6 +850,7 @@ RETURNS TABLE (out_transfer_id uuid, out_from_account_id text, out_to_account_id
                out_expires_at timestamptz, out_priority integer)
 LANGUAGE plpgsql AS $$
 DECLARE
+  a accounts;
   v_id uuid;
   v_available bigint;
   v_held numeric;
@@ -860,9 +870,13 @@ BEGIN
     RETURN QUERY SELECT * FROM credits_transfer_result(v_id);
     RETURN;
   END IF;
-  IF coalesce((SELECT frozen FROM accounts WHERE account_id = p_from), false) THEN
+  -- In Reserve's documented order: frozen, the spend limits, the balance. A source that
+  -- has no row has no settings (a is all NULL): not frozen, no limit, and no credits.
+  SELECT * INTO a FROM accounts WHERE account_id = p_from;
+  IF a.frozen THEN
     RAISE EXCEPTION 'account frozen' USING ERRCODE = 'CR012';
   END IF;
+  PERFORM credits_check_spend(a, p_amount, p_now);
   SELECT coalesce(sum(remaining_amount), 0) INTO v_available
     FROM grants WHERE account_id = p_from AND remaining_amount > 0;
   IF v_available < p_amount THEN
