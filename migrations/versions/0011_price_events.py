@@ -96,7 +96,9 @@ def downgrade() -> None:
     op.drop_constraint(
         op.f("ck_ledger_events_price_of_price_events"), "ledger_events", type_="check"
     )
-    op.drop_constraint(op.f("ck_ledger_events_account_unless_price"), "ledger_events", type_="check")
+    op.drop_constraint(
+        op.f("ck_ledger_events_account_unless_price"), "ledger_events", type_="check"
+    )
     op.drop_constraint(op.f("ck_ledger_events_event_type_known"), "ledger_events", type_="check")
     op.create_check_constraint(
         op.f("ck_ledger_events_event_type_known"), "ledger_events", EVENT_TYPES_BEFORE

@@ -88,7 +88,7 @@ async def test_price_changes_are_typed_events_with_their_version(
         (EventType.PRICE_RETIRED, retired),
     ]
     assert mine[0].caller == "ops"
-    assert mine[0].price is not None and mine[0].price.reason == "launch"
+    assert priced.reason == "launch"
 
 
 async def test_account_events_carry_no_price(ops_client: CreditsClient) -> None:

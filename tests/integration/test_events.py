@@ -497,8 +497,9 @@ async def test_a_price_change_is_an_event_of_no_account(
     job_type, account = new_id("page"), new_id()
     async with (
         open_channel(pki, "events", credits_server.address) as channel,
-        watching(ops, from_now=True, types=[E.EVENT_TYPE_PRICE_SET, E.EVENT_TYPE_PRICE_RETIRED])
-        as prices,
+        watching(
+            ops, from_now=True, types=[E.EVENT_TYPE_PRICE_SET, E.EVENT_TYPE_PRICE_RETIRED]
+        ) as prices,
         watching(ops, from_now=True, account_id=account) as accounts,
         watching(Stub(channel), from_now=True) as everything,
     ):
@@ -536,7 +537,8 @@ async def test_a_price_change_is_an_event_of_no_account(
     assert (price_set.amount, price_set.available_after) == (0, 0)
     assert price_retired.type == E.EVENT_TYPE_PRICE_RETIRED
     assert price_retired.price == retired
-    assert price_retired.price.retired and price_retired.price.unit_price == 0
+    assert price_retired.price.retired
+    assert price_retired.price.unit_price == 0
     assert price_retired.price.version > price_set.price.version
     assert (granted.type, granted.grant_id) == (E.EVENT_TYPE_GRANTED, grant.grant_id)
     assert not granted.HasField("price")
