@@ -547,3 +547,10 @@ async def test_a_price_change_is_an_event_of_no_account(
         price_retired.event_id,
         granted.event_id,
     ]
+    # A price event's cursor resumes like any other.
+    async with watching(
+        ops,
+        after_cursor=price_set.cursor,
+        types=[E.EVENT_TYPE_PRICE_SET, E.EVENT_TYPE_PRICE_RETIRED],
+    ) as resumed:
+        assert (await resumed.next()).event_id == price_retired.event_id

@@ -2255,7 +2255,9 @@ class WatchEventsRequest(_message.Message):
     from_oldest: _builtins.bool
     """From the oldest event still retained."""
     account_id: _builtins.str
-    """Only this account's events; empty means every account's."""
+    """Only this account's events (so no price event, which belongs to no account); empty
+    means every event, the price events included.
+    """
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[Global___EventType.ValueType]:
         """Only events of these types; empty means every type."""
