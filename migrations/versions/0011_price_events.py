@@ -3,7 +3,8 @@ which belongs to no account, in its transaction, one job type at a time.
 
 Written by `python -m scripts.sqlmigration`: the ledger functions whose definition in
 service/store/sql/ledger.sql differs from 0010's, and nothing else:
-- credits_set_price (changed)
+- credits_set_price (new: with p_lock_timeout_ms)
+- credits_set_price (removed: the signature without it)
 
 By hand, before the functions: ledger_events' account_id becomes NULL-able (price events
 belong to no account, check account_unless_price), the price columns, the two new event

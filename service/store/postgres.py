@@ -142,7 +142,7 @@ UPDATE_ACCOUNT_SETTINGS = text(
 )
 SET_PRICE = text(
     "SELECT * FROM credits_set_price(:caller, :job_type, :unit_price, :unit, :effective_at,"
-    " :reason, :now)"
+    " :reason, :now, :lock_ms)"
 )
 LIST_PRICES = text("SELECT * FROM credits_list_prices(:at, :limit, :after)")
 PRICE_HISTORY = text("SELECT * FROM credits_price_history(:job_type, :limit, :after)")

@@ -126,7 +126,7 @@ async def test_an_accounts_events_keep_its_commit_order(
     assert order.index(newer_grant) < order.index(older_grant)
 
 
-SET_PRICE = "SELECT version FROM credits_set_price('ops', $1, $2, 'page', $3, 'why', $3)"
+SET_PRICE = "SELECT version FROM credits_set_price('ops', $1, $2, 'page', $3, 'why', $3, NULL)"
 PRICE_EVENTS = (
     "SELECT price_version, unit_price FROM ledger_events WHERE job_type = $1"
     " AND event_type = 'price_set' AND account_id IS NULL ORDER BY stream_position, seq"
@@ -173,6 +173,21 @@ async def test_two_set_prices_of_a_job_type_appear_in_commit_order(
         (newer_version, None),
         (older_version, None),
     ]
+
+
+async def test_a_set_price_waits_for_its_job_type_at_most_its_lock_timeout(
+    connections: list[asyncpg.Connection],
+) -> None:
+    holder, waiter, _ = connections
+    job_type = f"ev-{uuid.uuid4().hex[:10]}"
+    async with holder.transaction():
+        await holder.fetchval(SET_PRICE, job_type, 10, NOW)
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await waiter.fetchval(
+                "SELECT version FROM credits_set_price('ops', $1, 20, 'page', $2, '', $2, 100)",
+                job_type,
+                NOW,
+            )
 
 
 async def test_a_set_price_that_rolls_back_writes_no_event(

@@ -1223,15 +1223,19 @@ END $$;
 -- collision between job types only serializes them too), taken before the version is
 -- numbered, so versions, commits and events of a job type follow one order. The event's
 -- position is raised to the job type's latest one, as an account's is (credits_emit).
+-- The lock is waited for at most p_lock_timeout_ms, as an account's (credits_lock).
 -- Reserve takes no lock on prices and never waits for this one.
 CREATE OR REPLACE FUNCTION credits_set_price(p_caller text, p_job_type text,
                                              p_unit_price bigint, p_unit text,
                                              p_effective_at timestamptz, p_reason text,
-                                             p_now timestamptz)
+                                             p_now timestamptz, p_lock_timeout_ms integer)
 RETURNS SETOF prices LANGUAGE plpgsql AS $$
 DECLARE
   v_price prices;
 BEGIN
+  IF p_lock_timeout_ms IS NOT NULL THEN
+    PERFORM set_config('lock_timeout', p_lock_timeout_ms::text, true);
+  END IF;
   PERFORM pg_advisory_xact_lock(1, hashtext(p_job_type));
   INSERT INTO prices (job_type, unit_price, unit, effective_at, set_at, set_by, reason)
   VALUES (p_job_type, p_unit_price, p_unit, p_effective_at, p_now, p_caller, p_reason)
