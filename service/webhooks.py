@@ -77,11 +77,13 @@ def signature(body: bytes, secret: bytes, timestamp: int) -> str:
 
 def event_body(event: Event) -> bytes:
     """An event as its webhook's JSON body."""
+    price = event.price
     document: dict[str, Any] = {
         "event_id": str(event.event_id),
         "cursor": str(event.cursor),
         "type": event.type.name,
-        "account_id": event.account_id,
+        # null for price events, which belong to no account.
+        "account_id": event.account_id or None,
         "occurred_at": event.occurred_at.isoformat(),
         "grant_id": str(event.grant_id) if event.grant_id else None,
         "reservation_id": str(event.reservation_id) if event.reservation_id else None,
@@ -92,6 +94,19 @@ def event_body(event: Event) -> bytes:
         "unrecovered_amount": event.unrecovered_amount,
         "threshold": event.threshold,
         "available_after": event.available_after,
+        "price": None
+        if price is None
+        else {
+            "job_type": price.job_type,
+            "version": price.version,
+            "unit_price": price.unit_price,
+            "unit": price.unit,
+            "retired": price.retired,
+            "effective_at": price.effective_at.isoformat(),
+            "set_at": price.set_at.isoformat(),
+            "set_by": price.set_by,
+            "reason": price.reason,
+        },
     }
     return json.dumps(document, separators=(",", ":")).encode()
 

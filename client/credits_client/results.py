@@ -73,6 +73,9 @@ class EventType(enum.StrEnum):
     BALANCE_DEPLETED = "balance_depleted"
     BALANCE_RECOVERED = "balance_recovered"
     TRANSFER_SENT = "transfer_sent"
+    # A price version set or retired: no account_id, the version in Event.price.
+    PRICE_SET = "price_set"
+    PRICE_RETIRED = "price_retired"
 
 
 _STATUS_OF_NUMBER = {
@@ -522,13 +525,14 @@ class JobTypeUsage:
 
 @dataclass(frozen=True)
 class Event:
-    """One committed change of the ledger, or a balance alert it caused. Resume a stream
-    after it with `watch_events(after_cursor=event.cursor)`."""
+    """One committed change of the ledger, or a balance alert it caused, or a price
+    version set (PRICE_SET, PRICE_RETIRED: no account). Resume a stream after it with
+    `watch_events(after_cursor=event.cursor)`."""
 
     event_id: str  # the same event always has the same id
     cursor: str
     type: EventType
-    account_id: str
+    account_id: str  # "" for price events, which belong to no account
     occurred_at: datetime.datetime
     grant_id: str  # "" when none
     reservation_id: str  # "" when none
@@ -539,6 +543,8 @@ class Event:
     unrecovered_amount: int  # REVOKED: the new debt; REVOCATION_WITHDRAWN: debt cancelled
     threshold: int  # BALANCE_LOW, BALANCE_RECOVERED: the threshold crossed
     available_after: int  # the account's available balance right after
+    # PRICE_SET, PRICE_RETIRED: the version set; None for the others
+    price: Price | None = None
 
     @classmethod
     def from_message(cls, message: pb.Event) -> "Event":
@@ -557,4 +563,5 @@ class Event:
             unrecovered_amount=message.unrecovered_amount,
             threshold=message.threshold,
             available_after=message.available_after,
+            price=Price.from_message(message.price) if message.HasField("price") else None,
         )

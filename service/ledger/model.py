@@ -313,6 +313,9 @@ class EventType(enum.IntEnum):
     BALANCE_DEPLETED = 11
     BALANCE_RECOVERED = 12
     TRANSFER_SENT = 13
+    # Price events belong to no account (Event.account_id empty, Event.price set).
+    PRICE_SET = 14
+    PRICE_RETIRED = 15
 
     @property
     def stored(self) -> str:
@@ -351,3 +354,6 @@ class Event:
     unrecovered_amount: int
     threshold: int | None
     available_after: int
+    # PRICE_SET and PRICE_RETIRED: the version set (then account_id is empty, and
+    # available_after 0); None for every other event.
+    price: Price | None = None

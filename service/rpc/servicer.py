@@ -123,6 +123,7 @@ def event_message(e: model.Event) -> pb.Event:
         unrecovered_amount=e.unrecovered_amount,
         threshold=e.threshold or 0,
         available_after=e.available_after,
+        price=price_message(e.price) if e.price is not None else None,
     )
 
 

@@ -142,7 +142,7 @@ UPDATE_ACCOUNT_SETTINGS = text(
 )
 SET_PRICE = text(
     "SELECT * FROM credits_set_price(:caller, :job_type, :unit_price, :unit, :effective_at,"
-    " :reason, :now)"
+    " :reason, :now, :lock_ms)"
 )
 LIST_PRICES = text("SELECT * FROM credits_list_prices(:at, :limit, :after)")
 PRICE_HISTORY = text("SELECT * FROM credits_price_history(:job_type, :limit, :after)")
@@ -320,7 +320,7 @@ def _event(row: Row) -> Event:
         event_id=row.event_id,
         cursor=EventCursor(row.stream_position, row.seq),
         type=EventType[row.event_type.upper()],
-        account_id=row.account_id,
+        account_id=row.account_id or "",
         occurred_at=row.occurred_at,
         caller=row.caller,
         grant_id=row.grant_id,
@@ -331,6 +331,23 @@ def _event(row: Row) -> Event:
         unrecovered_amount=row.unrecovered_amount,
         threshold=row.threshold,
         available_after=row.available_after,
+        price=_event_price(row),
+    )
+
+
+def _event_price(row: Row) -> Price | None:
+    """A price event's version, from the copy the event carries."""
+    if row.price_version is None:
+        return None
+    return Price(
+        job_type=row.job_type,
+        version=row.price_version,
+        unit_price=row.unit_price,
+        unit=row.unit,
+        effective_at=row.effective_at,
+        set_at=row.occurred_at,
+        set_by=row.caller,
+        reason=row.reason,
     )
 
 

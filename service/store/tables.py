@@ -437,7 +437,8 @@ ledger_events = Table(
         "event_id", UUID(as_uuid=True), nullable=False, server_default=text("gen_random_uuid()")
     ),
     Column("event_type", Text, nullable=False),
-    Column("account_id", Text, nullable=False),
+    # NULL for a price event: prices belong to no account (check account_unless_price).
+    Column("account_id", Text, nullable=True),
     Column("occurred_at", TIMESTAMPTZ, nullable=False),
     # The idempotency key's caller of the change; NULL for changes without one (Confirm,
     # Release, what time settles).
@@ -451,6 +452,14 @@ ledger_events = Table(
     # The threshold a balance alert is about; NULL for every other event.
     Column("threshold", BigInteger, nullable=True),
     Column("available_after", BigInteger, nullable=False),
+    # A price event's version, as SetPrice wrote it (set_at is occurred_at, set_by the
+    # caller); NULL for every other event. Copied, so that the event reads alone.
+    Column("job_type", Text, nullable=True),
+    Column("price_version", BigInteger, nullable=True),
+    Column("unit_price", BigInteger, nullable=True),
+    Column("unit", Text, nullable=True),
+    Column("effective_at", TIMESTAMPTZ, nullable=True),
+    Column("reason", Text, nullable=True),
     PrimaryKeyConstraint("stream_position", "seq"),
     CheckConstraint(
         "amount >= 0 AND returned_amount >= 0 AND unrecovered_amount >= 0 AND available_after >= 0",
@@ -459,8 +468,20 @@ ledger_events = Table(
     CheckConstraint(
         "event_type IN ('granted', 'reserved', 'confirmed', 'released', 'reservation_expired',"
         " 'grant_expired', 'revoked', 'revocation_withdrawn', 'account_settings_changed',"
-        " 'balance_low', 'balance_depleted', 'balance_recovered', 'transfer_sent')",
+        " 'balance_low', 'balance_depleted', 'balance_recovered', 'transfer_sent',"
+        " 'price_set', 'price_retired')",
         name="event_type_known",
+    ),
+    CheckConstraint(
+        "(account_id IS NULL) = (event_type IN ('price_set', 'price_retired'))",
+        name="account_unless_price",
+    ),
+    CheckConstraint(
+        "(job_type IS NOT NULL AND price_version IS NOT NULL AND unit IS NOT NULL"
+        " AND effective_at IS NOT NULL AND reason IS NOT NULL)"
+        " = (event_type IN ('price_set', 'price_retired'))"
+        " AND (unit_price IS NOT NULL) = (event_type = 'price_set')",
+        name="price_of_price_events",
     ),
     CheckConstraint(
         "(threshold IS NOT NULL) = (event_type IN ('balance_low', 'balance_recovered'))",
@@ -468,6 +489,14 @@ ledger_events = Table(
     ),
     Index("uq_ledger_events_event_id", "event_id", unique=True),
     Index("ix_ledger_events_account", "account_id", "stream_position", "seq"),
+    # A job type's latest price event, where SetPrice places the next one. Partial: the
+    # account events, nearly all of them, cost it nothing.
+    Index(
+        "ix_ledger_events_job_type",
+        "job_type",
+        "stream_position",
+        postgresql_where=text("job_type IS NOT NULL"),
+    ),
 )
 
 # The latest event cursor the retention sweep deleted: a cursor below it is too old.

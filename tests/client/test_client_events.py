@@ -65,3 +65,34 @@ async def test_an_expired_cursor_raises_its_class(
     )
     with pytest.raises(EventCursorExpired):
         await _take(client, 1, after_cursor="1-1")
+
+
+async def test_price_changes_are_typed_events_with_their_version(
+    ops_client: CreditsClient,
+) -> None:
+    job_type = new_id("page")
+    priced = await ops_client.set_price(job_type, 12, unit="page", reason="launch")
+    retired = await ops_client.set_price(job_type, retire=True)
+    mine: list[Event] = []
+    async for event in ops_client.watch_events(
+        from_oldest=True, types=[EventType.PRICE_SET, "price_retired"]
+    ):
+        assert event.price is not None
+        assert event.account_id == ""
+        if event.price.job_type == job_type:
+            mine.append(event)
+            if len(mine) == 2:
+                break
+    assert [(e.type, e.price) for e in mine] == [
+        (EventType.PRICE_SET, priced),
+        (EventType.PRICE_RETIRED, retired),
+    ]
+    assert mine[0].caller == "ops"
+    assert priced.reason == "launch"
+
+
+async def test_account_events_carry_no_price(ops_client: CreditsClient) -> None:
+    account = new_id()
+    await ops_client.grant(account, 5, source="purchase")
+    (granted,) = await _take(ops_client, 1, from_oldest=True, account_id=account)
+    assert granted.price is None

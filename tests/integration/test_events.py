@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2, field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
@@ -481,3 +481,76 @@ async def test_the_service_wide_default_thresholds_apply_to_accounts_without_the
                     watch.close()
     finally:
         await server.stop()
+
+
+async def _set_price(stub: Stub, job_type: str, **fields: object) -> pb.Price:
+    request = pb.SetPriceRequest(job_type=job_type, **fields)  # type: ignore[arg-type]
+    response: pb.SetPriceResponse = await stub.SetPrice(request, timeout=T)
+    return response.price
+
+
+async def test_a_price_change_is_an_event_of_no_account(
+    ops: Stub, clock: MovableClock, credits_server: RunningServer, pki: Path
+) -> None:
+    """Streams started before SetPrice: a type filter selects the price events, an
+    account filter leaves them out, the dev caller `events` sees them among the others."""
+    job_type, account = new_id("page"), new_id()
+    async with (
+        open_channel(pki, "events", credits_server.address) as channel,
+        watching(
+            ops, from_now=True, types=[E.EVENT_TYPE_PRICE_SET, E.EVENT_TYPE_PRICE_RETIRED]
+        ) as prices,
+        watching(ops, from_now=True, account_id=account) as accounts,
+        watching(Stub(channel), from_now=True) as everything,
+    ):
+        for watch in (prices, accounts, everything):
+            await watch.call.initial_metadata()
+        await asyncio.sleep(STREAM_START_SECONDS)
+        effective = clock() + datetime.timedelta(hours=1)
+        stamp = timestamp_pb2.Timestamp()
+        stamp.FromDatetime(effective)
+        priced = await _set_price(
+            ops, job_type, unit_price=12, unit="page", effective_at=stamp, reason="launch"
+        )
+        retired = await _set_price(ops, job_type, retire=True, effective_at=stamp)
+        grant = await _grant(ops, account, 5)
+        price_set, price_retired = await prices.take(2)
+        (granted,) = await accounts.take(1)
+        seen = [await everything.next() for _ in range(3)]
+        await prices.quiet()
+        await accounts.quiet()
+    assert price_set.type == E.EVENT_TYPE_PRICE_SET
+    assert price_set.account_id == ""
+    assert price_set.price == priced
+    assert (price_set.price.job_type, price_set.price.unit_price, price_set.price.unit) == (
+        job_type,
+        12,
+        "page",
+    )
+    assert price_set.price.effective_at == priced.effective_at == stamp
+    assert (price_set.caller, price_set.price.set_by, price_set.price.reason) == (
+        "ops",
+        "ops",
+        "launch",
+    )
+    assert price_set.occurred_at == priced.set_at
+    assert (price_set.amount, price_set.available_after) == (0, 0)
+    assert price_retired.type == E.EVENT_TYPE_PRICE_RETIRED
+    assert price_retired.price == retired
+    assert price_retired.price.retired
+    assert price_retired.price.unit_price == 0
+    assert price_retired.price.version > price_set.price.version
+    assert (granted.type, granted.grant_id) == (E.EVENT_TYPE_GRANTED, grant.grant_id)
+    assert not granted.HasField("price")
+    assert [e.event_id for e in seen] == [
+        price_set.event_id,
+        price_retired.event_id,
+        granted.event_id,
+    ]
+    # A price event's cursor resumes like any other.
+    async with watching(
+        ops,
+        after_cursor=price_set.cursor,
+        types=[E.EVENT_TYPE_PRICE_SET, E.EVENT_TYPE_PRICE_RETIRED],
+    ) as resumed:
+        assert (await resumed.next()).event_id == price_retired.event_id

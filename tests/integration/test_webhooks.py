@@ -245,3 +245,56 @@ async def test_a_cursor_past_retention_resumes_at_the_oldest_retained_event(
             granted = await _grant(ops, account, 5)
             (event,) = await _arrived(receiver, account, 1)
     assert event["grant_id"] == granted
+
+
+async def _arrived_prices(receiver: Receiver, job_type: str, count: int) -> list[dict[str, Any]]:
+    """The job type's price events, once `count` have arrived."""
+
+    def mine() -> list[dict[str, Any]]:
+        with receiver.lock:
+            received = list(receiver.received)
+        events = [json.loads(body) for _, body in received]
+        return [e for e in events if e["price"] and e["price"]["job_type"] == job_type]
+
+    async with asyncio.timeout(ARRIVAL_WAIT_SECONDS):
+        while len(mine()) < count:  # noqa: ASYNC110
+            await asyncio.sleep(POLL_SECONDS)
+    return mine()
+
+
+async def test_a_price_event_is_posted_with_its_version_and_no_account(
+    ops: Stub, credits_server: RunningServer, database_url: str, admin_engine: AsyncEngine
+) -> None:
+    job_type = new_id("page")
+    with receiving() as receiver:
+        async with delivering(credits_server, database_url, receiver.url, admin_engine):
+            response: pb.SetPriceResponse = await ops.SetPrice(
+                pb.SetPriceRequest(job_type=job_type, unit_price=12, unit="page", reason="why"),
+                timeout=T,
+            )
+            await ops.SetPrice(pb.SetPriceRequest(job_type=job_type, retire=True), timeout=T)
+            account = new_id()
+            await _grant(ops, account, 10)
+            price_set, price_retired = await _arrived_prices(receiver, job_type, 2)
+            (granted,) = await _arrived(receiver, account, 1)
+    price = response.price
+    assert (price_set["type"], price_set["account_id"], price_set["caller"]) == (
+        "PRICE_SET",
+        None,
+        "ops",
+    )
+    assert price_set["price"] == {
+        "job_type": job_type,
+        "version": price.version,
+        "unit_price": 12,
+        "unit": "page",
+        "retired": False,
+        "effective_at": price.effective_at.ToDatetime(datetime.UTC).isoformat(),
+        "set_at": price.set_at.ToDatetime(datetime.UTC).isoformat(),
+        "set_by": "ops",
+        "reason": "why",
+    }
+    assert price_retired["type"] == "PRICE_RETIRED"
+    assert price_retired["price"]["retired"] is True
+    assert price_retired["price"]["unit_price"] is None
+    assert granted["price"] is None

@@ -124,3 +124,90 @@ async def test_an_accounts_events_keep_its_commit_order(
     )
     order = [r["grant_id"] for r in rows]
     assert order.index(newer_grant) < order.index(older_grant)
+
+
+SET_PRICE = "SELECT version FROM credits_set_price('ops', $1, $2, 'page', $3, 'why', $3, NULL)"
+PRICE_EVENTS = (
+    "SELECT price_version, unit_price FROM ledger_events WHERE job_type = $1"
+    " AND event_type = 'price_set' AND account_id IS NULL ORDER BY stream_position, seq"
+)
+
+
+async def test_two_set_prices_of_a_job_type_appear_in_commit_order(
+    connections: list[asyncpg.Connection],
+) -> None:
+    """The second SetPrice of a job type waits for the first, and its event comes after
+    the first's even when its transaction got the older id."""
+    first, second, reading = connections
+    job_type = f"ev-{uuid.uuid4().hex[:10]}"
+    older = second.transaction()
+    await older.start()
+    await second.fetchval("SELECT pg_current_xact_id()")  # the older transaction id
+    newer = first.transaction()
+    await newer.start()
+    newer_version = await first.fetchval(SET_PRICE, job_type, 10, NOW)
+    waiting = asyncio.ensure_future(second.fetchval(SET_PRICE, job_type, 20, NOW))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()  # waits for the job type's lock
+    await newer.commit()
+    older_version = await waiting
+    await older.commit()
+    assert older_version > newer_version  # numbered in the order the lock was held
+    rows = await reading.fetch(PRICE_EVENTS, job_type)
+    assert [(r["price_version"], r["unit_price"]) for r in rows] == [
+        (newer_version, 10),
+        (older_version, 20),
+    ]
+    # The stream, read with a type filter, carries both in that order, without an account.
+    reader = Reader(reading)
+    await reader.start()
+    read = await reading.fetch(
+        "SELECT (r.out_event).price_version, (r.out_event).account_id"
+        " FROM credits_read_events($2, $3, NULL, '{price_set}', 100000) r"
+        " WHERE (r.out_event).job_type = $1",
+        job_type,
+        reader.position,
+        reader.seq,
+    )
+    assert [(r["price_version"], r["account_id"]) for r in read] == [
+        (newer_version, None),
+        (older_version, None),
+    ]
+
+
+async def test_a_set_price_waits_for_its_job_type_at_most_its_lock_timeout(
+    connections: list[asyncpg.Connection],
+) -> None:
+    holder, waiter, _ = connections
+    job_type = f"ev-{uuid.uuid4().hex[:10]}"
+    async with holder.transaction():
+        await holder.fetchval(SET_PRICE, job_type, 10, NOW)
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await waiter.fetchval(
+                "SELECT version FROM credits_set_price('ops', $1, 20, 'page', $2, '', $2, 100)",
+                job_type,
+                NOW,
+            )
+
+
+async def test_a_set_price_that_rolls_back_writes_no_event(
+    connections: list[asyncpg.Connection],
+) -> None:
+    conn, _, reading = connections
+    job_type = f"ev-{uuid.uuid4().hex[:10]}"
+    undone = conn.transaction()
+    await undone.start()
+    await conn.fetchval(SET_PRICE, job_type, 10, NOW)
+    await undone.rollback()
+    assert await reading.fetch(PRICE_EVENTS, job_type) == []
+
+
+async def test_only_price_events_lack_an_account(connections: list[asyncpg.Connection]) -> None:
+    conn = connections[0]
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute(
+            "INSERT INTO ledger_events (stream_position, event_type, account_id, occurred_at,"
+            " amount, returned_amount, unrecovered_amount, available_after)"
+            " VALUES (1, 'granted', NULL, $1, 1, 0, 0, 1)",
+            NOW,
+        )

@@ -210,6 +210,15 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """A Transfer took `amount` from this account (its source); the destination's new
     TRANSFER grants are GRANTED events of the destination, one per grant.
     """
+    EVENT_TYPE_PRICE_SET: _EventType.ValueType  # 14
+    """SetPrice set a version of a job type's price, in effect from its effective_at. No
+    account: an account filter leaves it out. The versions of one job type appear in
+    the order they were set.
+    """
+    EVENT_TYPE_PRICE_RETIRED: _EventType.ValueType  # 15
+    """SetPrice retired a job type from the version's effective_at. No account, as
+    PRICE_SET.
+    """
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """EventType says what an event is about."""
@@ -243,6 +252,15 @@ EVENT_TYPE_BALANCE_RECOVERED: EventType.ValueType  # 12
 EVENT_TYPE_TRANSFER_SENT: EventType.ValueType  # 13
 """A Transfer took `amount` from this account (its source); the destination's new
 TRANSFER grants are GRANTED events of the destination, one per grant.
+"""
+EVENT_TYPE_PRICE_SET: EventType.ValueType  # 14
+"""SetPrice set a version of a job type's price, in effect from its effective_at. No
+account: an account filter leaves it out. The versions of one job type appear in
+the order they were set.
+"""
+EVENT_TYPE_PRICE_RETIRED: EventType.ValueType  # 15
+"""SetPrice retired a job type from the version's effective_at. No account, as
+PRICE_SET.
 """
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
@@ -2237,7 +2255,9 @@ class WatchEventsRequest(_message.Message):
     from_oldest: _builtins.bool
     """From the oldest event still retained."""
     account_id: _builtins.str
-    """Only this account's events; empty means every account's."""
+    """Only this account's events (so no price event, which belongs to no account); empty
+    means every event, the price events included.
+    """
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[Global___EventType.ValueType]:
         """Only events of these types; empty means every type."""
@@ -2287,7 +2307,9 @@ Global___WatchEventsResponse: _TypeAlias = WatchEventsResponse  # noqa: Y015
 
 @_typing.final
 class Event(_message.Message):
-    """Event is one committed change of the ledger, or a balance alert it caused."""
+    """Event is one committed change of the ledger, or a balance alert it caused, or a
+    version of a price set (PRICE_SET, PRICE_RETIRED), which belongs to no account.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -2305,6 +2327,7 @@ class Event(_message.Message):
     UNRECOVERED_AMOUNT_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
     AVAILABLE_AFTER_FIELD_NUMBER: _builtins.int
+    PRICE_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique; the same event always has the same id (deliveries de-duplicate on it)."""
     cursor: _builtins.str
@@ -2312,7 +2335,7 @@ class Event(_message.Message):
     type: Global___EventType.ValueType
     """What happened."""
     account_id: _builtins.str
-    """The account it happened to."""
+    """The account it happened to; empty for price events, which belong to no account."""
     grant_id: _builtins.str
     """The grant it concerns; empty when none."""
     reservation_id: _builtins.str
@@ -2321,7 +2344,7 @@ class Event(_message.Message):
     """The revocation it concerns; empty when none."""
     caller: _builtins.str
     """The calling service whose idempotency key made the change; empty for changes made
-    without one (Confirm, Release, expiry).
+    without one (Confirm, Release, expiry). Price events: the caller that set the price.
     """
     amount: _builtins.int
     """The change's amount: granted, reserved, captured (CONFIRMED), released, expired,
@@ -2336,10 +2359,16 @@ class Event(_message.Message):
     threshold: _builtins.int
     """BALANCE_LOW and BALANCE_RECOVERED: the threshold crossed; 0 otherwise."""
     available_after: _builtins.int
-    """The account's available balance right after the change."""
+    """The account's available balance right after the change; 0 for price events."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When, by the ledger's clock."""
+
+    @_builtins.property
+    def price(self) -> Global___Price:
+        """PRICE_SET and PRICE_RETIRED: the version set, as ListPriceHistory shows it (set_at
+        is occurred_at, set_by is caller); absent for every other event.
+        """
 
     def __init__(
         self,
@@ -2358,10 +2387,11 @@ class Event(_message.Message):
         unrecovered_amount: _builtins.int = ...,
         threshold: _builtins.int = ...,
         available_after: _builtins.int = ...,
+        price: Global___Price | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "price", b"price"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "available_after", b"available_after", "caller", b"caller", "cursor", b"cursor", "event_id", b"event_id", "grant_id", b"grant_id", "occurred_at", b"occurred_at", "reservation_id", b"reservation_id", "returned_amount", b"returned_amount", "revocation_id", b"revocation_id", "threshold", b"threshold", "type", b"type", "unrecovered_amount", b"unrecovered_amount"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "available_after", b"available_after", "caller", b"caller", "cursor", b"cursor", "event_id", b"event_id", "grant_id", b"grant_id", "occurred_at", b"occurred_at", "price", b"price", "reservation_id", b"reservation_id", "returned_amount", b"returned_amount", "revocation_id", b"revocation_id", "threshold", b"threshold", "type", b"type", "unrecovered_amount", b"unrecovered_amount"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1230,17 +1230,40 @@ END $$;
 
 -- SetPrice: appends a version of p_job_type's price (p_unit_price NULL: retired) set by
 -- p_caller at p_now, in effect from p_effective_at (not before p_now: the ledger checks
--- it, the table's constraint too). Versions are global and append-only, so this takes
--- no lock: concurrent versions of one job type get distinct, increasing numbers.
+-- it, the table's constraint too), and its event (price_set or price_retired), which
+-- belongs to no account, in the same transaction. Versions of one job type are set one
+-- at a time: the transaction-level advisory lock of the job type (class 1 of the
+-- two-key advisory locks, whose space no other lock of the service uses; a hash
+-- collision between job types only serializes them too), taken before the version is
+-- numbered, so versions, commits and events of a job type follow one order. The event's
+-- position is raised to the job type's latest one, as an account's is (credits_emit).
+-- The lock is waited for at most p_lock_timeout_ms, as an account's (credits_lock).
+-- Reserve takes no lock on prices and never waits for this one.
 CREATE OR REPLACE FUNCTION credits_set_price(p_caller text, p_job_type text,
                                              p_unit_price bigint, p_unit text,
                                              p_effective_at timestamptz, p_reason text,
-                                             p_now timestamptz)
-RETURNS SETOF prices LANGUAGE sql AS $$
+                                             p_now timestamptz, p_lock_timeout_ms integer)
+RETURNS SETOF prices LANGUAGE plpgsql AS $$
+DECLARE
+  v_price prices;
+BEGIN
+  IF p_lock_timeout_ms IS NOT NULL THEN
+    PERFORM set_config('lock_timeout', p_lock_timeout_ms::text, true);
+  END IF;
+  PERFORM pg_advisory_xact_lock(1, hashtext(p_job_type));
   INSERT INTO prices (job_type, unit_price, unit, effective_at, set_at, set_by, reason)
   VALUES (p_job_type, p_unit_price, p_unit, p_effective_at, p_now, p_caller, p_reason)
-  RETURNING *
-$$;
+  RETURNING * INTO v_price;
+  INSERT INTO ledger_events (stream_position, event_type, account_id, occurred_at, caller,
+                             amount, returned_amount, unrecovered_amount, available_after,
+                             job_type, price_version, unit_price, unit, effective_at, reason)
+  SELECT greatest(pg_current_xact_id()::text::bigint, max(e.stream_position)),
+         CASE WHEN v_price.unit_price IS NULL THEN 'price_retired' ELSE 'price_set' END,
+         NULL, p_now, p_caller, 0, 0, 0, 0, v_price.job_type, v_price.version,
+         v_price.unit_price, v_price.unit, v_price.effective_at, v_price.reason
+    FROM ledger_events e WHERE e.job_type = p_job_type;
+  RETURN NEXT v_price;
+END $$;
 
 -- ListPrices: one page of the versions in effect at p_at, by job type, retired job types
 -- left out. p_after is the version that ended the previous page: its job type never
@@ -1271,8 +1294,8 @@ RETURNS SETOF prices LANGUAGE sql STABLE AS $$
 $$;
 
 -- WatchEvents' read: the events after the cursor (p_after_position, p_after_seq) in stream
--- order, of one account or all (p_account NULL) and of some types (p_types NULL: all),
--- only those below the horizon: positions under the oldest transaction still running,
+-- order, of one account or all (p_account NULL; price events have no account, so only
+-- then) and of some types (p_types NULL: all), only those below the horizon: positions under the oldest transaction still running,
 -- which every transaction that can still commit writes at or above (credits_emit). A
 -- cursor below what the retention sweep deleted is CR020: the events after it are gone.
 -- With the events, out_horizon: the horizon itself, where a stream "from now" starts.
