@@ -2,7 +2,7 @@
 which belongs to no account, in its transaction, one job type at a time.
 
 Written by `python -m scripts.sqlmigration`: the ledger functions whose definition in
-service/store/sql/ledger.sql differs from 0010's, and nothing else:
+service/store/sql/ledger.sql differs from 0011's, and nothing else:
 - credits_set_price (new: with p_lock_timeout_ms)
 - credits_set_price (removed: the signature without it)
 
@@ -10,10 +10,10 @@ By hand, before the functions: ledger_events' account_id becomes NULL-able (pric
 belong to no account, check account_unless_price), the price columns, the two new event
 types, and the partial index of a job type's latest price event.
 
-Upgrade: 0011_price_events.sql; downgrade: 0011_price_events.down.sql.
+Upgrade: 0012_price_events.sql; downgrade: 0012_price_events.down.sql.
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-05 12:40:02
 """
 
@@ -27,8 +27,8 @@ from sqlalchemy.util import await_only
 
 UPGRADE_SQL = Path(__file__).with_suffix(".sql")
 DOWNGRADE_SQL = Path(__file__).with_suffix(".down.sql")
-revision: str = "0011"
-down_revision: str | None = "0010"
+revision: str = "0012"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
