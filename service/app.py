@@ -20,7 +20,7 @@ from service.ledger.operations import Clock, Ledger, Policy
 from service.ops import metrics
 from service.rpc import health
 from service.rpc.server import Built, build_server, mark_serving
-from service.store import sweeper
+from service.store import sampling, sweeper
 from service.store.clock import DatabaseClock, skewed
 from service.store.postgres import PostgresStore, create_engine
 from service.store.reconcile import ScheduledReconcile
@@ -120,11 +120,13 @@ async def serve(
         ),
         asyncio.create_task(clock.run(engine, config.clock_sync_interval_seconds)),
     ]
-    # One sweeper is enough (each account it settles is locked, whoever else runs).
+    # One sweeper is enough (each account it settles is locked, whoever else runs), and
+    # one process samples the database's count of events for its instance.
     if worker is None or worker.index == 0:
         tasks.append(
             asyncio.create_task(sweeper.run(store, config.sweeper_interval_seconds, clock))
         )
+        tasks.append(asyncio.create_task(sampling.EventsWrittenSampler(store).run()))
     # One process per instance competes for the reconciler's lock (the instances share it).
     if config.reconcile_interval_seconds > 0 and (worker is None or worker.index == 0):
         reconciling = ScheduledReconcile(url, config.reconcile_interval_seconds)
