@@ -4,9 +4,9 @@ inside their transactions, out of any process's sight."""
 
 import asyncio
 import logging
+from typing import Protocol
 
 from service.ops import metrics
-from service.store.postgres import PostgresStore
 
 log = logging.getLogger("credits.sampling")
 
@@ -15,12 +15,18 @@ log = logging.getLogger("credits.sampling")
 EVENTS_WRITTEN_SAMPLE_INTERVAL_SECONDS = 10.0
 
 
+class EventCount(Protocol):
+    """What the sampler reads: PostgresStore, or a test's stand-in."""
+
+    async def events_written(self) -> int: ...
+
+
 class EventsWrittenSampler:
     """Adds to credits_events_written_total what the outbox's sequence moved since the
     last sample. The first sample is the starting point: the counter counts from when
     this process started sampling, as a counter does from its process's start."""
 
-    def __init__(self, store: PostgresStore) -> None:
+    def __init__(self, store: EventCount) -> None:
         self._store = store
         self._previous: int | None = None
 
