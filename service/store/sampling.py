@@ -10,7 +10,7 @@ from service.ops import metrics
 
 log = logging.getLogger("credits.sampling")
 
-# Prometheus's rate() over a few minutes hardly sees a sample this late; the read is one
+# A rate over a few minutes barely notices a count this late, and each read is one
 # sequence lookup.
 EVENTS_WRITTEN_SAMPLE_INTERVAL_SECONDS = 10.0
 
