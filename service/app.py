@@ -20,7 +20,7 @@ from service.ledger.operations import Clock, Ledger, Policy
 from service.ops import metrics
 from service.rpc import health
 from service.rpc.server import Built, build_server, mark_serving
-from service.store import sweeper
+from service.store import sampling, sweeper
 from service.store.clock import DatabaseClock, skewed
 from service.store.postgres import PostgresStore, create_engine
 from service.store.reconcile import ScheduledReconcile
@@ -120,15 +120,15 @@ async def serve(
         ),
         asyncio.create_task(clock.run(engine, config.clock_sync_interval_seconds)),
     ]
-    # One sweeper is enough (each account it settles is locked, whoever else runs).
+    # One sweeper is enough (each account it settles is locked, whoever else runs), one
+    # process samples the database's count of events for its instance, and one process
+    # per instance competes for the webhook worker's lock (the instances share it) and
+    # deletes old events.
     if worker is None or worker.index == 0:
         tasks.append(
             asyncio.create_task(sweeper.run(store, config.sweeper_interval_seconds, clock))
         )
-    # One process per instance competes for the reconciler's lock (the instances share it).
-    if config.reconcile_interval_seconds > 0 and (worker is None or worker.index == 0):
-        reconciling = ScheduledReconcile(url, config.reconcile_interval_seconds)
-        tasks.append(asyncio.create_task(reconciling.run()))
+        tasks.append(asyncio.create_task(sampling.EventsWrittenSampler(store).run()))
         if config.webhook_url and config.webhook_secret_file:
             deliverer = webhooks.Deliverer(
                 store,
@@ -145,6 +145,10 @@ async def serve(
                 )
             )
         )
+    # One process per instance competes for the reconciler's lock (the instances share it).
+    if config.reconcile_interval_seconds > 0 and (worker is None or worker.index == 0):
+        reconciling = ScheduledReconcile(url, config.reconcile_interval_seconds)
+        tasks.append(asyncio.create_task(reconciling.run()))
     where = {"address": config.grpc_addr, "env": config.env}
     if worker is None:
         log.info("serving", extra=where)

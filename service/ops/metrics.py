@@ -129,6 +129,16 @@ WEBHOOK_LAG_SECONDS = Gauge(
     ["endpoint"],
     multiprocess_mode="max",
 )
+# The events are written inside the ledger's SQL functions, so no process sees them all:
+# a background task (service/store/sampling.py) reads how far the outbox's sequence has
+# gone and adds the difference. Every instance reads the same database, so every
+# instance reports every event: sum over processes of one instance, max over instances.
+EVENTS_WRITTEN = Counter(
+    "credits_events_written_total",
+    "Events written to the outbox by every instance (the database's ledger_events"
+    " sequence, sampled), since this process started sampling; a transaction rolled back"
+    " after writing its event counts too",
+)
 
 HEALTH_SERVING = Gauge(
     "credits_health_serving",
@@ -137,6 +147,12 @@ HEALTH_SERVING = Gauge(
 )
 DB_POOL_IN_USE = Gauge(
     "credits_db_pool_in_use", "Database connections held by calls", multiprocess_mode="livesum"
+)
+# Divides credits_db_pool_in_use into how full the pool is (the saturation alert).
+DB_POOL_SIZE = Gauge(
+    "credits_db_pool_size",
+    "Database connections the pool may hold (CREDITS_DB_POOL_SIZE)",
+    multiprocess_mode="livesum",
 )
 DB_POOL_WAITING = Gauge(
     "credits_db_pool_waiting",

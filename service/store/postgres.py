@@ -156,6 +156,13 @@ EVENT_BOUNDS = text(
     " coalesce(max(deleted_through_position), 0) AS position,"
     " coalesce(max(deleted_through_seq), 0) AS seq FROM event_retention"
 )
+# How many values the outbox's sequence has handed out: one per event written (a
+# transaction rolled back after writing its event took one too). Read from the sequence,
+# not the table: constant time, and retention's deletes do not take from it.
+EVENTS_WRITTEN = text(
+    "SELECT coalesce(pg_sequence_last_value("
+    "pg_get_serial_sequence('ledger_events', 'seq')::regclass), 0) AS written"
+)
 SWEEP_EVENTS = text("SELECT credits_sweep_events(:cutoff, :limit)")
 # The setting through which each connection tells the SQL functions the service-wide
 # default thresholds of balance alerts (credits_default_alert_thresholds).
@@ -203,6 +210,8 @@ def create_engine(
             "command_timeout": statement_timeout_seconds + DRIVER_TIMEOUT_MARGIN_SECONDS,
         },
     )
+    # A process has one engine: what its credits_db_pool_in_use is measured against.
+    metrics.DB_POOL_SIZE.set(pool_size)
     return engine
 
 
@@ -872,6 +881,13 @@ class PostgresStore:
         async with self._connection() as conn:
             row = await conn.fetchrow(*args, record_class=Row)
         return EventBounds(row.horizon, EventCursor(row.position, row.seq))
+
+    async def events_written(self) -> int:
+        """How many events the outbox has been given, by every instance, ever."""
+        args = self._statements.args(EVENTS_WRITTEN, {})
+        async with self._connection() as conn:
+            written: int = await conn.fetchval(*args)
+        return written
 
     async def sweep_events(self, cutoff: datetime.datetime) -> int:
         """Delete events older than `cutoff`, a batch at a time; how many."""

@@ -1,7 +1,9 @@
 """Every expression of the alert rules and of the Grafana dashboard names only metrics the
 processes export: a service and a gateway run, serve a little traffic of every kind the
 expressions look at, a real Prometheus scrapes both, and each expression is evaluated
-through its HTTP API without error, every metric it names having series."""
+through its HTTP API without error, every metric it names having series. The service
+delivers its webhooks to a receiver the test runs, which fails the first event until it
+is given up on, so that every webhook series exists."""
 
 import asyncio
 import json
@@ -17,11 +19,13 @@ import pytest
 
 from credits.v1 import credits_pb2, credits_pb2_grpc
 from scripts.devcallers import ensure_dev_callers
+from service.store.sampling import EVENTS_WRITTEN_SAMPLE_INTERVAL_SECONDS
 from tests.integration.gateway.deliveries import Purchase, sign
 from tests.integration.gateway.test_gateway_process import (
     production_env as gateway_env,
 )
 from tests.integration.gateway.test_gateway_process import run_gateway, wait_healthy
+from tests.integration.test_webhooks import Receiver, receiving
 from tests.prometheus_support import DASHBOARD, RULES, alert_rules, metric_names, tool
 from tests.service_process import ServiceProcess
 from tests.service_process import production_env as service_env
@@ -35,6 +39,15 @@ SERIES_WAIT_SECONDS_MAX = 20.0
 # Reserve limit of the service under test: a second Reserve at once is refused.
 RESERVE_RATE = "1/minute"
 HTTP_TIMEOUT_SECONDS = 10.0
+# The receiver fails this many POSTs: the first event's two attempts, after which it is
+# given up on (CREDITS_WEBHOOK_RETRY_HOURS is shorter than the first backoff, 0.5 s at
+# least); the events after it are delivered.
+RECEIVER_FAILURES = 2
+WEBHOOK_RETRY_HOURS = str(0.3 / 3600)
+DELIVERER_START_SECONDS_MAX = 30.0
+# The sampler reads the outbox's count when it starts and every 10 s after: two periods
+# and a margin for the count to move after the traffic.
+EVENTS_SAMPLED_SECONDS_MAX = 2 * EVENTS_WRITTEN_SAMPLE_INTERVAL_SECONDS + 10.0
 
 
 def dashboard_expressions() -> list[str]:
@@ -65,6 +78,13 @@ def test_the_expressions_are_found() -> None:
 async def http() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS) as client:
         yield client
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """The service's webhook endpoint, failing its first RECEIVER_FAILURES POSTs."""
+    with receiving(RECEIVER_FAILURES) as running:
+        yield running
 
 
 @pytest.fixture
@@ -140,6 +160,15 @@ async def drive_service(pki: Path, address: str) -> None:
             )
 
 
+async def deliverer_started(http: httpx.AsyncClient, metrics_url: str) -> None:
+    """The service's webhook worker holds its endpoint's cursor (it says its lag, 0 when
+    it finds nothing to deliver): events from now on go to the receiver."""
+    deadline = time.monotonic() + DELIVERER_START_SECONDS_MAX
+    while "credits_webhook_lag_seconds{" not in (await http.get(metrics_url)).text:
+        assert time.monotonic() < deadline, "the webhook worker did not start"
+        await asyncio.sleep(0.2)
+
+
 async def query(http: httpx.AsyncClient, base: str, expression: str) -> list[object]:
     answer = (await http.get(f"{base}/api/v1/query", params={"query": expression})).json()
     assert answer["status"] == "success", f"{expression}: {answer}"
@@ -151,12 +180,16 @@ async def query(http: httpx.AsyncClient, base: str, expression: str) -> list[obj
 async def test_every_rule_and_panel_expression_resolves_against_a_scraped_service_and_gateway(
     tmp_path: Path,
     database_url: str,
+    *,
     pki: Path,
     http: httpx.AsyncClient,
     prometheus: tuple[str, Path],
+    receiver: Receiver,
 ) -> None:
     ensure_dev_callers(pki / "callers.toml")
     service_metrics, gateway_metrics = free_port(), free_port()
+    secret = tmp_path / "webhook-secret"
+    secret.write_text("live-test-webhook-secret\n")
     env = service_env(
         database_url,
         pki,
@@ -165,9 +198,13 @@ async def test_every_rule_and_panel_expression_resolves_against_a_scraped_servic
         CREDITS_JOB_TYPES="render",
         CREDITS_RESERVE_RATE_PER_ACCOUNT=RESERVE_RATE,
         CREDITS_RECONCILE_INTERVAL_SECONDS="1",
+        CREDITS_WEBHOOK_URL=receiver.url,
+        CREDITS_WEBHOOK_SECRET_FILE=str(secret),
+        CREDITS_WEBHOOK_RETRY_HOURS=WEBHOOK_RETRY_HOURS,
     )
     service = await asyncio.to_thread(ServiceProcess, env)
     with await asyncio.to_thread(service.__enter__):
+        await deliverer_started(http, f"http://127.0.0.1:{service_metrics}/metrics")
         await drive_service(pki, service.address)
         # A reload that takes: the reload counter's series.
         service.signal(signal.SIGHUP)
@@ -222,6 +259,17 @@ async def test_every_rule_and_panel_expression_resolves_against_a_scraped_servic
                 assert time.monotonic() < deadline, "no scheduled reconcile completed"
                 await asyncio.sleep(0.5)
             assert not await query(http, base, "credits_reconcile_discrepancies > 0")
+            # The webhook series the alerts select, and the events the traffic wrote.
+            for selector in (
+                'credits_webhook_attempts_total{result="failed"} >= 2',
+                'credits_webhook_attempts_total{result="delivered"} > 0',
+                "credits_webhook_given_up_total > 0",
+            ):
+                assert await query(http, base, selector), selector
+            deadline = time.monotonic() + EVENTS_SAMPLED_SECONDS_MAX
+            while not await query(http, base, "credits_events_written_total > 0"):
+                assert time.monotonic() < deadline, "no events written were counted"
+                await asyncio.sleep(0.5)
             groups = (await http.get(f"{base}/api/v1/rules")).json()["data"]["groups"]
             loaded = [rule for group in groups for rule in group["rules"]]
             assert len(loaded) == len(alert_rules())
