@@ -156,6 +156,9 @@ class Deliverer:
             try:
                 if await conn.fetchval("SELECT pg_try_advisory_lock($1)", WORKER_LOCK_KEY):
                     await self._deliver(conn)
+                else:
+                    # Another instance delivers: this one's lag is not the endpoint's.
+                    metrics.WEBHOOK_LAG_SECONDS.labels(self._label).set(0)
             except Exception as exc:
                 # The database gone, the lock's connection lost: start again, from the
                 # stored cursor; a delivery worker must outlive an outage.
