@@ -12,28 +12,41 @@ ports; never `.dev/` or the ports of `make run`):
   same contract over the same mTLS from memory (bench.floor);
 - floor (b), the database: the same two SQL functions driven by pgbench (bench.pgfloor),
   over the accounts and on the hot one;
-- the memory of all service processes under load and the service's CPU time per cycle.
+- the memory of all service processes under load and the service's CPU time per cycle;
+- events: the service delivers its webhooks to a receiver of the bench's own
+  (bench.receiver) throughout; balance alerts are timed from the crossing's commit to
+  their arrival on a WatchEvents stream and at that receiver, on the idle service and
+  under the cycle load (bench.alerts); and the outbox's cost is the cycle throughput
+  with it against the same load with `credits_emit` made a no-op, rounds alternating.
 """
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
+
 from bench import alerts, pgfloor, processes
+from bench.receiver import Receiver, receiving
 from scripts import devrun
 from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
+from service.settings import DEV_WEBHOOK_SECRET_FILE_NAME
 from service.store import database
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,8 +62,16 @@ MEMORY_SAMPLE_SECONDS = 0.5
 SHARE_OF_FLOOR_MIN = 0.5
 LIGHT_P99_MS_MAX = 25.0
 MEMORY_MB_MAX = 150.0
-# A balance alert reaches a WatchEvents stream within this of the crossing's commit.
+# A balance alert reaches a WatchEvents stream and a webhook receiver within this of the
+# crossing's commit.
 ALERT_P99_MS_MAX = 1000.0
+# The outbox (events written in the ledger's transactions, and their delivery) costs at
+# most this share of the cycle throughput.
+OUTBOX_COST_MAX = 0.15
+WEBHOOK_SECRET_BYTES = 32
+# The outbox turned off for the cost's comparison: the one function every ledger change
+# writes its event and decides its alerts through, as a no-op.
+EMIT_FUNCTION = "credits_emit"
 MB = 1024 * 1024
 
 
@@ -131,9 +152,11 @@ def load(
     accounts: int,
     prefix: str,
     database: int | None = None,
+    beside: Callable[[], None] | None = None,
 ) -> Result:
     """Run the load generator in its own process against `target` (served by `server`,
-    using the database whose postmaster is `database`)."""
+    using the database whose postmaster is `database`); `beside` runs in a thread while
+    the load is measured."""
     command = [
         sys.executable,
         "-m",
@@ -154,12 +177,17 @@ def load(
             sys.exit(f"{name}: the load generator failed before measuring")
         trees = [server.pid] if database is None else [server.pid, database]
         cpu_before = [processes.cpu_seconds(processes.tree(pid)) for pid in trees]
+        companion = None if beside is None else threading.Thread(target=beside, daemon=True)
+        if companion is not None:
+            companion.start()
         with Sampler(server.pid) as sampler:
             done = json.loads(generator.stdout.readline() or "{}")
             cpu_used = [
                 processes.cpu_seconds(processes.tree(pid)) - before
                 for pid, before in zip(trees, cpu_before, strict=True)
             ]
+        if companion is not None:
+            companion.join()
     finally:
         stop(generator)
     if done.get("event") != "done":
@@ -180,8 +208,16 @@ def load(
 
 
 def service_env(
-    dev: Path, address: str, url: str, redis_url: str, args: argparse.Namespace
+    dev: Path,
+    address: str,
+    url: str,
+    *,
+    redis_url: str,
+    webhook_url: str,
+    args: argparse.Namespace,
 ) -> dict[str, str]:
+    # Development mode signs webhooks with the dev folder's secret.
+    (dev / DEV_WEBHOOK_SECRET_FILE_NAME).write_text(secrets.token_urlsafe(WEBHOOK_SECRET_BYTES))
     env = {
         **os.environ,
         "CREDITS_ENV": "development",
@@ -193,6 +229,7 @@ def service_env(
         # As under `make run`: the processes count rate limits together in a Redis of their
         # own (several processes are refused without one).
         "CREDITS_REDIS_URL": redis_url,
+        "CREDITS_WEBHOOK_URL": webhook_url,
     }
     if args.processes is not None:
         env["CREDITS_PROCESSES"] = str(args.processes)
@@ -204,7 +241,45 @@ def postmaster(dev: Path) -> int:
     return int((dev / "pgdata" / "postmaster.pid").read_text().split()[0])
 
 
-def bench_service(dev: Path, url: str, args: argparse.Namespace) -> list[Result]:
+@dataclass
+class Events:
+    """What the events part of the run found: alert latencies and the outbox's cost."""
+
+    alerts_idle: dict[str, dict[str, float]] = field(default_factory=dict)
+    alerts_loaded: dict[str, dict[str, float]] = field(default_factory=dict)
+    with_outbox: list[float] = field(default_factory=list)
+    without_outbox: list[float] = field(default_factory=list)
+    webhook_posts: int = 0
+
+    @property
+    def outbox_cost(self) -> float:
+        return 1 - statistics.median(self.with_outbox) / statistics.median(self.without_outbox)
+
+
+async def _outbox(admin_url: str, enabled: bool, saved: dict[str, str]) -> None:
+    """Turn the outbox off (credits_emit a no-op, its definition kept in `saved`) or on
+    again (that definition restored), on the bench's own database."""
+    if enabled and EMIT_FUNCTION not in saved:
+        return  # never turned off
+    conn = await asyncpg.connect(admin_url)
+    try:
+        if enabled:
+            await conn.execute(saved.pop(EMIT_FUNCTION))
+            return
+        oid = f"'{EMIT_FUNCTION}'::regproc"
+        saved[EMIT_FUNCTION] = await conn.fetchval(f"SELECT pg_get_functiondef({oid})")
+        arguments = await conn.fetchval(f"SELECT pg_get_function_identity_arguments({oid})")
+        await conn.execute(
+            f"CREATE OR REPLACE FUNCTION {EMIT_FUNCTION}({arguments}) RETURNS void"
+            " LANGUAGE plpgsql AS $$ BEGIN END $$"
+        )
+    finally:
+        await conn.close()
+
+
+def bench_service(
+    dev: Path, embedded: database.Embedded, args: argparse.Namespace
+) -> tuple[list[Result], Events]:
     port = free_port()
     address = f"127.0.0.1:{port}"
     log = dev.parent / "service.log"
@@ -212,55 +287,102 @@ def bench_service(dev: Path, url: str, args: argparse.Namespace) -> list[Result]
     if redis_server is None:
         raise SystemExit("make bench needs redis-server: run scripts/ensure-redis-server.sh")
     redis_process, redis_url = devrun.start_redis(redis_server)
-    with log.open("wb") as out:
+    events = Events()
+    with contextlib.ExitStack() as stack:
+        receiver = stack.enter_context(receiving())
+        env = service_env(
+            dev,
+            address,
+            embedded.service_url,
+            redis_url=redis_url,
+            webhook_url=receiver.url,
+            args=args,
+        )
+        out = stack.enter_context(log.open("wb"))
         service = subprocess.Popen(
             [sys.executable, "-m", "service"],
             cwd=REPO,
-            env=service_env(dev, address, url, redis_url, args),
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    try:
-        wait_listening(service, port, log)
-        pki = dev / "pki"
-        # On the idle service, before the load: a crossing's commit to its alert.
-        latencies = asyncio.run(alerts.measure(address, pki, args.alert_crossings))
-        alert = alerts.summary(latencies)
-        print(
-            f"alert latency over {alert['crossings']:.0f} crossings: p50"
-            f" {alert['p50_ms']:.1f} ms, p99 {alert['p99_ms']:.1f} ms (target ≤"
-            f" {ALERT_P99_MS_MAX:.0f}) {mark(alert['p99_ms'] <= ALERT_P99_MS_MAX)}",
-            flush=True,
+        try:
+            wait_listening(service, port, log)
+            pki = dev / "pki"
+            results = _service_rows(
+                service, address, pki, receiver=receiver, events=events, args=args
+            )
+            postgres = postmaster(dev)
+            saved: dict[str, str] = {}
+            for _ in range(args.outbox_rounds):
+                for enabled, rates in ((True, events.with_outbox), (False, events.without_outbox)):
+                    asyncio.run(_outbox(embedded.admin_url, enabled, saved))
+                    rates.append(
+                        load(
+                            f"outbox {'on' if enabled else 'off'}",
+                            *(service, address, pki, args),
+                            clients=args.clients,
+                            accounts=args.accounts,
+                            prefix=ACCOUNT_PREFIX,
+                            database=postgres,
+                        ).cycles_per_second
+                    )
+            asyncio.run(_outbox(embedded.admin_url, True, saved))
+            events.webhook_posts = receiver.posts
+            return results, events
+        finally:
+            stop(service)
+            devrun.stop_all([redis_process])
+
+
+def _service_rows(
+    service: subprocess.Popen[bytes],
+    address: str,
+    pki: Path,
+    *,
+    receiver: Receiver,
+    events: Events,
+    args: argparse.Namespace,
+) -> list[Result]:
+    dev = pki.parent
+    # On the idle service, before the load: a crossing's commit to its alert.
+    events.alerts_idle = alerts.summaries(
+        asyncio.run(alerts.measure(address, pki, args.alert_crossings, receiver))
+    )
+
+    def under_load() -> None:
+        crossings = alerts.measure(
+            address, pki, args.alert_crossings, receiver, seconds_max=args.duration_seconds
         )
-        return [
-            load(
-                f"service, {args.clients} clients, {args.accounts} accounts",
-                *(service, address, pki, args),
-                clients=args.clients,
-                accounts=args.accounts,
-                prefix=ACCOUNT_PREFIX,
-                database=postmaster(dev),
-            ),
-            load(
-                f"service, {args.clients} clients, one hot account",
-                *(service, address, pki, args),
-                clients=args.clients,
-                accounts=1,
-                prefix=HOT_PREFIX,
-                database=postmaster(dev),
-            ),
-            load(
-                f"service, {args.light_clients} clients, {args.accounts} accounts",
-                *(service, address, pki, args),
-                clients=args.light_clients,
-                accounts=args.accounts,
-                prefix=ACCOUNT_PREFIX,
-                database=postmaster(dev),
-            ),
-        ]
-    finally:
-        stop(service)
-        devrun.stop_all([redis_process])
+        events.alerts_loaded = alerts.summaries(asyncio.run(crossings))
+
+    return [
+        load(
+            f"service, {args.clients} clients, {args.accounts} accounts",
+            *(service, address, pki, args),
+            clients=args.clients,
+            accounts=args.accounts,
+            prefix=ACCOUNT_PREFIX,
+            database=postmaster(dev),
+            beside=under_load,
+        ),
+        load(
+            f"service, {args.clients} clients, one hot account",
+            *(service, address, pki, args),
+            clients=args.clients,
+            accounts=1,
+            prefix=HOT_PREFIX,
+            database=postmaster(dev),
+        ),
+        load(
+            f"service, {args.light_clients} clients, {args.accounts} accounts",
+            *(service, address, pki, args),
+            clients=args.light_clients,
+            accounts=args.accounts,
+            prefix=ACCOUNT_PREFIX,
+            database=postmaster(dev),
+        ),
+    ]
 
 
 def bench_transport(dev: Path, args: argparse.Namespace) -> Result:
@@ -360,6 +482,33 @@ def verdicts(service: list[Result], transport: Result, db: list[Result]) -> list
     ]
 
 
+def event_verdicts(events: Events) -> list[str]:
+    lines = []
+    for when, found in (
+        ("idle", events.alerts_idle),
+        ("under the 64-client load", events.alerts_loaded),
+    ):
+        for place, latency in found.items():
+            lines.append(
+                f"alert latency on the {place}, {when}, {latency['crossings']:.0f} crossings:"
+                f" p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms, max"
+                f" {latency['max_ms']:.1f} ms (target p99 ≤ {ALERT_P99_MS_MAX:.0f})"
+                f" {mark(latency['p99_ms'] <= ALERT_P99_MS_MAX)}"
+            )
+    if events.with_outbox and events.without_outbox:
+        rounds = ", ".join(
+            f"{on:.0f} / {off:.0f}"
+            for on, off in zip(events.with_outbox, events.without_outbox, strict=True)
+        )
+        lines.append(
+            f"outbox cost: cycles/s with / without it {rounds}; {events.outbox_cost:.1%} of"
+            f" the throughput by the medians (target ≤ {OUTBOX_COST_MAX:.0%})"
+            f" {mark(events.outbox_cost <= OUTBOX_COST_MAX)}"
+        )
+    lines.append(f"webhooks received by the bench: {events.webhook_posts} POSTs")
+    return lines
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -399,11 +548,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help=f"crossings timed for the alert latency (default {alerts.CROSSINGS_DEFAULT})",
     )
     parser.add_argument(
+        "--outbox-rounds",
+        type=int,
+        default=2,
+        help="rounds of the outbox's cost, each a load with it and one without (default 2)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="a few seconds per scenario, for a smoke test"
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration_seconds, args.warmup_seconds = 3.0, 1.0
+        args.alert_crossings, args.outbox_rounds = min(args.alert_crossings, 20), 1
     return args
 
 
@@ -415,7 +571,7 @@ def main(argv: list[str] | None = None) -> None:
         ensure_dev_callers(dev / "callers.toml")
         embedded = database.prepare_embedded(dev)
         started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        service = bench_service(dev, embedded.service_url, args)
+        service, events = bench_service(dev, embedded, args)
         db = bench_database(embedded.service_url, args)
         transport = bench_transport(dev, args)
     print(
@@ -424,7 +580,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(table([*service, transport, *db]))
     print()
-    for line in verdicts(service, transport, db):
+    for line in [*verdicts(service, transport, db), *event_verdicts(events)]:
         print(f"- {line}")
 
 

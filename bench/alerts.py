@@ -1,8 +1,9 @@
 """Alert latency: the time from the commit of a change that crosses a balance threshold
-(its Reserve answered) to the BALANCE_LOW event's arrival on a WatchEvents stream, for
-`crossings` crossings one after the other on one account of thresholds
-(ALERT_THRESHOLD). `python -m bench` runs it on an idle service; `python -m bench.alerts
---target … --pki …` runs it alone."""
+(its Reserve answered) to the BALANCE_LOW event's arrival on a WatchEvents stream and,
+when the service delivers webhooks to a bench receiver, at that receiver; for `crossings`
+crossings one after the other on one account of thresholds (ALERT_THRESHOLD), or as many
+as fit in `seconds_max`. `python -m bench` runs it on the idle service and again under
+the cycle load; `python -m bench.alerts --target … --pki …` runs it alone (stream only)."""
 
 import argparse
 import asyncio
@@ -10,11 +11,13 @@ import json
 import statistics
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import field_mask_pb2
 
 from bench.loadgen import open_channel
+from bench.receiver import Receiver
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub
 
@@ -26,10 +29,34 @@ FUNDING = 100
 CROSSING_AMOUNT = 60
 CALL_TIMEOUT_SECONDS = 10.0
 PERCENT = 100
+# How often the receiver (another thread) is looked at for an alert that has not arrived.
+RECEIVER_POLL_SECONDS = 0.001
 
 
-async def measure(target: str, pki: Path, crossings: int) -> list[float]:
-    """Each crossing's latency in seconds."""
+@dataclass(frozen=True)
+class Crossing:
+    """Seconds from a crossing's commit to its alert: on the stream, at the receiver."""
+
+    stream: float
+    webhook: float | None
+
+
+async def _webhook_arrival(receiver: Receiver, event_id: str) -> float:
+    async with asyncio.timeout(CALL_TIMEOUT_SECONDS):
+        # The receiver is another thread's: looked at, not awaited.
+        while (arrived := receiver.arrived(event_id)) is None:  # noqa: ASYNC110
+            await asyncio.sleep(RECEIVER_POLL_SECONDS)
+    return arrived
+
+
+async def measure(
+    target: str,
+    pki: Path,
+    crossings: int,
+    receiver: Receiver | None = None,
+    seconds_max: float | None = None,
+) -> list[Crossing]:
+    """Each crossing's latencies."""
     account = f"bench-alerts-{uuid.uuid4().hex[:8]}"
     async with open_channel(pki, "ops", target) as channel:
         stub = CreditsServiceStub(channel)
@@ -57,16 +84,19 @@ async def measure(target: str, pki: Path, crossings: int) -> list[float]:
                 from_oldest=True, account_id=account, types=[pb.EVENT_TYPE_BALANCE_LOW]
             )
         )
-        arrivals: asyncio.Queue[float] = asyncio.Queue()
+        arrivals: asyncio.Queue[tuple[float, str]] = asyncio.Queue()
 
         async def read() -> None:
-            async for _ in stream:
-                await arrivals.put(time.perf_counter())
+            async for response in stream:
+                await arrivals.put((time.perf_counter(), response.event.event_id))
 
         reader = asyncio.create_task(read())
         latencies = []
+        deadline = None if seconds_max is None else time.perf_counter() + seconds_max
         try:
             for _ in range(crossings):
+                if deadline is not None and time.perf_counter() > deadline:
+                    break
                 reserved: pb.ReserveResponse = await stub.Reserve(
                     pb.ReserveRequest(
                         account_id=account,
@@ -76,9 +106,15 @@ async def measure(target: str, pki: Path, crossings: int) -> list[float]:
                     timeout=CALL_TIMEOUT_SECONDS,
                 )
                 committed = time.perf_counter()
-                arrived = await asyncio.wait_for(arrivals.get(), CALL_TIMEOUT_SECONDS)
+                arrived, event_id = await asyncio.wait_for(arrivals.get(), CALL_TIMEOUT_SECONDS)
+                hooked = None if receiver is None else await _webhook_arrival(receiver, event_id)
                 # An alert can beat the Reserve's answer to the client: that is 0.
-                latencies.append(max(0.0, arrived - committed))
+                latencies.append(
+                    Crossing(
+                        max(0.0, arrived - committed),
+                        None if hooked is None else max(0.0, hooked - committed),
+                    )
+                )
                 await stub.Release(
                     pb.ReleaseRequest(
                         account_id=account, reservation_id=reserved.reservation.reservation_id
@@ -101,13 +137,22 @@ def summary(latencies: list[float]) -> dict[str, float]:
     }
 
 
+def summaries(crossings: list[Crossing]) -> dict[str, dict[str, float]]:
+    """Per place the alert arrived ("stream", "webhook"), its latency summary."""
+    found = {"stream": summary([c.stream for c in crossings])}
+    hooked = [c.webhook for c in crossings if c.webhook is not None]
+    if hooked:
+        found["webhook"] = summary(hooked)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.alerts", description=__doc__)
     parser.add_argument("--target", required=True)
     parser.add_argument("--pki", type=Path, required=True)
     parser.add_argument("--crossings", type=int, default=CROSSINGS_DEFAULT)
     args = parser.parse_args()
-    print(json.dumps(summary(asyncio.run(measure(args.target, args.pki, args.crossings)))))
+    print(json.dumps(summaries(asyncio.run(measure(args.target, args.pki, args.crossings)))))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,13 @@ in stream order, at least once, from the outbox (docs/architecture.md, "Events")
 
 Delivery state is a row of `webhook_deliveries` (the endpoint's last delivered cursor and
 since when its next event has been failing), so a restart or `kill -9` resumes where the
-last acknowledged delivery left off: an event may come twice (de-duplicate on its id),
-never not at all. One worker at a time across every instance and process: the one that
-holds a PostgreSQL advisory lock on its own connection; the others wait for it. The
-ledger never waits for an endpoint: the worker only reads the outbox.
+last acknowledged batch left off: an event may come twice (de-duplicate on its id), never
+not at all. Order is promised per account (and among price events), so the events of a
+batch go out on DELIVERY_LANES connections side by side, each account's in order; the
+cursor moves past the batch once all of it is acknowledged or given up. One worker at a
+time across every instance and process: the one that holds a PostgreSQL advisory lock
+on its own connection; the others wait for it. The ledger never waits for an endpoint:
+the worker only reads the outbox.
 
 Each POST carries the event as JSON, `Credits-Event-Id`, and `Credits-Signature:
 t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + body>` (modelled on Stripe's);
@@ -17,6 +20,7 @@ the next one goes.
 """
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime
 import hashlib
@@ -29,7 +33,7 @@ import urllib.parse
 from typing import Any
 
 import asyncpg
-import requests
+import urllib3
 
 from service.ledger import failures, limits
 from service.ledger.model import Event, EventCursor
@@ -48,6 +52,9 @@ DELIVERY_TIMEOUT_SECONDS = 10.0
 BACKOFF_FIRST_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 600.0
 BACKOFF_JITTER_FRACTION = 0.5
+# Connections POSTing side by side, each carrying one account's events at a time: enough to
+# keep up with the ledger on an endpoint that answers in milliseconds.
+DELIVERY_LANES = 8
 # The advisory lock whose holder is the one delivery worker ("credits webhooks").
 WORKER_LOCK_KEY = 0x637265646974_7768
 # A worker that does not hold the lock tries again after this long.
@@ -116,11 +123,19 @@ def backoff_seconds(failures: int) -> float:
     return base * random.uniform(1 - BACKOFF_JITTER_FRACTION, 1)
 
 
-def _post(session: requests.Session, url: str, body: bytes, headers: dict[str, str]) -> int:
-    response = session.post(url, data=body, headers=headers, timeout=DELIVERY_TIMEOUT_SECONDS)
-    response.close()
-    status: int = response.status_code
-    return status
+def _post(pool: urllib3.PoolManager, url: str, body: bytes, headers: dict[str, str]) -> int:
+    response = pool.request(
+        "POST",
+        url,
+        body=body,
+        headers=headers,
+        timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=DELIVERY_TIMEOUT_SECONDS),
+        # An attempt is one POST: retries are the deliverer's, with its backoff, and a
+        # redirect is an endpoint's misconfiguration, not an acknowledgement.
+        retries=False,
+        redirect=False,
+    )
+    return response.status
 
 
 class Deliverer:
@@ -141,11 +156,24 @@ class Deliverer:
         self._retry = retry
         # The metrics' label: the host, never a path or query that may hold a token.
         self._label = urllib.parse.urlsplit(url).netloc
-        # One kept-alive connection for the events in a row, not a handshake each; the
-        # POSTs are sequential, so the session is never used by two threads at once.
-        self._session = requests.Session()
+        # A kept-alive connection per lane, not a handshake per event.
+        self._pool = urllib3.PoolManager(maxsize=DELIVERY_LANES)
+        self._posters = concurrent.futures.ThreadPoolExecutor(
+            DELIVERY_LANES, thread_name_prefix="credits-webhook"
+        )
+        # Since when the batch in flight has been failing; kept in the cursor row so
+        # that a restart does not start the retry window again.
+        self._failing_since: datetime.datetime | None = None
+        # The lanes share the lock's connection for that one write.
+        self._conn_lock = asyncio.Lock()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self._posters.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self) -> None:
         while True:
             try:
                 conn = await asyncpg.connect(self._database_url, timeout=CONNECT_TIMEOUT_SECONDS)
@@ -178,7 +206,7 @@ class Deliverer:
             await conn.execute(START, self._url, bounds.horizon - 1, EVENT_SEQ_AFTER_ALL)
             row = await conn.fetchrow(LOAD, self._url)
         cursor = EventCursor(row["delivered_position"], row["delivered_seq"])
-        failing_since: datetime.datetime | None = row["failing_since"]
+        self._failing_since = row["failing_since"]
         signals = self._store.signals
         while True:
             signal = signals.next_signal()
@@ -194,58 +222,80 @@ class Deliverer:
                 cursor = oldest
                 await conn.execute(SAVE, self._url, cursor.position, cursor.seq, None)
                 continue
-            for event in batch:
-                await self._deliver_one(conn, event, cursor, failing_since)
-                cursor = event.cursor
+            if batch:
+                await self._deliver_batch(conn, batch, cursor)
+                cursor = batch[-1].cursor
+                self._failing_since = None
                 await conn.execute(SAVE, self._url, cursor.position, cursor.seq, None)
-                failing_since = None
-            if not batch:
+            else:
                 metrics.WEBHOOK_LAG_SECONDS.labels(self._label).set(0)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(limits.EVENT_POLL_INTERVAL_SECONDS):
                         await signal.wait()
+
+    async def _deliver_batch(
+        self, conn: asyncpg.Connection, batch: list[Event], before: EventCursor
+    ) -> None:
+        """Every event of `batch` acknowledged or given up, each account's in order."""
+        queues: dict[str, list[Event]] = {}
+        for event in batch:
+            # Price events ("" account) keep their order among themselves too.
+            queues.setdefault(event.account_id, []).append(event)
+        waiting = list(queues.values())
+        waiting.reverse()
+
+        async def lane() -> None:
+            while waiting:
+                for event in waiting.pop():
+                    await self._deliver_one(conn, event, before)
+
+        async with asyncio.TaskGroup() as lanes:
+            for _ in range(min(DELIVERY_LANES, len(waiting))):
+                lanes.create_task(lane())
 
     async def _deliver_one(
         self,
         conn: asyncpg.Connection,
         event: Event,
         before: EventCursor,
-        failing_since: datetime.datetime | None,
     ) -> None:
         """POST until it is acknowledged or the retry window has passed."""
         body = event_body(event)
         failures = 0
+        loop = asyncio.get_running_loop()
         while True:
-            metrics.WEBHOOK_LAG_SECONDS.labels(self._label).set(
-                max(0.0, (datetime.datetime.now(datetime.UTC) - event.occurred_at).total_seconds())
-            )
+            metrics.WEBHOOK_LAG_SECONDS.labels(self._label).set(_age_seconds(event))
             headers = {
                 "Content-Type": "application/json",
                 EVENT_ID_HEADER: str(event.event_id),
                 SIGNATURE_HEADER: signature(body, self._secret, int(time.time())),
             }
             try:
-                status = await asyncio.to_thread(_post, self._session, self._url, body, headers)
-            except requests.RequestException as exc:
+                status = await loop.run_in_executor(
+                    self._posters, _post, self._pool, self._url, body, headers
+                )
+            except urllib3.exceptions.HTTPError as exc:
                 status, error = 0, type(exc).__name__
             else:
                 error = f"HTTP {status}"
             if HTTP_OK_MIN <= status <= HTTP_OK_MAX:
                 metrics.WEBHOOK_ATTEMPTS.labels(self._label, "delivered").inc()
-                metrics.WEBHOOK_DELIVERY_SECONDS.labels(self._label).observe(
-                    max(
-                        0.0,
-                        (datetime.datetime.now(datetime.UTC) - event.occurred_at).total_seconds(),
-                    )
-                )
+                metrics.WEBHOOK_DELIVERY_SECONDS.labels(self._label).observe(_age_seconds(event))
+                if self._failing_since is not None:
+                    # The endpoint is back: the next failure starts a window of its own.
+                    self._failing_since = None
+                    async with self._conn_lock:
+                        await conn.execute(SAVE, self._url, before.position, before.seq, None)
                 return
             metrics.WEBHOOK_ATTEMPTS.labels(self._label, "failed").inc()
             now = datetime.datetime.now(datetime.UTC)
-            if failing_since is None:
-                failing_since = now
-                # Kept, so that a restart does not start the retry window again.
-                await conn.execute(SAVE, self._url, before.position, before.seq, failing_since)
-            if now - failing_since > self._retry:
+            if self._failing_since is None:
+                self._failing_since = now
+                async with self._conn_lock:
+                    await conn.execute(
+                        SAVE, self._url, before.position, before.seq, self._failing_since
+                    )
+            if now - self._failing_since > self._retry:
                 metrics.WEBHOOK_GIVEN_UP.labels(self._label).inc()
                 log.error(
                     "webhook given up",
@@ -259,3 +309,8 @@ class Deliverer:
                 extra={"event_id": str(event.event_id), "error": error, "retry_in_s": wait},
             )
             await asyncio.sleep(wait)
+
+
+def _age_seconds(event: Event) -> float:
+    """From the event's commit (its occurred_at, the ledger's clock) to now."""
+    return max(0.0, (datetime.datetime.now(datetime.UTC) - event.occurred_at).total_seconds())
