@@ -30,6 +30,7 @@ import logging
 import random
 import time
 import urllib.parse
+import uuid
 from typing import Any
 
 import asyncpg
@@ -234,37 +235,28 @@ class Deliverer:
                         await signal.wait()
 
     async def _deliver_batch(
-        self, conn: asyncpg.Connection, batch: list[Event], before: EventCursor
+        self, conn: asyncpg.Connection, events: list[Event], before: EventCursor
     ) -> None:
-        """Every event of `batch` acknowledged or given up, each account's in order."""
-        queues: dict[str, list[Event]] = {}
-        for event in batch:
-            # Price events ("" account) keep their order among themselves too.
-            queues.setdefault(event.account_id, []).append(event)
-        waiting = list(queues.values())
-        waiting.reverse()
+        """Every event of the batch acknowledged or given up, each account's in order."""
+        batch = _Batch(events, before)
 
         async def lane() -> None:
-            while waiting:
-                for event in waiting.pop():
-                    await self._deliver_one(conn, event, before)
+            while batch.waiting:
+                for event in batch.waiting.pop():
+                    await self._deliver_one(conn, event, batch)
+                    batch.finished(event)
 
         async with asyncio.TaskGroup() as lanes:
-            for _ in range(min(DELIVERY_LANES, len(waiting))):
+            for _ in range(min(DELIVERY_LANES, len(batch.waiting))):
                 lanes.create_task(lane())
 
-    async def _deliver_one(
-        self,
-        conn: asyncpg.Connection,
-        event: Event,
-        before: EventCursor,
-    ) -> None:
+    async def _deliver_one(self, conn: asyncpg.Connection, event: Event, batch: "_Batch") -> None:
         """POST until it is acknowledged or the retry window has passed."""
         body = event_body(event)
         failures = 0
         loop = asyncio.get_running_loop()
         while True:
-            metrics.WEBHOOK_LAG_SECONDS.labels(self._label).set(_age_seconds(event))
+            metrics.WEBHOOK_LAG_SECONDS.labels(self._label).set(batch.oldest_age_seconds())
             headers = {
                 "Content-Type": "application/json",
                 EVENT_ID_HEADER: str(event.event_id),
@@ -285,7 +277,9 @@ class Deliverer:
                     # The endpoint is back: the next failure starts a window of its own.
                     self._failing_since = None
                     async with self._conn_lock:
-                        await conn.execute(SAVE, self._url, before.position, before.seq, None)
+                        await conn.execute(
+                            SAVE, self._url, batch.before.position, batch.before.seq, None
+                        )
                 return
             metrics.WEBHOOK_ATTEMPTS.labels(self._label, "failed").inc()
             now = datetime.datetime.now(datetime.UTC)
@@ -293,7 +287,11 @@ class Deliverer:
                 self._failing_since = now
                 async with self._conn_lock:
                     await conn.execute(
-                        SAVE, self._url, before.position, before.seq, self._failing_since
+                        SAVE,
+                        self._url,
+                        batch.before.position,
+                        batch.before.seq,
+                        self._failing_since,
                     )
             if now - self._failing_since > self._retry:
                 metrics.WEBHOOK_GIVEN_UP.labels(self._label).inc()
@@ -309,6 +307,30 @@ class Deliverer:
                 extra={"event_id": str(event.event_id), "error": error, "retry_in_s": wait},
             )
             await asyncio.sleep(wait)
+
+
+class _Batch:
+    """A batch in flight: the accounts' queues still waiting for a lane, and its oldest
+    event not yet acknowledged or given up (what the lag measures)."""
+
+    def __init__(self, events: list[Event], before: EventCursor) -> None:
+        self.before = before
+        self._events = events
+        self._done: set[uuid.UUID] = set()
+        self._head = 0
+        queues: dict[str, list[Event]] = {}
+        for event in events:
+            # Price events ("" account) keep their order among themselves too.
+            queues.setdefault(event.account_id, []).append(event)
+        self.waiting = list(reversed(queues.values()))
+
+    def finished(self, event: Event) -> None:
+        self._done.add(event.event_id)
+        while self._head < len(self._events) and self._events[self._head].event_id in self._done:
+            self._head += 1
+
+    def oldest_age_seconds(self) -> float:
+        return _age_seconds(self._events[self._head]) if self._head < len(self._events) else 0.0
 
 
 def _age_seconds(event: Event) -> float:
