@@ -1285,7 +1285,9 @@ class AccountSettings(_message.Message):
     spend_limit_day: _builtins.int
     """The most the account may spend per UTC day; 0 (default): no limit. Spend is credits
     held by active reservations and captured by confirmed ones, of the reservations
-    created in the period, plus overruns settled in it; releases and expiries give it back.
+    created in the period, plus overruns settled in it, plus credits transferred out of
+    the account in it; releases and expiries give it back. Reserve and Transfer are
+    refused (SPEND_LIMIT_EXCEEDED) when they would go past it.
     """
     spend_limit_month: _builtins.int
     """The most per UTC calendar month, counted like spend_limit_day; 0: no limit."""
