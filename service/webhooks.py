@@ -58,8 +58,10 @@ BACKOFF_JITTER_FRACTION = 0.5
 DELIVERY_LANES = 8
 # The advisory lock whose holder is the one delivery worker ("credits webhooks").
 WORKER_LOCK_KEY = 0x637265646974_7768
-# A worker that does not hold the lock tries again after this long.
-LOCK_RETRY_SECONDS = 5.0
+# A worker that does not hold the lock tries again after this long: how long events wait
+# when the holder dies (a kill -9 frees the lock with its connection). One cheap query a
+# second per instance.
+LOCK_RETRY_SECONDS = 1.0
 CONNECT_TIMEOUT_SECONDS = 5.0
 HTTP_OK_MIN, HTTP_OK_MAX = 200, 299
 
