@@ -13,11 +13,12 @@ ports; never `.dev/` or the ports of `make run`):
 - floor (b), the database: the same two SQL functions driven by pgbench (bench.pgfloor),
   over the accounts and on the hot one;
 - the memory of all service processes under load and the service's CPU time per cycle;
-- events: the service delivers its webhooks to a receiver of the bench's own
-  (bench.receiver) throughout; balance alerts are timed from the crossing's commit to
-  their arrival on a WatchEvents stream and at that receiver, on the idle service and
-  under the cycle load (bench.alerts); and the outbox's cost is the cycle throughput
-  with it against the same load with `credits_emit` made a no-op, rounds alternating.
+- events: the outbox's cost is the cycle throughput with it against the same load with
+  `credits_emit` made a no-op, rounds alternating; then a service that delivers its
+  webhooks to a receiver of the bench's own (bench.receiver) runs the 64-client load
+  again, and balance alerts are timed from the crossing's commit to their arrival on a
+  WatchEvents stream and at that receiver, on the idle service and under that load
+  (bench.alerts).
 """
 
 import argparse
@@ -35,14 +36,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 
 from bench import alerts, pgfloor, processes
-from bench.receiver import Receiver, receiving
+from bench.receiver import receiving
 from scripts import devrun
 from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
@@ -213,11 +214,9 @@ def service_env(
     url: str,
     *,
     redis_url: str,
-    webhook_url: str,
+    webhook_url: str | None,
     args: argparse.Namespace,
 ) -> dict[str, str]:
-    # Development mode signs webhooks with the dev folder's secret.
-    (dev / DEV_WEBHOOK_SECRET_FILE_NAME).write_text(secrets.token_urlsafe(WEBHOOK_SECRET_BYTES))
     env = {
         **os.environ,
         "CREDITS_ENV": "development",
@@ -229,8 +228,12 @@ def service_env(
         # As under `make run`: the processes count rate limits together in a Redis of their
         # own (several processes are refused without one).
         "CREDITS_REDIS_URL": redis_url,
-        "CREDITS_WEBHOOK_URL": webhook_url,
     }
+    if webhook_url is not None:
+        # Development mode signs webhooks with the dev folder's secret.
+        secret = dev / DEV_WEBHOOK_SECRET_FILE_NAME
+        secret.write_text(secrets.token_urlsafe(WEBHOOK_SECRET_BYTES))
+        env["CREDITS_WEBHOOK_URL"] = webhook_url
     if args.processes is not None:
         env["CREDITS_PROCESSES"] = str(args.processes)
     return env
@@ -277,9 +280,16 @@ async def _outbox(admin_url: str, enabled: bool, saved: dict[str, str]) -> None:
         await conn.close()
 
 
-def bench_service(
-    dev: Path, embedded: database.Embedded, args: argparse.Namespace
-) -> tuple[list[Result], Events]:
+@contextlib.contextmanager
+def running_service(
+    dev: Path,
+    embedded: database.Embedded,
+    args: argparse.Namespace,
+    *,
+    webhook_url: str | None,
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`python -m service` as `make run` starts it, with its own Redis; the process and
+    its address."""
     port = free_port()
     address = f"127.0.0.1:{port}"
     log = dev.parent / "service.log"
@@ -287,18 +297,15 @@ def bench_service(
     if redis_server is None:
         raise SystemExit("make bench needs redis-server: run scripts/ensure-redis-server.sh")
     redis_process, redis_url = devrun.start_redis(redis_server)
-    events = Events()
-    with contextlib.ExitStack() as stack:
-        receiver = stack.enter_context(receiving())
-        env = service_env(
-            dev,
-            address,
-            embedded.service_url,
-            redis_url=redis_url,
-            webhook_url=receiver.url,
-            args=args,
-        )
-        out = stack.enter_context(log.open("wb"))
+    env = service_env(
+        dev,
+        address,
+        embedded.service_url,
+        redis_url=redis_url,
+        webhook_url=webhook_url,
+        args=args,
+    )
+    with log.open("wb") as out:
         service = subprocess.Popen(
             [sys.executable, "-m", "service"],
             cwd=REPO,
@@ -306,56 +313,74 @@ def bench_service(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-        try:
-            wait_listening(service, port, log)
-            pki = dev / "pki"
-            results = _service_rows(
-                service, address, pki, receiver=receiver, events=events, args=args
+    try:
+        wait_listening(service, port, log)
+        yield service, address
+    finally:
+        stop(service)
+        devrun.stop_all([redis_process])
+
+
+def bench_service(
+    dev: Path, embedded: database.Embedded, args: argparse.Namespace
+) -> tuple[list[Result], Events]:
+    """The cycle rows and the outbox's cost on a service without webhooks (so that the
+    numbers compare with runs before events, and the bench's receiver takes no CPU from
+    them); then, on one that delivers them to the bench's receiver, the alert latencies
+    and the same load again."""
+    pki = dev / "pki"
+    events = Events()
+    with running_service(dev, embedded, args, webhook_url=None) as (service, address):
+        results = _service_rows(service, address, pki, args)
+        saved: dict[str, str] = {}
+        for _ in range(args.outbox_rounds):
+            for enabled, rates in ((True, events.with_outbox), (False, events.without_outbox)):
+                asyncio.run(_outbox(embedded.admin_url, enabled, saved))
+                rates.append(
+                    load(
+                        f"outbox {'on' if enabled else 'off'}",
+                        *(service, address, pki, args),
+                        clients=args.clients,
+                        accounts=args.accounts,
+                        prefix=ACCOUNT_PREFIX,
+                        database=postmaster(dev),
+                    ).cycles_per_second
+                )
+        asyncio.run(_outbox(embedded.admin_url, True, saved))
+    with (
+        receiving() as receiver,
+        running_service(dev, embedded, args, webhook_url=receiver.url) as (service, address),
+    ):
+        # On the idle service, before the load: a crossing's commit to its alert.
+        events.alerts_idle = alerts.summaries(
+            asyncio.run(alerts.measure(address, pki, args.alert_crossings, receiver))
+        )
+
+        def under_load() -> None:
+            crossings = alerts.measure(
+                address, pki, args.alert_crossings, receiver, seconds_max=args.duration_seconds
             )
-            postgres = postmaster(dev)
-            saved: dict[str, str] = {}
-            for _ in range(args.outbox_rounds):
-                for enabled, rates in ((True, events.with_outbox), (False, events.without_outbox)):
-                    asyncio.run(_outbox(embedded.admin_url, enabled, saved))
-                    rates.append(
-                        load(
-                            f"outbox {'on' if enabled else 'off'}",
-                            *(service, address, pki, args),
-                            clients=args.clients,
-                            accounts=args.accounts,
-                            prefix=ACCOUNT_PREFIX,
-                            database=postgres,
-                        ).cycles_per_second
-                    )
-            asyncio.run(_outbox(embedded.admin_url, True, saved))
-            events.webhook_posts = receiver.posts
-            return results, events
-        finally:
-            stop(service)
-            devrun.stop_all([redis_process])
+            events.alerts_loaded = alerts.summaries(asyncio.run(crossings))
+
+        results.append(
+            load(
+                f"service delivering webhooks, {args.clients} clients, {args.accounts} accounts",
+                *(service, address, pki, args),
+                clients=args.clients,
+                accounts=args.accounts,
+                prefix=ACCOUNT_PREFIX,
+                database=postmaster(dev),
+                beside=under_load,
+            )
+        )
+        events.webhook_posts = receiver.posts
+    return results, events
 
 
 def _service_rows(
-    service: subprocess.Popen[bytes],
-    address: str,
-    pki: Path,
-    *,
-    receiver: Receiver,
-    events: Events,
-    args: argparse.Namespace,
+    service: subprocess.Popen[bytes], address: str, pki: Path, args: argparse.Namespace
 ) -> list[Result]:
     dev = pki.parent
-    # On the idle service, before the load: a crossing's commit to its alert.
-    events.alerts_idle = alerts.summaries(
-        asyncio.run(alerts.measure(address, pki, args.alert_crossings, receiver))
-    )
-
-    def under_load() -> None:
-        crossings = alerts.measure(
-            address, pki, args.alert_crossings, receiver, seconds_max=args.duration_seconds
-        )
-        events.alerts_loaded = alerts.summaries(asyncio.run(crossings))
-
     return [
         load(
             f"service, {args.clients} clients, {args.accounts} accounts",
@@ -364,7 +389,6 @@ def _service_rows(
             accounts=args.accounts,
             prefix=ACCOUNT_PREFIX,
             database=postmaster(dev),
-            beside=under_load,
         ),
         load(
             f"service, {args.clients} clients, one hot account",
@@ -463,7 +487,7 @@ def mark(ok: bool) -> str:
 
 
 def verdicts(service: list[Result], transport: Result, db: list[Result]) -> list[str]:
-    spread, hot, light = service
+    spread, hot, light = service[:3]
     lower = min(transport.cycles_per_second, db[0].cycles_per_second)
     rss = max(r.rss_mb or 0.0 for r in service)
     errors = sum(sum(r.errors.values()) for r in (*service, transport))
@@ -482,7 +506,8 @@ def verdicts(service: list[Result], transport: Result, db: list[Result]) -> list
     ]
 
 
-def event_verdicts(events: Events) -> list[str]:
+def event_verdicts(events: Events, service: list[Result]) -> list[str]:
+    spread, delivering = service[0], service[-1]
     lines = []
     for when, found in (
         ("idle", events.alerts_idle),
@@ -505,7 +530,11 @@ def event_verdicts(events: Events) -> list[str]:
             f" the throughput by the medians (target ≤ {OUTBOX_COST_MAX:.0%})"
             f" {mark(events.outbox_cost <= OUTBOX_COST_MAX)}"
         )
-    lines.append(f"webhooks received by the bench: {events.webhook_posts} POSTs")
+    lines.append(
+        f"webhooks: {events.webhook_posts} POSTs received by the bench; delivering them cost"
+        f" {1 - delivering.cycles_per_second / spread.cycles_per_second:.1%} of the"
+        " throughput (the receiver runs on the same two cores)"
+    )
     return lines
 
 
@@ -580,7 +609,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(table([*service, transport, *db]))
     print()
-    for line in [*verdicts(service, transport, db), *event_verdicts(events)]:
+    for line in [*verdicts(service, transport, db), *event_verdicts(events, service)]:
         print(f"- {line}")
 
 
