@@ -1,15 +1,15 @@
-"""Signed webhooks: every event POSTed to the operator's endpoint (CREDITS_WEBHOOK_URL)
-in stream order, at least once, from the outbox (docs/architecture.md, "Events").
+"""Signed webhooks: every event POSTed to the operator's endpoint (CREDITS_WEBHOOK_URL),
+at least once and in order per account, from the outbox (docs/architecture.md, "Events").
 
-Delivery state is a row of `webhook_deliveries` (the endpoint's last delivered cursor and
-since when its next event has been failing), so a restart or `kill -9` resumes where the
-last acknowledged batch left off: an event may come twice (de-duplicate on its id), never
-not at all. Order is promised per account (and among price events), so the events of a
-batch go out on DELIVERY_LANES connections side by side, each account's in order; the
-cursor moves past the batch once all of it is acknowledged or given up. One worker at a
-time across every instance and process: the one that holds a PostgreSQL advisory lock
-on its own connection; the others wait for it. The ledger never waits for an endpoint:
-the worker only reads the outbox.
+Order is promised per account (and among price events), so the events of a batch go out
+on DELIVERY_LANES connections side by side, each account's in order. Delivery state is a
+row of `webhook_deliveries` (the cursor after which nothing is left undone, and since
+when events have been failing), saved every CURSOR_SAVE_INTERVAL_SECONDS while a batch
+goes out and at its end, so a restart or `kill -9` resumes there: an event may come
+twice (de-duplicate on its id), never not at all. One worker at a time across every
+instance and process: the one that holds a PostgreSQL advisory lock on its own
+connection; the others wait for it. The ledger never waits for an endpoint: the worker
+only reads the outbox.
 
 Each POST carries the event as JSON, `Credits-Event-Id`, and `Credits-Signature:
 t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + body>` (modelled on Stripe's);
@@ -56,6 +56,9 @@ BACKOFF_JITTER_FRACTION = 0.5
 # Connections POSTing side by side, each carrying one account's events at a time: enough to
 # keep up with the ledger on an endpoint that answers in milliseconds.
 DELIVERY_LANES = 8
+# While a batch is delivered, its acknowledged part is saved at most this often: a restart
+# then sends again at most this long's worth of events (never loses any).
+CURSOR_SAVE_INTERVAL_SECONDS = 0.25
 # The advisory lock whose holder is the one delivery worker ("credits webhooks").
 WORKER_LOCK_KEY = 0x637265646974_7768
 # A worker that does not hold the lock tries again after this long: how long events wait
@@ -242,15 +245,25 @@ class Deliverer:
         """Every event of the batch acknowledged or given up, each account's in order."""
         batch = _Batch(events, before)
 
+        saved = [time.monotonic()]
+
         async def lane() -> None:
             while batch.waiting:
                 for event in batch.waiting.pop():
                     await self._deliver_one(conn, event, batch)
                     batch.finished(event)
+                    if time.monotonic() - saved[0] >= CURSOR_SAVE_INTERVAL_SECONDS:
+                        saved[0] = time.monotonic()
+                        await self._save(conn, batch.acknowledged)
 
         async with asyncio.TaskGroup() as lanes:
             for _ in range(min(DELIVERY_LANES, len(batch.waiting))):
                 lanes.create_task(lane())
+
+    async def _save(self, conn: asyncpg.Connection, cursor: EventCursor) -> None:
+        """The cursor and failure state, from a lane (which share the connection)."""
+        async with self._conn_lock:
+            await conn.execute(SAVE, self._url, cursor.position, cursor.seq, self._failing_since)
 
     async def _deliver_one(self, conn: asyncpg.Connection, event: Event, batch: "_Batch") -> None:
         """POST until it is acknowledged or the retry window has passed."""
@@ -278,23 +291,13 @@ class Deliverer:
                 if self._failing_since is not None:
                     # The endpoint is back: the next failure starts a window of its own.
                     self._failing_since = None
-                    async with self._conn_lock:
-                        await conn.execute(
-                            SAVE, self._url, batch.before.position, batch.before.seq, None
-                        )
+                    await self._save(conn, batch.acknowledged)
                 return
             metrics.WEBHOOK_ATTEMPTS.labels(self._label, "failed").inc()
             now = datetime.datetime.now(datetime.UTC)
             if self._failing_since is None:
                 self._failing_since = now
-                async with self._conn_lock:
-                    await conn.execute(
-                        SAVE,
-                        self._url,
-                        batch.before.position,
-                        batch.before.seq,
-                        self._failing_since,
-                    )
+                await self._save(conn, batch.acknowledged)
             if now - self._failing_since > self._retry:
                 metrics.WEBHOOK_GIVEN_UP.labels(self._label).inc()
                 log.error(
@@ -313,10 +316,11 @@ class Deliverer:
 
 class _Batch:
     """A batch in flight: the accounts' queues still waiting for a lane, and its oldest
-    event not yet acknowledged or given up (what the lag measures)."""
+    event not yet acknowledged or given up (what the lag measures); every event before
+    that one is done, so a restart may resume after the last of them."""
 
     def __init__(self, events: list[Event], before: EventCursor) -> None:
-        self.before = before
+        self._before = before
         self._events = events
         self._done: set[uuid.UUID] = set()
         self._head = 0
@@ -330,6 +334,11 @@ class _Batch:
         self._done.add(event.event_id)
         while self._head < len(self._events) and self._events[self._head].event_id in self._done:
             self._head += 1
+
+    @property
+    def acknowledged(self) -> EventCursor:
+        """The cursor after which nothing is left undone."""
+        return self._events[self._head - 1].cursor if self._head else self._before
 
     def oldest_age_seconds(self) -> float:
         return _age_seconds(self._events[self._head]) if self._head < len(self._events) else 0.0

@@ -221,6 +221,31 @@ async def test_accounts_go_out_side_by_side_each_in_order(
     assert receiver.most_in_flight > 1
 
 
+async def test_a_restart_mid_batch_resumes_after_its_acknowledged_part(
+    ops: Stub, credits_server: RunningServer, database_url: str, admin_engine: AsyncEngine
+) -> None:
+    """The cursor moves while a batch goes out, not only at its end: a worker stopped
+    halfway through one account's events sends again only the few after the last save,
+    and still every event, in order."""
+    account = new_id()
+    with receiving(hold_seconds=0.1) as receiver:
+        async with delivering(credits_server, database_url, receiver.url, admin_engine):
+            pass  # the endpoint's cursor is set: the grants below are one batch
+        granted = [await _grant(ops, account, amount) for amount in range(1, 13)]
+        async with delivering(credits_server, database_url, receiver.url, admin_engine):
+            halfway = len(await _arrived(receiver, account, 8))
+        async with delivering(credits_server, database_url, receiver.url, admin_engine):
+            async with asyncio.timeout(ARRIVAL_WAIT_SECONDS):
+                while {e["grant_id"] for e in receiver.events_of(account)} != set(granted):  # noqa: ASYNC110
+                    await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(1)
+    delivered = [e["grant_id"] for e in receiver.events_of(account)]
+    assert list(dict.fromkeys(delivered)) == granted
+    sent_again = len(delivered) - len(granted)
+    # A whole batch again would be `halfway` or more.
+    assert sent_again < halfway - 2
+
+
 async def test_one_worker_delivers_at_a_time(
     ops: Stub, credits_server: RunningServer, database_url: str, admin_engine: AsyncEngine
 ) -> None:
