@@ -18,6 +18,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.server import uvicorn_config
 from gateway.service_calls import CHANNEL_CLOSE_GRACE_SECONDS, ServiceCalls, open_channel
 from gateway.settings import Settings, SettingsError, load_settings
+from gateway.stripe_api import StripeCharges
 
 EXIT_CANNOT_SERVE = 1
 EXIT_BAD_SETTINGS = 2
@@ -48,12 +49,18 @@ async def serve(settings: Settings) -> int:
         settings.key_pem,
         settings.service_name_override,
     )
+    charges = (
+        StripeCharges(settings.stripe_api_key, settings.stripe_api_base)
+        if settings.stripe_api_key
+        else None
+    )
     gateway = Gateway(
         secrets=settings.webhook_secrets,
         packages=settings.packages,
         account_metadata_key=settings.account_metadata_key,
         credits=ServiceCalls(channel, metrics),
         metrics=metrics,
+        charges=charges,
     )
     server = uvicorn.Server(uvicorn_config(create_app(gateway), settings.listen))
     log.info(
@@ -65,12 +72,16 @@ async def serve(settings: Settings) -> int:
             "metrics": str(settings.metrics) if settings.metrics else "",
             "packages": sorted(settings.packages.by_name),
             "webhook_secrets": len(settings.webhook_secrets),
+            # Whether a refund that fails can give its credits back; never the key.
+            "stripe_api": settings.stripe_api_base if charges else "",
         },
     )
     try:
         await server.serve()
     finally:
         await channel.close(CHANNEL_CLOSE_GRACE_SECONDS)
+        if charges is not None:
+            await charges.close()
         log.info("gateway stopped")
     return 0
 

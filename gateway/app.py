@@ -26,6 +26,7 @@ from gateway.fulfilment import Credits, Result, fulfil, needs_attention
 from gateway.metrics import GatewayMetrics
 from gateway.packages import PackageTable
 from gateway.signatures import verify
+from gateway.stripe_api import Charges
 
 WEBHOOK_PATH = "/stripe/webhook"
 HEALTH_PATH = "/healthz"
@@ -64,6 +65,8 @@ class Gateway:
     account_metadata_key: str
     credits: Credits
     metrics: GatewayMetrics
+    # Stripe's API, to read the charge of a refund that failed; None without an API key.
+    charges: Charges | None = None
 
 
 def fixed_response(status_code: int, headers: Mapping[str, str] | None = None) -> Response:
@@ -142,7 +145,7 @@ async def handle(request: Request, gateway: Gateway, delivery: Delivery) -> Resu
     delivery.event_id, delivery.event_type = envelope.event_id, envelope.event_type
     planned = plan(envelope, gateway.packages, gateway.account_metadata_key)
     delivery.refs = planned.refs
-    return await fulfil(planned, gateway.credits)
+    return await fulfil(planned, gateway.credits, gateway.charges, gateway.packages)
 
 
 def _log(delivery: Delivery, result: Result, elapsed_seconds: float) -> None:

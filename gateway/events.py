@@ -7,6 +7,7 @@ as two different event types -- builds the same request, and the service's idemp
 keys turn all of them into one effect.
 """
 
+import datetime
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,13 @@ PURCHASE_EVENTS = frozenset(
     {"checkout.session.completed", "checkout.session.async_payment_succeeded"}
 )
 REFUND_EVENT = "charge.refunded"
+# Stripe sends no charge.refunded when a refund fails or is canceled (its running
+# amount_refunded goes down): it sends these, whose object is the Refund.
+REFUND_FAILURE_EVENTS = frozenset({"charge.refund.updated", "refund.updated", "refund.failed"})
+# A refund in these statuses gave the money back to no one: its charge's amount_refunded
+# no longer counts it. Other statuses (pending, requires_action, succeeded) are counted
+# by charge.refunded, the source of truth for refunds.
+REFUND_UNDONE_STATUSES = frozenset({"failed", "canceled"})
 DISPUTE_CREATED_EVENT = "charge.dispute.created"
 DISPUTE_CLOSED_EVENT = "charge.dispute.closed"
 # Closed disputes whose funds came back to the merchant: the credits go back too.
@@ -45,6 +53,11 @@ REFUND_SERIES_PREFIX = "refund:"
 DISPUTE_KEY_PREFIX = "dispute:"
 DISPUTE_WON_KEY_PREFIX = "dispute-won:"
 DISPUTE_SERIES_PREFIX = "dispute:"
+# An event's `created` (Unix seconds) orders the claims of a refund series; the bounds are
+# protobuf's Timestamp (0001-01-01 to 9999-12-31), positive because Stripe is not older
+# than 1970.
+EVENT_CREATED_MIN = 1
+EVENT_CREATED_MAX = 253_402_300_799
 
 
 class GrantSource(Enum):
@@ -74,6 +87,9 @@ class RevokeCall:
     cumulative_series: str = ""
     # Withdraw the series' claim (a dispute won): what it took comes back to the grant.
     withdraw: bool = False
+    # The time of the fact the claim states (the Stripe event's `created`): the service
+    # keeps the series' latest claim, up or down, and ignores an older one.
+    as_of: datetime.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +119,19 @@ class Revocation:
     marked: bool = False
 
 
-Plan = Acknowledge | Purchase | Revocation
+@dataclass(frozen=True)
+class FetchCharge:
+    """A refund failed or was canceled: its charge's amount_refunded went down, and the
+    event carries neither that total, nor the charge's amount, nor its mark. The charge
+    is read from Stripe's API and planned like a charge.refunded of it, `as_of` the
+    failure event's `created` (plan_refund)."""
+
+    charge_id: str
+    created: int
+    refs: Mapping[str, str] = field(default_factory=dict)
+
+
+Plan = Acknowledge | Purchase | Revocation | FetchCharge
 
 
 @dataclass(frozen=True)
@@ -111,6 +139,8 @@ class Envelope:
     event_id: str
     event_type: str
     data_object: Mapping[str, object]
+    # Unix seconds: when Stripe made the event (the time of the fact it states).
+    created: int
 
 
 def parse_envelope(document: object) -> Envelope | None:
@@ -125,7 +155,13 @@ def parse_envelope(document: object) -> Envelope | None:
     data_object = data.get("object") if isinstance(data, dict) else None
     if not isinstance(data_object, dict):
         return None
-    return Envelope(event_id, event_type, data_object)
+    created = document.get("created")
+    # Without its time an event cannot be placed among the other claims of its series.
+    if not isinstance(created, int) or isinstance(created, bool):
+        return None
+    if not EVENT_CREATED_MIN <= created <= EVENT_CREATED_MAX:
+        return None
+    return Envelope(event_id, event_type, data_object, created)
 
 
 def _text(obj: Mapping[str, object], key: str) -> str | None:
@@ -161,13 +197,16 @@ def plan(envelope: Envelope, packages: PackageTable, account_metadata_key: str) 
     if event_type in PURCHASE_EVENTS:
         return plan_purchase(obj, packages, account_metadata_key)
     if event_type == REFUND_EVENT:
-        return plan_refund(obj, packages)
+        return plan_refund(obj, packages, envelope.created)
+    if event_type in REFUND_FAILURE_EVENTS:
+        return plan_refund_update(obj, envelope.created)
     if event_type == DISPUTE_CREATED_EVENT:
         return plan_dispute_created(obj, packages)
     if event_type == DISPUTE_CLOSED_EVENT:
         return plan_dispute_closed(obj, packages)
-    # refund.* events are deliberately ignored: charge.refunded's running amount_refunded
-    # is the one source of truth for refunds, and adding both up would revoke twice.
+    # Other refund.* events are deliberately ignored: charge.refunded's running
+    # amount_refunded is the one source of truth for refunds, and adding both up would
+    # revoke twice.
     # charge.dispute.funds_* and .updated carry nothing that created/closed do not.
     return Acknowledge("ignored")
 
@@ -225,7 +264,16 @@ def refund_units(package_units: int, charge_amount: int, amount_refunded: int) -
     return min(package_units, package_units * amount_refunded // charge_amount)
 
 
-def plan_refund(charge: Mapping[str, object], packages: PackageTable) -> Plan:
+def event_time(created: int) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(created, datetime.UTC)
+
+
+def plan_refund(
+    charge: Mapping[str, object], packages: PackageTable, created: int
+) -> Acknowledge | Revocation:
+    """The charge's running amount_refunded as the claim of the series `refund:<charge>`,
+    as of `created`, the time of the event that told it: a newer, lower total (a refund
+    failed) lowers the claim, a late delivery of an older one changes nothing."""
     charge_id, payment_intent = _stripe_id(charge, "id"), _stripe_id(charge, "payment_intent")
     if charge.get("object") != "charge" or charge_id is None:
         return Acknowledge("malformed")
@@ -247,16 +295,38 @@ def plan_refund(charge: Mapping[str, object], packages: PackageTable) -> Plan:
     if package is None:
         return Acknowledge("not_a_purchase", refs)
     units = refund_units(package.units, amount, refunded)
-    if units == 0:
-        return Acknowledge("refund_below_one_unit", refs)
+    # A total below one unit is still sent: as of its time it claims nothing (a timed 0
+    # is nothing), which lowers a claim that an earlier, failed refund made.
     revoke = RevokeCall(
         external_ref=payment_intent,
         amount=units,
-        idempotency_key=f"{REFUND_SERIES_PREFIX}{charge_id}:{refunded}",
+        # Per fact: the same total at another time is another claim of the series.
+        idempotency_key=f"{REFUND_SERIES_PREFIX}{charge_id}:{refunded}:{created}",
         reason="refund",
         cumulative_series=REFUND_SERIES_PREFIX + charge_id,
+        as_of=event_time(created),
     )
-    return Revocation(revoke, "refund_revoked", refs, marked=marked)
+    outcome = "refund_revoked" if units else "refund_below_one_unit"
+    return Revocation(revoke, outcome, refs, marked=marked)
+
+
+def plan_refund_update(refund: Mapping[str, object], created: int) -> Plan:
+    """A refund that failed or was canceled: its charge must be read from Stripe
+    (FetchCharge). Any other status is charge.refunded's business."""
+    refund_id, status = _stripe_id(refund, "id"), _text(refund, "status")
+    if refund.get("object") != "refund" or refund_id is None or status is None:
+        return Acknowledge("malformed")
+    refs = {"refund": refund_id}
+    if status not in REFUND_UNDONE_STATUSES:
+        return Acknowledge("ignored", refs)
+    charge_id = _stripe_id(refund, "charge")
+    if charge_id is None:
+        return Acknowledge("not_a_purchase", refs)  # a refund of no charge: not Checkout
+    refs["charge"] = charge_id
+    payment_intent = _stripe_id(refund, "payment_intent")
+    if payment_intent is not None:
+        refs["payment_intent"] = payment_intent
+    return FetchCharge(charge_id, created, refs)
 
 
 def dispute_claim_units(packages: PackageTable, amount: int, currency: str) -> tuple[bool, int]:

@@ -14,20 +14,25 @@ from typing import Protocol
 
 from gateway.events import (
     Acknowledge,
+    FetchCharge,
     GrantCall,
     Plan,
     Purchase,
     Revocation,
     RevokeCall,
+    plan_refund,
 )
+from gateway.packages import PackageTable
 from gateway.service_calls import Failure, Granted, Revoked, ServiceError
+from gateway.stripe_api import Charges, StripeRefused, StripeUnavailable
 
 OK = 200
 INTERNAL_ERROR = 500
 UNAVAILABLE = 503
 
-# Outcomes an operator must look at: a paid purchase that granted nothing, a request
-# the service refused, a replay that no longer matches what was done.
+# Outcomes an operator must look at: a paid purchase that granted nothing (or a failed
+# refund whose credits cannot come back: no Stripe API key), a request the service or
+# Stripe refused, a replay that no longer matches what was done.
 ATTENTION_OUTCOME_PREFIXES = ("unfulfillable", "malformed", "conflict", "refused")
 
 
@@ -89,7 +94,40 @@ async def _revocation(plan: Revocation, credits: Credits) -> Result:
     return Result(OK, plan.outcome, _revoked_fields(revoked))
 
 
-async def fulfil(plan: Plan, credits: Credits) -> Result:
+async def charge_refund(
+    plan: FetchCharge, charges: Charges | None, packages: PackageTable
+) -> Acknowledge | Revocation | Result:
+    """A refund failed or was canceled: the charge as Stripe has it now, planned like a
+    charge.refunded of it as of the failure event. Without an API key nothing can be read:
+    acknowledged (Stripe would retry in vain) under an outcome that needs attention, so an
+    operator gives the credits back by hand."""
+    if charges is None:
+        return Result(OK, "unfulfillable_refund_failed_no_api_key")
+    try:
+        charge = await charges.retrieve(plan.charge_id)
+    except StripeUnavailable:
+        return Result(UNAVAILABLE, "stripe_unavailable")
+    except StripeRefused:
+        return Result(INTERNAL_ERROR, "refused_by_stripe")
+    if charge.get("id") != plan.charge_id:
+        return Result(INTERNAL_ERROR, "refused_by_stripe_wrong_charge")
+    return plan_refund(charge, packages, plan.created)
+
+
+async def fulfil(
+    plan: Plan,
+    credits: Credits,
+    charges: Charges | None = None,
+    packages: PackageTable | None = None,
+) -> Result:
+    """`charges` (None: no Stripe API key) and `packages` serve a failed refund only."""
+    if isinstance(plan, FetchCharge):
+        if packages is None:
+            raise ValueError("a failed refund needs the package table")
+        fetched = await charge_refund(plan, charges, packages)
+        if isinstance(fetched, Result):
+            return fetched
+        plan = fetched
     if isinstance(plan, Acknowledge):
         return Result(OK, plan.outcome)
     if isinstance(plan, Purchase):

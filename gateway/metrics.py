@@ -10,12 +10,19 @@ from gateway.events import (
     DISPUTE_CREATED_EVENT,
     PURCHASE_EVENTS,
     REFUND_EVENT,
+    REFUND_FAILURE_EVENTS,
 )
 
 # Label values come from Stripe-signed input only through this allow-list, so an
 # unknown event type cannot grow the number of series.
 EVENT_TYPE_LABELS = frozenset(
-    {*PURCHASE_EVENTS, REFUND_EVENT, DISPUTE_CREATED_EVENT, DISPUTE_CLOSED_EVENT}
+    {
+        *PURCHASE_EVENTS,
+        REFUND_EVENT,
+        *REFUND_FAILURE_EVENTS,
+        DISPUTE_CREATED_EVENT,
+        DISPUTE_CLOSED_EVENT,
+    }
 )
 OTHER_EVENT_TYPE = "other"
 # Stripe gives up on a delivery after a few seconds; buckets around that.

@@ -133,6 +133,7 @@ class ServiceCalls:
                 reason=call.reason,
                 cumulative_series=call.cumulative_series,
                 withdraw=call.withdraw,
+                as_of=call.as_of,
             )
         except CreditsError as error:
             raise self._failed("Revoke", error) from None

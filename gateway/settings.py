@@ -9,8 +9,10 @@ value, and there is no default or fallback secret anywhere.
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from gateway.packages import PackageTable, PackageTableError, load_table
+from gateway.stripe_api import STRIPE_API_BASE_DEFAULT
 
 DEVELOPMENT = "development"
 # `make run`'s directory (CREDITS_DEV_DIR moves it, for the service and the gateway alike).
@@ -49,6 +51,14 @@ WEBHOOK_SECRET_CHARS_MIN = 16
 WEBHOOK_SECRETS_MAX = 8
 SECRET_FILE_BYTES_MAX = 64 * 1024
 PEM_FILE_BYTES_MAX = 1024 * 1024
+# A restricted key that may read charges, for refunds that fail (docs/gateway.md).
+STRIPE_API_KEY_FILE_SETTING = "CREDITS_GATEWAY_STRIPE_API_KEY_FILE"
+STRIPE_API_BASE_SETTING = "CREDITS_GATEWAY_STRIPE_API_BASE"
+# Stripe's keys are about 100 characters; a short one is a placeholder, not a key.
+STRIPE_API_KEY_CHARS_MIN = 16
+STRIPE_API_KEY_CHARS_MAX = 1024
+# The key may travel in the clear only to this machine (a stripe-mock or a local stub).
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 PORT_MAX = 65535
 
 
@@ -83,6 +93,9 @@ class Settings:
     packages: PackageTable
     account_metadata_key: str
     metrics: Address | None
+    # "" = none: a refund that fails cannot give its credits back (docs/gateway.md).
+    stripe_api_key: str = field(default="", repr=False)
+    stripe_api_base: str = STRIPE_API_BASE_DEFAULT
 
 
 def parse_address(value: str) -> Address | None:
@@ -165,6 +178,31 @@ class _Reader:
             )
         return unique
 
+    def stripe_api_key(self) -> str:
+        path = self.get(STRIPE_API_KEY_FILE_SETTING)
+        if not path:
+            return ""
+        data = _read_limited(Path(path), STRIPE_API_KEY_CHARS_MAX)
+        key = data.decode("ascii", errors="replace").strip() if data else ""
+        if data is None:
+            self.problems.append(f"{STRIPE_API_KEY_FILE_SETTING} does not name a readable file")
+        elif len(key) < STRIPE_API_KEY_CHARS_MIN or not key.isprintable() or " " in key:
+            self.problems.append(f"{STRIPE_API_KEY_FILE_SETTING} does not hold one API key")
+            return ""
+        return key
+
+    def stripe_api_base(self) -> str:
+        value = self.get(STRIPE_API_BASE_SETTING) or STRIPE_API_BASE_DEFAULT
+        parts = urlsplit(value)
+        secure = parts.scheme == "https" or (
+            parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS
+        )
+        if not secure or not parts.hostname or parts.path not in ("", "/") or parts.query:
+            self.problems.append(
+                f"{STRIPE_API_BASE_SETTING} is not an https:// origin (http:// on loopback only)"
+            )
+        return value.rstrip("/")
+
     def packages(self) -> PackageTable | None:
         path = self.required("CREDITS_GATEWAY_PACKAGES_FILE")
         if not path:
@@ -191,6 +229,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     secrets = reader.secrets()
     packages = reader.packages()
     metrics = reader.address("CREDITS_GATEWAY_METRICS_ADDR")
+    stripe_api_key = reader.stripe_api_key()
+    stripe_api_base = reader.stripe_api_base()
     if reader.problems or listen is None or packages is None:
         # Required settings are checked up front and again when read: name each once.
         raise SettingsError(list(dict.fromkeys(reader.problems)))
@@ -206,4 +246,6 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         packages=packages,
         account_metadata_key=reader.get("CREDITS_GATEWAY_ACCOUNT_METADATA_KEY"),
         metrics=metrics,
+        stripe_api_key=stripe_api_key,
+        stripe_api_base=stripe_api_base,
     )

@@ -338,11 +338,14 @@ class CreditsClient:
         reason: str = "",
         cumulative_series: str = "",
         withdraw: bool = False,
+        as_of: datetime.datetime | None = None,
         timeout_seconds: float | None = None,
     ) -> Revocation:
         """Claims `amount` (0: everything) of one grant, named by `grant_id` or by
         `external_ref` (then `account_id` may be empty). See the contract's
-        RevokeRequest for `cumulative_series` and `withdraw`."""
+        RevokeRequest for `cumulative_series`, `withdraw` and `as_of` (timezone-aware: the
+        time of the fact the claim states; the series' latest then stands, and its
+        `amount` 0 claims nothing)."""
         if (grant_id is None) == (external_ref is None):
             raise ValueError("name the grant by exactly one of grant_id and external_ref")
         key = idempotency_key or new_idempotency_key()
@@ -354,6 +357,8 @@ class CreditsClient:
             cumulative_series=cumulative_series,
             withdraw=withdraw,
         )
+        if as_of is not None:
+            request.as_of.FromDatetime(_aware(as_of, "as_of"))
         if grant_id is not None:
             request.grant_id = grant_id
         else:

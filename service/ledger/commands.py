@@ -77,6 +77,8 @@ class RevokeCommand:
     reason: str = ""
     cumulative_series: str = ""
     withdraw: bool = False
+    # The time of the fact a series' claim states: the latest stands, up or down.
+    as_of: WireTime | None = None
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,7 @@ class GrantOrder:
 class RevokeOrder:
     command: RevokeCommand
     grant_id: uuid.UUID | None
+    as_of: datetime.datetime | None
     request_hash: bytes
 
 
@@ -506,13 +507,19 @@ class Ledger:
             check.fail("amount", "must be 0 when withdrawing")
         elif not 0 <= cmd.amount <= self._policy.amount_max:
             check.fail("amount", f"must be between 0 (all) and {self._policy.amount_max}")
+        as_of = check.timestamp("as_of", cmd.as_of)
+        if cmd.as_of is not None and not cmd.cumulative_series:
+            # Only a series has a claim that a later fact can replace.
+            check.fail("as_of", "needs cumulative_series")
         check.text("reason", cmd.reason, limits.REASON_CHARS_MAX)
         check.done()
-        fields = {**asdict(cmd), "caller": None}
+        fields = {**asdict(cmd), "as_of": as_of, "caller": None}
         if not cmd.withdraw:
             # Absent when false, so that keys stored before the field existed still match.
             del fields["withdraw"]
-        order = RevokeOrder(cmd, grant_id, request_hash("revoke", fields))
+        if as_of is None:
+            del fields["as_of"]  # the same, for keys stored before as_of existed
+        order = RevokeOrder(cmd, grant_id, as_of, request_hash("revoke", fields))
         return await self._store.revoke(order, self._clock(), deadline=deadline)
 
     async def transfer(self, cmd: TransferCommand, *, deadline: Deadline) -> Transfer:

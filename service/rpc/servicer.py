@@ -289,6 +289,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
                 reason=request.reason,
                 cumulative_series=request.cumulative_series,
                 withdraw=request.withdraw,
+                as_of=_wire_time(request.as_of, request.HasField("as_of")),
             ),
             deadline=deadline_of(context),
         )

@@ -108,7 +108,7 @@ GRANT = text(
 REVOKE = text(
     "SELECT (r.out_grant).*, r.out_revoked, r.out_unrecovered, r.out_restored, r.out_cancelled"
     " FROM credits_revoke(:caller, :key, :hash, :account, :grant, :external_ref, :amount,"
-    " :series, :withdraw, :reason, :now, :lock_ms) AS r"
+    " :series, :withdraw, :as_of, :reason, :now, :lock_ms) AS r"
 )
 TRANSFER = text(
     "SELECT * FROM credits_transfer(:caller, :key, :hash, :from_account, :to_account, :amount,"
@@ -624,6 +624,7 @@ class PostgresStore:
                 "amount": cmd.amount,
                 "series": cmd.cumulative_series or None,
                 "withdraw": cmd.withdraw,
+                "as_of": order.as_of,
                 "reason": cmd.reason,
                 "now": now,
             },

@@ -311,6 +311,8 @@ revocations = Table(
     Column("restored_amount", BigInteger, nullable=False, server_default=text("0")),
     Column("cancelled_amount", BigInteger, nullable=False, server_default=text("0")),
     Column("withdraw", Boolean, nullable=False, server_default=text("false")),
+    # The time of the fact the call stated (RevokeRequest.as_of), for the audit trail.
+    Column("as_of", TIMESTAMPTZ, nullable=True),
     CheckConstraint(
         "requested_amount >= 0 AND revoked_amount >= 0 AND unrecovered_amount >= 0"
         " AND revoked_amount + unrecovered_amount = requested_amount",
@@ -324,8 +326,9 @@ revocations = Table(
 )
 
 # What revocations claim of a grant: one row per call without a series ("call:<id>"),
-# one per series ("series:<name>") holding its highest total. The grant owes the sum of
-# the claims not withdrawn, at most its original amount.
+# one per series ("series:<name>") holding its highest total, or the total of its latest
+# call by as_of (the time of the fact it stated; NULL when no call gave one). The grant
+# owes the sum of the claims not withdrawn, at most its original amount.
 revocation_claims = Table(
     "revocation_claims",
     metadata,
@@ -334,6 +337,7 @@ revocation_claims = Table(
     Column("account_id", Text, nullable=False),
     Column("claimed_amount", BigInteger, nullable=False),
     Column("withdrawn", Boolean, nullable=False, server_default=text("false")),
+    Column("as_of", TIMESTAMPTZ, nullable=True),
     PrimaryKeyConstraint("grant_id", "claim_key"),
     CheckConstraint("claimed_amount >= 0", name="claimed_non_negative"),
 )

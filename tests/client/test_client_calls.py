@@ -164,6 +164,29 @@ async def test_revoke_by_grant_id_and_by_external_ref(ops_client: CreditsClient)
     assert (await ops_client.balance(account)).available == 200
 
 
+async def test_revoke_as_of_orders_a_series_claims_by_time(ops_client: CreditsClient) -> None:
+    account, payment, series = new_id(), new_id("pi"), new_id("refund")
+    await ops_client.grant(account, 1000, source="purchase", external_ref=payment)
+    refunded_at = datetime.datetime(2026, 12, 1, 12, tzinfo=datetime.UTC)
+
+    first = await ops_client.revoke(
+        external_ref=payment, amount=400, cumulative_series=series, as_of=refunded_at
+    )
+    lowered = await ops_client.revoke(
+        external_ref=payment,
+        amount=100,
+        cumulative_series=series,
+        as_of=refunded_at + datetime.timedelta(minutes=5),
+    )
+
+    assert (first.revoked_amount, lowered.restored_amount) == (400, 300)
+    assert (await ops_client.balance(account)).available == 900
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await ops_client.revoke(
+            external_ref=payment, cumulative_series=series, as_of=datetime.datetime(2026, 12, 1)
+        )
+
+
 async def test_revoke_names_exactly_one_grant(ops_client: CreditsClient) -> None:
     with pytest.raises(ValueError, match="exactly one"):
         await ops_client.revoke(new_id())

@@ -112,18 +112,21 @@ class Ledger:
         *,
         series: str | None = None,
         withdraw: bool = False,
+        as_of: float | None = None,
     ) -> tuple[int, int, int, int]:
-        """(revoked, unrecovered, restored, cancelled) of one call."""
+        """(revoked, unrecovered, restored, cancelled) of one call; `as_of` in seconds like
+        `now`."""
         (row,) = await self.rows(
             "SELECT out_revoked, out_unrecovered, out_restored, out_cancelled FROM credits_revoke("
-            "'test', :key, '\\x00', :account, :grant, NULL, :amount, :series, :withdraw, '',"
-            " :now, NULL)",
+            "'test', :key, '\\x00', :account, :grant, NULL, :amount, :series, :withdraw,"
+            " :as_of, '', :now, NULL)",
             key=uuid.uuid4().hex,
             account=self.account,
             grant=grant,
             amount=amount,
             series=series,
             withdraw=withdraw,
+            as_of=None if as_of is None else at(as_of),
             now=at(now),
         )
         return (row.out_revoked, row.out_unrecovered, row.out_restored, row.out_cancelled)

@@ -101,6 +101,12 @@ async def test_revoke_translates_every_field_both_ways() -> None:
     ) == (1, 2, 3, 4)
     assert (response.grant.remaining_amount, response.grant.revoked_amount) == (4, 6)
     assert not response.grant.HasField("expires_at")
+    timed = pb.RevokeRequest(
+        external_ref="pi_1", idempotency_key="k2", amount=5, cumulative_series="refund:ch_1"
+    )
+    timed.as_of.seconds, timed.as_of.nanos = 1_733_000_000, 7
+    await CreditsServicer(ledger).Revoke(timed, NO_DEADLINE)  # type: ignore[arg-type]
+    assert ledger.commands[-1].as_of == commands.WireTime(1_733_000_000, 7)
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(NOW)
     assert response.grant.created_at == stamp

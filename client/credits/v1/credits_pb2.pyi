@@ -639,6 +639,7 @@ class RevokeRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     CUMULATIVE_SERIES_FIELD_NUMBER: _builtins.int
     WITHDRAW_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account that owns the grant. May be empty when the target is external_ref
     (a refund or dispute knows the payment, not the account); when set, a grant of
@@ -660,9 +661,9 @@ class RevokeRequest(_message.Message):
     """Why the credits are taken back, for operators (at most 500 characters)."""
     cumulative_series: _builtins.str
     """When set (1-128 printable ASCII), the requests of this series share one claim on the
-    grant, which is the highest `amount` the series has sent (e.g. a Stripe charge's
-    running amount_refunded in credit units, or 0 = everything for a dispute): deliveries
-    in any order converge on the same state.
+    grant: the highest `amount` the series has sent, or the latest by `as_of` when the
+    requests carry it (e.g. a Stripe charge's running amount_refunded in credit units, or
+    0 = everything for a dispute): deliveries in any order converge on the same state.
     """
     withdraw: _builtins.bool
     """Withdraws the claim of `cumulative_series` for good (e.g. a dispute won): the grant's
@@ -670,6 +671,18 @@ class RevokeRequest(_message.Message):
     grant (expired at once if the grant has expired). Later requests of the series claim
     nothing. Needs `cumulative_series`; `amount` must be 0.
     """
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """The time of the fact this claim states (e.g. the Stripe event's `created`). Needs
+        `cumulative_series`. The series' claim is then the one of its request with the
+        latest `as_of`, up or down (a refund that failed lowers Stripe's running total, and
+        the credits come back the way a withdrawn claim's do); a request older than the
+        standing claim changes nothing. Requests with the same `as_of`, or without one, keep
+        the highest; a claim stored without one is older than any request with one. With
+        `as_of`, `amount` is the series' total at that time, and 0 claims nothing (a running
+        total back to 0), not everything.
+        """
+
     def __init__(
         self,
         *,
@@ -681,10 +694,11 @@ class RevokeRequest(_message.Message):
         reason: _builtins.str = ...,
         cumulative_series: _builtins.str = ...,
         withdraw: _builtins.bool = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["external_ref", b"external_ref", "grant_id", b"grant_id", "target", b"target"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "external_ref", b"external_ref", "grant_id", b"grant_id", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "cumulative_series", b"cumulative_series", "external_ref", b"external_ref", "grant_id", b"grant_id", "idempotency_key", b"idempotency_key", "reason", b"reason", "target", b"target", "withdraw", b"withdraw"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "as_of", b"as_of", "cumulative_series", b"cumulative_series", "external_ref", b"external_ref", "grant_id", b"grant_id", "idempotency_key", b"idempotency_key", "reason", b"reason", "target", b"target", "withdraw", b"withdraw"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["grant_id", "external_ref"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015

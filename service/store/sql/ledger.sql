@@ -697,6 +697,16 @@ END $$;
 -- of 0 is everything the grant gave. `p_withdraw` withdraws a series' claim for good (a
 -- dispute won); later calls of that series claim nothing.
 --
+-- `p_as_of` is the time of the fact a series' call states (a Stripe event's `created`).
+-- A running total can go down (a refund that failed), and the highest would then keep
+-- credits the payer got back; so the claim of the call with the latest `p_as_of` stands,
+-- up or down, and a call older than the standing claim changes nothing. Calls with the
+-- same `p_as_of`, or without one, keep the highest, as before; a claim standing without
+-- one (stored before the parameter existed) is older than any call with one, so the
+-- first timed call after an upgrade can still lower it. Deliveries in any order still
+-- converge: on the latest fact, and among equal times on the highest. A timed call states
+-- a total as of its time, so its 0 is nothing (a running total back to 0), not everything.
+--
 -- The grant then owes its target: the sum of its claims still standing, at most what it
 -- gave. Moving up, what remains is taken at once and the rest recorded as unrecovered (a
 -- debt that credits coming back to the grant pay first); moving down, outstanding debt
@@ -705,8 +715,8 @@ END $$;
 -- order in which they arrived.
 CREATE OR REPLACE FUNCTION credits_revoke(
   p_caller text, p_key text, p_hash bytea, p_account text, p_grant uuid, p_external_ref text,
-  p_amount bigint, p_series text, p_withdraw boolean, p_reason text, p_now timestamptz,
-  p_lock_timeout_ms integer)
+  p_amount bigint, p_series text, p_withdraw boolean, p_as_of timestamptz, p_reason text,
+  p_now timestamptz, p_lock_timeout_ms integer)
 RETURNS TABLE (out_grant grants, out_revoked bigint, out_unrecovered bigint,
                out_restored bigint, out_cancelled bigint)
 LANGUAGE plpgsql AS $$
@@ -749,15 +759,25 @@ BEGIN
   SELECT * INTO g FROM grants gr WHERE gr.grant_id = v_grant;
   v_id := gen_random_uuid();
   v_claim_key := CASE WHEN p_series IS NULL THEN 'call:' || v_id ELSE 'series:' || p_series END;
-  INSERT INTO revocation_claims AS c (grant_id, claim_key, account_id, claimed_amount, withdrawn)
+  INSERT INTO revocation_claims AS c (grant_id, claim_key, account_id, claimed_amount, withdrawn,
+                                      as_of)
   VALUES (v_grant, v_claim_key, v_account,
           CASE WHEN p_withdraw THEN 0
-               WHEN p_amount = 0 THEN g.original_amount
+               WHEN p_amount = 0 AND p_as_of IS NULL THEN g.original_amount
                ELSE least(p_amount, g.original_amount) END,
-          p_withdraw)
+          p_withdraw, p_as_of)
   ON CONFLICT (grant_id, claim_key) DO UPDATE
-    SET claimed_amount = greatest(c.claimed_amount, EXCLUDED.claimed_amount),
-        withdrawn = c.withdrawn OR EXCLUDED.withdrawn
+    -- A withdrawal keeps the amount (withdrawn for good, it no longer counts); a newer
+    -- fact replaces it, up or down; an older one leaves it; otherwise the highest.
+    SET claimed_amount = CASE
+          WHEN EXCLUDED.withdrawn THEN c.claimed_amount
+          WHEN EXCLUDED.as_of IS NOT NULL AND (c.as_of IS NULL OR EXCLUDED.as_of > c.as_of)
+            THEN EXCLUDED.claimed_amount
+          WHEN EXCLUDED.as_of < c.as_of THEN c.claimed_amount
+          ELSE greatest(c.claimed_amount, EXCLUDED.claimed_amount) END,
+        withdrawn = c.withdrawn OR EXCLUDED.withdrawn,
+        as_of = CASE WHEN EXCLUDED.withdrawn THEN c.as_of
+                     ELSE greatest(c.as_of, EXCLUDED.as_of) END
   RETURNING CASE WHEN p_series IS NULL THEN NULL ELSE c.claimed_amount END
     INTO v_series_total;
 
@@ -776,9 +796,10 @@ BEGIN
 
   INSERT INTO revocations (revocation_id, grant_id, account_id, requested_amount, revoked_amount,
                            unrecovered_amount, restored_amount, cancelled_amount,
-                           cumulative_series, series_total, withdraw, reason, created_at)
+                           cumulative_series, series_total, withdraw, as_of, reason,
+                           created_at)
   VALUES (v_id, v_grant, v_account, v_asked, v_revoked, v_asked - v_revoked, v_restored,
-          v_cancelled, p_series, v_series_total, p_withdraw, p_reason, p_now);
+          v_cancelled, p_series, v_series_total, p_withdraw, p_as_of, p_reason, p_now);
   UPDATE grants gr
      SET remaining_amount = gr.remaining_amount - v_revoked + v_restored - v_expire,
          revoked_amount = gr.revoked_amount + v_revoked - v_restored,

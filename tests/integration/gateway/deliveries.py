@@ -23,6 +23,7 @@ from gateway.packages import DEVELOPMENT_TABLE_TOML, parse_table
 from gateway.server import CONNECTION_LIMITS, uvicorn_config
 from gateway.service_calls import ServiceCalls, open_channel
 from gateway.settings import Address
+from gateway.stripe_api import Charges
 
 # Signed as stored: tests/fixtures/stripe/README.md says where they come from.
 STRIPE_FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "stripe"
@@ -129,10 +130,14 @@ class RunningGateway:
 
 
 async def start_gateway(
-    service_address: str, pki: Path, limits: ConnectionLimits = CONNECTION_LIMITS
+    service_address: str,
+    pki: Path,
+    limits: ConnectionLimits = CONNECTION_LIMITS,
+    charges: Charges | None = None,
 ) -> RunningGateway:
     """The production app, client and uvicorn settings; only the port is ephemeral (and
-    the connection limits, for tests that wait for a deadline)."""
+    the connection limits, for tests that wait for a deadline; and Stripe's API, None as
+    without an API key)."""
     metrics = GatewayMetrics()
     channel = open_channel(
         service_address,
@@ -146,6 +151,7 @@ async def start_gateway(
         account_metadata_key="",
         credits=ServiceCalls(channel, metrics),
         metrics=metrics,
+        charges=charges,
     )
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

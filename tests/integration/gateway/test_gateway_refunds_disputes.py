@@ -29,9 +29,18 @@ BIG_PURCHASE_EDITS = {
 PARTIAL_DISPUTE = {'"amount": 600,': '"amount": 3000,'}
 
 
-def refunded(purchase: Purchase, amount_refunded: int) -> bytes:
+# The partial refund fixture's event `created`, the time its claim is as of.
+REFUNDED_AT = 1795403600
+
+
+def refunded(purchase: Purchase, amount_refunded: int, created: int = REFUNDED_AT) -> bytes:
+    """charge.refunded with the charge's running total, told at `created`."""
     return purchase.event(
-        PARTIAL_REFUND, {'"amount_refunded": 400': f'"amount_refunded": {amount_refunded}'}
+        PARTIAL_REFUND,
+        {
+            '"amount_refunded": 400': f'"amount_refunded": {amount_refunded}',
+            f'"created": {REFUNDED_AT}': f'"created": {created}',
+        },
     )
 
 
@@ -290,21 +299,44 @@ async def test_a_refund_and_a_won_dispute_converge_in_every_order(
     assert await balance(purchase.account) == 600
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 23.6a, confirmed: a refund series keeps its highest claim, and a failed "
-    "refund's event carries neither the charge's amount nor its mark; lowering a claim "
-    "needs the service or a Stripe API key (docs/gateway.md, 'Known limits')",
-)
 async def test_a_refund_that_failed_gives_its_credits_back(
     gateway_server: RunningGateway, http: httpx.AsyncClient, balance: BalanceReader
 ) -> None:
     """400 refunded, that refund fails (Stripe takes amount_refunded back to 0), then a
     refund of 100: the charge's running total says 100, so 900 credits should remain."""
     purchase = await bought(gateway_server, http)
-    assert await deliver(gateway_server, http, refunded(purchase, 400)) == [200]
+    assert await deliver(gateway_server, http, refunded(purchase, 400, REFUNDED_AT)) == [200]
     assert await balance(purchase.account) == 600
 
-    assert await deliver(gateway_server, http, refunded(purchase, 100)) == [200]
+    later = refunded(purchase, 100, REFUNDED_AT + 60)
+    assert await deliver(gateway_server, http, later) == [200]
 
     assert await balance(purchase.account) == 900
+    # Stripe delivering the older event again, late: nothing changes.
+    assert await deliver(gateway_server, http, refunded(purchase, 400, REFUNDED_AT)) == [200]
+    assert await balance(purchase.account) == 900
+
+
+async def test_refund_totals_delivered_in_reverse_order_converge_on_the_latest(
+    gateway_server: RunningGateway, http: httpx.AsyncClient, balance: BalanceReader
+) -> None:
+    purchase = await bought(gateway_server, http)
+    older, newer = refunded(purchase, 400, REFUNDED_AT), refunded(purchase, 100, REFUNDED_AT + 60)
+
+    assert await deliver(gateway_server, http, newer, older, newer, older) == [200] * 4
+
+    assert await balance(purchase.account) == 900
+
+
+async def test_a_refund_total_back_below_one_unit_gives_everything_back(
+    gateway_server: RunningGateway, http: httpx.AsyncClient, balance: BalanceReader
+) -> None:
+    """A running total as of a newer event that is worth no unit (here 0: the refund
+    failed) claims nothing, rather than everything: the purchase's credits all come back."""
+    purchase = await bought(gateway_server, http)
+    assert await deliver(gateway_server, http, refunded(purchase, 400, REFUNDED_AT)) == [200]
+
+    tiny = refunded(purchase, 0, REFUNDED_AT + 60)
+    assert await deliver(gateway_server, http, tiny) == [200]
+
+    assert await balance(purchase.account) == 1000

@@ -1,5 +1,6 @@
 """Stripe events -> planned calls, on Stripe's own object shapes."""
 
+import datetime
 from collections.abc import Callable
 from typing import Any
 
@@ -7,6 +8,7 @@ import pytest
 
 from gateway.events import (
     Acknowledge,
+    FetchCharge,
     GrantCall,
     GrantSource,
     Purchase,
@@ -23,6 +25,9 @@ SESSION_ID = "cs_test_a1YS1URlnyQCN5fUUduORoQ7Pw41PJqDWkIVQCpJPqkfIhd6tVY8XB1OLY
 PAYMENT_INTENT = "pi_1PgafyB7WZ01zgkWSjxsAJo3"
 CHARGE_ID = "ch_1PgafuB7WZ01zgkWXYmPNZs8"
 DISPUTE_ID = "dp_1Pgc71B7WZ01zgkWMevJiAUx"
+REFUND_ID = "re_1Pgc72B7WZ01zgkWqPvrRrPE"
+# The `created` of the charge.refunded fixtures.
+REFUNDED_AT = 1795403600
 
 
 def planned(document: dict[str, Any], packages: PackageTable, metadata_key: str = "") -> Any:
@@ -147,9 +152,10 @@ def test_a_refund_asks_for_the_running_total_of_its_charge(
         RevokeCall(
             external_ref=PAYMENT_INTENT,
             amount=400,
-            idempotency_key=f"refund:{CHARGE_ID}:400",
+            idempotency_key=f"refund:{CHARGE_ID}:400:{REFUNDED_AT}",
             reason="refund",
             cumulative_series=f"refund:{CHARGE_ID}",
+            as_of=datetime.datetime.fromtimestamp(REFUNDED_AT, datetime.UTC),
         ),
         "refund_revoked",
         {"charge": CHARGE_ID, "payment_intent": PAYMENT_INTENT},
@@ -157,8 +163,44 @@ def test_a_refund_asks_for_the_running_total_of_its_charge(
     )
     assert isinstance(full, Revocation)
     assert full.revoke.amount == 1000
-    assert full.revoke.idempotency_key == f"refund:{CHARGE_ID}:1000"
+    assert full.revoke.idempotency_key.startswith(f"refund:{CHARGE_ID}:1000:")
     assert full.revoke.cumulative_series == partial.revoke.cumulative_series
+
+
+def test_a_refund_claim_is_as_of_its_event_and_keyed_by_it(
+    fixture_event: Events, packages: PackageTable
+) -> None:
+    """The same running total told at another time is another fact: another key, and
+    the later time, so that the service orders it after a lower total in between."""
+    earlier = fixture_event("charge.refunded")
+    later = fixture_event("charge.refunded")
+    later["created"] = REFUNDED_AT + 60
+
+    first, second = planned(earlier, packages), planned(later, packages)
+
+    assert isinstance(first, Revocation)
+    assert isinstance(second, Revocation)
+    assert second.revoke.idempotency_key == f"refund:{CHARGE_ID}:400:{REFUNDED_AT + 60}"
+    assert first.revoke.idempotency_key != second.revoke.idempotency_key
+    assert second.revoke.as_of == datetime.datetime(2026, 11, 23, 3, 14, 20, tzinfo=datetime.UTC)
+
+
+def test_a_total_below_one_unit_still_claims_so_it_can_lower_an_earlier_claim(
+    fixture_event: Events, packages: PackageTable
+) -> None:
+    # A refund failed (amount_refunded back to 0): as of this event the charge claims 0.
+    document = fixture_event("charge.refunded")
+    document["data"]["object"]["amount_refunded"] = 0
+
+    result = planned(document, packages)
+
+    assert isinstance(result, Revocation)
+    assert (result.outcome, result.revoke.amount, result.marked) == (
+        "refund_below_one_unit",
+        0,
+        True,
+    )
+    assert result.revoke.as_of is not None
 
 
 @pytest.mark.parametrize(
@@ -227,7 +269,6 @@ def test_a_refund_not_marked_as_a_purchase_is_revoked_unmarked(
         ({"amount": 1234}, "not_a_purchase"),
         ({"currency": "eur"}, "not_a_purchase"),
         ({"payment_intent": None}, "not_a_purchase"),
-        ({"amount_refunded": 0}, "refund_below_one_unit"),
         ({"amount": 0}, "malformed"),
         ({"amount_refunded": -5}, "malformed"),
         ({"id": None}, "malformed"),
@@ -369,8 +410,80 @@ def test_other_events_are_acknowledged_and_ignored(
         {"object": "event", "id": "evt_1", "type": "x", "data": {"object": []}},
         {"object": "event", "id": "evt 1", "type": "x", "data": {"object": {}}},
         {"object": "event", "id": "evt_1", "type": 5, "data": {"object": {}}},
-        {"object": "charge", "id": "evt_1", "type": "x", "data": {"object": {}}},
+        {"object": "charge", "id": "evt_1", "type": "x", "data": {"object": {}}, "created": 1},
+        # Without a valid time an event cannot be placed among its series' claims.
+        {"object": "event", "id": "evt_1", "type": "x", "data": {"object": {}}},
+        {"object": "event", "id": "evt_1", "type": "x", "data": {"object": {}}, "created": "1"},
+        {"object": "event", "id": "evt_1", "type": "x", "data": {"object": {}}, "created": 1.5},
+        {"object": "event", "id": "evt_1", "type": "x", "data": {"object": {}}, "created": True},
+        {"object": "event", "id": "evt_1", "type": "x", "data": {"object": {}}, "created": 0},
+        {"object": "event", "id": "evt_1", "type": "x", "data": {"object": {}}, "created": 10**12},
     ],
 )
 def test_what_is_not_an_event_is_refused(document: object) -> None:
     assert parse_envelope(document) is None
+
+
+def refund_event(
+    event_type: str, status: str, changes: dict[str, object] | None = None
+) -> dict[str, Any]:
+    """A Refund event on the fixture charge (Stripe's shape, as in refund.created)."""
+    refund: dict[str, Any] = {
+        "id": REFUND_ID,
+        "object": "refund",
+        "amount": 400,
+        "charge": CHARGE_ID,
+        "payment_intent": PAYMENT_INTENT,
+        "currency": "usd",
+        "status": status,
+        "created": REFUNDED_AT,
+        **(changes or {}),
+    }
+    return {
+        "id": "evt_1TestRefundFailed",
+        "object": "event",
+        "type": event_type,
+        "created": REFUNDED_AT + 3600,
+        "data": {"object": refund},
+    }
+
+
+@pytest.mark.parametrize("event_type", ["refund.failed", "refund.updated", "charge.refund.updated"])
+@pytest.mark.parametrize("status", ["failed", "canceled"])
+def test_a_refund_that_failed_or_was_canceled_reads_its_charge(
+    packages: PackageTable, event_type: str, status: str
+) -> None:
+    result = planned(refund_event(event_type, status), packages)
+
+    assert result == FetchCharge(
+        CHARGE_ID,
+        REFUNDED_AT + 3600,
+        {"refund": REFUND_ID, "charge": CHARGE_ID, "payment_intent": PAYMENT_INTENT},
+    )
+
+
+@pytest.mark.parametrize("status", ["pending", "requires_action", "succeeded"])
+def test_other_refund_updates_are_charge_refundeds_business(
+    packages: PackageTable, status: str
+) -> None:
+    result = planned(refund_event("refund.updated", status), packages)
+
+    assert result == Acknowledge("ignored", {"refund": REFUND_ID})
+
+
+@pytest.mark.parametrize(
+    ("changes", "outcome"),
+    [
+        ({"object": "charge"}, "malformed"),
+        ({"id": None}, "malformed"),
+        ({"status": None}, "malformed"),
+        ({"charge": None}, "not_a_purchase"),
+    ],
+)
+def test_refund_updates_without_what_they_need_read_nothing(
+    packages: PackageTable, changes: dict[str, object], outcome: str
+) -> None:
+    result = planned(refund_event("refund.failed", "failed", changes), packages)
+
+    assert isinstance(result, Acknowledge)
+    assert result.outcome == outcome

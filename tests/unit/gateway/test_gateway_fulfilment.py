@@ -1,19 +1,23 @@
 """What Stripe is told for each way the service can answer."""
 
+import datetime
 from dataclasses import dataclass, field
 
 import pytest
 
 from gateway.events import (
     Acknowledge,
+    FetchCharge,
     GrantCall,
     GrantSource,
     Purchase,
     Revocation,
     RevokeCall,
 )
-from gateway.fulfilment import fulfil
+from gateway.fulfilment import fulfil, needs_attention
+from gateway.packages import PackageTable
 from gateway.service_calls import Failure, Granted, Revoked, ServiceError
+from gateway.stripe_api import StripeRefused, StripeUnavailable
 
 GRANT = GrantCall("acct_1", 1000, GrantSource.PURCHASE, "checkout:cs_1", "pi_1", "", ())
 REVOKE = RevokeCall("pi_1", 400, "refund:ch_1:400", "refund", "refund:ch_1")
@@ -124,3 +128,95 @@ async def test_a_revocation_reports_what_it_could_not_take_back() -> None:
         "restored_units": 0,
         "cancelled_units": 0,
     }
+
+
+CHARGE = {
+    "id": "ch_1",
+    "object": "charge",
+    "amount": 1000,
+    "amount_refunded": 100,
+    "currency": "usd",
+    "payment_intent": "pi_1",
+    "metadata": {"credit_package": "credits_1000"},
+}
+FAILED_AT = 1_795_407_200
+
+
+@dataclass
+class FakeCharges:
+    """Stripe's charges from a script (the real HTTP read: tests/integration/gateway)."""
+
+    charge: dict[str, object] = field(default_factory=lambda: dict(CHARGE))
+    error: Exception | None = None
+    reads: list[str] = field(default_factory=list)
+
+    async def retrieve(self, charge_id: str) -> dict[str, object]:
+        self.reads.append(charge_id)
+        if self.error:
+            raise self.error
+        return self.charge
+
+
+async def test_a_failed_refund_claims_its_charges_new_total_as_of_the_failure(
+    packages: PackageTable,
+) -> None:
+    credits, charges = FakeCredits(), FakeCharges()
+
+    result = await fulfil(FetchCharge("ch_1", FAILED_AT), credits, charges, packages)
+
+    assert (result.status_code, result.outcome) == (200, "refund_revoked")
+    assert charges.reads == ["ch_1"]
+    assert credits.calls == [
+        RevokeCall(
+            "pi_1",
+            100,
+            f"refund:ch_1:100:{FAILED_AT}",
+            "refund",
+            "refund:ch_1",
+            as_of=datetime.datetime.fromtimestamp(FAILED_AT, datetime.UTC),
+        )
+    ]
+
+
+async def test_a_failed_refund_without_an_api_key_needs_attention_and_calls_nothing(
+    packages: PackageTable,
+) -> None:
+    credits = FakeCredits()
+
+    result = await fulfil(FetchCharge("ch_1", FAILED_AT), credits, None, packages)
+
+    assert (result.status_code, result.outcome) == (200, "unfulfillable_refund_failed_no_api_key")
+    assert needs_attention(result.outcome)
+    assert credits.calls == []
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "outcome"),
+    [
+        (StripeUnavailable("down"), 503, "stripe_unavailable"),
+        (StripeRefused("401"), 500, "refused_by_stripe"),
+    ],
+)
+async def test_stripe_failing_to_answer_is_retried_and_refusing_needs_a_fix(
+    packages: PackageTable, error: Exception, status: int, outcome: str
+) -> None:
+    credits = FakeCredits()
+
+    result = await fulfil(
+        FetchCharge("ch_1", FAILED_AT), credits, FakeCharges(error=error), packages
+    )
+
+    assert (result.status_code, result.outcome, credits.calls) == (status, outcome, [])
+
+
+async def test_a_charge_that_is_not_the_one_asked_for_is_refused(packages: PackageTable) -> None:
+    credits = FakeCredits()
+    charges = FakeCharges(charge={**CHARGE, "id": "ch_other"})
+
+    result = await fulfil(FetchCharge("ch_1", FAILED_AT), credits, charges, packages)
+
+    assert (result.status_code, result.outcome, credits.calls) == (
+        500,
+        "refused_by_stripe_wrong_charge",
+        [],
+    )

@@ -171,3 +171,56 @@ def test_secrets_split_on_commas_and_newlines() -> None:
 )
 def test_addresses_are_host_and_port(value: str, expected: Address | None) -> None:
     assert parse_address(value) == expected
+
+
+STRIPE_KEY = "rk_test_restricted_charges_read_0123456789"
+
+
+def test_without_a_stripe_api_key_failed_refunds_read_nothing(dev_tree: Path) -> None:
+    settings = load_settings(production_env(dev_tree))
+
+    assert (settings.stripe_api_key, settings.stripe_api_base) == ("", "https://api.stripe.com")
+
+
+def test_the_stripe_api_key_is_read_from_its_file_and_never_shown(dev_tree: Path) -> None:
+    key_file = dev_tree / "stripe-api-key"
+    key_file.write_text(STRIPE_KEY + "\n")
+    env = {
+        **production_env(dev_tree),
+        "CREDITS_GATEWAY_STRIPE_API_KEY_FILE": str(key_file),
+        "CREDITS_GATEWAY_STRIPE_API_BASE": "http://127.0.0.1:12111/",
+    }
+
+    settings = load_settings(env)
+
+    assert settings.stripe_api_key == STRIPE_KEY
+    assert settings.stripe_api_base == "http://127.0.0.1:12111"
+    assert STRIPE_KEY not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("key_text", "base", "problem"),
+    [
+        (None, "", "CREDITS_GATEWAY_STRIPE_API_KEY_FILE does not name a readable file"),
+        ("short", "", "CREDITS_GATEWAY_STRIPE_API_KEY_FILE does not hold one API key"),
+        (f"{STRIPE_KEY} {STRIPE_KEY}", "", "does not hold one API key"),
+        (STRIPE_KEY, "http://stripe.example.com", "CREDITS_GATEWAY_STRIPE_API_BASE is not"),
+        (STRIPE_KEY, "https://api.stripe.com/v1", "CREDITS_GATEWAY_STRIPE_API_BASE is not"),
+        (STRIPE_KEY, "ftp://127.0.0.1", "CREDITS_GATEWAY_STRIPE_API_BASE is not"),
+    ],
+)
+def test_a_bad_stripe_api_setting_stops_the_start_without_showing_the_key(
+    dev_tree: Path, key_text: str | None, base: str, problem: str
+) -> None:
+    key_file = dev_tree / "stripe-api-key"
+    if key_text is not None:
+        key_file.write_text(key_text)
+    env = {**production_env(dev_tree), "CREDITS_GATEWAY_STRIPE_API_KEY_FILE": str(key_file)}
+    if base:
+        env["CREDITS_GATEWAY_STRIPE_API_BASE"] = base
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env)
+
+    assert any(problem in p for p in caught.value.problems)
+    assert STRIPE_KEY not in str(caught.value)
