@@ -70,7 +70,8 @@ class Grant:
     expired: int = 0
     debt_paid: int = 0
     # claim key → (claimed amount, withdrawn)
-    claims: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    # claim key -> (amount, withdrawn, as_of: the time of the fact it states, or None)
+    claims: dict[str, tuple[int, bool, datetime.datetime | None]] = field(default_factory=dict)
 
     def expired_at(self, now: datetime.datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -539,8 +540,11 @@ class Model:
         request: object,
         now: datetime.datetime,
         new_id: str,
+        as_of: datetime.datetime | None = None,
     ) -> RevokeResult:
-        """`target` is ("grant_id", id) or ("external_ref", ref)."""
+        """`target` is ("grant_id", id) or ("external_ref", ref). A series' claim is the
+        one of its latest `as_of` (up or down); an older one changes nothing; equal or
+        absent times keep the highest. A timed 0 is nothing, an untimed one everything."""
 
         def run(s: State) -> RevokeResult:
             kind, value = target
@@ -557,10 +561,24 @@ class Model:
             if replayed is not None:
                 return RevokeResult(s.grants[g.grant_id], *s.revocations[replayed])
             claim_key = f"call:{new_id}" if series is None else f"series:{series}"
-            claim = 0 if withdraw else g.original if amount == 0 else min(amount, g.original)
-            old_claim, old_withdrawn = g.claims.get(claim_key, (0, False))
-            g.claims[claim_key] = (max(old_claim, claim), old_withdrawn or withdraw)
-            standing = sum(c for c, withdrawn in g.claims.values() if not withdrawn)
+            everything = amount == 0 and as_of is None
+            claim = 0 if withdraw else g.original if everything else min(amount, g.original)
+            if claim_key not in g.claims:
+                g.claims[claim_key] = (claim, withdraw, as_of)
+            else:
+                old_claim, old_withdrawn, old_as_of = g.claims[claim_key]
+                if withdraw:
+                    kept = old_claim
+                elif as_of is not None and (old_as_of is None or as_of > old_as_of):
+                    kept = claim
+                elif as_of is not None and old_as_of is not None and as_of < old_as_of:
+                    kept = old_claim
+                else:
+                    kept = max(old_claim, claim)
+                times = [t for t in (old_as_of, as_of) if t is not None]
+                latest = old_as_of if withdraw else max(times, default=None)
+                g.claims[claim_key] = (kept, old_withdrawn or withdraw, latest)
+            standing = sum(c for c, withdrawn, _ in g.claims.values() if not withdrawn)
             target_total = min(standing, g.original)
             owed = g.revoked + g.unrecovered
             asked = revoked = cancelled = restored = expire = 0

@@ -52,6 +52,8 @@ from tests.model import rules
 from tests.support import CALL_TIMEOUT_SECONDS, MovableClock, error_details, new_id
 
 TIME_STEP_SECONDS = 10
+# The time of the first fact a series' revocation states (RevokeRequest.as_of).
+FACTS_START = datetime.datetime(2026, 11, 23, 3, 14, tzinfo=datetime.UTC)
 # The server stamps a reservation's expiry with its own reading of the clock, a little
 # after the model's; far less than a time step.
 CLOCK_READING_SLACK = datetime.timedelta(seconds=1)
@@ -147,6 +149,8 @@ class LedgerMachine(RuleBasedStateMachine):
         # Keyed requests sent so far, to send again (a replay) or to reuse their keys.
         self.sent: list[tuple[str, Keyed]] = []
         self.day_jumps = 0
+        # The latest fact (seconds after FACTS_START) a restated series has told.
+        self.latest_fact = 0
 
     @initialize(day=spend_limits, month=spend_limits, credits=st.integers(50, 300))
     def start_with_limits(self, day: int, month: int, credits: int) -> None:
@@ -319,6 +323,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 request=("Revoke", request.SerializeToString(deterministic=True)),
                 now=now,
                 new_id=str(uuid.uuid4()),
+                as_of=moment(request.as_of) if request.HasField("as_of") else None,
             ),
         )
         if want is not None:
@@ -688,6 +693,7 @@ class LedgerMachine(RuleBasedStateMachine):
         by_ref=st.booleans(),
         name_account=st.booleans(),
         elsewhere=st.booleans(),
+        fact_second=st.none() | st.integers(0, 3),
     )
     def revoke(
         self,
@@ -696,6 +702,7 @@ class LedgerMachine(RuleBasedStateMachine):
         amount: int,
         series: int | None,
         withdraw: bool,
+        fact_second: int | None,
         by_ref: bool,
         name_account: bool,
         elsewhere: bool,
@@ -710,12 +717,38 @@ class LedgerMachine(RuleBasedStateMachine):
             cumulative_series="" if series is None else f"{self.prefix}-s{series}",
             withdraw=withdraw,
         )
+        if series is not None and fact_second is not None:
+            # A few whole seconds apart, so that later, earlier and equal facts all occur.
+            request.as_of.CopyFrom(stamp(FACTS_START + datetime.timedelta(seconds=fact_second)))
         if by_ref and g.external_ref is not None:
             request.external_ref = g.external_ref
             if not name_account:
                 request.account_id = ""
         else:
             request.grant_id = g.grant_id
+        self.send_keyed("Revoke", request)
+
+    @precondition(lambda self: self.grants)
+    @rule(pick=picks, amount=st.sampled_from([0, 1, 5, 20, 50, 120]), late=st.booleans())
+    def restate_a_running_total(self, pick: int, amount: int, *, late: bool) -> None:
+        """One series of a grant told again, as a refund's running total is when a
+        refund fails and the next refund comes (a later fact: the claim follows it, down
+        too) or when Stripe delivers an older event late (nothing changes)."""
+        g = self.model.state.grants[self.grants[pick % len(self.grants)]]
+        if late:
+            fact = self.latest_fact - 1
+        else:
+            self.latest_fact += 1
+            fact = self.latest_fact
+        request = pb.RevokeRequest(
+            account_id=g.account,
+            grant_id=g.grant_id,
+            amount=amount,
+            idempotency_key=self.key(),
+            reason="model",
+            cumulative_series=f"{self.prefix}-total",
+        )
+        request.as_of.CopyFrom(stamp(FACTS_START + datetime.timedelta(seconds=fact)))
         self.send_keyed("Revoke", request)
 
     @precondition(lambda self: self.sent)
