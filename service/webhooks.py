@@ -56,6 +56,8 @@ BACKOFF_JITTER_FRACTION = 0.5
 # Connections POSTing side by side, each carrying one account's events at a time: enough to
 # keep up with the ledger on an endpoint that answers in milliseconds.
 DELIVERY_LANES = 8
+# While a backoff is waited out, the lag gauge is set again this often.
+LAG_REFRESH_SECONDS = 1.0
 # While a batch is delivered, its acknowledged part is saved at most this often: a restart
 # then sends again at most this long's worth of events (never loses any).
 CURSOR_SAVE_INTERVAL_SECONDS = 0.25
@@ -172,6 +174,9 @@ class Deliverer:
         self._failing_since: datetime.datetime | None = None
         # The lanes share the lock's connection for that one write.
         self._conn_lock = asyncio.Lock()
+        # Failed attempts since the last delivery, across the lanes (the alert's "in a
+        # row": a window of counters would let one old success hide an outage).
+        self._consecutive_failures = 0
 
     async def run(self) -> None:
         try:
@@ -191,8 +196,9 @@ class Deliverer:
                 if await conn.fetchval("SELECT pg_try_advisory_lock($1)", WORKER_LOCK_KEY):
                     await self._deliver(conn)
                 else:
-                    # Another instance delivers: this one's lag is not the endpoint's.
+                    # Another instance delivers: this one's figures are not the endpoint's.
                     metrics.WEBHOOK_LAG_SECONDS.labels(self._label).set(0)
+                    metrics.WEBHOOK_CONSECUTIVE_FAILURES.labels(self._label).set(0)
             except Exception as exc:
                 # The database gone, the lock's connection lost: start again, from the
                 # stored cursor; a delivery worker must outlive an outage.
@@ -205,6 +211,7 @@ class Deliverer:
 
     async def _deliver(self, conn: asyncpg.Connection) -> None:
         """Holding the lock: deliver from the stored cursor on, for good."""
+        metrics.WEBHOOK_CONSECUTIVE_FAILURES.labels(self._label).set(self._consecutive_failures)
         row = await conn.fetchrow(LOAD, self._url)
         if row is None:
             # A new endpoint starts with the events committed from now on.
@@ -287,6 +294,8 @@ class Deliverer:
                 error = f"HTTP {status}"
             if HTTP_OK_MIN <= status <= HTTP_OK_MAX:
                 metrics.WEBHOOK_ATTEMPTS.labels(self._label, "delivered").inc()
+                self._consecutive_failures = 0
+                metrics.WEBHOOK_CONSECUTIVE_FAILURES.labels(self._label).set(0)
                 metrics.WEBHOOK_DELIVERY_SECONDS.labels(self._label).observe(_age_seconds(event))
                 if self._failing_since is not None:
                     # The endpoint is back: the next failure starts a window of its own.
@@ -294,6 +303,8 @@ class Deliverer:
                     await self._save(conn, batch.acknowledged)
                 return
             metrics.WEBHOOK_ATTEMPTS.labels(self._label, "failed").inc()
+            self._consecutive_failures += 1
+            metrics.WEBHOOK_CONSECUTIVE_FAILURES.labels(self._label).set(self._consecutive_failures)
             now = datetime.datetime.now(datetime.UTC)
             if self._failing_since is None:
                 self._failing_since = now
@@ -311,7 +322,15 @@ class Deliverer:
                 "webhook failed",
                 extra={"event_id": str(event.event_id), "error": error, "retry_in_s": wait},
             )
-            await asyncio.sleep(wait)
+            await self._wait_out(wait, batch)
+
+    async def _wait_out(self, seconds: float, batch: "_Batch") -> None:
+        """A backoff, with the lag kept current meanwhile (a backoff lasts up to
+        BACKOFF_MAX_SECONDS: the lag alert must not wait for the next attempt)."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, LAG_REFRESH_SECONDS))
+            metrics.WEBHOOK_LAG_SECONDS.labels(self._label).set(batch.oldest_age_seconds())
 
 
 class _Batch:

@@ -123,9 +123,16 @@ WEBHOOK_DELIVERY_SECONDS = Histogram(
     # From a live delivery (tens of milliseconds) to an endpoint down for hours.
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0, 3600.0),
 )
+WEBHOOK_CONSECUTIVE_FAILURES = Gauge(
+    "credits_webhook_consecutive_failures",
+    "Failed webhook attempts to the endpoint since its last delivery, by endpoint; 0 on an"
+    " instance that does not deliver",
+    ["endpoint"],
+    multiprocess_mode="max",
+)
 WEBHOOK_LAG_SECONDS = Gauge(
     "credits_webhook_lag_seconds",
-    "Age of the oldest undelivered event (the one being delivered), by endpoint; 0 when none",
+    "Age of the oldest undelivered event, by endpoint; 0 when none",
     ["endpoint"],
     multiprocess_mode="max",
 )

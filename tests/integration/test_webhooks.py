@@ -185,6 +185,31 @@ async def test_a_failing_endpoint_is_retried_in_order(
     assert [e["grant_id"] for e in events] == [first, second]
 
 
+async def test_failures_in_a_row_are_counted_until_a_delivery(
+    ops: Stub, credits_server: RunningServer, database_url: str, admin_engine: AsyncEngine
+) -> None:
+    """credits_webhook_consecutive_failures, what CreditsWebhookFailing reads: each
+    failed attempt adds one, a delivery takes it back to 0."""
+    with receiving(failures=3) as receiver:
+        label = urllib.parse.urlsplit(receiver.url).netloc
+
+        def in_a_row() -> float | None:
+            return REGISTRY.get_sample_value(
+                "credits_webhook_consecutive_failures", {"endpoint": label}
+            )
+
+        async with delivering(credits_server, database_url, receiver.url, admin_engine):
+            account = new_id()
+            await _grant(ops, account, 1)
+            seen = set()
+            async with asyncio.timeout(ARRIVAL_WAIT_SECONDS):
+                while not receiver.events_of(account):
+                    seen.add(in_a_row())
+                    await asyncio.sleep(POLL_SECONDS)
+    assert {1.0, 2.0, 3.0} <= seen
+    assert in_a_row() == 0
+
+
 async def test_a_restart_resumes_after_the_last_delivered_event(
     ops: Stub, credits_server: RunningServer, database_url: str, admin_engine: AsyncEngine
 ) -> None:
