@@ -1,10 +1,12 @@
 """Stripe events -> the credits calls they call for. Pure: no I/O, no clock, no gRPC.
 
 Everything that makes a delivery exactly-once lives in the requests built here: each
-request derives only from the Stripe object it is about (never from the event id or the
-delivery), so every delivery of the same fact -- repeated, concurrent, reordered, or sent
-as two different event types -- builds the same request, and the service's idempotency
-keys turn all of them into one effect.
+request derives only from the Stripe object it is about and, for a refund's claim, the
+event's `created` (the time of the fact, the same on every delivery of an event; never
+the event id or the delivery), so every delivery of the same fact -- repeated,
+concurrent, reordered, or sent as two different event types -- builds the same request,
+and the service's idempotency keys turn all of them into one effect. A refund's total
+told again by a later event is a later fact: the service keeps the latest (as_of).
 """
 
 import datetime
@@ -16,8 +18,11 @@ from enum import Enum
 from gateway.packages import PackageTable
 
 # Stripe ids are short [A-Za-z0-9_] strings; bounding them bounds every key built from
-# them well under the service's 128-character idempotency keys and 256-character values.
+# them under the service's 128-character idempotency keys and 256-character values, but
+# for a refund's, which adds a total and a time (checked where it is built).
 STRIPE_ID_PATTERN = re.compile(r"[A-Za-z0-9_]{1,100}")
+# The service's limit (docs/contract.md, "Idempotency").
+IDEMPOTENCY_KEY_CHARS_MAX = 128
 # The service's rule for account ids (docs/contract.md), checked here so that a bad
 # client_reference_id is an unfulfillable purchase, not a retried 500.
 ACCOUNT_ID_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
@@ -295,13 +300,17 @@ def plan_refund(
     if package is None:
         return Acknowledge("not_a_purchase", refs)
     units = refund_units(package.units, amount, refunded)
+    # Per fact: the same total at another time is another claim of the series.
+    key = f"{REFUND_SERIES_PREFIX}{charge_id}:{refunded}:{created}"
+    if len(key) > IDEMPOTENCY_KEY_CHARS_MAX:
+        # Only a charge id far longer than Stripe's (about 27 characters) gets here.
+        return Acknowledge("malformed_refund_key_too_long", refs)
     # A total below one unit is still sent: as of its time it claims nothing (a timed 0
     # is nothing), which lowers a claim that an earlier, failed refund made.
     revoke = RevokeCall(
         external_ref=payment_intent,
         amount=units,
-        # Per fact: the same total at another time is another claim of the series.
-        idempotency_key=f"{REFUND_SERIES_PREFIX}{charge_id}:{refunded}:{created}",
+        idempotency_key=key,
         reason="refund",
         cumulative_series=REFUND_SERIES_PREFIX + charge_id,
         as_of=event_time(created),

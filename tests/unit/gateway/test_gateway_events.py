@@ -185,6 +185,19 @@ def test_a_refund_claim_is_as_of_its_event_and_keyed_by_it(
     assert second.revoke.as_of == datetime.datetime(2026, 11, 23, 3, 14, 20, tzinfo=datetime.UTC)
 
 
+def test_a_refund_key_beyond_the_services_limit_is_not_sent(
+    fixture_event: Events, packages: PackageTable
+) -> None:
+    document = fixture_event("charge.refunded")
+    # The longest id the gateway takes, and a total of 16 digits: 135 characters.
+    document["data"]["object"].update(id="ch_" + "x" * 97, amount=10**15, amount_refunded=10**15)
+
+    result = planned(document, packages)
+
+    assert isinstance(result, Acknowledge)
+    assert result.outcome == "malformed_refund_key_too_long"
+
+
 def test_a_total_below_one_unit_still_claims_so_it_can_lower_an_earlier_claim(
     fixture_event: Events, packages: PackageTable
 ) -> None:
