@@ -43,6 +43,10 @@ RETRY_DELAY_SECONDS_MAX = 0.5
 # unknown); the checks allow it to have been done, once, or not at all.
 ACKNOWLEDGE_SECONDS_MAX = 120.0
 GRANT_AMOUNT_MAX = 1000
+# Refund series state their totals as of a time (RevokeRequest.as_of) in this window, so
+# that later, earlier and equal facts all occur.
+FACTS_START = datetime.datetime(2026, 11, 23, tzinfo=datetime.UTC)
+FACT_SECONDS_MAX = 600
 RESERVE_AMOUNT_MAX = 300
 RESERVATION_TTL_SECONDS_MAX = 60
 GRANT_EXPIRY_SECONDS_MAX = 120
@@ -458,6 +462,11 @@ class Workload:
             else rng.randint(0, g.original_amount),
             reason="chaos",
         )
+        if series.startswith("refund") and rng.random() < 0.5:
+            # A running total as of a Stripe event's time: later facts move the claim
+            # down as well as up (a refund that failed), earlier ones change nothing.
+            fact = FACTS_START + datetime.timedelta(seconds=rng.randint(0, FACT_SECONDS_MAX))
+            request.as_of.CopyFrom(_stamp(fact))
         if g.external_ref and rng.random() < 0.5:
             request.external_ref = g.external_ref
             if rng.random() < 0.5:
