@@ -172,6 +172,19 @@ async def test_a_rolling_reset_of_a_spend_inside_a_second_is_the_next_whole_seco
     await sql.reserve(1, now=3_701)
 
 
+async def test_a_rolling_reset_skips_reservations_that_spent_nothing(sql: Ledger) -> None:
+    """A hold released, or expired and not yet settled, counts nothing, so it cannot be the
+    spend whose leaving the window is named as the reset: a retry then would be refused
+    again. (A confirmed one always spent: Confirm captures more than 0, and
+    ck_reservations_status_consistent holds it.)"""
+    await sql.grant(1_000)
+    await _limits(sql, sql.account, spend_limit_rolling=100, spend_limit_rolling_hours=1)
+    await sql.reserve(40, now=10, ttl=30)
+    await sql.release(await sql.reserve(40, now=20), now=21)
+    await sql.reserve(100, now=100)
+    assert (await _reserve_refusal(sql, 1, now=200))[1]["resets_at"] == "2030-01-01T01:01:41Z"
+
+
 async def test_credits_transferred_in_count_nothing_for_the_destination(sql: Ledger) -> None:
     other = f"{sql.account}-to"
     await sql.grant(1_000)
