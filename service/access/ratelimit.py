@@ -4,8 +4,11 @@ Reserve, counted by the `limits` library: in this process, or in Redis
 refuse several processes without Redis (service.settings): each would count alone, and a
 client's one connection reaches one process, so no split of a limit is exact for it.
 
-A call is counted against all of its limits or none: every limit is tested before any is
-hit, so that a call refused by its last limit has not spent its first ones.
+A call is counted against all of its limits or none: the limits after the first are
+tested before any is hit, so that a call refused by its last limit has not spent its first
+ones. The first needs no test of its own, since a hit tests its limit and counts in one
+step. Each test or hit is a round trip to Redis, most of what the limiter costs: one per
+call for most RPCs (one limit), three for Reserve (its caller's limit and its account's).
 
 Sliding-window counters: two counters per key whatever the limit, where a moving window
 would keep one entry per allowed call (20 000 for "20000/second"). A store that cannot
@@ -93,19 +96,30 @@ class Limiter:
     async def hit(self, *checks: Check) -> None:
         """Count one call against every limit of `checks`, or against none if one of
         them is spent."""
+        counted = [(check, item) for check in checks for item in check.items]
         try:
             async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
-                for check in checks:
-                    for item in check.items:
-                        if not await self._strategy.test(item, *check.key):
-                            await self._refuse(check, item)
-                for check in checks:
-                    for item in check.items:
-                        # Another call may have taken the last unit since the test.
-                        if not await self._strategy.hit(item, *check.key):
-                            await self._refuse(check, item)
+                for check, item in counted[1:]:
+                    if not await self._strategy.test(item, *check.key):
+                        await self._refuse_first_spent(counted, check, item)
+                for check, item in counted:
+                    # Another call may have taken the last unit since the test.
+                    if not await self._strategy.hit(item, *check.key):
+                        await self._refuse(check, item)
         except (StorageError, TimeoutError, OSError) as exc:
             raise errors.RateLimitUnavailable() from exc
+
+    async def _refuse_first_spent(
+        self, counted: list[tuple[Check, RateLimitItem]], check: Check, item: RateLimitItem
+    ) -> NoReturn:
+        """Refuse naming the first of the call's limits that is spent, as if each had been
+        tested in order (`check`'s `item` is, unless its window has moved since)."""
+        for earlier_check, earlier_item in counted:
+            if earlier_item is item and earlier_check is check:
+                break
+            if not await self._strategy.test(earlier_item, *earlier_check.key):
+                await self._refuse(earlier_check, earlier_item)
+        await self._refuse(check, item)
 
     async def _refuse(self, check: Check, item: RateLimitItem) -> NoReturn:
         stats = await self._strategy.get_window_stats(item, *check.key)

@@ -103,6 +103,19 @@ async def test_a_call_refused_by_one_limit_spends_none_of_the_others() -> None:
     assert await hits_allowed(limiter, 10, wide) == 3
 
 
+async def test_a_refusal_names_the_first_of_the_calls_spent_limits() -> None:
+    limiter = Limiter(None)
+    first = Check(tuple(ratelimits.parse_many("1/minute")), "first", ("first",))
+    second = Check(tuple(ratelimits.parse_many("1/minute")), "second", ("second",))
+    await limiter.hit(first, second)
+    with pytest.raises(errors.RateLimited) as refused:
+        await limiter.hit(first, second)
+    assert refused.value.subject == "first"
+    with pytest.raises(errors.RateLimited) as refused:
+        await limiter.hit(check("1/minute", "fresh"), second)
+    assert refused.value.subject == "second"
+
+
 def test_a_sighup_before_any_worker_started_is_held(dev_dir: Path) -> None:
     """The supervisor says "supervising" before it starts its workers: a SIGHUP sent
     then (a rotation during a start) is held for the workers, not dropped."""
