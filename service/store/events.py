@@ -76,8 +76,15 @@ class EventListener:
             else:
                 try:
                     await connection.execute("SELECT pg_notify($1, '')", CHANNEL)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except Exception as exc:
+                    # Any failure: besides the database going down, a connection an
+                    # error left half-answered refuses the next statement with asyncpg's
+                    # InternalClientError, and a pump that stopped on it would never
+                    # notify again. A notification is only a hint, so this process's
+                    # streams are woken, and the connection is dropped: its termination
+                    # makes _listen open a fresh one.
                     log.warning("cannot notify of events", extra={"error": type(exc).__name__})
+                    connection.terminate()
                     self._wake()
             await asyncio.sleep(NOTIFY_COALESCE_SECONDS)
 

@@ -36,6 +36,7 @@ from credits.v1.credits_pb2_grpc import CreditsServiceStub
 from service.rpc import health
 from service.settings import DB_CONNECT_TIMEOUT_SECONDS_DEFAULT
 from service.store import database
+from service.store.events import EventListener
 from service.store.postgres import DRIVER_TIMEOUT_MARGIN_SECONDS, sqlalchemy_url
 from tests.support import RunningServer, error_details, funded_account, open_channel, start_server
 
@@ -62,6 +63,9 @@ HEALTH_INTERVAL_SECONDS = 0.2
 NOTICE_SECONDS = 10.0
 WORKERS = 8
 PG_CTL_TIMEOUT_SECONDS = 60
+# A stream is woken within the notifier's coalescing interval; this is very generous.
+EVENT_WAKE_SECONDS = 2.0
+EVENT_RESTARTS = 5
 
 
 # Runs in a process of its own: pgserver starts PostgreSQL (as its own user when run as
@@ -355,3 +359,40 @@ async def test_a_database_that_stops_answering(served: Served, postgres: Postgre
         postgres.freeze(signal.SIGCONT)
     await wait_for(lambda: health_is(served, SERVING))
     assert await serves(served.stub, account)
+
+
+async def _wakes(listener: EventListener, notifier: EventListener) -> bool:
+    """Whether a call that ended in `notifier`'s process wakes `listener`'s streams."""
+    woken = listener.next_signal()
+    notifier.changed()
+    try:
+        await asyncio.wait_for(woken.wait(), EVENT_WAKE_SECONDS)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def test_event_notifications_outlive_restarts_during_traffic(postgres: Postgres) -> None:
+    """A notification that fails in any way (sent as the database goes down, or on the
+    connection it left half-answered) neither ends the process's notifying nor is raised
+    when the server stops: after the restarts, one process's calls still wake another's
+    streams, and both close cleanly."""
+    notifier, listener = EventListener(postgres.service_url), EventListener(postgres.service_url)
+    stopping = asyncio.Event()
+
+    async def calls_ending() -> None:
+        while not stopping.is_set():
+            notifier.changed()
+            await asyncio.sleep(0.001)
+
+    traffic = asyncio.create_task(calls_ending())
+    try:
+        for _ in range(EVENT_RESTARTS):
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(postgres.restart)
+    finally:
+        stopping.set()
+        await traffic
+    await wait_for(lambda: _wakes(listener, notifier))
+    await notifier.aclose()
+    await listener.aclose()
