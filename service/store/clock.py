@@ -14,7 +14,7 @@ import datetime
 import logging
 
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.ledger import failures
@@ -67,7 +67,9 @@ class DatabaseClock:
                     offset = database_now - (sent + round_trip / 2)
                     if best is None or round_trip < best[0]:
                         best = (round_trip, offset)
-        except (DBAPIError, OSError, TimeoutError) as exc:
+        # SQLAlchemyError: the database's errors, and also a pool with no connection
+        # free in time, which would otherwise end the task that keeps the offset fresh.
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
             log.warning("cannot measure the database clock", extra={"error": type(exc).__name__})
             return False
         if best is None or best[0] / 2 > self._error_max:

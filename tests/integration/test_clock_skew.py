@@ -162,3 +162,22 @@ async def test_an_unreachable_database_leaves_the_clock_unmeasured() -> None:
         assert not await DatabaseClock(0.05).measure(engine)
     finally:
         await engine.dispose()
+
+
+async def test_a_pool_with_no_connection_free_leaves_the_clock_as_it_was(
+    database_url: str,
+) -> None:
+    engine = create_async_engine(
+        sqlalchemy_url(database_url), pool_size=1, max_overflow=0, pool_timeout=0.2
+    )
+    try:
+        clock = DatabaseClock(0.05)
+        assert await clock.measure(engine)
+        measured = clock() - clock.local()
+        async with engine.connect():
+            # The pool's one connection is taken: the measurement times out waiting.
+            assert not await clock.measure(engine)
+        assert abs((clock() - clock.local()) - measured) < datetime.timedelta(milliseconds=1)
+        assert await clock.measure(engine)
+    finally:
+        await engine.dispose()
