@@ -91,9 +91,12 @@ class EventListener:
     async def _listen(self) -> None:
         while not self._closing:
             lost = asyncio.Event()
+            # Like the pump, the listener outlives any failure of its connection (asyncpg
+            # raises more than PostgresError and OSError): without it, streams fall back
+            # to polling for as long as the process runs.
             try:
                 conn = await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT_SECONDS)
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            except Exception as exc:
                 log.warning("cannot listen for events", extra={"error": type(exc).__name__})
                 await asyncio.sleep(RECONNECT_DELAY_SECONDS)
                 continue
@@ -104,7 +107,7 @@ class EventListener:
                 # Whatever committed while nobody listened is read now.
                 self._wake()
                 await lost.wait()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:
                 log.warning("listening for events failed", extra={"error": type(exc).__name__})
             finally:
                 self._connection = None
