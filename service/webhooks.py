@@ -224,7 +224,7 @@ class Deliverer:
         while True:
             signal = signals.next_signal()
             try:
-                batch = await self._store.events(cursor, None, None, limits.EVENT_BATCH_MAX)
+                page = await self._store.events(cursor, None, None, limits.EVENT_BATCH_MAX)
             except failures.EventCursorExpired:
                 # Down for longer than the retention: what was deleted cannot be sent.
                 oldest = (await self._store.event_bounds()).oldest
@@ -235,7 +235,9 @@ class Deliverer:
                 cursor = oldest
                 await conn.execute(SAVE, self._url, cursor.position, cursor.seq, None)
                 continue
-            if batch:
+            # Unfiltered, a read skips nothing: the cursor stays the last event's, the
+            # one the endpoint acknowledged.
+            if batch := page.events:
                 await self._deliver_batch(conn, batch, cursor)
                 cursor = batch[-1].cursor
                 self._failing_since = None

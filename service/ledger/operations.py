@@ -190,6 +190,28 @@ class EventBounds:
     oldest: EventCursor
 
 
+@dataclass(frozen=True)
+class EventPage:
+    """One read of the stream: its events (at most the limit asked for), all below
+    `horizon`, the oldest transaction still running when it was read."""
+
+    events: list[Event]
+    horizon: int
+
+    def read_through(self, after: EventCursor, limit: int) -> EventCursor:
+        """Where the next read after this one, which started after `after`, starts. A full
+        page: after its last event. Otherwise every event the read's filters select below
+        the horizon is in it, and every event that can still commit is at or above the
+        horizon, so the next read starts there: past the events the filters skipped, so
+        that a filtered stream's read costs what committed since its last read (not
+        everything since its last match), and the retention sweep deleting skipped
+        events never ends a stream that is up to date."""
+        last = self.events[-1].cursor if self.events else after
+        if len(self.events) >= limit:
+            return last
+        return max(last, EventCursor(self.horizon - 1, EVENT_SEQ_AFTER_ALL))
+
+
 class EventSignals(Protocol):
     """Wakes WatchEvents streams when events commit (the store listens for them)."""
 
@@ -311,7 +333,7 @@ class Store(Protocol):
         account_id: str | None,
         types: frozenset[EventType] | None,
         limit: int,
-    ) -> list[Event]: ...
+    ) -> EventPage: ...
 
     async def event_bounds(self) -> EventBounds: ...
 
@@ -393,11 +415,11 @@ class Ledger:
         while not self._signals.closing:
             # Taken before reading: a commit during the read sets it, so none is missed.
             signal = self._signals.next_signal()
-            batch = await self._store.events(after, account_id, types, limits.EVENT_BATCH_MAX)
-            for event in batch:
+            page = await self._store.events(after, account_id, types, limits.EVENT_BATCH_MAX)
+            for event in page.events:
                 yield event
-                after = event.cursor
-            if len(batch) == limits.EVENT_BATCH_MAX:
+            after = page.read_through(after, limits.EVENT_BATCH_MAX)
+            if len(page.events) == limits.EVENT_BATCH_MAX:
                 continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(limits.EVENT_POLL_INTERVAL_SECONDS):

@@ -55,6 +55,7 @@ from service.ledger.operations import (
     Deadline,
     EntryFilter,
     EventBounds,
+    EventPage,
     GrantOrder,
     PriceOrder,
     ReserveOrder,
@@ -862,7 +863,7 @@ class PostgresStore:
         account_id: str | None,
         types: frozenset[EventType] | None,
         limit: int,
-    ) -> list[Event]:
+    ) -> EventPage:
         """The events after `after` that no later commit can precede, in stream order."""
         params = {
             "after_position": after.position,
@@ -874,8 +875,10 @@ class PostgresStore:
         args = self._statements.args(READ_EVENTS, params)
         async with self._connection() as conn:
             rows = await conn.fetch(*args, record_class=Row)
-        # One row without an event when there is none yet.
-        return [_event(r) for r in rows if r.event_id is not None]
+        # One row without an event when there is none yet: the horizon is on every row.
+        return EventPage(
+            [_event(r) for r in rows if r.event_id is not None], int(rows[0].out_horizon)
+        )
 
     async def event_bounds(self) -> EventBounds:
         args = self._statements.args(EVENT_BOUNDS, {})

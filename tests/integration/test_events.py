@@ -308,6 +308,28 @@ async def test_a_cursor_older_than_retention_is_out_of_range(
         assert (await watch.next()).amount == 3
 
 
+async def test_a_filtered_stream_reads_on_past_the_events_it_skips(
+    ops: Stub, credits_server: RunningServer, clock: MovableClock
+) -> None:
+    """A stream filtered by account and type reads on from where it has read, not from
+    its last match: the retention sweep deleting the events it skipped leaves it running
+    (it used to end OUT_OF_RANGE, and each of its reads went over every event since its
+    last match)."""
+    account = new_id()
+    await _grant(ops, account, 100)
+    await _thresholds(ops, account, [50])
+    async with watching(ops, account_id=account, types=[E.EVENT_TYPE_BALANCE_LOW]) as watch:
+        await asyncio.sleep(STREAM_START_SECONDS)
+        await _grant(ops, account, 1)
+        # The stream is woken by the grant's commit and reads past it.
+        await asyncio.sleep(STREAM_START_SECONDS)
+        await credits_server.store.sweep_events(clock() + datetime.timedelta(days=1))
+        await _reserve(ops, account, 60)
+        low = await watch.next()
+        await watch.quiet()
+    assert (low.type, low.account_id, low.threshold) == (E.EVENT_TYPE_BALANCE_LOW, account, 50)
+
+
 async def test_a_bad_cursor_is_invalid(ops: Stub) -> None:
     async with watching(ops, after_cursor="not-a-cursor") as watch:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
