@@ -328,13 +328,13 @@ class Fuzzer:
             body = b"x" * (WEBHOOK_BODY_BYTES_MAX + rng.randint(1, 1000))
         elif kind == 4:
             method, path = rng.choice([("GET", "/stripe/webhook"), ("POST", "/nope"), ("PUT", "/")])
-        status = await self.http(method, path, headers, body, slow=kind == 5)
+        status, failure = await self.http(method, path, headers, body, slow=kind == 5)
         if status == RESET_WHILE_SENDING:
             status = 413 if len(body) > WEBHOOK_BODY_BYTES_MAX else 0
         self.report.fuzzed += 1
         self.report.fuzz_statuses[f"webhook {status}"] += 1
         if status not in WEBHOOK_ALLOWED:
-            self.report.unexpected(f"webhook kind {kind}: HTTP {status}")
+            self.report.unexpected(f"webhook kind {kind}: HTTP {status} {failure}".rstrip())
 
     def event_body(self) -> bytes:
         """A Stripe event: half of them well formed (purchases, refunds and disputes of
@@ -406,9 +406,10 @@ class Fuzzer:
 
     async def http(
         self, method: str, path: str, headers: dict[str, str], body: bytes, *, slow: bool
-    ) -> int:
+    ) -> tuple[int, str]:
         """One HTTP/1.1 request over a plain socket (so that it can be sent slowly and
-        with headers an HTTP library would refuse); the status, or 0 for no answer."""
+        with headers an HTTP library would refuse): the status, or 0 for no answer with
+        what stopped it (the error's class, or the first line that was no status)."""
         try:
             async with asyncio.timeout(WEBHOOK_TIMEOUT_SECONDS):
                 reader, writer = await asyncio.open_connection(
@@ -422,16 +423,20 @@ class Fuzzer:
                     await self.send(writer, data, slow)
                     try:
                         line = await reader.readline()
-                    except ConnectionResetError:
+                    except ConnectionError:
+                        # A reset, or a broken pipe the writing met and the reading is
+                        # told of: the server closed while the body was still coming.
                         line = b""
                     if not line:
-                        return RESET_WHILE_SENDING
+                        return RESET_WHILE_SENDING, ""
                 finally:
                     writer.close()
-        except (TimeoutError, OSError):
-            return 0
+        except (TimeoutError, OSError) as exc:
+            return 0, type(exc).__name__
         parts = line.split()
-        return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        if len(parts) > 1 and parts[1].isdigit():
+            return int(parts[1]), ""
+        return 0, repr(line[:80])
 
     async def send(self, writer: asyncio.StreamWriter, data: bytes, slow: bool) -> None:
         """Writes the request; a server that answers early (413) and closes may cut the
