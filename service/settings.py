@@ -61,6 +61,10 @@ DB_CONNECT_TIMEOUT_SECONDS_DEFAULT = 2.0
 # about this (plus its own check interval).
 HEALTH_CHECK_INTERVAL_SECONDS_DEFAULT = 2.0
 MAX_CONCURRENT_RPCS_DEFAULT = 256
+# WatchEvents streams per process, within its callers' calls: each stream holds one of
+# those places and reads the outbox on every wake-up (up to a hundred a second per
+# process under load), so a few dozen consumers per process, not hundreds.
+EVENT_STREAMS_MAX_DEFAULT = 32
 SHUTDOWN_GRACE_SECONDS_DEFAULT = 10.0
 SWEEPER_INTERVAL_SECONDS_DEFAULT = 30.0
 # Reconcile reads every row of the ledger: hourly finds a discrepancy within the hour at
@@ -150,6 +154,7 @@ class Settings:
     db_connect_timeout_seconds: float = DB_CONNECT_TIMEOUT_SECONDS_DEFAULT
     health_check_interval_seconds: float = HEALTH_CHECK_INTERVAL_SECONDS_DEFAULT
     max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS_DEFAULT
+    event_streams_max: int = EVENT_STREAMS_MAX_DEFAULT
     shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS_DEFAULT
     sweeper_interval_seconds: float = SWEEPER_INTERVAL_SECONDS_DEFAULT
     # 0: no scheduled reconcile.
@@ -462,6 +467,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             env, "CREDITS_HEALTH_CHECK_INTERVAL_SECONDS", HEALTH_CHECK_INTERVAL_SECONDS_DEFAULT
         ),
         max_concurrent_rpcs=_int(env, "CREDITS_MAX_CONCURRENT_RPCS", MAX_CONCURRENT_RPCS_DEFAULT),
+        event_streams_max=_int(env, "CREDITS_EVENT_STREAMS_MAX", EVENT_STREAMS_MAX_DEFAULT),
         shutdown_grace_seconds=_seconds(
             env, "CREDITS_SHUTDOWN_GRACE_SECONDS", SHUTDOWN_GRACE_SECONDS_DEFAULT
         ),
@@ -529,6 +535,8 @@ def check(settings: Settings) -> None:
     # callers time out waiting instead of being told RESOURCE_EXHAUSTED at once.
     if settings.max_concurrent_rpcs < settings.db_pool_size:
         raise SettingsError("CREDITS_MAX_CONCURRENT_RPCS must be at least CREDITS_DB_POOL_SIZE")
+    if settings.event_streams_max < 1:
+        raise SettingsError("CREDITS_EVENT_STREAMS_MAX must be at least 1")
     # Below the longest ttl, a Reserve could outlive the cap its extensions must respect.
     if settings.reservation_lifetime_max_seconds < limits.RESERVATION_TTL_MAX.total_seconds():
         raise SettingsError(

@@ -12,6 +12,9 @@ outermost, runs before the request is read:
   ANONYMOUS_WATCHES_MAX health Watch streams. A call beyond its budget is refused at
   once and so gives its place back at once: no number of non-callers can take a
   caller's place;
+- callers' WatchEvents streams, which last, have a budget within theirs
+  (CREDITS_EVENT_STREAMS_MAX), so that streams never hold every place of the calls
+  that move credits;
 - it reads a unary request itself and ends the call when the message has not come
   within REQUEST_MESSAGE_WAIT_SECONDS, so a half-open call frees its place.
 
@@ -26,7 +29,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from service.access import errors
+from service.access import contract, errors
 from service.access.callers import LiveCallers
 from service.access.decoding import REQUEST_FIELD
 from service.ledger import failures
@@ -50,6 +53,11 @@ REQUEST_MESSAGE_WAIT_SECONDS = 5.0
 ANONYMOUS_CALLS_MAX = 16
 ANONYMOUS_CALLS_SUBJECT = "calls of peers that are no caller"
 ANONYMOUS_CALL_RETRY_SECONDS = 1.0
+EVENT_STREAMS_SUBJECT = "WatchEvents streams of this process"
+# A place frees when another stream ends: consumers reconnect rarely, so not soon.
+EVENT_STREAM_RETRY_SECONDS = 5.0
+WATCH_EVENTS_RPC = "WatchEvents"
+WATCH_EVENTS_METHOD = contract.full_method(WATCH_EVENTS_RPC)
 # gRPC counts a call this layer refuses until the refusal has been sent, a few turns of
 # the event loop. Room for this many such calls on top of the budgets: a connection's
 # whole burst (grpc.max_concurrent_streams) and then some.
@@ -120,10 +128,11 @@ class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """The outermost layer (see the module's doc). Wraps each method's handler once."""
 
     def __init__(self, settings: Settings, callers: LiveCallers, *, certificates: bool) -> None:
-        self._is_caller = health.caller_check(callers, certificates=certificates)
+        self._caller_of = health.caller_of(callers, certificates=certificates)
         self._callers = Budget(settings.max_concurrent_rpcs)
         self._anonymous = Budget(ANONYMOUS_CALLS_MAX)
         self._anonymous_watches = Budget(ANONYMOUS_WATCHES_MAX)
+        self._event_streams = Budget(settings.event_streams_max)
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -144,25 +153,40 @@ class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     async def _admitted(
         self, ctx: grpc.aio.ServicerContext, method_name: str
     ) -> AsyncIterator[None]:
-        if self._is_caller(ctx):
+        caller = self._caller_of(ctx)
+        if caller is not None:
             budget = self._callers
         elif method_name == WATCH_METHOD:
             budget = self._anonymous_watches
         else:
             budget = self._anonymous
+        # Only callers' streams: a stranger's is refused by authentication once its
+        # message is in, and must not hold a caller's stream place until then.
+        stream = caller is not None and method_name == WATCH_EVENTS_METHOD
+        taking = budget  # the budget whose place is being taken: the one that is Full
         try:
             with budget.place():
-                yield
-                return
+                taking = self._event_streams
+                with self._event_streams.place() if stream else contextlib.nullcontext():
+                    yield
+                    return
         except Full:
             pass
-        await self._refuse(ctx, method_name, budget)
+        await self._refuse(ctx, method_name, taking, caller)
 
     async def _refuse(
-        self, ctx: grpc.aio.ServicerContext, method_name: str, budget: Budget
+        self, ctx: grpc.aio.ServicerContext, method_name: str, budget: Budget, caller: str | None
     ) -> NoReturn:
         if budget is self._callers:
             await ctx.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, CALLERS_OVER_BUDGET_MESSAGE)
+        if budget is self._event_streams and caller is not None:
+            metrics.RATE_LIMITED.labels(caller, WATCH_EVENTS_RPC).inc()
+            refusal = failures.RateLimited(
+                EVENT_STREAMS_SUBJECT,
+                f"{budget.maximum} concurrent streams",
+                EVENT_STREAM_RETRY_SECONDS,
+            )
+            await _abort(ctx, errors.for_known(refusal))
         metrics.RATE_LIMITED.labels(ANONYMOUS, method_name).inc()
         if budget is self._anonymous_watches:
             refusal = failures.RateLimited(

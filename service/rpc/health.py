@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2
 
 from service.access import authentication as auth
 from service.access import contract
-from service.access.callers import LiveCallers
+from service.access.callers import Caller, LiveCallers
 from service.ops import metrics
 
 log = logging.getLogger("credits.health")
@@ -39,20 +39,24 @@ WATCH_METHOD = "/grpc.health.v1.Health/Watch"
 ANONYMOUS = "-"
 
 
-def caller_check(
+def caller_of(
     callers: LiveCallers, *, certificates: bool
-) -> Callable[[grpc.aio.ServicerContext], bool]:
-    """Whether a call's credentials name a caller, as authentication would find it."""
+) -> Callable[[grpc.aio.ServicerContext], str | None]:
+    """The name of the caller a call's credentials name, as authentication would find
+    it; None for a peer that is no caller."""
 
-    def is_caller(ctx: grpc.aio.ServicerContext) -> bool:
+    def caller(ctx: grpc.aio.ServicerContext) -> str | None:
         current = callers.current
+        found: Caller | None
         if certificates:
             name = auth.peer_identity(ctx)
-            return name is not None and name in current.by_certificate_name
-        key = auth.api_key(ctx)
-        return key is not None and current.for_api_key(key) is not None
+            found = None if name is None else current.by_certificate_name.get(name)
+        else:
+            key = auth.api_key(ctx)
+            found = None if key is None else current.for_api_key(key)
+        return None if found is None else found.name
 
-    return is_caller
+    return caller
 
 
 async def set_serving(servicer: health.aio.HealthServicer, serving: bool) -> None:
