@@ -122,19 +122,19 @@ async def serve(
     ]
     # One sweeper is enough (each account it settles is locked, whoever else runs), one
     # process samples the database's count of events for its instance, and one process
-    # per instance competes for the webhook worker's lock (the instances share it) and
-    # deletes old events.
+    # per instance competes for each webhook endpoint's lock (the instances share them)
+    # and deletes old events.
     if worker is None or worker.index == 0:
         tasks.append(
             asyncio.create_task(sweeper.run(store, config.sweeper_interval_seconds, clock))
         )
         tasks.append(asyncio.create_task(sampling.EventsWrittenSampler(store).run()))
-        if config.webhook_url and config.webhook_secret_file:
+        for endpoint in config.webhook_endpoints:
             deliverer = webhooks.Deliverer(
                 store,
                 url,
-                config.webhook_url,
-                settings.webhook_secret(config.webhook_secret_file),
+                endpoint,
+                settings.webhook_secret(endpoint.secret_file),
                 datetime.timedelta(hours=config.webhook_retry_hours),
             )
             tasks.append(asyncio.create_task(deliverer.run()))

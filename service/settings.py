@@ -5,6 +5,7 @@ folder that `make run` generates; anything else is production, where every missi
 setting stops the start with a message naming it. No secret has a default anywhere.
 """
 
+import dataclasses
 import datetime
 import ipaddress
 import os
@@ -16,10 +17,12 @@ from pathlib import Path
 import limits as ratelimits
 from limits import RateLimitItem
 
+from service import webhook_endpoints
 from service.access.callers import Callers, CallersError, load_for_mode
 from service.access.tls import TlsError, TlsFiles
 from service.access.tls import load as load_tls
 from service.ledger import limits
+from service.webhook_endpoints import WebhookEndpoint
 
 DEVELOPMENT = "development"
 
@@ -177,7 +180,10 @@ class Settings:
     # repr: the URL may hold a token.
     webhook_url: str | None = field(default=None, repr=False)
     webhook_secret_file: Path | None = None
+    webhook_endpoints_file: Path | None = None
     webhook_retry_hours: float = WEBHOOK_RETRY_HOURS_DEFAULT
+    # CREDITS_WEBHOOK_URL's endpoint, then the file's, each checked at load.
+    webhook_endpoints: tuple[WebhookEndpoint, ...] = ()
 
     @property
     def development(self) -> bool:
@@ -237,20 +243,20 @@ def _hours(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 def webhook_secret(path: Path) -> bytes:
-    """The secret that signs webhooks: the file's first line."""
+    """The secret that signs an endpoint's webhooks: the file's first line."""
     try:
-        secret = path.read_text(encoding="utf-8").strip().splitlines()
-    except OSError:
-        raise SettingsError("CREDITS_WEBHOOK_SECRET_FILE cannot be read") from None
-    if not secret or not secret[0].strip():
-        raise SettingsError("CREDITS_WEBHOOK_SECRET_FILE is empty")
-    return secret[0].strip().encode()
+        return webhook_endpoints.secret(path)
+    except webhook_endpoints.EndpointsError as error:
+        raise SettingsError(str(error)) from None
 
 
 def _webhook_url(env: Mapping[str, str]) -> str | None:
     url = env.get("CREDITS_WEBHOOK_URL") or None
-    if url is not None and not url.startswith(("https://", "http://")):
-        raise SettingsError("CREDITS_WEBHOOK_URL must be an http(s):// URL")
+    if url is not None:
+        try:
+            webhook_endpoints.check_url(url, "CREDITS_WEBHOOK_URL")
+        except webhook_endpoints.EndpointsError as error:
+            raise SettingsError(str(error)) from None
     return url
 
 
@@ -265,10 +271,20 @@ def _webhook_secret_file(env: Mapping[str, str], development: bool, dev_dir: Pat
     raise SettingsError("CREDITS_WEBHOOK_URL needs CREDITS_WEBHOOK_SECRET_FILE")
 
 
-def _check_webhook(settings: Settings) -> None:
-    """A configured endpoint has a usable secret at start, not at its first event."""
+def _webhook_endpoints(settings: Settings) -> tuple[WebhookEndpoint, ...]:
+    """Every endpoint, each with a usable secret at start, not at its first event."""
+    endpoints: tuple[WebhookEndpoint, ...] = ()
     if settings.webhook_url and settings.webhook_secret_file:
         webhook_secret(settings.webhook_secret_file)
+        endpoints = (
+            webhook_endpoints.url_endpoint(settings.webhook_url, settings.webhook_secret_file),
+        )
+    if settings.webhook_endpoints_file is None:
+        return endpoints
+    try:
+        return webhook_endpoints.load(settings.webhook_endpoints_file, endpoints)
+    except webhook_endpoints.EndpointsError as error:
+        raise SettingsError(str(error)) from None
 
 
 def cores() -> int:
@@ -496,12 +512,16 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         balance_alert_thresholds=_balance_alert_thresholds(env),
         webhook_url=_webhook_url(env),
         webhook_secret_file=_webhook_secret_file(env, development, dev_dir),
+        webhook_endpoints_file=(
+            Path(env["CREDITS_WEBHOOK_ENDPOINTS_FILE"])
+            if env.get("CREDITS_WEBHOOK_ENDPOINTS_FILE")
+            else None
+        ),
         webhook_retry_hours=_hours(env, "CREDITS_WEBHOOK_RETRY_HOURS", WEBHOOK_RETRY_HOURS_DEFAULT),
     )
     check(settings)
     _check_tls(settings)
-    _check_webhook(settings)
-    return settings
+    return dataclasses.replace(settings, webhook_endpoints=_webhook_endpoints(settings))
 
 
 def _check_tls(settings: Settings) -> None:

@@ -29,7 +29,6 @@ import json
 import logging
 import random
 import time
-import urllib.parse
 import uuid
 from typing import Any
 
@@ -41,6 +40,7 @@ from service.ledger.model import Event, EventCursor
 from service.ledger.operations import EVENT_SEQ_AFTER_ALL
 from service.ops import metrics
 from service.store.postgres import PostgresStore
+from service.webhook_endpoints import WebhookEndpoint
 
 log = logging.getLogger("credits.webhooks")
 
@@ -61,8 +61,10 @@ LAG_REFRESH_SECONDS = 1.0
 # While a batch is delivered, its acknowledged part is saved at most this often: a restart
 # then sends again at most this long's worth of events (never loses any).
 CURSOR_SAVE_INTERVAL_SECONDS = 0.25
-# The advisory lock whose holder is the one delivery worker ("credits webhooks").
-WORKER_LOCK_KEY = 0x637265646974_7768
+# An endpoint's cursor is saved this often at most while nothing is sent to it (a filtered
+# endpoint reads past the events it does not get): a restart reads those again, and the
+# retention sweep never passes a cursor that is up to date.
+IDLE_CURSOR_SAVE_INTERVAL_SECONDS = 1.0
 # A worker that does not hold the lock tries again after this long: how long events wait
 # when the holder dies (a kill -9 frees the lock with its connection). One cheap query a
 # second per instance.
@@ -153,17 +155,18 @@ class Deliverer:
         self,
         store: PostgresStore,
         database_url: str,
-        url: str,
+        endpoint: WebhookEndpoint,
         secret: bytes,
         retry: datetime.timedelta,
     ) -> None:
         self._store = store
         self._database_url = database_url
-        self._url = url
+        self._url = endpoint.url
+        self._types = endpoint.types
+        self._lock_key = endpoint.lock_key
         self._secret = secret
         self._retry = retry
-        # The metrics' label: the host, never a path or query that may hold a token.
-        self._label = urllib.parse.urlsplit(url).netloc
+        self._label = endpoint.name
         # A kept-alive connection per lane, not a handshake per event.
         self._pool = urllib3.PoolManager(maxsize=DELIVERY_LANES)
         self._posters = concurrent.futures.ThreadPoolExecutor(
@@ -193,7 +196,7 @@ class Deliverer:
                 await asyncio.sleep(LOCK_RETRY_SECONDS)
                 continue
             try:
-                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", WORKER_LOCK_KEY):
+                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
                     await self._deliver(conn)
                 else:
                     # Another instance delivers: this one's figures are not the endpoint's.
@@ -221,10 +224,11 @@ class Deliverer:
         cursor = EventCursor(row["delivered_position"], row["delivered_seq"])
         self._failing_since = row["failing_since"]
         signals = self._store.signals
+        saved, saved_at = cursor, time.monotonic()
         while True:
             signal = signals.next_signal()
             try:
-                page = await self._store.events(cursor, None, None, limits.EVENT_BATCH_MAX)
+                page = await self._store.events(cursor, None, self._types, limits.EVENT_BATCH_MAX)
             except failures.EventCursorExpired:
                 # Down for longer than the retention: what was deleted cannot be sent.
                 oldest = (await self._store.event_bounds()).oldest
@@ -234,15 +238,18 @@ class Deliverer:
                 )
                 cursor = oldest
                 await conn.execute(SAVE, self._url, cursor.position, cursor.seq, None)
+                saved, saved_at = cursor, time.monotonic()
                 continue
-            # Unfiltered, a read skips nothing: the cursor stays the last event's, the
-            # one the endpoint acknowledged.
             if batch := page.events:
                 await self._deliver_batch(conn, batch, cursor)
-                cursor = batch[-1].cursor
                 self._failing_since = None
+            cursor = page.read_through(cursor, limits.EVENT_BATCH_MAX)
+            if cursor != saved and (
+                batch or time.monotonic() - saved_at >= IDLE_CURSOR_SAVE_INTERVAL_SECONDS
+            ):
                 await conn.execute(SAVE, self._url, cursor.position, cursor.seq, None)
-            else:
+                saved, saved_at = cursor, time.monotonic()
+            if not batch:
                 metrics.WEBHOOK_LAG_SECONDS.labels(self._label).set(0)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(limits.EVENT_POLL_INTERVAL_SECONDS):

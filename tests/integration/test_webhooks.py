@@ -7,13 +7,16 @@ import contextlib
 import datetime
 import http.server
 import json
+import os
 import threading
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf import field_mask_pb2
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,7 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
 from credits_client import WebhookSignatureError, verify_webhook
-from service import webhooks
+from service import webhook_endpoints, webhooks
+from service.ledger.model import EventType
+from service.webhook_endpoints import WebhookEndpoint, url_endpoint
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import RunningServer, new_id
 
@@ -99,8 +104,15 @@ async def delivering(
     url: str,
     admin_engine: AsyncEngine,
     retry: datetime.timedelta = RETRY,
+    *,
+    endpoint: WebhookEndpoint | None = None,
+    secret: bytes = SECRET,
 ) -> AsyncIterator[asyncio.Task[None]]:
-    deliverer = webhooks.Deliverer(server.store, database_url, url, SECRET, retry)
+    """A worker for `endpoint`, by default CREDITS_WEBHOOK_URL's of `url` (its secret
+    file is not read: the worker is given `secret`)."""
+    if endpoint is None:
+        endpoint = url_endpoint(url, Path(os.devnull))
+    deliverer = webhooks.Deliverer(server.store, database_url, endpoint, secret, retry)
     task = asyncio.create_task(deliverer.run())
     try:
         await _started(admin_engine, url)
@@ -378,3 +390,132 @@ async def test_a_price_event_is_posted_with_its_version_and_no_account(
     assert price_retired["price"]["retired"] is True
     assert price_retired["price"]["unit_price"] is None
     assert granted["price"] is None
+
+
+def _endpoints_file(folder: Path, *endpoints: tuple[str, str, list[str] | None]) -> Path:
+    """A CREDITS_WEBHOOK_ENDPOINTS_FILE of (name, url, types) with a secret file each,
+    whose secret is "secret-<name>"."""
+    tables = []
+    for name, url, types in endpoints:
+        secret_file = folder / f"{name}.secret"
+        secret_file.write_text(f"secret-{name}\n")
+        table = f'[[endpoint]]\nname = "{name}"\nurl = "{url}"\nsecret_file = "{secret_file}"\n'
+        if types is not None:
+            table += f"types = {json.dumps(types)}\n"
+        tables.append(table)
+    path = folder / "endpoints.toml"
+    path.write_text("\n".join(tables))
+    return path
+
+
+async def _stored_cursor(admin_engine: AsyncEngine, url: str) -> tuple[int, int]:
+    async with admin_engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT delivered_position, delivered_seq FROM webhook_deliveries"
+                    " WHERE endpoint = :url"
+                ),
+                {"url": url},
+            )
+        ).one()
+    return row.delivered_position, row.delivered_seq
+
+
+async def test_endpoints_of_the_file_each_get_their_own_types_signed_with_their_own_secret(
+    ops: Stub,
+    credits_server: RunningServer,
+    database_url: str,
+    admin_engine: AsyncEngine,
+    tmp_path: Path,
+) -> None:
+    """CREDITS_WEBHOOK_ENDPOINTS_FILE: an endpoint of every type and one of BALANCE_LOW
+    only, each with its own worker, secret and cursor. The filtered one gets the alert
+    alone, and its cursor moves past the events it does not get."""
+    with receiving() as everything, receiving() as alerts:
+        every, low = webhook_endpoints.load(
+            _endpoints_file(
+                tmp_path,
+                ("everything", everything.url, None),
+                ("alerts", alerts.url, ["BALANCE_LOW"]),
+            )
+        )
+        assert (every.types, low.types) == (None, frozenset({EventType.BALANCE_LOW}))
+        assert every.lock_key != low.lock_key
+        async with (
+            delivering(
+                credits_server,
+                database_url,
+                every.url,
+                admin_engine,
+                endpoint=every,
+                secret=webhook_endpoints.secret(every.secret_file),
+            ),
+            delivering(
+                credits_server,
+                database_url,
+                low.url,
+                admin_engine,
+                endpoint=low,
+                secret=webhook_endpoints.secret(low.secret_file),
+            ),
+        ):
+            account = new_id()
+            await _grant(ops, account, 100)
+            await ops.UpdateAccountSettings(
+                pb.UpdateAccountSettingsRequest(
+                    account_id=account,
+                    settings=pb.AccountSettings(
+                        balance_alert_thresholds=pb.BalanceAlertThresholds(thresholds=[50])
+                    ),
+                    update_mask=field_mask_pb2.FieldMask(paths=["balance_alert_thresholds"]),
+                ),
+                timeout=T,
+            )
+            await ops.Reserve(
+                pb.ReserveRequest(account_id=account, amount=60, idempotency_key=new_id("hold")),
+                timeout=T,
+            )
+            await _grant(ops, account, 1)
+            every_type = await _arrived(everything, account, 5)
+            (alert,) = await _arrived(alerts, account, 1)
+            # Past the idle save's interval: the filtered endpoint's cursor has moved on.
+            await asyncio.sleep(webhooks.IDLE_CURSOR_SAVE_INTERVAL_SECONDS * 3)
+            stored = await _stored_cursor(admin_engine, low.url)
+    assert [e["type"] for e in every_type] == [
+        "GRANTED",
+        "ACCOUNT_SETTINGS_CHANGED",
+        "RESERVED",
+        "BALANCE_LOW",
+        "GRANTED",
+    ]
+    assert alert == every_type[3]
+    assert alerts.events_of(account) == [alert]
+    position, seq = (int(part) for part in every_type[-1]["cursor"].split("-"))
+    assert stored >= (position, seq)
+    for receiver, name in ((everything, "everything"), (alerts, "alerts")):
+        for headers, body in receiver.received:
+            signed = headers[webhooks.SIGNATURE_HEADER]
+            assert verify_webhook(body, signed, f"secret-{name}".encode())
+
+
+async def test_an_endpoint_that_is_down_holds_back_only_itself(
+    ops: Stub,
+    credits_server: RunningServer,
+    database_url: str,
+    admin_engine: AsyncEngine,
+    tmp_path: Path,
+) -> None:
+    with receiving(failures=1_000_000) as down, receiving() as up:
+        failing, working = webhook_endpoints.load(
+            _endpoints_file(tmp_path, ("down", down.url, None), ("up", up.url, None))
+        )
+        async with (
+            delivering(credits_server, database_url, down.url, admin_engine, endpoint=failing),
+            delivering(credits_server, database_url, up.url, admin_engine, endpoint=working),
+        ):
+            account = new_id()
+            granted = [await _grant(ops, account, amount) for amount in (1, 2)]
+            events = await _arrived(up, account, 2)
+    assert [e["grant_id"] for e in events] == granted
+    assert down.events_of(account) == []
