@@ -25,6 +25,13 @@ from chaos import checks
 from chaos.cluster import Cluster
 from chaos.faults import Faults
 from chaos.fuzz import Fuzzer
+from chaos.receiver import (
+    FILTERED_ENDPOINT_NAME,
+    FILTERED_WEBHOOK_SECRET,
+    FILTERED_WEBHOOK_TYPES,
+    SERVICE_WEBHOOK_SECRET,
+    WebhookReceiver,
+)
 from chaos.report import Report
 from chaos.watcher import CATCH_UP_SECONDS_MAX, POLL_SECONDS, Watcher
 from chaos.workload import Workload, new_run_id
@@ -86,18 +93,43 @@ async def _caught_up(watcher: Watcher, engine: AsyncEngine, accounts: list[str])
         await asyncio.sleep(POLL_SECONDS)
 
 
-async def _delivered(cluster: Cluster, watcher: Watcher, accounts: list[str]) -> None:
-    """Give the webhook worker time to deliver the last event the stream carried. The
-    watcher has stopped, so its list is final: the sweeper settling what time decides
-    makes events after it, which no check expects. Delivery is in order, so the last
-    one's arrival means every one before it was sent."""
+def _webhook_endpoints(cluster: Cluster) -> list[tuple[WebhookReceiver, checks.Endpoint]]:
+    """The run's webhook endpoints: CREDITS_WEBHOOK_URL's, of every type, and the
+    endpoints file's, of some."""
+    return [
+        (cluster.webhooks, checks.Endpoint("the URL's endpoint", SERVICE_WEBHOOK_SECRET)),
+        (
+            cluster.filtered_webhooks,
+            checks.Endpoint(
+                FILTERED_ENDPOINT_NAME, FILTERED_WEBHOOK_SECRET, FILTERED_WEBHOOK_TYPES
+            ),
+        ),
+    ]
+
+
+async def _delivered(
+    endpoints: list[tuple[WebhookReceiver, checks.Endpoint]], watcher: Watcher, accounts: list[str]
+) -> None:
+    """Give each endpoint's worker time to deliver the last event for it that the stream
+    carried. The watcher has stopped, so its list is final: the sweeper settling what
+    time decides makes events after it, which no check expects. Delivery is in order, so
+    the last one's arrival means every one before it was sent."""
     mine = set(accounts)
-    last = next((e for e, account, _ in reversed(watcher.received) if account in mine), None)
     deadline = time.monotonic() + CATCH_UP_SECONDS_MAX
-    while last is not None and time.monotonic() < deadline:
-        if any(last.encode() in hook.body for hook in cluster.webhooks.snapshot()):
-            return
-        await asyncio.sleep(POLL_SECONDS)
+    for receiver, endpoint in endpoints:
+        last = next(
+            (
+                e
+                for e, account, _ in reversed(watcher.received)
+                if account in mine
+                and (endpoint.types is None or watcher.types[e] in endpoint.types)
+            ),
+            None,
+        )
+        while last is not None and time.monotonic() < deadline:
+            if any(last.encode() in hook.body for hook in receiver.snapshot()):
+                break
+            await asyncio.sleep(POLL_SECONDS)
 
 
 def _write_evidence(cluster: Cluster, watcher: Watcher) -> None:
@@ -157,7 +189,7 @@ async def exercise(args: argparse.Namespace, cluster: Cluster, report: Report, s
         watching.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watching
-        await _delivered(cluster, watcher, accounts)
+        await _delivered(_webhook_endpoints(cluster), watcher, accounts)
         faults.check(workload.successes)
         # The services stop first, so that nothing (the sweeper) settles while checking.
         for index in range(len(cluster.services)):
@@ -167,7 +199,15 @@ async def exercise(args: argparse.Namespace, cluster: Cluster, report: Report, s
         await checks.check_events(engine, accounts, report)
         await checks.check_stream(engine, watcher.received, accounts, report)
         _write_evidence(cluster, watcher)
-        checks.check_webhooks(cluster.webhooks.snapshot(), watcher.received, accounts, report)
+        for receiver, endpoint in _webhook_endpoints(cluster):
+            checks.check_webhooks(
+                endpoint,
+                receiver.snapshot(),
+                watcher.received,
+                accounts,
+                report,
+                stream_types=watcher.types,
+            )
         await checks.check_reconcile(engine, report)
         await fuzzer.check(engine, accounts)
     finally:

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chaos.receiver import SERVICE_WEBHOOK_SECRET, Received
+from chaos.receiver import Received
 from chaos.report import Report
 from chaos.workload import CALLER_OF, Ack
 from credits_client import WebhookSignatureError, verify_webhook
@@ -404,18 +404,31 @@ async def check_stream(
     )
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """A webhook endpoint of the run: what it is called in the report, the secret its
+    webhooks are signed with, and the types it gets (None: all)."""
+
+    name: str
+    secret: str
+    types: frozenset[str] | None = None
+
+
 def check_webhooks(
+    endpoint: Endpoint,
     received: list[Received],
     stream: list[tuple[str, str, str]],
     accounts: list[str],
     report: Report,
+    *,
+    stream_types: dict[str, str],
 ) -> None:
-    """The service's webhooks received during the run against the stream's events:
-    each verifies with the secret, is an event the stream carried, and every event of
-    the run's accounts from the first delivered on arrived (at least once), each account's
-    first deliveries in the stream's order (the order promised: per account; accounts
-    go out side by side). Reports the time from each event to its first
-    arrival, faults included."""
+    """An endpoint's webhooks received during the run against the stream's events:
+    each verifies with its secret, is an event the stream carried, of a type the endpoint
+    gets, and every such event of the run's accounts from the first delivered on arrived
+    (at least once), each account's first deliveries in the stream's order (the order
+    promised: per account; accounts go out side by side). Reports the time from each
+    event to its first arrival, faults included."""
     streamed = {event_id: index for index, (event_id, _, _) in enumerate(stream)}
     mine = set(accounts)
     delivered: list[str] = []
@@ -423,13 +436,17 @@ def check_webhooks(
     for hook in received:
         try:
             event = verify_webhook(
-                hook.body, hook.signature, SERVICE_WEBHOOK_SECRET, WEBHOOK_TOLERANCE_SECONDS
+                hook.body, hook.signature, endpoint.secret, WEBHOOK_TOLERANCE_SECONDS
             )
         except WebhookSignatureError:
-            report.violation("a webhook that does not verify")
+            report.violation(f"{endpoint.name}: a webhook that does not verify")
             continue
         if event["event_id"] not in streamed:
-            report.violation(f"a webhook of an event the stream never had: {event['event_id']}")
+            report.violation(
+                f"{endpoint.name}: a webhook of an event the stream never had: {event['event_id']}"
+            )
+        elif endpoint.types is not None and event["type"] not in endpoint.types:
+            report.violation(f"{endpoint.name}: a webhook of a type it does not get")
         elif event["account_id"] in mine:
             delivered.append(event["event_id"])
             occurred = datetime.datetime.fromisoformat(event["occurred_at"])
@@ -440,21 +457,31 @@ def check_webhooks(
     for event_id in first:
         by_account.setdefault(account_of[event_id], []).append(streamed[event_id])
     if any(order != sorted(order) for order in by_account.values()):
-        report.violation("webhooks of an account delivered out of the stream's order")
+        report.violation(
+            f"{endpoint.name}: webhooks of an account delivered out of the stream's order"
+        )
     if first:
         start = min(streamed[event_id] for event_id in first)
-        expected = [e for e, account, _ in stream[start:] if account in mine]
+        expected = [
+            e
+            for e, account, _ in stream[start:]
+            if account in mine and (endpoint.types is None or stream_types[e] in endpoint.types)
+        ]
         missing = set(expected) - set(first)
         if missing:
-            report.violation(f"{len(missing)} events never delivered, e.g. {next(iter(missing))}")
+            report.violation(
+                f"{endpoint.name}: {len(missing)} events never delivered,"
+                f" e.g. {next(iter(missing))}"
+            )
     else:
         missing = set()
-        report.violation("no webhook of the run's accounts was delivered")
+        report.violation(f"{endpoint.name}: no webhook of the run's accounts was delivered")
+    kinds = "" if endpoint.types is None else f" ({', '.join(sorted(endpoint.types))} only)"
     report.checks.append(
-        f"webhooks: {len(received)} POSTs, all verified; {len(first)} events of the run's"
-        f" accounts delivered, in order per account ({len(delivered) - len(first)} twice),"
-        f" {len(missing)} missing; {_percentiles(list(latencies.values()))} from commit"
-        " to arrival"
+        f"webhooks to {endpoint.name}{kinds}: {len(received)} POSTs, all verified;"
+        f" {len(first)} events of the run's accounts delivered, in order per account"
+        f" ({len(delivered) - len(first)} twice), {len(missing)} missing;"
+        f" {_percentiles(list(latencies.values()))} from commit to arrival"
     )
 
 

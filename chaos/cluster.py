@@ -5,6 +5,7 @@ started and stopped here, so that the faults (chaos/faults.py) can act on them."
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -21,7 +22,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from chaos.receiver import SERVICE_WEBHOOK_SECRET, WebhookReceiver
+from chaos.receiver import (
+    FILTERED_ENDPOINT_NAME,
+    FILTERED_WEBHOOK_SECRET,
+    FILTERED_WEBHOOK_TYPES,
+    SERVICE_WEBHOOK_SECRET,
+    WebhookReceiver,
+)
 from gateway.packages import write_development_table
 from scripts.devcallers import ensure_dev_callers
 from scripts.devpki import ensure_dev_pki
@@ -70,6 +77,17 @@ class Cluster:
         self.webhooks = WebhookReceiver()
         self.webhook_secret_file = directory / "service-webhook-secret"
         self.webhook_secret_file.write_text(SERVICE_WEBHOOK_SECRET + "\n")
+        self.filtered_webhooks = WebhookReceiver()
+        filtered_secret_file = directory / "filtered-webhook-secret"
+        filtered_secret_file.write_text(FILTERED_WEBHOOK_SECRET + "\n")
+        self.webhook_endpoints_file = directory / "webhook-endpoints.toml"
+        self.webhook_endpoints_file.write_text(
+            "[[endpoint]]\n"
+            f'name = "{FILTERED_ENDPOINT_NAME}"\n'
+            f'url = "{self.filtered_webhooks.url}"\n'
+            f'secret_file = "{filtered_secret_file}"\n'
+            f"types = {json.dumps(sorted(FILTERED_WEBHOOK_TYPES))}\n"
+        )
 
     @property
     def addresses(self) -> list[str]:
@@ -166,6 +184,8 @@ class Cluster:
             # Every event to the run's own receiver; one instance delivers at a time.
             "CREDITS_WEBHOOK_URL": self.webhooks.url,
             "CREDITS_WEBHOOK_SECRET_FILE": str(self.webhook_secret_file),
+            # And some types to a second receiver, with a worker of its own.
+            "CREDITS_WEBHOOK_ENDPOINTS_FILE": str(self.webhook_endpoints_file),
         }
 
     def start_service(self, index: int) -> None:
@@ -250,6 +270,7 @@ class Cluster:
 
     async def start(self) -> None:
         self.webhooks.start()
+        self.filtered_webhooks.start()
         await asyncio.to_thread(self.start_database)
         self.start_redis()
         for index in range(INSTANCES):
@@ -274,6 +295,7 @@ class Cluster:
         self.services = [None] * INSTANCES
         self.gateway = None
         self.webhooks.stop()
+        self.filtered_webhooks.stop()
         self.kill_redis()
         if self.admin is not None:
             await self.admin.dispose()

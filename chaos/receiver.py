@@ -9,6 +9,11 @@ from typing import NamedTuple
 
 # The secret the run's instances sign their webhooks with.
 SERVICE_WEBHOOK_SECRET = "chaos-service-webhook-secret"  # noqa: S105 (a throwaway test secret)
+# A second endpoint, of CREDITS_WEBHOOK_ENDPOINTS_FILE, that gets only some types: its
+# name, its own secret, and types the workload makes plenty of.
+FILTERED_ENDPOINT_NAME = "chaos-filtered"
+FILTERED_WEBHOOK_SECRET = "chaos-filtered-webhook-secret"  # noqa: S105 (a throwaway test secret)
+FILTERED_WEBHOOK_TYPES = frozenset({"GRANTED", "REVOKED", "TRANSFER_SENT"})
 SIGNATURE_HEADER = "Credits-Signature"
 
 

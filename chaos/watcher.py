@@ -18,6 +18,7 @@ RECONNECT_SECONDS = 0.2
 # How long the watcher may take to catch up with the outbox once the traffic stopped.
 CATCH_UP_SECONDS_MAX = 30.0
 POLL_SECONDS = 0.2
+TYPE_PREFIX = "EVENT_TYPE_"
 
 
 class Watcher:
@@ -26,6 +27,8 @@ class Watcher:
         self._rng = random.Random(f"{seed}-watcher")
         # (event id, account, cursor) in the order received.
         self.received: list[tuple[str, str, str]] = []
+        # Event id → its type, spelled as in a webhook's body ("GRANTED").
+        self.types: dict[str, str] = {}
         self.cursor: str | None = None
         self.reconnects = 0
 
@@ -43,6 +46,9 @@ class Watcher:
                     async for response in CreditsServiceStub(channel).WatchEvents(request):
                         event = response.event
                         self.received.append((event.event_id, event.account_id, event.cursor))
+                        self.types[event.event_id] = pb.EventType.Name(event.type).removeprefix(
+                            TYPE_PREFIX
+                        )
                         self.cursor = event.cursor
             except grpc.aio.AioRpcError:
                 pass  # an instance down or stopping: the other, or this one again
