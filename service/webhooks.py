@@ -63,8 +63,9 @@ LAG_REFRESH_SECONDS = 1.0
 CURSOR_SAVE_INTERVAL_SECONDS = 0.25
 # An endpoint's cursor is saved this often at most while nothing is sent to it (a filtered
 # endpoint reads past the events it does not get): a restart reads those again, and the
-# retention sweep never passes a cursor that is up to date.
-IDLE_CURSOR_SAVE_INTERVAL_SECONDS = 1.0
+# retention sweep never passes a cursor that is up to date. Not more often: the save is a
+# write, which moves the horizon, so an idle endpoint saves at every interval.
+IDLE_CURSOR_SAVE_INTERVAL_SECONDS = 10.0
 # A worker that does not hold the lock tries again after this long: how long events wait
 # when the holder dies (a kill -9 frees the lock with its connection). One cheap query a
 # second per instance.

@@ -428,10 +428,14 @@ async def test_endpoints_of_the_file_each_get_their_own_types_signed_with_their_
     database_url: str,
     admin_engine: AsyncEngine,
     tmp_path: Path,
+    *,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """CREDITS_WEBHOOK_ENDPOINTS_FILE: an endpoint of every type and one of BALANCE_LOW
     only, each with its own worker, secret and cursor. The filtered one gets the alert
-    alone, and its cursor moves past the events it does not get."""
+    alone, and its cursor moves past the events it does not get (saved sooner here than
+    the service's interval, to keep the test short)."""
+    monkeypatch.setattr(webhooks, "IDLE_CURSOR_SAVE_INTERVAL_SECONDS", 0.5)
     with receiving() as everything, receiving() as alerts:
         every, low = webhook_endpoints.load(
             _endpoints_file(
