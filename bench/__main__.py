@@ -73,6 +73,8 @@ WEBHOOK_SECRET_BYTES = 32
 # The outbox turned off for the cost's comparison: the one function every ledger change
 # writes its event and decides its alerts through, as a no-op.
 EMIT_FUNCTION = "credits_emit"
+# Half of a process's CREDITS_EVENT_STREAMS_MAX: a few consumers waiting for rare events.
+IDLE_STREAMS_DEFAULT = 16
 MB = 1024 * 1024
 
 
@@ -406,6 +408,18 @@ def _service_rows(
             prefix=ACCOUNT_PREFIX,
             database=postmaster(dev),
         ),
+        load(
+            f"service, {args.clients} clients, {args.accounts} accounts,"
+            f" {args.idle_streams} idle WatchEvents streams",
+            *(service, address, pki, args),
+            clients=args.clients,
+            accounts=args.accounts,
+            prefix=ACCOUNT_PREFIX,
+            database=postmaster(dev),
+            beside=lambda: asyncio.run(
+                alerts.idle_streams(address, pki, args.idle_streams, args.duration_seconds)
+            ),
+        ),
     ]
 
 
@@ -507,8 +521,11 @@ def verdicts(service: list[Result], transport: Result, db: list[Result]) -> list
 
 
 def event_verdicts(events: Events, service: list[Result]) -> list[str]:
-    spread, delivering = service[0], service[-1]
-    lines = []
+    spread, watched, delivering = service[0], service[3], service[-1]
+    lines = [
+        f"{watched.name.rsplit(', ', 1)[1]}: they cost"
+        f" {1 - watched.cycles_per_second / spread.cycles_per_second:.1%} of the throughput"
+    ]
     for when, found in (
         ("idle", events.alerts_idle),
         ("under the 64-client load", events.alerts_loaded),
@@ -575,6 +592,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=alerts.CROSSINGS_DEFAULT,
         help=f"crossings timed for the alert latency (default {alerts.CROSSINGS_DEFAULT})",
+    )
+    parser.add_argument(
+        "--idle-streams",
+        type=int,
+        default=IDLE_STREAMS_DEFAULT,
+        help=f"WatchEvents streams held open in the streams row (default {IDLE_STREAMS_DEFAULT})",
     )
     parser.add_argument(
         "--outbox-rounds",

@@ -33,6 +33,21 @@ PERCENT = 100
 RECEIVER_POLL_SECONDS = 0.001
 
 
+async def idle_streams(target: str, pki: Path, count: int, seconds: float) -> None:
+    """`count` WatchEvents streams held open for `seconds`, each of an account nobody
+    uses: streams that every call wakes and that find nothing (what consumers waiting
+    for rare events cost the cycles)."""
+    async with open_channel(pki, "events", target) as channel:
+        stub = CreditsServiceStub(channel)
+        calls = [
+            stub.WatchEvents(pb.WatchEventsRequest(account_id=f"bench-idle-{uuid.uuid4().hex}"))
+            for _ in range(count)
+        ]
+        await asyncio.sleep(seconds)
+        for call in calls:
+            call.cancel()
+
+
 @dataclass(frozen=True)
 class Crossing:
     """Seconds from a crossing's commit to its alert: on the stream, at the receiver."""

@@ -64,6 +64,11 @@ EVENT_BATCH_MAX = 500
 # A WatchEvents stream that heard no notification reads again after this long anyway: a
 # lost notification, or a transaction without events that held the horizon back.
 EVENT_POLL_INTERVAL_SECONDS = 1.0
+# A stream reads at most this often. Under load every process of every instance notifies
+# up to a hundred times a second, and each wake-up was a query per stream: 16 idle
+# streams took a third of the cycles (docs/performance.md). Wake-ups closer than this
+# are one read; an alert waits at most this much longer.
+EVENT_READ_INTERVAL_MIN_SECONDS = 0.05
 # Events the retention sweep deletes per statement.
 EVENT_SWEEP_BATCH_MAX = 5000
 

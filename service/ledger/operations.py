@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, replace
@@ -415,6 +416,7 @@ class Ledger:
         while not self._signals.closing:
             # Taken before reading: a commit during the read sets it, so none is missed.
             signal = self._signals.next_signal()
+            read_at = time.monotonic()
             page = await self._store.events(after, account_id, types, limits.EVENT_BATCH_MAX)
             for event in page.events:
                 yield event
@@ -424,6 +426,8 @@ class Ledger:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(limits.EVENT_POLL_INTERVAL_SECONDS):
                     await signal.wait()
+            # What commits meanwhile is read by the next read, which starts after it.
+            await asyncio.sleep(read_at + limits.EVENT_READ_INTERVAL_MIN_SECONDS - time.monotonic())
 
     async def reserve(self, cmd: ReserveCommand, *, deadline: Deadline) -> Reservation:
         check = Check()

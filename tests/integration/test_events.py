@@ -5,8 +5,9 @@ alerts are decided in the change's own transaction."""
 import asyncio
 import contextlib
 import datetime
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -14,6 +15,13 @@ from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 
 from credits.v1 import credits_pb2 as pb
 from credits.v1.credits_pb2_grpc import CreditsServiceStub as Stub
+from service.app import policy
+from service.ledger import limits
+from service.ledger.commands import WatchEventsQuery
+from service.ledger.model import Event
+from service.ledger.operations import EventPage, Ledger, Store
+from service.store.events import NOTIFY_COALESCE_SECONDS
+from service.store.postgres import PostgresStore
 from tests.support import CALL_TIMEOUT_SECONDS as T
 from tests.support import (
     MovableClock,
@@ -29,6 +37,8 @@ EVENT_WAIT_SECONDS = 10.0
 QUIET_SECONDS = 1.5
 # A stream opened "from now" has settled where it starts after this long.
 STREAM_START_SECONDS = 0.5
+# How long a stream is woken as often as the calls of a busy process wake it.
+WOKEN_SECONDS = 1.0
 E = pb.EventType
 
 
@@ -576,3 +586,48 @@ async def test_a_price_change_is_an_event_of_no_account(
         types=[E.EVENT_TYPE_PRICE_SET, E.EVENT_TYPE_PRICE_RETIRED],
     ) as resumed:
         assert (await resumed.next()).event_id == price_retired.event_id
+
+
+class _CountingReads:
+    """The server's store, counting the reads of the outbox."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self.reads = 0
+
+    async def events(self, *args: Any) -> EventPage:
+        self.reads += 1
+        return await self._store.events(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+async def test_a_stream_woken_often_reads_at_most_once_per_interval(
+    credits_server: RunningServer,
+) -> None:
+    """Every call that ends wakes every stream of every process (NOTIFY, coalesced per
+    process to one per NOTIFY_COALESCE_SECONDS): a stream reads at most once per
+    EVENT_READ_INTERVAL_MIN_SECONDS however often it is woken, not once per wake-up."""
+    store = _CountingReads(credits_server.store)
+    ledger = Ledger(
+        cast(Store, store), policy(credits_server.settings), signals=credits_server.store.signals
+    )
+    query = WatchEventsQuery(after_cursor=None, from_oldest=False, account_id=new_id(), types=())
+    events = cast(AsyncGenerator[Event, None], await ledger.watch_events(query))
+
+    async def first() -> Event:
+        return await anext(events)
+
+    reading = asyncio.create_task(first())
+    loop = asyncio.get_running_loop()
+    woken_until = loop.time() + WOKEN_SECONDS
+    while loop.time() < woken_until:
+        credits_server.store.signals.changed()  # as when a call ends
+        await asyncio.sleep(NOTIFY_COALESCE_SECONDS / 4)
+    reading.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reading
+    await events.aclose()
+    # Woken about WOKEN_SECONDS / NOTIFY_COALESCE_SECONDS (100) times.
+    assert 2 <= store.reads <= WOKEN_SECONDS / limits.EVENT_READ_INTERVAL_MIN_SECONDS + 2
