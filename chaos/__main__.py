@@ -207,6 +207,7 @@ async def exercise(args: argparse.Namespace, cluster: Cluster, report: Report, s
                 accounts,
                 report,
                 stream_types=watcher.types,
+                incomplete=receiver.incomplete,
             )
         await checks.check_reconcile(engine, report)
         await fuzzer.check(engine, accounts)

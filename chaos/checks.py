@@ -422,6 +422,7 @@ def check_webhooks(
     report: Report,
     *,
     stream_types: dict[str, str],
+    incomplete: int = 0,
 ) -> None:
     """An endpoint's webhooks received during the run against the stream's events:
     each verifies with its secret, is an event the stream carried, of a type the endpoint
@@ -438,8 +439,8 @@ def check_webhooks(
             event = verify_webhook(
                 hook.body, hook.signature, endpoint.secret, WEBHOOK_TOLERANCE_SECONDS
             )
-        except WebhookSignatureError:
-            report.violation(f"{endpoint.name}: a webhook that does not verify")
+        except WebhookSignatureError as error:
+            report.violation(f"{endpoint.name}: a webhook that does not verify ({error})")
             continue
         if event["event_id"] not in streamed:
             report.violation(
@@ -478,7 +479,8 @@ def check_webhooks(
         report.violation(f"{endpoint.name}: no webhook of the run's accounts was delivered")
     kinds = "" if endpoint.types is None else f" ({', '.join(sorted(endpoint.types))} only)"
     report.checks.append(
-        f"webhooks to {endpoint.name}{kinds}: {len(received)} POSTs, all verified;"
+        f"webhooks to {endpoint.name}{kinds}: {len(received)} POSTs, all verified"
+        f" ({incomplete} more cut off mid-body by a kill, not taken);"
         f" {len(first)} events of the run's accounts delivered, in order per account"
         f" ({len(delivered) - len(first)} twice), {len(missing)} missing;"
         f" {_percentiles(list(latencies.values()))} from commit to arrival"

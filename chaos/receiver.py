@@ -27,7 +27,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: "WebhookReceiver"
 
     def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(length)
+        if len(body) < length:
+            # The sender died between the headers and the end of the body (the instance
+            # delivering was killed): no request, and nobody to answer. It is sent again.
+            with self.server.lock:
+                self.server.incomplete += 1
+            self.close_connection = True
+            return
         with self.server.lock:
             self.server.received.append(
                 Received(
@@ -49,6 +57,8 @@ class WebhookReceiver(http.server.ThreadingHTTPServer):
         self.lock = threading.Lock()
         # In the order received.
         self.received: list[Received] = []
+        # Requests whose body never came whole.
+        self.incomplete = 0
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
