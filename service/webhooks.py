@@ -244,7 +244,7 @@ class Deliverer:
             if batch := page.events:
                 await self._deliver_batch(conn, batch, cursor)
                 self._failing_since = None
-            cursor = page.read_through(cursor, limits.EVENT_BATCH_MAX)
+            cursor = page.read_through(cursor)
             if cursor != saved and (
                 batch or time.monotonic() - saved_at >= IDLE_CURSOR_SAVE_INTERVAL_SECONDS
             ):

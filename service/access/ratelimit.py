@@ -99,9 +99,9 @@ class Limiter:
         counted = [(check, item) for check in checks for item in check.items]
         try:
             async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
-                for check, item in counted[1:]:
+                for index, (check, item) in enumerate(counted[1:], start=1):
                     if not await self._strategy.test(item, *check.key):
-                        await self._refuse_first_spent(counted, check, item)
+                        await self._refuse_first_spent(counted[: index + 1])
                 for check, item in counted:
                     # Another call may have taken the last unit since the test.
                     if not await self._strategy.hit(item, *check.key):
@@ -109,17 +109,13 @@ class Limiter:
         except (StorageError, TimeoutError, OSError) as exc:
             raise errors.RateLimitUnavailable() from exc
 
-    async def _refuse_first_spent(
-        self, counted: list[tuple[Check, RateLimitItem]], check: Check, item: RateLimitItem
-    ) -> NoReturn:
-        """Refuse naming the first of the call's limits that is spent, as if each had been
-        tested in order (`check`'s `item` is, unless its window has moved since)."""
-        for earlier_check, earlier_item in counted:
-            if earlier_item is item and earlier_check is check:
-                break
-            if not await self._strategy.test(earlier_item, *earlier_check.key):
-                await self._refuse(earlier_check, earlier_item)
-        await self._refuse(check, item)
+    async def _refuse_first_spent(self, tested: list[tuple[Check, RateLimitItem]]) -> NoReturn:
+        """Refuse naming the first of `tested` that is spent, as if each had been tested
+        in order: the last one is (unless its window has moved since)."""
+        for check, item in tested[:-1]:
+            if not await self._strategy.test(item, *check.key):
+                await self._refuse(check, item)
+        await self._refuse(*tested[-1])
 
     async def _refuse(self, check: Check, item: RateLimitItem) -> NoReturn:
         stats = await self._strategy.get_window_stats(item, *check.key)

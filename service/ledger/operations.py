@@ -193,13 +193,15 @@ class EventBounds:
 
 @dataclass(frozen=True)
 class EventPage:
-    """One read of the stream: its events (at most the limit asked for), all below
-    `horizon`, the oldest transaction still running when it was read."""
+    """One read of the stream: its events, all below `horizon` (the oldest transaction
+    still running when it was read); `full` when the read stopped at its limit, so that
+    more may follow at once."""
 
     events: list[Event]
     horizon: int
+    full: bool
 
-    def read_through(self, after: EventCursor, limit: int) -> EventCursor:
+    def read_through(self, after: EventCursor) -> EventCursor:
         """Where the next read after this one, which started after `after`, starts. A full
         page: after its last event. Otherwise every event the read's filters select below
         the horizon is in it, and every event that can still commit is at or above the
@@ -208,7 +210,7 @@ class EventPage:
         everything since its last match), and the retention sweep deleting skipped
         events never ends a stream that is up to date."""
         last = self.events[-1].cursor if self.events else after
-        if len(self.events) >= limit:
+        if self.full:
             return last
         return max(last, EventCursor(self.horizon - 1, EVENT_SEQ_AFTER_ALL))
 
@@ -420,8 +422,8 @@ class Ledger:
             page = await self._store.events(after, account_id, types, limits.EVENT_BATCH_MAX)
             for event in page.events:
                 yield event
-            after = page.read_through(after, limits.EVENT_BATCH_MAX)
-            if len(page.events) == limits.EVENT_BATCH_MAX:
+            after = page.read_through(after)
+            if page.full:
                 continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(limits.EVENT_POLL_INTERVAL_SECONDS):

@@ -876,9 +876,8 @@ class PostgresStore:
         async with self._connection() as conn:
             rows = await conn.fetch(*args, record_class=Row)
         # One row without an event when there is none yet: the horizon is on every row.
-        return EventPage(
-            [_event(r) for r in rows if r.event_id is not None], int(rows[0].out_horizon)
-        )
+        events = [_event(r) for r in rows if r.event_id is not None]
+        return EventPage(events, int(rows[0].out_horizon), full=len(events) == limit)
 
     async def event_bounds(self) -> EventBounds:
         args = self._statements.args(EVENT_BOUNDS, {})

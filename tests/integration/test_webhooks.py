@@ -106,12 +106,13 @@ async def delivering(
     retry: datetime.timedelta = RETRY,
     *,
     endpoint: WebhookEndpoint | None = None,
-    secret: bytes = SECRET,
 ) -> AsyncIterator[asyncio.Task[None]]:
-    """A worker for `endpoint`, by default CREDITS_WEBHOOK_URL's of `url` (its secret
-    file is not read: the worker is given `secret`)."""
+    """A worker for `endpoint` (of `url`), signing with its secret file's secret; by
+    default CREDITS_WEBHOOK_URL's endpoint of `url`, signing with SECRET."""
     if endpoint is None:
-        endpoint = url_endpoint(url, Path(os.devnull))
+        endpoint, secret = url_endpoint(url, Path(os.devnull)), SECRET
+    else:
+        secret = webhook_endpoints.secret(endpoint.secret_file)
     deliverer = webhooks.Deliverer(server.store, database_url, endpoint, secret, retry)
     task = asyncio.create_task(deliverer.run())
     try:
@@ -447,22 +448,8 @@ async def test_endpoints_of_the_file_each_get_their_own_types_signed_with_their_
         assert (every.types, low.types) == (None, frozenset({EventType.BALANCE_LOW}))
         assert every.lock_key != low.lock_key
         async with (
-            delivering(
-                credits_server,
-                database_url,
-                every.url,
-                admin_engine,
-                endpoint=every,
-                secret=webhook_endpoints.secret(every.secret_file),
-            ),
-            delivering(
-                credits_server,
-                database_url,
-                low.url,
-                admin_engine,
-                endpoint=low,
-                secret=webhook_endpoints.secret(low.secret_file),
-            ),
+            delivering(credits_server, database_url, every.url, admin_engine, endpoint=every),
+            delivering(credits_server, database_url, low.url, admin_engine, endpoint=low),
         ):
             account = new_id()
             await _grant(ops, account, 100)
